@@ -1,0 +1,129 @@
+"""The ``detfold`` command: the library's stages outside Snakemake.
+
+    detfold audit ANNOTATIONS --images DIR --out DIR
+    detfold split ANNOTATIONS --k 5 --seed 42 --out folds.csv
+    detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
+    detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
+
+Bad input ends with one ``detfold: error: ...`` line naming the file and value (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from detfold import __version__
+
+log = logging.getLogger("detfold")
+
+
+def _audit(args: argparse.Namespace) -> None:
+    from detfold import audit
+    from detfold.coco import load_coco, write_coco
+
+    coco = load_coco(args.annotations)
+    audit.check_image_files(coco, args.images)
+    clean, findings = audit.audit_coco(coco, audit.AuditPolicy(), split="train")
+    out = Path(args.out)
+    write_coco(clean, out / "annotations.json")
+    audit.write_findings(findings, out / "findings.csv")
+    audit.write_summary(audit.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
+    print(f"{len(findings)} findings; {len(coco.annotations) - len(clean.annotations)} boxes dropped; wrote {out}/")
+
+
+def _split(args: argparse.Namespace) -> None:
+    from detfold.stages import run_split
+
+    run_split(args.annotations, k=args.k, seed=args.seed, out_table=args.out)
+    print(f"wrote {args.out}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from detfold.coco import load_coco
+    from detfold.io import read_json, write_json
+    from detfold.metrics import evaluate_coco
+
+    result = evaluate_coco(load_coco(args.gt), read_json(args.pred), args.pred)
+    if args.json:
+        write_json(args.json, result)
+    rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
+    for name, value in rows:
+        print(f"{name:12s} {'n/a' if value is None else format(value, '.4f')}")
+
+
+def _ensemble(args: argparse.Namespace) -> None:
+    from detfold.coco import load_coco
+    from detfold.fusion import fuse_coco_predictions
+    from detfold.io import read_json, write_json
+
+    images = load_coco(args.images, require_annotations=False).images
+    fused = fuse_coco_predictions(
+        [read_json(p) for p in args.pred],
+        images,
+        method=args.method,
+        weights=args.weights,
+        iou_thr=args.iou_thr,
+        skip_box_thr=args.skip_box_thr,
+        conf_type=args.conf_type,
+        max_per_image=args.max_per_img,
+    )
+    write_json(args.out, fused)
+    print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="detfold", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"detfold {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("audit", help="check a COCO file's boxes and images; write cleaned file and findings")
+    a.add_argument("annotations")
+    a.add_argument("--images", required=True, help="folder the file_name entries are relative to")
+    a.add_argument("--out", required=True, help="output folder")
+    a.set_defaults(func=_audit)
+
+    s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
+    s.add_argument("annotations")
+    s.add_argument("--k", type=int, default=5)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold")
+    s.set_defaults(func=_split)
+
+    e = sub.add_parser("evaluate", help="COCO bbox metrics of predictions against ground truth")
+    e.add_argument("--gt", required=True)
+    e.add_argument("--pred", required=True, help="COCO results JSON")
+    e.add_argument("--json", help="also write all metrics to this JSON file")
+    e.set_defaults(func=_evaluate)
+
+    f = sub.add_parser("ensemble", help="fuse several COCO results files (WBF or NMS)")
+    f.add_argument("--images", required=True, help="COCO file whose images (id, width, height) are fused")
+    f.add_argument("--pred", required=True, nargs="+")
+    f.add_argument("--method", default="wbf", choices=["wbf", "nms"])
+    f.add_argument("--iou-thr", type=float, default=0.55)
+    f.add_argument("--skip-box-thr", type=float, default=0.0)
+    f.add_argument("--conf-type", default="avg", choices=["avg", "max"])
+    f.add_argument("--weights", type=float, nargs="+")
+    f.add_argument("--max-per-img", type=int, default=100)
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=_ensemble)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        msg = str(err).replace("\n", "\n  ")
+        print(f"detfold: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

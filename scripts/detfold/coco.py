@@ -1,0 +1,152 @@
+"""COCO detection files: loading with clear errors, and the few views the stages need.
+
+Coordinates: COCO ``bbox`` is ``[x, y, w, h]`` in absolute pixels (``xywh_abs``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detfold.io import read_json, write_json
+
+
+class CocoFormatError(ValueError):
+    """A COCO file is structurally wrong; the message names the file, JSON path and value."""
+
+
+@dataclass
+class Coco:
+    """A loaded COCO detection dataset (the raw dict plus indexes)."""
+
+    data: dict[str, Any]
+    path: str = "<memory>"
+    _anns_by_image: dict[int, list[dict[str, Any]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._anns_by_image = defaultdict(list)
+        for ann in self.data["annotations"]:
+            self._anns_by_image[ann["image_id"]].append(ann)
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return self.data["images"]
+
+    @property
+    def annotations(self) -> list[dict[str, Any]]:
+        return self.data["annotations"]
+
+    @property
+    def categories(self) -> list[dict[str, Any]]:
+        """Categories in file order: mmdet's label ``i`` is ``categories[i]``."""
+        return self.data["categories"]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [im["id"] for im in self.images]
+
+    @property
+    def category_ids(self) -> list[int]:
+        return [cat["id"] for cat in self.categories]
+
+    @property
+    def class_names(self) -> list[str]:
+        return [cat["name"] for cat in self.categories]
+
+    def image(self, image_id: int) -> dict[str, Any]:
+        for im in self.images:
+            if im["id"] == image_id:
+                return im
+        raise KeyError(f"{self.path}: no image with id {image_id}")
+
+    def anns_of(self, image_id: int) -> list[dict[str, Any]]:
+        return self._anns_by_image.get(image_id, [])
+
+    def subset(self, image_ids: Iterable[int]) -> Coco:
+        """A copy restricted to ``image_ids`` (original ids kept, file order kept)."""
+        keep = set(image_ids)
+        data = {k: copy.deepcopy(v) for k, v in self.data.items() if k not in ("images", "annotations")}
+        data["images"] = [copy.deepcopy(im) for im in self.images if im["id"] in keep]
+        data["annotations"] = [copy.deepcopy(a) for a in self.annotations if a["image_id"] in keep]
+        return Coco(data, path=self.path)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
+    """Return every structural problem of a COCO detection dict, one message each."""
+    if not isinstance(data, dict):
+        return [f"{path}: top level must be a JSON object, got {type(data).__name__}"]
+    problems: list[str] = []
+    needed = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
+    for key in needed:
+        if key not in data:
+            problems.append(f"{path}: missing top-level key '{key}'")
+        elif not isinstance(data[key], list):
+            problems.append(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    if problems:
+        return problems
+
+    def unique_ids(key: str) -> set[Any]:
+        seen: set[Any] = set()
+        for i, rec in enumerate(data.get(key, [])):
+            rid = rec.get("id") if isinstance(rec, dict) else None
+            if not isinstance(rid, int) or isinstance(rid, bool):
+                problems.append(f"{path}: {key}[{i}].id must be an integer, got {rid!r}")
+            elif rid in seen:
+                problems.append(f"{path}: {key}[{i}].id {rid} is a duplicate")
+            seen.add(rid)
+        return seen
+
+    image_ids = unique_ids("images")
+    category_ids = unique_ids("categories")
+    unique_ids("annotations")
+    for i, im in enumerate(data["images"]):
+        if isinstance(im, dict) and not isinstance(im.get("file_name"), str):
+            problems.append(f"{path}: images[{i}].file_name must be a string, got {im.get('file_name')!r}")
+    for i, cat in enumerate(data["categories"]):
+        if isinstance(cat, dict) and not isinstance(cat.get("name"), str):
+            problems.append(f"{path}: categories[{i}].name must be a string, got {cat.get('name')!r}")
+    for i, ann in enumerate(data.get("annotations", [])):
+        if not isinstance(ann, dict):
+            continue
+        where = f"{path}: annotations[{i}] (id {ann.get('id')!r})"
+        if ann.get("image_id") not in image_ids:
+            problems.append(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        if ann.get("category_id") not in category_ids:
+            problems.append(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            problems.append(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+    return problems
+
+
+def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
+    """Load and validate a COCO detection file; raise ``CocoFormatError`` listing every problem.
+
+    ``require_annotations=False`` accepts an image list without labels (an unlabelled test set).
+    """
+    data = read_json(path)
+    problems = validate_coco(data, str(path), require_annotations)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CocoFormatError("\n".join(shown))
+    data.setdefault("annotations", [])
+    return Coco(data, path=str(path))
+
+
+def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
+    """Write a COCO dataset atomically."""
+    write_json(path, coco.data if isinstance(coco, Coco) else coco)
+
+
+def category_index(coco: Coco) -> dict[str, int]:
+    """Class name -> category id."""
+    return {cat["name"]: cat["id"] for cat in coco.categories}

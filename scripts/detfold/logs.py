@@ -1,0 +1,21 @@
+"""Logging set-up shared by every rule script and the CLI."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_to(path: str | None = None, level: int = logging.INFO) -> None:
+    """Send the library's log (and uncaught tracebacks) to ``path`` and to stderr."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if path:
+        handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))
+    logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
+
+    def log_uncaught(exc_type, exc, tb):  # type: ignore[no-untyped-def]
+        logging.getLogger("detfold").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
+
+    sys.excepthook = log_uncaught

@@ -1,0 +1,106 @@
+"""COCO bbox metrics (the 12 standard stats at maxDets 1/10/100, mAP50, per-class AP/AR).
+
+Computed with faster-coco-eval, whose numbers equal pycocotools' (the tests check this
+against pycocotools itself). Predictions are COCO results: ``image_id, category_id,
+bbox (xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
+``None``; an empty prediction list scores 0 instead of crashing.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+
+from detfold.coco import Coco
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR_1",
+    "AR_10",
+    "AR_100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
+)
+
+
+def _defined(value: float) -> float | None:
+    return None if value < 0 else round(float(value), 6)
+
+
+def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> None:
+    """Raise ``ValueError`` naming the first prediction with an unknown image or category id."""
+    if not isinstance(predictions, list):
+        raise ValueError(f"{source}: COCO results must be a JSON list, got {type(predictions).__name__}")
+    image_ids, category_ids = set(gt.image_ids), set(gt.category_ids)
+    for i, pred in enumerate(predictions):
+        missing = [
+            k for k in ("image_id", "category_id", "bbox", "score") if not isinstance(pred, dict) or k not in pred
+        ]
+        if missing:
+            raise ValueError(
+                f"{source}[{i}]: a COCO result needs image_id, category_id, bbox, score; missing {missing}"
+            )
+        if pred.get("image_id") not in image_ids:
+            raise ValueError(f"{source}[{i}]: image_id {pred.get('image_id')!r} is not in the ground truth {gt.path}")
+        if pred.get("category_id") not in category_ids:
+            raise ValueError(
+                f"{source}[{i}]: category_id {pred.get('category_id')!r} is not a category of {gt.path} "
+                f"(known: {sorted(category_ids)})"
+            )
+
+
+def evaluate_coco(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> dict[str, Any]:
+    """Score ``predictions`` against ``gt``: 12 COCO stats, mAP50 and per-class AP/AP50/AR100."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    check_predictions(gt, predictions, source)
+    gt_api = COCO(copy.deepcopy(gt.data))
+    dt_api = gt_api.loadRes(copy.deepcopy(predictions))
+    evaluator = COCOeval_faster(gt_api, dt_api, "bbox")
+    evaluator.params.maxDets = [1, 10, 100]
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    stats = {name: _defined(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
+    precision = evaluator.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
+    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    per_class = {}
+    for k, cat in enumerate(gt.categories):
+        p_all = precision[:, :, k, 0, -1]
+        p_50 = precision[0, :, k, 0, -1]
+        r_all = recall[:, k, 0, -1]
+        per_class[cat["name"]] = {
+            "category_id": cat["id"],
+            "AP": _defined(np.mean(p_all[p_all > -1])) if (p_all > -1).any() else None,
+            "AP50": _defined(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else None,
+            "AR_100": _defined(np.mean(r_all[r_all > -1])) if (r_all > -1).any() else None,
+            "n_gt": sum(1 for a in gt.annotations if a["category_id"] == cat["id"]),
+        }
+    return {
+        "mAP": stats["AP"],
+        "mAP50": stats["AP50"],
+        "stats": stats,
+        "per_class": per_class,
+        "n_images": len(gt.images),
+        "n_gt": len(gt.annotations),
+        "n_predictions": len(predictions),
+    }
+
+
+def mean_std(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and sample-free (population) std over folds, ignoring undefined values."""
+    defined = [v for v in values if v is not None]
+    if not defined:
+        return {"mean": None, "std": None}
+    return {"mean": round(float(np.mean(defined)), 6), "std": round(float(np.std(defined)), 6)}

@@ -1,0 +1,182 @@
+"""Training one fold's model through MMDetection's Runner (heavy imports are lazy).
+
+detfold takes any mmdet 3.x detector config (a path, or ``mmdet::family/name.py`` from the
+installed mmdet), and fills in what a K-fold run decides: the fold's annotation files and
+images, the classes (and every ``num_classes`` in the model), epochs (rescaling epoch-based
+LR schedules), batch size, lr, seed and work dir. The resolved config is written beside the
+checkpoint. A killed job resumes from its last epoch checkpoint when the resolved config is
+unchanged; a changed config starts over.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from detfold.coco import load_coco
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("config", "epochs", "batch_size", "lr", "num_workers", "load_from", "cfg_options")
+
+
+def load_mmdet_config(config: str) -> Any:
+    """Load an mmdet config from a file path or an ``mmdet::`` package path."""
+    from mmengine.config import Config
+
+    if config.startswith("mmdet::"):
+        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
+            handle.write(f"_base_ = {config!r}\n")
+        try:
+            return Config.fromfile(handle.name)
+        finally:
+            os.unlink(handle.name)
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"model config {config!r} not found (a path, or mmdet::family/name.py)")
+    return Config.fromfile(config)
+
+
+def set_num_classes(node: Any, num_classes: int) -> int:
+    """Set every ``num_classes`` key in a (nested) model config; return how many were set."""
+    count = 0
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "num_classes":
+                node[key] = num_classes
+                count += 1
+            else:
+                count += set_num_classes(value, num_classes)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += set_num_classes(value, num_classes)
+    return count
+
+
+def rescale_epoch_schedule(param_scheduler: list[dict[str, Any]] | dict[str, Any], old: int, new: int) -> None:
+    """Stretch epoch-based LR scheduler milestones from ``old`` to ``new`` epochs, in place."""
+    schedulers = param_scheduler if isinstance(param_scheduler, list) else [param_scheduler]
+    for sched in schedulers:
+        if not sched.get("by_epoch", True):
+            continue
+        for key in ("begin", "end", "T_max"):
+            if isinstance(sched.get(key), int):
+                sched[key] = round(sched[key] * new / old)
+        if isinstance(sched.get("milestones"), list):
+            sched["milestones"] = [round(m * new / old) for m in sched["milestones"]]
+
+
+def _dataset(cfg_dataset: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...]) -> None:
+    cfg_dataset.update(
+        ann_file=str(Path(ann_file).resolve()),
+        data_root="",
+        data_prefix=dict(img=str(Path(images_dir).resolve()) + "/"),
+        metainfo=dict(classes=classes),
+    )
+
+
+def resolve_config(
+    settings: dict[str, Any],
+    train_json: str,
+    val_json: str,
+    images_dir: str,
+    work_dir: str,
+    seed: int,
+) -> Any:
+    """The full mmdet config for one fold: the model's config with the fold's data filled in."""
+    unknown = sorted(set(settings) - set(MODEL_KEYS))
+    if unknown:
+        raise ValueError(f"unknown model setting(s) {unknown}; allowed: {list(MODEL_KEYS)}")
+    cfg = load_mmdet_config(settings["config"])
+    classes = tuple(load_coco(train_json).class_names)
+    if set_num_classes(cfg.model, len(classes)) == 0:
+        raise ValueError(f"{settings['config']}: no num_classes key in the model config")
+    _dataset(cfg.train_dataloader.dataset, train_json, images_dir, classes)
+    cfg.train_dataloader.dataset.filter_cfg = dict(filter_empty_gt=True, min_size=1)
+    for split in ("val", "test"):
+        _dataset(cfg[f"{split}_dataloader"].dataset, val_json, images_dir, classes)
+        cfg[f"{split}_evaluator"] = dict(type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox")
+    # No evaluation inside training (detfold predicts and scores each fold itself).
+    cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    epochs = int(settings.get("epochs", cfg.train_cfg.max_epochs))
+    if cfg.get("param_scheduler"):
+        rescale_epoch_schedule(cfg.param_scheduler, cfg.train_cfg.max_epochs, epochs)
+    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs + 1)
+    if "batch_size" in settings:
+        cfg.train_dataloader.batch_size = int(settings["batch_size"])
+    if "num_workers" in settings:
+        workers = int(settings["num_workers"])
+        for split in ("train", "test"):
+            cfg[f"{split}_dataloader"].num_workers = workers
+            cfg[f"{split}_dataloader"].persistent_workers = workers > 0
+    if "lr" in settings:
+        cfg.optim_wrapper.optimizer.lr = float(settings["lr"])
+    cfg.auto_scale_lr = dict(enable=False, base_batch_size=cfg.train_dataloader.batch_size)
+    load_from = settings.get("load_from")
+    if load_from and not Path(load_from).is_file():
+        raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
+    cfg.load_from = str(Path(load_from).resolve()) if load_from else None
+    cfg.randomness = dict(seed=int(seed), deterministic=False)
+    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True)
+    cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    cfg.work_dir = str(Path(work_dir).resolve())
+    cfg.resume = False
+    if settings.get("cfg_options"):
+        cfg.merge_from_dict(dict(settings["cfg_options"]))
+    return cfg
+
+
+def _resumable(work_dir: Path, resolved_text: str) -> bool:
+    """True when ``work_dir`` holds a checkpoint of a run with the very same resolved config."""
+    stamp = work_dir / "resolved_config.py"
+    return (work_dir / "last_checkpoint").is_file() and stamp.is_file() and stamp.read_text() == resolved_text
+
+
+def train_fold(
+    settings: dict[str, Any],
+    train_json: str,
+    val_json: str,
+    images_dir: str,
+    checkpoint_out: str,
+    config_out: str,
+    seed: int,
+    threads: int = 1,
+) -> None:
+    """Train one fold; write the final weights to ``checkpoint_out`` and the resolved config
+    to ``config_out`` (both atomically, only when training finished)."""
+    import torch
+    from mmdet.utils import register_all_modules
+    from mmengine.runner import Runner
+
+    register_all_modules(init_default_scope=True)
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    out_dir = Path(checkpoint_out).parent
+    work_dir = out_dir / "work"
+    cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed)
+    resolved_text = cfg.pretty_text
+    if _resumable(work_dir, resolved_text):
+        log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
+        cfg.resume = True
+    elif work_dir.exists():
+        log.info("discarding %s: no checkpoint of this exact config", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / "resolved_config.py").write_text(resolved_text)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+
+    last = Path((work_dir / "last_checkpoint").read_text().strip())
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
+    tmp = out_dir / f".{Path(checkpoint_out).name}.tmp"
+    torch.save(slim, tmp)
+    os.replace(tmp, checkpoint_out)
+    tmp_cfg = out_dir / f".{Path(config_out).name}.tmp.py"
+    cfg.dump(str(tmp_cfg))
+    os.replace(tmp_cfg, config_out)
+    log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)

@@ -1,0 +1,14 @@
+"""Rule evaluate: COCO metrics per fold, pooled out-of-fold, and on the test set."""
+
+from detfold.logs import log_to
+from detfold.stages import run_evaluate
+
+log_to(snakemake.log[0])
+run_evaluate(
+    model=snakemake.wildcards.model,
+    val_jsons=list(snakemake.input.val),
+    oof_preds=list(snakemake.input.oof),
+    test_json=snakemake.input.test_gt,
+    test_preds=list(snakemake.input.test),
+    out=snakemake.output.metrics,
+)

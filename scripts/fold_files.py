@@ -1,0 +1,13 @@
+"""Rule fold_files: the fold's train/val COCO files, original ids kept."""
+
+from detfold.logs import log_to
+from detfold.stages import run_fold_files
+
+log_to(snakemake.log[0])
+run_fold_files(
+    snakemake.input.coco,
+    snakemake.input.table,
+    int(snakemake.wildcards.fold),
+    snakemake.output.train,
+    snakemake.output.val,
+)

@@ -1,0 +1,16 @@
+"""Rule predict: one fold model on its out-of-fold images or on the test images."""
+
+from detfold.logs import log_to
+from detfold.stages import run_predict
+
+log_to(snakemake.log[0])
+run_predict(
+    config=snakemake.input.config,
+    checkpoint=snakemake.input.checkpoint,
+    annotations=snakemake.input.coco,
+    images=snakemake.params.images,
+    score_thr=snakemake.params.score_thr,
+    max_per_img=snakemake.params.max_per_img,
+    out=snakemake.output.predictions,
+    threads=snakemake.threads,
+)

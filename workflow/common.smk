@@ -1,0 +1,39 @@
+# Shared input functions and wildcard constraints.
+import re
+
+MODELS = sorted(config["models"])
+FOLDS = list(range(config["folds"]["k"]))
+
+
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    fold=r"\d+",
+    split="oof|test",
+
+
+def model_settings(wildcards):
+    """The model's settings dict (a param, so editing it reruns that model's jobs)."""
+    return config["models"][wildcards.model]
+
+
+def model_config_file(wildcards):
+    """The model's config file as an input (none for mmdet:: package configs)."""
+    path = config["models"][wildcards.model]["config"]
+    return [] if path.startswith("mmdet::") else [path]
+
+
+def predict_annotations(wildcards):
+    """Out-of-fold predictions cover the fold's val images; test ones the test images."""
+    if wildcards.split == "oof":
+        return f"results/folds/fold{wildcards.fold}/val.json"
+    return "results/audit/test.json"
+
+
+def predict_images(wildcards):
+    key = "train_images" if wildcards.split == "oof" else "test_images"
+    return config["data"][key]
+
+
+# Every model x fold test prediction: member names ('model/foldK') and files, same order.
+ENSEMBLE_MEMBERS = [f"{m}/fold{k}" for m in MODELS for k in FOLDS]
+ENSEMBLE_INPUTS = [f"results/predict/{member}/test.json" for member in ENSEMBLE_MEMBERS]

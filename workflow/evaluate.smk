@@ -1,0 +1,14 @@
+rule evaluate:
+    input:
+        val=expand("results/folds/fold{fold}/val.json", fold=FOLDS),
+        oof=expand("results/predict/{{model}}/fold{fold}/oof.json", fold=FOLDS),
+        test_gt="results/audit/test.json",
+        test=expand("results/predict/{{model}}/fold{fold}/test.json", fold=FOLDS),
+    output:
+        metrics="results/eval/{model}/metrics.json",
+    log:
+        "logs/evaluate/{model}.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../scripts/evaluate.py"

@@ -1,0 +1,20 @@
+rule predict:
+    input:
+        checkpoint="results/train/{model}/fold{fold}/model.pth",
+        config="results/train/{model}/fold{fold}/config.py",
+        coco=predict_annotations,
+    output:
+        predictions="results/predict/{model}/fold{fold}/{split}.json",
+    log:
+        "logs/predict/{model}/fold{fold}/{split}.log",
+    conda:
+        "../envs/mmdet.yaml"
+    threads: lookup(dpath="resources/train_threads", within=config)
+    resources:
+        gpu=1,
+    params:
+        images=predict_images,
+        score_thr=lookup(dpath="predict/score_thr", within=config),
+        max_per_img=lookup(dpath="predict/max_per_img", within=config),
+    script:
+        "../scripts/predict.py"
