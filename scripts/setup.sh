@@ -26,7 +26,7 @@ command -v "$PYTHON" >/dev/null || { echo "set-up: $PYTHON not found (Python 3.1
 pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -c envs/constraints.txt)
 
 echo "set-up: [1/4] torch ($TORCH_SPEC) and build tools"
-"${pip[@]}" "$TORCH_SPEC" "setuptools<81" wheel numpy opencv-python-headless
+"${pip[@]}" "$TORCH_SPEC" "setuptools<81" wheel numpy
 
 echo "set-up: [2/4] $MMCV_SPEC with compiled ops (first build: about 30 min on 2 cores; pip caches the wheel)"
 if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then

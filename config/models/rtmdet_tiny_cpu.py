@@ -41,8 +41,8 @@ train_dataloader = dict(
 val_dataloader = dict(batch_size=8, num_workers=1, pin_memory=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-max_epochs = 30
-base_lr = 0.004
+max_epochs = 12
+base_lr = 0.008
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs, dynamic_intervals=None)
 optim_wrapper = dict(optimizer=dict(lr=base_lr))
 param_scheduler = [

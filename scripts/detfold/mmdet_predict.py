@@ -36,8 +36,8 @@ def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img:
 def to_coco_results(
     bboxes_xyxy: np.ndarray, scores: np.ndarray, labels: np.ndarray, image: dict[str, Any], label_to_cat: list[int]
 ) -> list[dict[str, Any]]:
-    """Model output for one image -> COCO results; boxes are clipped to the image, rounded to
-    0.01 px, sorted by score descending."""
+    """Model output for one image -> COCO results, sorted by score descending. Boxes are
+    clipped to the image (boxes left with no area are dropped) and rounded to 0.001 px."""
     width, height = image["width"], image["height"]
     boxes = np.asarray(bboxes_xyxy, dtype=float).reshape(-1, 4).copy()
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
@@ -45,14 +45,14 @@ def to_coco_results(
     order = np.argsort(-np.asarray(scores), kind="stable")
     results = []
     for i in order:
-        x1, y1, x2, y2 = (round(float(v), 2) for v in boxes[i])
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
         if x2 <= x1 or y2 <= y1:
             continue
         results.append(
             {
                 "image_id": int(image["id"]),
                 "category_id": int(label_to_cat[int(labels[i])]),
-                "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
+                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                 "score": round(float(scores[i]), 6),
             }
         )

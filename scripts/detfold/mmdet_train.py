@@ -168,6 +168,9 @@ def train_fold(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
     runner = Runner.from_cfg(cfg)
+    for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
+        if isinstance(handler, logging.FileHandler):
+            runner.logger.addHandler(handler)
     runner.train()
 
     last = Path((work_dir / "last_checkpoint").read_text().strip())

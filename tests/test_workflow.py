@@ -1,0 +1,141 @@
+"""The real DAG end to end: real MMDetection training (1 epoch), 2 folds, a few dozen images.
+
+Checks that the outputs mean something: folds partition the images, out-of-fold predictions
+cover exactly each fold's val images, metrics are numbers in [0, 1] and equal an independent
+pycocotools evaluation of the same files, and a second run has nothing to do.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from detfold.coco import load_coco, write_coco
+from test_metrics import pycocotools_eval
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+
+def snakemake(repo: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(SNAKEMAKE), "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, repo, bccd_dir):
+    """Run the whole workflow once on 30 train + 8 test images; return its work dir."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    train = load_coco(bccd_dir / "train.json")
+    test = load_coco(bccd_dir / "test.json")
+    write_coco(train.subset(train.image_ids[:30]), workdir / "train.json")
+    write_coco(test.subset(test.image_ids[:8]), workdir / "test.json")
+    config = {
+        "seed": 42,
+        "data": {
+            "train_annotations": str(workdir / "train.json"),
+            "train_images": str(bccd_dir / "images"),
+            "test_annotations": str(workdir / "test.json"),
+            "test_images": str(bccd_dir / "images"),
+        },
+        "folds": {"k": 2},
+        "models": {
+            "tiny": {
+                "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
+                "epochs": 1,
+                "batch_size": 4,
+                "num_workers": 0,
+            }
+        },
+        "predict": {"score_thr": 0.0, "max_per_img": 100},
+        "resources": {"train_threads": 2},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(repo, workdir)
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
+    return workdir
+
+
+def read(path: Path):
+    return json.loads(path.read_text())
+
+
+def test_results_layout(tiny_run):
+    r = tiny_run / "results"
+    expected = [
+        "audit/annotations.json",
+        "audit/findings.csv",
+        "folds/folds.csv",
+        "folds/fold0/train.json",
+        "folds/fold1/val.json",
+        "train/tiny/fold0/model.pth",
+        "train/tiny/fold1/config.py",
+        "predict/tiny/fold0/oof.json",
+        "predict/tiny/fold1/test.json",
+        "eval/tiny/metrics.json",
+        "ensemble/test.json",
+        "ensemble/metrics.json",
+        "summary.md",
+    ]
+    assert [p for p in expected if not (r / p).is_file()] == []
+
+
+def test_folds_partition_and_oof_covers_val(tiny_run):
+    r = tiny_run / "results"
+    folds = pd.read_csv(r / "folds" / "folds.csv")
+    clean = load_coco(r / "audit" / "annotations.json")
+    assert sorted(folds.image_id) == sorted(clean.image_ids)
+    for k in (0, 1):
+        val = load_coco(r / "folds" / f"fold{k}" / "val.json")
+        train = load_coco(r / "folds" / f"fold{k}" / "train.json")
+        assert set(val.image_ids) == set(folds.image_id[folds.fold == k])
+        assert not set(val.image_ids) & set(train.image_ids)
+        oof = read(r / "predict" / "tiny" / f"fold{k}" / "oof.json")
+        assert {p["image_id"] for p in oof} == set(val.image_ids)
+        assert max(sum(p["image_id"] == i for p in oof) for i in val.image_ids) <= 100
+
+
+def test_resolved_config_is_saved_with_data_classes(tiny_run):
+    text = (tiny_run / "results" / "train" / "tiny" / "fold0" / "config.py").read_text()
+    assert "num_classes=3" in text and "'Platelets'" in text and "max_epochs=1" in text
+
+
+def check_metrics_equal(ours: dict, gt, preds):
+    stats, per_class = pycocotools_eval(gt, preds)
+    for value in ours["stats"].values():
+        assert value is None or 0.0 <= value <= 1.0
+    expected = [None if v < 0 else v for v in stats]
+    assert list(ours["stats"].values()) == pytest.approx(expected, abs=1e-6)
+    for name, ap in per_class.items():
+        assert ours["per_class"][name]["AP"] == pytest.approx(ap, abs=1e-6)
+
+
+def test_metrics_equal_pycocotools(tiny_run):
+    r = tiny_run / "results"
+    metrics = read(r / "eval" / "tiny" / "metrics.json")
+    pooled_preds, pooled_gt = [], None
+    for k in (0, 1):
+        gt = load_coco(r / "folds" / f"fold{k}" / "val.json")
+        preds = read(r / "predict" / "tiny" / f"fold{k}" / "oof.json")
+        check_metrics_equal(metrics["folds"][k], gt, preds)
+        pooled_preds += preds
+    pooled_gt = load_coco(r / "audit" / "annotations.json")
+    check_metrics_equal(metrics["pooled_oof"], pooled_gt, pooled_preds)
+    test_gt = load_coco(r / "audit" / "test.json")
+    ensemble = read(r / "ensemble" / "metrics.json")
+    check_metrics_equal(ensemble["ensemble"], test_gt, read(r / "ensemble" / "test.json"))
+    assert sorted(ensemble["single"]) == ["tiny/fold0", "tiny/fold1"]
+
+
+def test_second_run_has_nothing_to_do(repo, tiny_run):
+    result = snakemake(repo, tiny_run, "-n")
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" in result.stdout + result.stderr
