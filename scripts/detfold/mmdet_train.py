@@ -10,6 +10,7 @@ unchanged; a changed config starts over.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -129,10 +130,19 @@ def resolve_config(
     return cfg
 
 
-def _resumable(work_dir: Path, resolved_text: str) -> bool:
-    """True when ``work_dir`` holds a checkpoint of a run with the very same resolved config."""
-    stamp = work_dir / "resolved_config.py"
-    return (work_dir / "last_checkpoint").is_file() and stamp.is_file() and stamp.read_text() == resolved_text
+def _run_fingerprint(resolved_text: str, data_files: list[str]) -> str:
+    """What a resumable run must share with the killed one: the resolved config and the bytes
+    of the fold's annotation files."""
+    digest = hashlib.sha256(resolved_text.encode())
+    for path in data_files:
+        digest.update(Path(path).read_bytes())
+    return f"{digest.hexdigest()}\n"
+
+
+def _resumable(work_dir: Path, fingerprint: str) -> bool:
+    """True when ``work_dir`` holds a checkpoint of a run with the very same config and data."""
+    stamp = work_dir / "run_fingerprint.txt"
+    return (work_dir / "last_checkpoint").is_file() and stamp.is_file() and stamp.read_text() == fingerprint
 
 
 def train_fold(
@@ -156,22 +166,30 @@ def train_fold(
     out_dir = Path(checkpoint_out).parent
     work_dir = out_dir / "work"
     cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed)
-    resolved_text = cfg.pretty_text
-    if _resumable(work_dir, resolved_text):
+    fingerprint = _run_fingerprint(cfg.pretty_text, [train_json, val_json])
+    if _resumable(work_dir, fingerprint):
         log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
         cfg.resume = True
     elif work_dir.exists():
-        log.info("discarding %s: no checkpoint of this exact config", work_dir)
+        log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "resolved_config.py").write_text(resolved_text)
+    (work_dir / "run_fingerprint.txt").write_text(fingerprint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
     runner = Runner.from_cfg(cfg)
     for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
         if isinstance(handler, logging.FileHandler):
             runner.logger.addHandler(handler)
-    runner.train()
+    if cfg.resume:
+        # Our own checkpoint from this work dir holds mmengine's training state (message hub,
+        # numpy scalars), which torch's weights_only loader refuses; user checkpoints given as
+        # load_from are still loaded with torch's weights_only default.
+        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        runner.train()
+    finally:
+        os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
     last = Path((work_dir / "last_checkpoint").read_text().strip())
     state = torch.load(last, map_location="cpu", weights_only=False)
