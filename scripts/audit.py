@@ -1,4 +1,4 @@
-"""Rule audit: validate both splits, drop/flag bad boxes, write findings and cleaned files."""
+"""Rule audit: validate both splits, run the checks, apply policy and overrides, report."""
 
 from detfold.logs import log_to
 from detfold.stages import run_audit
@@ -9,9 +9,11 @@ run_audit(
     train_images=snakemake.params.train_images,
     test_annotations=snakemake.input.test,
     test_images=snakemake.params.test_images,
-    policy=dict(snakemake.params.policy),
+    settings=dict(snakemake.params.settings),
+    overrides=snakemake.input.overrides[0] if snakemake.input.overrides else None,
     out_train=snakemake.output.train,
     out_test=snakemake.output.test,
     out_findings=snakemake.output.findings,
     out_summary=snakemake.output.summary,
+    out_gallery=snakemake.output.gallery,
 )

@@ -1,7 +1,21 @@
-"""Rule split_folds: assign every image to one class-stratified fold."""
+"""Rule split_folds: assign every image (or group of images) to one balanced fold."""
 
 from detfold.logs import log_to
 from detfold.stages import run_split
 
 log_to(snakemake.log[0])
-run_split(snakemake.input.coco, k=snakemake.params.k, seed=snakemake.params.seed, out_table=snakemake.output.table)
+run_split(
+    snakemake.input.coco,
+    k=snakemake.params.k,
+    seed=snakemake.params.seed,
+    out_table=snakemake.output.table,
+    method=snakemake.params.method,
+    group_by=snakemake.params.group_by,
+    weights=dict(snakemake.params.weights),
+    images=snakemake.params.images,
+    near_duplicate_distance=snakemake.params.near_duplicate_distance,
+    out_balance=snakemake.output.balance,
+    out_plot=snakemake.output.plot,
+    out_summary=snakemake.output.summary,
+    out_near_duplicates=snakemake.output.near_duplicates,
+)

@@ -11,4 +11,5 @@ run_summary(
     ensemble_metrics=snakemake.input.ensemble,
     out_md=snakemake.output.md,
     out_json=snakemake.output.json,
+    fold_balance=snakemake.input.balance,
 )

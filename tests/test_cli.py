@@ -20,7 +20,9 @@ def test_audit_split_evaluate_ensemble(bccd_dir, tmp_path):
     assert "2 boxes dropped" in result.stdout
     clean = tmp_path / "audit" / "annotations.json"
     findings = (tmp_path / "audit" / "findings.csv").read_text().splitlines()
-    assert findings[0].startswith("split,image_id,ann_id") and len(findings) == 1 + 2 + 7
+    assert (
+        findings[0].startswith("split,image_id,ann_id") and len(findings) == 1 + 2 + 7 + 3
+    )  # header, degenerate, duplicates, size outliers
 
     result = detfold("split", clean, "--k", 4, "--seed", 42, "--out", tmp_path / "folds.csv")
     assert result.returncode == 0, result.stderr

@@ -54,8 +54,10 @@ def tiny_run(tmp_path_factory, repo, bccd_dir):
             }
         },
         "predict": {"score_thr": 0.0, "max_per_img": 100},
+        "audit": {"overrides": str(workdir / "overrides.csv")},
         "resources": {"train_threads": 2},
     }
+    (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(repo, workdir)
     if result.returncode != 0:
@@ -73,6 +75,7 @@ def test_results_layout(tiny_run):
     expected = [
         "audit/annotations.json",
         "audit/findings.csv",
+        "audit/summary.json",
         "folds/folds.csv",
         "folds/fold0/train.json",
         "folds/fold1/val.json",
@@ -86,6 +89,7 @@ def test_results_layout(tiny_run):
         "summary.md",
     ]
     assert [p for p in expected if not (r / p).is_file()] == []
+    assert (r / "audit" / "gallery").is_dir()
 
 
 def test_folds_partition_and_oof_covers_val(tiny_run):
@@ -139,3 +143,61 @@ def test_second_run_has_nothing_to_do(repo, tiny_run):
     result = snakemake(repo, tiny_run, "-n")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
+    """Runs last: it leaves the run out of date on purpose."""
+    overrides = tiny_run / "overrides.csv"
+    first_box = load_coco(tiny_run / "results" / "audit" / "annotations.json").annotations[0]["id"]
+    overrides.write_text(f"ann_id,image_id,decision,note\n{first_box},,drop,looked wrong\n")
+    result = snakemake(repo, tiny_run, "-n")
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs["audit"] == 1 and jobs["train"] == 2 and jobs["summary"] == 1
+    assert "import_annotations" not in jobs
+    assert "overrides.csv" in result.stdout
+
+
+def test_voc_input_is_imported_and_audited(repo, bccd_dir, tmp_path):
+    """data.format: voc runs import_annotations before the audit (no training needed)."""
+    from detfold.convert import coco_to_voc
+
+    train = load_coco(bccd_dir / "train.json")
+    test = load_coco(bccd_dir / "test.json")
+    coco_to_voc(train.subset(train.image_ids[:20]).data, tmp_path / "train_xml")
+    coco_to_voc(test.subset(test.image_ids[:5]).data, tmp_path / "test_xml")
+    (tmp_path / "names.txt").write_text("RBC\nWBC\nPlatelets\n")
+    config = {
+        "seed": 42,
+        "data": {
+            "format": "voc",
+            "class_names": str(tmp_path / "names.txt"),
+            "train_annotations": str(tmp_path / "train_xml"),
+            "train_images": str(bccd_dir / "images"),
+            "test_annotations": str(tmp_path / "test_xml"),
+            "test_images": str(bccd_dir / "images"),
+        },
+        "folds": {"k": 2},
+        "models": {"tiny": {"config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py")}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(repo, tmp_path, "results/folds/folds.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    clean = load_coco(tmp_path / "results" / "audit" / "annotations.json")
+    assert len(clean.images) == 20 and clean.class_names == ["RBC", "WBC", "Platelets"]
+    assert (tmp_path / "results" / "import" / "train.json").is_file()
+    folds = pd.read_csv(tmp_path / "results" / "folds" / "folds.csv")
+    assert sorted(folds.image_id) == sorted(clean.image_ids)

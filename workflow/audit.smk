@@ -1,12 +1,33 @@
+rule import_annotations:
+    input:
+        source=lambda wildcards: config["data"][f"{wildcards.split}_annotations"],
+    output:
+        coco="results/import/{split}.json",
+    log:
+        "logs/import/{split}.log",
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../envs/light.yaml"
+    params:
+        format=lookup(dpath="data/format", within=config),
+        images=lambda wildcards: config["data"][f"{wildcards.split}_images"],
+        class_names=lookup(dpath="data/class_names", within=config, default=None),
+    script:
+        "../scripts/import_annotations.py"
+
+
 rule audit:
     input:
-        train=lookup(dpath="data/train_annotations", within=config),
-        test=lookup(dpath="data/test_annotations", within=config),
+        train=audit_input("train"),
+        test=audit_input("test"),
+        overrides=audit_overrides,
     output:
         train="results/audit/annotations.json",
         test="results/audit/test.json",
         findings="results/audit/findings.csv",
         summary="results/audit/summary.json",
+        gallery=directory("results/audit/gallery"),
     log:
         "logs/audit.log",
     conda:
@@ -14,6 +35,6 @@ rule audit:
     params:
         train_images=lookup(dpath="data/train_images", within=config),
         test_images=lookup(dpath="data/test_images", within=config),
-        policy=lookup(dpath="audit", within=config),
+        settings=lookup(dpath="audit", within=config),
     script:
         "../scripts/audit.py"

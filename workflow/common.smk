@@ -11,6 +11,25 @@ wildcard_constraints:
     split="oof|test",
 
 
+def audit_input(split):
+    """The split's COCO file: as given, or converted from VOC/YOLO by import_annotations."""
+    if config["data"]["format"] == "coco":
+        return config["data"][f"{split}_annotations"]
+    return f"results/import/{split}.json"
+
+
+def audit_overrides(wildcards):
+    """A person's keep/drop decisions (an input, so editing them reruns the audit)."""
+    path = config["audit"].get("overrides")
+    return [path] if path else []
+
+
+def group_csv_input(wildcards):
+    """The group mapping CSV of folds.group_by: csv:PATH (an input: editing it re-splits)."""
+    group_by = config["folds"].get("group_by") or ""
+    return [group_by[4:]] if group_by.startswith("csv:") else []
+
+
 def model_settings(wildcards):
     """The model's settings dict (a param, so editing it reruns that model's jobs)."""
     return config["models"][wildcards.model]

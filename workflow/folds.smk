@@ -1,8 +1,13 @@
 rule split_folds:
     input:
         coco="results/audit/annotations.json",
+        groups=group_csv_input,
     output:
         table="results/folds/folds.csv",
+        balance="results/folds/balance.csv",
+        plot="results/folds/balance.png",
+        summary="results/folds/balance.json",
+        near_duplicates="results/folds/near_duplicates.csv",
     log:
         "logs/split_folds.log",
     conda:
@@ -10,6 +15,11 @@ rule split_folds:
     params:
         k=lookup(dpath="folds/k", within=config),
         seed=lookup(dpath="seed", within=config),
+        method=lookup(dpath="folds/method", within=config),
+        group_by=lookup(dpath="folds/group_by", within=config, default=None),
+        weights=lookup(dpath="folds/weights", within=config),
+        near_duplicate_distance=lookup(dpath="folds/near_duplicate_distance", within=config),
+        images=lookup(dpath="data/train_images", within=config),
     script:
         "../scripts/split_folds.py"
 

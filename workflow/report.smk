@@ -2,6 +2,7 @@ rule summary:
     input:
         audit="results/audit/summary.json",
         folds="results/folds/folds.csv",
+        balance="results/folds/balance.json",
         models=expand("results/eval/{model}/metrics.json", model=MODELS),
         ensemble="results/ensemble/metrics.json",
     output:

@@ -1,7 +1,8 @@
 """The ``detfold`` command: the library's stages outside Snakemake.
 
-    detfold audit ANNOTATIONS --images DIR --out DIR
-    detfold split ANNOTATIONS --k 5 --seed 42 --out folds.csv
+    detfold audit ANNOTATIONS --images DIR --out DIR [--overrides CSV] [--check tiny=4:drop_box]
+    detfold import voc|yolo SOURCE [--images DIR] [--classes FILE] --out COCO.json
+    detfold split ANNOTATIONS --k 5 --seed 42 --method balanced [--group-by auto --images DIR] --out folds.csv
     detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
     detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
 
@@ -26,19 +27,64 @@ def _audit(args: argparse.Namespace) -> None:
 
     coco = load_coco(args.annotations)
     audit.check_image_files(coco, args.images)
-    clean, findings = audit.audit_coco(coco, audit.AuditPolicy(), split="train")
+    policy = audit.AuditPolicy.from_config(_parse_checks(args.check))
+    overrides = audit.read_overrides(args.overrides)
+    clean, findings = audit.audit_coco(coco, policy, split="train", overrides=overrides)
     out = Path(args.out)
     write_coco(clean, out / "annotations.json")
     audit.write_findings(findings, out / "findings.csv")
     audit.write_summary(audit.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    print(f"{len(findings)} findings; {len(coco.annotations) - len(clean.annotations)} boxes dropped; wrote {out}/")
+    audit.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
+    dropped = len(coco.annotations) - len(clean.annotations)
+    print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
+
+
+def _parse_checks(specs: list[str] | None) -> dict[str, dict[str, str | float]]:
+    """``name=threshold`` or ``name=threshold:action`` or ``name=:action`` -> policy config."""
+    checks: dict[str, dict[str, str | float]] = {}
+    for spec in specs or []:
+        name, _, value = spec.partition("=")
+        threshold, _, action = value.partition(":")
+        entry: dict[str, str | float] = {}
+        if threshold:
+            try:
+                entry["threshold"] = float(threshold)
+            except ValueError:
+                raise ValueError(f"--check {spec!r}: threshold must be a number, got {threshold!r}") from None
+        if action:
+            entry["action"] = action
+        checks[name] = entry
+    return checks
+
+
+def _import(args: argparse.Namespace) -> None:
+    from detfold.stages import run_import
+
+    if args.format == "yolo" and not (args.images and args.classes):
+        raise ValueError("import yolo needs --images DIR and --classes FILE")
+    run_import(args.format, args.source, args.images, args.classes, args.out)
+    print(f"imported {args.source}: {args.out}")
 
 
 def _split(args: argparse.Namespace) -> None:
     from detfold.stages import run_split
 
-    run_split(args.annotations, k=args.k, seed=args.seed, out_table=args.out)
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    summary = run_split(
+        args.annotations,
+        k=args.k,
+        seed=args.seed,
+        out_table=str(out),
+        method=args.method,
+        group_by=args.group_by,
+        images=args.images,
+        out_balance=str(out.with_name(out.stem + ".balance.csv")),
+    )
+    print(f"wrote {out} and {out.stem}.balance.csv: images per fold {summary['fold_images']}")
+    print(
+        f"max deviation from 1/K: box share {summary['max_box_share_deviation']:.4f}, "
+        f"image share {summary['max_image_share_deviation']:.4f}"
+    )
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -84,13 +130,31 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("annotations")
     a.add_argument("--images", required=True, help="folder the file_name entries are relative to")
     a.add_argument("--out", required=True, help="output folder")
+    a.add_argument("--overrides", help="CSV of a person's decisions: ann_id,image_id,decision(keep|drop),note")
+    a.add_argument(
+        "--check",
+        action="append",
+        metavar="NAME=THRESHOLD[:ACTION]",
+        help="change one check, e.g. tiny=4 or duplicate=0.7:drop_box (repeatable)",
+    )
     a.set_defaults(func=_audit)
+
+    i = sub.add_parser("import", help="convert Pascal VOC XML or YOLO txt annotations to COCO")
+    i.add_argument("format", choices=["voc", "yolo"])
+    i.add_argument("source", help="folder of VOC .xml files, or of YOLO .txt label files")
+    i.add_argument("--images", help="image folder (YOLO: required; VOC: to read sizes missing from the XML)")
+    i.add_argument("--classes", help="class names, one per line (YOLO: required; VOC: fixes the order)")
+    i.add_argument("--out", required=True, help="COCO JSON to write")
+    i.set_defaults(func=_import)
 
     s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
     s.add_argument("annotations")
     s.add_argument("--k", type=int, default=5)
     s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold")
+    s.add_argument("--method", default="balanced", choices=["balanced", "iterstrat", "sgkf", "random"])
+    s.add_argument("--group-by", help="regex:PATTERN | field:NAME | csv:PATH | auto (near-duplicate images)")
+    s.add_argument("--images", help="image folder (needed by --group-by auto)")
+    s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold (a .balance.csv is written beside it)")
     s.set_defaults(func=_split)
 
     e = sub.add_parser("evaluate", help="COCO bbox metrics of predictions against ground truth")

@@ -48,8 +48,13 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise FileNotFoundError(f"{path}: file not found") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected JSON")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        what = "truncated JSON" if err.pos >= len(text.rstrip()) else "not valid JSON"
+        stripped = text.rstrip()
+        looks_like_json = stripped.startswith(("{", "["))
+        truncated = looks_like_json and (err.pos >= len(stripped) or not stripped.endswith(("}", "]")))
+        what = "truncated JSON (the file ends early)" if truncated else "not valid JSON"
         raise ValueError(f"{path}: {what}: {err.msg} at line {err.lineno} column {err.colno}") from None

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from detfold import audit, folds
 from detfold.coco import Coco, load_coco, write_coco
 from detfold.fusion import fuse_coco_predictions
-from detfold.io import read_json, write_json, write_text
+from detfold.io import atomic_open, read_json, write_json, write_text
 from detfold.metrics import STAT_NAMES, evaluate_coco, mean_std
 
 log = logging.getLogger(__name__)
@@ -25,40 +27,129 @@ def run_audit(
     train_images: str,
     test_annotations: str,
     test_images: str,
-    policy: dict[str, Any],
+    settings: dict[str, Any],
+    overrides: str | None,
     out_train: str,
     out_test: str,
     out_findings: str,
     out_summary: str,
+    out_gallery: str,
 ) -> None:
-    """Validate both splits (structure and image files), apply the policy, write the results."""
-    pol = audit.AuditPolicy(**policy)
+    """Validate both splits (structure and image files), run the checks, apply the policy and a
+    person's overrides, and write the cleaned files, findings, summary and gallery.
+
+    An unlabelled test set (no annotations) only has its image files checked.
+    """
+    policy = audit.AuditPolicy.from_config(settings.get("checks"))
+    decisions = audit.read_overrides(overrides)
     before = {
         "train": load_coco(train_annotations),
         "test": load_coco(test_annotations, require_annotations=False),
     }
     audit.check_image_files(before["train"], train_images)
     audit.check_image_files(before["test"], test_images)
+    if before["train"].class_names != before["test"].class_names and is_labelled(before["test"]):
+        raise ValueError(
+            f"{test_annotations}: categories {before['test'].class_names} differ from "
+            f"{train_annotations}: {before['train'].class_names}"
+        )
     after: dict[str, Coco] = {}
     findings: list[audit.Finding] = []
     for split, coco in before.items():
-        after[split], found = audit.audit_coco(coco, pol, split)
+        if split == "test" and not is_labelled(coco):
+            after[split] = coco.subset(coco.image_ids)
+            continue
+        after[split], found = audit.audit_coco(coco, policy, split, decisions)
         findings += found
-    if after["train"].class_names != after["test"].class_names:
-        raise ValueError(
-            f"{test_annotations}: categories {after['test'].class_names} differ from "
-            f"{train_annotations}: {after['train'].class_names}"
-        )
+    audit.write_gallery(findings, before, {"train": train_images, "test": test_images}, out_gallery)
     audit.write_findings(findings, out_findings)
     audit.write_summary(audit.summarise(before, after, findings), out_summary)
     write_coco(after["test"], out_test)
     write_coco(after["train"], out_train)
 
 
-def run_split(annotations: str, k: int, seed: int, out_table: str) -> None:
-    table = folds.assign_folds(load_coco(annotations), k=k, seed=seed)
+def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
+    """Convert VOC or YOLO annotations into a COCO file (``fmt`` 'coco' only copies after checking)."""
+    from detfold import convert
+    from detfold.coco import validate_coco
+
+    names = convert.read_class_names(class_names) if class_names else None
+    if fmt == "voc":
+        data = convert.voc_to_coco(source, images, names)
+    elif fmt == "yolo":
+        if names is None:
+            raise ValueError("data.class_names is needed for YOLO labels (one class name per line)")
+        data = convert.yolo_to_coco(source, images, names)
+    else:
+        raise ValueError(f"data.format must be coco, voc or yolo, got {fmt!r}")
+    problems = validate_coco(data, out)
+    if problems:
+        raise ValueError("\n".join(problems))
+    write_coco(data, out)
+    log.info("imported %s: %d images, %d boxes", source, len(data["images"]), len(data["annotations"]))
+
+
+def run_split(
+    annotations: str,
+    k: int,
+    seed: int,
+    out_table: str,
+    method: str = "balanced",
+    group_by: str | None = None,
+    weights: dict[str, float] | None = None,
+    images: str | None = None,
+    near_duplicate_distance: int = 4,
+    out_balance: str | None = None,
+    out_plot: str | None = None,
+    out_summary: str | None = None,
+    out_near_duplicates: str | None = None,
+) -> dict[str, Any]:
+    """Assign folds; write the table and (when paths are given) the balance report and the
+    near-duplicate pairs. ``group_by: auto`` keeps near-duplicate images in one fold."""
+    coco = load_coco(annotations)
+    mapping = None
+    pairs = None
+    if images is not None and (out_near_duplicates or group_by == "auto"):
+        found, pairs = folds.near_duplicate_groups(coco, images, near_duplicate_distance)
+        log.info("near-duplicate image pairs (dHash distance <= %d): %d", near_duplicate_distance, len(pairs))
+        mapping = found if group_by == "auto" else None
+    elif group_by == "auto":
+        raise ValueError("folds.group_by: auto needs the image folder to hash the images")
+    if group_by and group_by.startswith("csv:"):
+        mapping = folds.read_group_csv(group_by[4:])
+    groups = folds.groups_from(coco, group_by, mapping)
+    table = folds.assign_folds(
+        coco, k=k, seed=seed, method=method, groups=groups, weights=folds.BalanceWeights.from_config(weights)
+    )
+    summary = {
+        "method": method,
+        "k": k,
+        "seed": seed,
+        "group_by": group_by,
+        "groups_of_several_images": int(sum(1 for n in pd.Series(groups).value_counts() if n > 1)),
+        "fold_images": table.fold.value_counts().sort_index().astype(int).tolist(),
+        **folds.balance_summary(coco, table),
+    }
+    if pairs is not None and out_near_duplicates:
+        with atomic_open(out_near_duplicates) as handle:
+            pairs.to_csv(handle, index=False, lineterminator="\n")
+    if out_balance or out_plot:
+        balance = folds.balance_table(coco, table)
+        if out_balance:
+            with atomic_open(out_balance) as handle:
+                balance.to_csv(handle, index=False, lineterminator="\n")
+        if out_plot:
+            folds.plot_balance(balance, out_plot)
+    if out_summary:
+        write_json(out_summary, summary)
     folds.write_folds(table, out_table)
-    log.info("fold sizes (images): %s", table.fold.value_counts().sort_index().to_dict())
+    log.info("folds (%s, k=%d, seed %d): images per fold %s", method, k, seed, summary["fold_images"])
+    log.info(
+        "max deviation from 1/K: box share %.4f, image share %.4f",
+        summary["max_box_share_deviation"],
+        summary["max_image_share_deviation"],
+    )
+    return summary
 
 
 def run_fold_files(annotations: str, table: str, fold: int, out_train: str, out_val: str) -> None:
@@ -148,10 +239,12 @@ def run_summary(
     ensemble_metrics: str,
     out_md: str,
     out_json: str,
+    fold_balance: str | None = None,
 ) -> None:
     """Headline numbers of the run as markdown (for the terminal) and JSON."""
     aud = read_json(audit_summary)
     table = folds.read_folds(fold_table)
+    balance = read_json(fold_balance) if fold_balance else None
     models = {name: read_json(path) for name, path in sorted(model_metrics.items())}
     ens = read_json(ensemble_metrics)
     lines = [
@@ -169,8 +262,8 @@ def run_summary(
         "Findings per check: "
         + (
             ", ".join(
-                f"{check} {sum(actions.values())} ({', '.join(f'{a} {n}' for a, n in actions.items())})"
-                for check, actions in aud["findings_per_check"].items()
+                f"{check} {entry['total']} ({', '.join(f'{a} {n}' for a, n in entry['by_action'].items())})"
+                for check, entry in aud["findings_per_check"].items()
             )
             or "none"
         ),
@@ -178,6 +271,14 @@ def run_summary(
     ]
     sizes = table.fold.value_counts().sort_index()
     lines += ["## Folds", "", f"K = {len(sizes)}; images per fold: " + ", ".join(str(n) for n in sizes), ""]
+    if balance:
+        lines += [
+            f"Method {balance['method']}, seed {balance['seed']}, group_by {balance['group_by']} "
+            f"({balance['groups_of_several_images']} groups of several images). Max deviation from 1/K: "
+            f"box share {balance['max_box_share_deviation']:.4f}, "
+            f"image share {balance['max_image_share_deviation']:.4f}.",
+            "",
+        ]
     lines += ["## Cross-validated mAP (out-of-fold)", "", "| model | fold | mAP | mAP50 |", "|---|---|---|---|"]
     for name, m in models.items():
         for f in m["folds"]:
@@ -212,6 +313,7 @@ def run_summary(
         {
             "audit": aud,
             "fold_sizes": {int(k): int(v) for k, v in sizes.items()},
+            "fold_balance": balance,
             "models": {
                 n: {"cv": m["cv"], "pooled_oof": {k: m["pooled_oof"][k] for k in ("mAP", "mAP50")}}
                 for n, m in models.items()

@@ -1,0 +1,117 @@
+"""Broken inputs of every supported format: one clear line naming the problem, no traceback,
+and no output file left behind."""
+
+import json
+
+import pytest
+from detfold.cli import main
+
+GOOD = {
+    "images": [{"id": 1, "file_name": "BloodImage_00000.jpg", "width": 320, "height": 240}],
+    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]}],
+    "categories": [{"id": 1, "name": "RBC"}],
+}
+
+
+def coco_case(mutate):
+    def make(tmp):
+        data = json.loads(json.dumps(GOOD))
+        text = mutate(data)
+        (tmp / "in.json").write_text(text if isinstance(text, str) else json.dumps(data, allow_nan=True))
+        return ["audit", str(tmp / "in.json"), "--images", "{images}", "--out", str(tmp / "out")]
+
+    return make
+
+
+def voc_case(xml, classes=None):
+    def make(tmp):
+        (tmp / "xml").mkdir()
+        (tmp / "xml" / "a.xml").write_text(xml)
+        args = ["import", "voc", str(tmp / "xml"), "--out", str(tmp / "out.json")]
+        if classes:
+            (tmp / "names.txt").write_text(classes)
+            args += ["--classes", str(tmp / "names.txt")]
+        return args
+
+    return make
+
+
+def yolo_case(label, names="RBC\nWBC\n", label_name="BloodImage_00000.txt"):
+    def make(tmp):
+        (tmp / "images").mkdir()
+        (tmp / "labels").mkdir()
+        import shutil
+
+        from conftest import BCCD
+
+        shutil.copy(BCCD / "images" / "BloodImage_00000.jpg", tmp / "images")
+        (tmp / "labels" / label_name).write_text(label)
+        (tmp / "names.txt").write_text(names)
+        return ["import", "yolo", str(tmp / "labels"), "--images", str(tmp / "images"), "--classes",
+                str(tmp / "names.txt"), "--out", str(tmp / "out.json")]  # fmt: skip
+
+    return make
+
+
+VOC_OK = "<annotation><filename>a.jpg</filename><size><width>10</width><height>10</height></size>{}</annotation>"
+
+
+def voc_object(name, xmin="0"):
+    box = f"<xmin>{xmin}</xmin><ymin>1</ymin><xmax>2</xmax><ymax>3</ymax>"
+    return VOC_OK.format(f"<object><name>{name}</name><bndbox>{box}</bndbox></object>")
+
+
+CASES = {
+    "coco-not-json": (coco_case(lambda d: "images: []"), "not valid JSON"),
+    "coco-truncated": (coco_case(lambda d: json.dumps(d)[:40]), "truncated JSON"),
+    "coco-no-images": (coco_case(lambda d: d.pop("images")), "missing top-level key 'images'"),
+    "coco-dup-image-id": (coco_case(lambda d: d["images"].append(dict(d["images"][0]))), "id 1 is a duplicate"),
+    "coco-dup-ann-id": (
+        coco_case(lambda d: d["annotations"].append(dict(d["annotations"][0]))),
+        "annotations[1].id 1 is a duplicate",
+    ),
+    "coco-unknown-image": (coco_case(lambda d: d["annotations"][0].update(image_id=5)), "image_id 5 is not in"),
+    "coco-unknown-category": (coco_case(lambda d: d["annotations"][0].update(category_id=3)), "category_id 3"),
+    "coco-bbox-3-numbers": (coco_case(lambda d: d["annotations"][0].update(bbox=[1, 2, 3])), "bbox must be 4"),
+    "coco-bbox-nan": (coco_case(lambda d: d["annotations"][0].update(bbox=[1, 2, float("nan"), 3])), "finite"),
+    "coco-bbox-string": (coco_case(lambda d: d["annotations"][0].update(bbox="1 2 3 4")), "bbox must be 4"),
+    "coco-image-missing": (
+        coco_case(lambda d: d["images"][0].update(file_name="nope.jpg")),
+        "nope.jpg: image file missing",
+    ),
+    "coco-size-mismatch": (coco_case(lambda d: d["images"][0].update(width=640)), "size on disk 320x240 differs"),
+    "coco-top-level-list": (coco_case(lambda d: "[]"), "top level must be a JSON object"),
+    "voc-bad-xml": (voc_case("<annotation><object></annotation>"), "a.xml: not valid XML"),
+    "voc-no-name": (voc_case(VOC_OK.format("<object><bndbox/></object>")), "object 0: missing <name>"),
+    "voc-no-bndbox": (voc_case(VOC_OK.format("<object><name>RBC</name></object>")), "missing <bndbox>"),
+    "voc-bad-coordinate": (
+        voc_case(voc_object("RBC", xmin="a")),
+        "bndbox/xmin must be a finite number, got 'a'",
+    ),
+    "voc-unknown-class": (
+        voc_case(voc_object("Cat"), "RBC\n"),
+        "class 'Cat' is not in the class names",
+    ),
+    "yolo-4-fields": (yolo_case("0 0.5 0.5 0.1\n"), "line 1: expected 'class cx cy w h' (5 fields), got 4"),
+    "yolo-class-out-of-range": (yolo_case("7 0.5 0.5 0.1 0.1\n"), "class index 7 outside 0..1"),
+    "yolo-not-a-number": (yolo_case("0 0.5 half 0.1 0.1\n"), "cy must be a finite number, got 'half'"),
+    "yolo-orphan-label": (yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="ghost.txt"), "label files without an image"),
+    "yolo-empty-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="\n# none\n"), "no class names in the file"),
+    "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gives_one_clear_line(case, tmp_path, bccd_dir, capsys):
+    make, message = CASES[case]
+    args = [a.replace("{images}", str(bccd_dir / "images")) for a in make(tmp_path)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("detfold: error: ")
+    assert message in err
+    assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 15
