@@ -58,17 +58,18 @@ def _check_inputs(
     return w
 
 
-def _flatten(boxes_list, scores_list, labels_list, weights, skip_box_thr):  # type: ignore[no-untyped-def]
-    """All boxes of all models as arrays, weighted scores, sorted by score (stable)."""
-    rows = []
+def _boxes_by_label(boxes_list, scores_list, labels_list, weights, skip_box_thr):  # type: ignore[no-untyped-def]
+    """label -> [(weighted score, model, box)] over all models, by score descending (stable)."""
+    by_label: dict[int, list] = defaultdict(list)
     for m, (b, s, lab) in enumerate(zip(boxes_list, scores_list, labels_list, strict=True)):
         b = np.asarray(b, dtype=float).reshape(-1, 4)
         s = np.asarray(s, dtype=float)
         keep = s >= skip_box_thr
         for box, score, label in zip(b[keep], s[keep], np.asarray(lab)[keep], strict=True):
-            rows.append((int(label), float(score) * weights[m], m, box))
-    rows.sort(key=lambda r: (r[0], -r[1]))  # label, then score descending; ties keep input order
-    return rows
+            by_label[int(label)].append((float(score) * weights[m], m, box))
+    for members in by_label.values():
+        members.sort(key=lambda r: -r[0])  # ties keep input order
+    return dict(sorted(by_label.items()))
 
 
 def weighted_boxes_fusion(
@@ -91,15 +92,11 @@ def weighted_boxes_fusion(
     if conf_type not in CONF_TYPES:
         raise ValueError(f"conf_type must be one of {CONF_TYPES}, got {conf_type!r}")
     w = _check_inputs(boxes_list, scores_list, labels_list, weights)
-    rows = _flatten(boxes_list, scores_list, labels_list, w, skip_box_thr)
     out_boxes, out_scores, out_labels = [], [], []
-    by_label: dict[int, list] = defaultdict(list)
-    for row in rows:
-        by_label[row[0]].append(row)
-    for label, members in by_label.items():
+    for label, members in _boxes_by_label(boxes_list, scores_list, labels_list, w, skip_box_thr).items():
         clusters: list[list[tuple[float, np.ndarray]]] = []
         fused = np.empty((0, 4))
-        for _, score, _, box in members:
+        for score, _, box in members:
             best = -1
             if len(fused):
                 iou = _iou_one_to_many(box, fused)
@@ -137,14 +134,10 @@ def nms(
     """Class-aware greedy NMS over all models' boxes; scores are multiplied by model weights
     and divided by the largest weight (the caller's arrays are never modified)."""
     w = _check_inputs(boxes_list, scores_list, labels_list, weights)
-    rows = _flatten(boxes_list, scores_list, labels_list, w, skip_box_thr)
     out_boxes, out_scores, out_labels = [], [], []
-    by_label: dict[int, list] = defaultdict(list)
-    for row in rows:
-        by_label[row[0]].append(row)
-    for label, members in by_label.items():
+    for label, members in _boxes_by_label(boxes_list, scores_list, labels_list, w, skip_box_thr).items():
         kept = np.empty((0, 4))
-        for _, score, _, box in members:
+        for score, _, box in members:
             if len(kept) and (_iou_one_to_many(box, kept) > iou_thr).any():
                 continue
             kept = np.vstack([kept, box])
