@@ -52,9 +52,10 @@ def pycocotools_eval(gt, preds):
         ev.accumulate()
         ev.summarize()
     per_class = {}
-    for k, cat in enumerate(gt.categories):
+    names = {cat["id"]: cat["name"] for cat in gt.categories}
+    for k, cat_id in enumerate(ev.params.catIds):  # pycocotools orders classes by sorted id
         p = ev.eval["precision"][:, :, k, 0, -1]
-        per_class[cat["name"]] = float(np.mean(p[p > -1])) if (p > -1).any() else None
+        per_class[names[cat_id]] = float(np.mean(p[p > -1])) if (p > -1).any() else None
     return ev.stats, per_class
 
 

@@ -1,15 +1,21 @@
-"""Fusing the detections of several models: weighted boxes fusion (WBF) and NMS.
+"""Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted.
 
 Contract of the array functions: boxes are ``xyxy_norm`` (x1, y1, x2, y2 divided by the
-image width/height, so within [0, 1]), one array per model; scores in [0, 1]; integer
-labels. :func:`fuse_coco_predictions` takes and returns COCO results (``xywh_abs``) and does
-the per-image normalisation itself. Outputs are deterministic: stable sorts, no randomness.
+image width/height, so within [0, 1]), one array per model; scores are floats; labels are
+integers. Boxes outside [0, 1] or with x2 < x1 raise (nothing is silently clamped); boxes of
+zero area are skipped, as in ensemble-boxes. The caller's arrays are never modified.
+:func:`fuse_coco_predictions` takes and returns COCO results (``xywh_abs``) and normalises per
+image itself. Every method runs as one compiled (numba) pass over all (image, label) groups.
+
+The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
+ties in score keep the input order (a stable sort); soft-NMS returns the decayed scores
+(``rescore=True``; ensemble-boxes returns the original ones: ``rescore=False``); and the
+caller's score lists are not rescaled in place by ``nms(weights=...)``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,142 +23,179 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-CONF_TYPES = ("avg", "max")
-METHODS = ("wbf", "nms")
+CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+METHODS = ("wbf", "nms", "soft_nms", "nmw")
+_CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box against (n, 4) xyxy boxes."""
-    iw = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    ih = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = iw * ih
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+class _Prepared:
+    """All boxes of all models and images, filtered, weighted and sorted into groups."""
+
+    def __init__(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        models: np.ndarray,
+        images: np.ndarray,
+        weights: np.ndarray,
+        skip_box_thr: float,
+        class_agnostic: bool,
+    ) -> None:
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = (scores >= skip_box_thr) & (area > 0)
+        self.boxes, self.labels, self.models, self.images = boxes[keep], labels[keep], models[keep], images[keep]
+        self.raw_scores = scores[keep]
+        self.scores = self.raw_scores * weights[self.models]
+        group_label = np.zeros_like(self.labels) if class_agnostic else self.labels
+        order = np.lexsort((np.arange(len(self.scores)), -self.scores, group_label, self.images))
+        for name in ("boxes", "labels", "models", "images", "raw_scores", "scores"):
+            setattr(self, name, getattr(self, name)[order])
+        group_label = group_label[order]
+        key = np.stack([self.images, group_label], axis=1)
+        change = np.flatnonzero((np.diff(key, axis=0) != 0).any(axis=1)) + 1 if len(key) else np.zeros(0, np.int64)
+        self.starts = np.concatenate([[0], change, [len(key)]]).astype(np.int64)
 
 
-def _check_inputs(
+def _check(
     boxes_list: Sequence[np.ndarray],
     scores_list: Sequence[np.ndarray],
     labels_list: Sequence[np.ndarray],
     weights: Sequence[float] | None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate per-model arrays; return concatenated boxes, scores, labels, model index, weights."""
     if not (len(boxes_list) == len(scores_list) == len(labels_list)):
         raise ValueError(
             f"boxes/scores/labels lists differ in length: {len(boxes_list)}, {len(scores_list)}, {len(labels_list)}"
         )
+    if len(boxes_list) == 0:
+        raise ValueError("no models given")
     w = np.ones(len(boxes_list)) if weights is None else np.asarray(weights, dtype=float)
-    if len(w) != len(boxes_list):
-        raise ValueError(f"{len(w)} weights given for {len(boxes_list)} models")
-    if (w <= 0).any():
+    if w.shape != (len(boxes_list),):
+        raise ValueError(f"{w.size} weights given for {len(boxes_list)} models")
+    if (w <= 0).any() or not np.isfinite(w).all():
         raise ValueError(f"model weights must be positive, got {w.tolist()}")
+    all_boxes, all_scores, all_labels, all_models = [], [], [], []
     for m, (b, s, lab) in enumerate(zip(boxes_list, scores_list, labels_list, strict=True)):
-        b = np.asarray(b, dtype=float)
-        if b.size and (b.ndim != 2 or b.shape[1] != 4):
-            raise ValueError(f"model {m}: boxes must have shape (n, 4), got {b.shape}")
+        b = np.asarray(b, dtype=float).reshape(-1, 4) if len(b) else np.zeros((0, 4))
+        s, lab = np.asarray(s, dtype=float).reshape(-1), np.asarray(lab).reshape(-1)
         if len(b) != len(s) or len(b) != len(lab):
             raise ValueError(f"model {m}: {len(b)} boxes, {len(s)} scores, {len(lab)} labels")
-        if b.size and (b.min() < -1e-6 or b.max() > 1 + 1e-6):
-            raise ValueError(
-                f"model {m}: boxes must be xyxy normalised to [0, 1], got values in [{b.min():g}, {b.max():g}]"
-            )
-    return w
+        if len(b):
+            if not np.isfinite(b).all() or b.min() < -1e-6 or b.max() > 1 + 1e-6:
+                raise ValueError(
+                    f"model {m}: boxes must be xyxy normalised to [0, 1], got values in [{b.min():g}, {b.max():g}]"
+                )
+            bad = np.flatnonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
+            if len(bad):
+                raise ValueError(f"model {m}: box {bad[0]} has x2 < x1 or y2 < y1: {b[bad[0]].tolist()}")
+        all_boxes.append(np.clip(b, 0.0, 1.0))
+        all_scores.append(s)
+        all_labels.append(lab.astype(np.int64))
+        all_models.append(np.full(len(b), m, dtype=np.int64))
+    return (np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels),
+            np.concatenate(all_models), w)  # fmt: skip
 
 
-def _boxes_by_label(boxes_list, scores_list, labels_list, weights, skip_box_thr):  # type: ignore[no-untyped-def]
-    """label -> [(weighted score, model, box)] over all models, by score descending (stable)."""
-    by_label: dict[int, list] = defaultdict(list)
-    for m, (b, s, lab) in enumerate(zip(boxes_list, scores_list, labels_list, strict=True)):
-        b = np.asarray(b, dtype=float).reshape(-1, 4)
-        s = np.asarray(s, dtype=float)
-        keep = s >= skip_box_thr
-        for box, score, label in zip(b[keep], s[keep], np.asarray(lab)[keep], strict=True):
-            by_label[int(label)].append((float(score) * weights[m], m, box))
-    for members in by_label.values():
-        members.sort(key=lambda r: -r[0])  # ties keep input order
-    return dict(sorted(by_label.items()))
-
-
-def weighted_boxes_fusion(
-    boxes_list: Sequence[np.ndarray],
-    scores_list: Sequence[np.ndarray],
-    labels_list: Sequence[np.ndarray],
+def fuse_arrays(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    models: np.ndarray,
+    images: np.ndarray,
+    n_models: int,
+    method: str = "wbf",
     weights: Sequence[float] | None = None,
     iou_thr: float = 0.55,
     skip_box_thr: float = 0.0,
     conf_type: str = "avg",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weighted boxes fusion of T models' boxes of one image (Solovyev et al., 2019).
-
-    Boxes of one label are visited by descending weighted score; each joins the fused box it
-    overlaps with IoU > ``iou_thr`` (best match) or starts a new one. A fused box is the
-    score-weighted mean of its members; its score is their mean (``avg``, then scaled by
-    min(T, members) / sum(weights)) or their max (``max``, divided by max(weights)).
-    Returns (boxes (n, 4) xyxy_norm, scores (n,), labels (n,)) sorted by score descending.
-    """
+    allows_overflow: bool = False,
+    sigma: float = 0.5,
+    thresh: float = 0.001,
+    soft_method: str = "gaussian",
+    rescore: bool = True,
+    class_agnostic: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
+    model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
+    image, then score descending (stable)."""
+    if method not in METHODS:
+        raise ValueError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
     if conf_type not in CONF_TYPES:
-        raise ValueError(f"conf_type must be one of {CONF_TYPES}, got {conf_type!r}")
-    w = _check_inputs(boxes_list, scores_list, labels_list, weights)
-    out_boxes, out_scores, out_labels = [], [], []
-    for label, members in _boxes_by_label(boxes_list, scores_list, labels_list, w, skip_box_thr).items():
-        clusters: list[list[tuple[float, np.ndarray]]] = []
-        fused = np.empty((0, 4))
-        for score, _, box in members:
-            best = -1
-            if len(fused):
-                iou = _iou_one_to_many(box, fused)
-                j = int(np.argmax(iou))
-                if iou[j] > iou_thr:
-                    best = j
-            if best < 0:
-                clusters.append([(score, box)])
-                fused = np.vstack([fused, box])
-            else:
-                clusters[best].append((score, box))
-                s = np.array([c[0] for c in clusters[best]])
-                b = np.array([c[1] for c in clusters[best]])
-                fused[best] = (s[:, None] * b).sum(axis=0) / s.sum()
-        for cluster, box in zip(clusters, fused, strict=True):
-            s = np.array([c[0] for c in cluster])
-            if conf_type == "avg":
-                score = s.mean() * min(len(w), len(cluster)) / w.sum()
-            else:
-                score = s.max() / w.max()
-            out_boxes.append(box)
-            out_scores.append(score)
-            out_labels.append(label)
-    return _sorted_output(out_boxes, out_scores, out_labels)
+        raise ValueError(f"conf_type must be one of {list(CONF_TYPES)}, got {conf_type!r}")
+    if soft_method not in ("linear", "gaussian"):
+        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
+    if not 0 <= iou_thr <= 1:
+        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
+    if method == "nmw":
+        w = w / w.max()
+    if method in ("nms", "soft_nms"):
+        w = w / w.sum() if weights is not None else w
+    from detfold import _fusion_kernels as kernels
+
+    prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
+    if method == "wbf":
+        out_box, out_score, _, first = kernels.wbf_groups(
+            prep.starts, prep.boxes, prep.scores, prep.models, w, n_models, float(iou_thr),
+            _CONF_CODE[conf_type], allows_overflow,
+        )  # fmt: skip
+    elif method == "nmw":
+        out_box, out_score, _, first = kernels.nmw_groups(prep.starts, prep.boxes, prep.scores, float(iou_thr))
+    else:
+        code = 3 if method == "nms" else (1 if soft_method == "linear" else 2)
+        floor = float(thresh) if code != 3 else -np.inf  # hard NMS keeps every unsuppressed box
+        keep, decayed = kernels.soft_nms_groups(
+            prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), floor, code
+        )
+        out_box = prep.boxes[keep]
+        out_score = decayed if (rescore and method == "soft_nms") else prep.scores[keep]
+        first = keep
+    out_label, out_image = prep.labels[first], prep.images[first]
+    order = np.lexsort((np.arange(len(out_score)), -out_score, out_image))
+    return out_box[order], out_score[order], out_label[order], out_image[order]
 
 
-def nms(
-    boxes_list: Sequence[np.ndarray],
-    scores_list: Sequence[np.ndarray],
-    labels_list: Sequence[np.ndarray],
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.5,
-    skip_box_thr: float = 0.0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class-aware greedy NMS over all models' boxes; scores are multiplied by model weights
-    and divided by the largest weight (the caller's arrays are never modified)."""
-    w = _check_inputs(boxes_list, scores_list, labels_list, weights)
-    out_boxes, out_scores, out_labels = [], [], []
-    for label, members in _boxes_by_label(boxes_list, scores_list, labels_list, w, skip_box_thr).items():
-        kept = np.empty((0, 4))
-        for score, _, box in members:
-            if len(kept) and (_iou_one_to_many(box, kept) > iou_thr).any():
-                continue
-            kept = np.vstack([kept, box])
-            out_boxes.append(box)
-            out_scores.append(score / w.max())
-            out_labels.append(label)
-    return _sorted_output(out_boxes, out_scores, out_labels)
+def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs):  # type: ignore[no-untyped-def]
+    b, s, lab, m, _ = _check(boxes_list, scores_list, labels_list, weights)
+    out_box, out_score, out_label, _ = fuse_arrays(
+        b, s, lab, m, np.zeros(len(b), np.int64), len(boxes_list), method, weights, **kwargs
+    )
+    return out_box, out_score, out_label
 
 
-def _sorted_output(boxes: list, scores: list, labels: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not boxes:
-        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=np.int64)
-    b, s, lab = np.array(boxes, dtype=float), np.array(scores, dtype=float), np.array(labels, dtype=np.int64)
-    order = np.lexsort((b[:, 3], b[:, 2], b[:, 1], b[:, 0], lab, -s))
-    return b[order], s[order], lab[order]
+def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0,
+                          conf_type="avg", allows_overflow=False):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Weighted boxes fusion (Solovyev et al.) of one image's boxes from several models.
+
+    Boxes of one label, by descending weighted score, join the fused box they overlap with
+    IoU > ``iou_thr`` (the best one) or start a new one; a fused box is the score-weighted mean
+    of its members. Scores: ``avg`` mean x min(T, members) / sum(weights); ``max``;
+    ``box_and_model_avg``; ``absent_model_aware_avg`` (as in ensemble-boxes).
+    Returns (boxes (n, 4) xyxy_norm, scores (n,), labels (n,)) by score descending."""
+    return _single("wbf", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr,
+                   skip_box_thr=skip_box_thr, conf_type=conf_type, allows_overflow=allows_overflow)  # fmt: skip
+
+
+def nms(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.5):  # type: ignore[no-untyped-def]
+    """Class-aware greedy NMS over all models' boxes (scores x weight / sum(weights) when
+    weights are given). Returns kept (boxes, scores, labels) by score descending."""
+    return _single("nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr)
+
+
+def soft_nms(boxes_list, scores_list, labels_list, weights=None, method="gaussian", iou_thr=0.5, sigma=0.5,
+             thresh=0.001, rescore=True):  # type: ignore[no-untyped-def]  # fmt: skip
+    """Soft-NMS (Bodla et al.): overlapping boxes decay instead of vanishing (linear: by 1 - IoU
+    above ``iou_thr``; gaussian: by exp(-IoU^2 / sigma)); boxes whose decayed score is at most
+    ``thresh`` are dropped. ``rescore=False`` returns the original scores, as ensemble-boxes."""
+    return _single("soft_nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, sigma=sigma,
+                   thresh=thresh, soft_method=method, rescore=rescore)  # fmt: skip
+
+
+def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0):  # type: ignore[no-untyped-def]
+    """Non-maximum weighted (Zhou et al.): each cluster keeps its best box's score; its coords
+    are the mean of its members weighted by score x IoU with the best box."""
+    return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
 
 
 def fuse_coco_predictions(
@@ -164,51 +207,63 @@ def fuse_coco_predictions(
     skip_box_thr: float = 0.0,
     conf_type: str = "avg",
     max_per_image: int = 100,
+    **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """Fuse several COCO result lists (one per model) image by image.
 
     ``images`` are COCO image records (id, width, height); each prediction's box is clipped
-    to its image, normalised, fused and mapped back to ``xywh_abs``. The output is sorted by
-    image id, then score descending, with at most ``max_per_image`` boxes per image; boxes are
-    rounded to 0.01 px and scores to 1e-6 so files are byte-reproducible.
+    to its image (predictions, not ground truth), normalised, fused and mapped back to
+    ``xywh_abs``. The output is sorted by image id, then score descending, with at most
+    ``max_per_image`` boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so
+    files are byte-reproducible.
     """
-    if method not in METHODS:
-        raise ValueError(f"ensemble method must be one of {METHODS}, got {method!r}")
-    sizes = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-    grouped: list[dict[int, list[dict[str, Any]]]] = []
+    if weights is not None and len(weights) != len(prediction_sets):
+        raise ValueError(f"{len(weights)} weights given for {len(prediction_sets)} prediction sets")
+    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+    pos = {int(i): p for p, i in enumerate(ids)}
+    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
+    cols: dict[str, list] = {"box": [], "score": [], "label": [], "model": [], "image": []}
     for m, preds in enumerate(prediction_sets):
-        per_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for i, p in enumerate(preds):
-            if p["image_id"] not in sizes:
+            if p["image_id"] not in pos:
                 raise ValueError(f"prediction set {m}, item {i}: image_id {p['image_id']!r} is not a known image")
-            per_image[p["image_id"]].append(p)
-        grouped.append(per_image)
+            x, y, w, h = p["bbox"]
+            width, height = size[p["image_id"]]
+            cols["box"].append((min(max(x, 0), width) / width, min(max(y, 0), height) / height,
+                                min(max(x + w, 0), width) / width, min(max(y + h, 0), height) / height))  # fmt: skip
+            cols["score"].append(p["score"])
+            cols["label"].append(p["category_id"])
+            cols["model"].append(m)
+            cols["image"].append(pos[p["image_id"]])
+    boxes = np.array(cols["box"], dtype=float).reshape(-1, 4)
+    out_box, out_score, out_label, out_image = fuse_arrays(
+        boxes,
+        np.array(cols["score"], dtype=float),
+        np.array(cols["label"], dtype=np.int64),
+        np.array(cols["model"], dtype=np.int64),
+        np.array(cols["image"], dtype=np.int64),
+        len(prediction_sets),
+        method,
+        weights,
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+        conf_type=conf_type,
+        **kwargs,
+    )
     fused: list[dict[str, Any]] = []
-    for image_id in sorted(sizes):
-        width, height = sizes[image_id]
-        scale = np.array([width, height, width, height])
-        boxes_list, scores_list, labels_list = [], [], []
-        for per_image in grouped:
-            preds = per_image.get(image_id, [])
-            xywh = np.array([p["bbox"] for p in preds], dtype=float).reshape(-1, 4)
-            xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-            boxes_list.append(np.clip(xyxy / scale, 0.0, 1.0))
-            scores_list.append(np.array([p["score"] for p in preds], dtype=float))
-            labels_list.append(np.array([p["category_id"] for p in preds], dtype=np.int64))
-        if method == "wbf":
-            boxes, scores, labels = weighted_boxes_fusion(
-                boxes_list, scores_list, labels_list, weights, iou_thr, skip_box_thr, conf_type
-            )
-        else:
-            boxes, scores, labels = nms(boxes_list, scores_list, labels_list, weights, iou_thr, skip_box_thr)
-        for box, score, label in list(zip(boxes * scale, scores, labels, strict=True))[:max_per_image]:
-            x1, y1, x2, y2 = (round(float(v), 2) for v in box)
-            fused.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(label),
-                    "bbox": [x1, y1, round(x2 - x1, 2), round(y2 - y1, 2)],
-                    "score": round(float(score), 6),
-                }
-            )
+    rank = np.arange(len(out_image)) - np.searchsorted(out_image, out_image, side="left")
+    for box, score, label, img, r in zip(out_box, out_score, out_label, out_image, rank, strict=True):
+        if r >= max_per_image:
+            continue
+        image_id = int(ids[img])
+        width, height = size[image_id]
+        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+        fused.append(
+            {
+                "image_id": image_id,
+                "category_id": int(label),
+                "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
+                "score": round(float(score), 6),
+            }
+        )
     return fused

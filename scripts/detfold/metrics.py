@@ -1,20 +1,20 @@
 """COCO bbox metrics (the 12 standard stats at maxDets 1/10/100, mAP50, per-class AP/AR).
 
-Computed with faster-coco-eval, whose numbers equal pycocotools' (the tests check this
-against pycocotools itself). Predictions are COCO results: ``image_id, category_id,
+Computed by :mod:`detfold.cocoeval`, whose numbers equal pycocotools' bit for bit (the tests
+check this against pycocotools itself). Predictions are COCO results: ``image_id, category_id,
 bbox (xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
 ``None``; an empty prediction list scores 0 instead of crashing.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from typing import Any
 
 import numpy as np
 
 from detfold.coco import Coco
+from detfold.cocoeval import evaluate_bbox
 
 log = logging.getLogger(__name__)
 
@@ -62,30 +62,24 @@ def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str =
 
 def evaluate_coco(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> dict[str, Any]:
     """Score ``predictions`` against ``gt``: 12 COCO stats, mAP50 and per-class AP/AP50/AR100."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
     check_predictions(gt, predictions, source)
-    gt_api = COCO(copy.deepcopy(gt.data))
-    dt_api = gt_api.loadRes(copy.deepcopy(predictions))
-    evaluator = COCOeval_faster(gt_api, dt_api, "bbox")
-    evaluator.params.maxDets = [1, 10, 100]
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    stats = {name: _defined(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
-    precision = evaluator.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
-    recall = evaluator.eval["recall"]  # [T, K, A, M]
+    result = evaluate_bbox(gt.data, predictions)
+    stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
+    names = {cat["id"]: cat["name"] for cat in gt.categories}
+    n_gt: dict[int, int] = {}
+    for ann in gt.annotations:
+        n_gt[ann["category_id"]] = n_gt.get(ann["category_id"], 0) + 1
     per_class = {}
-    for k, cat in enumerate(gt.categories):
-        p_all = precision[:, :, k, 0, -1]
-        p_50 = precision[0, :, k, 0, -1]
-        r_all = recall[:, k, 0, -1]
-        per_class[cat["name"]] = {
-            "category_id": cat["id"],
+    for k, cat_id in enumerate(result.cat_ids):  # classes in sorted id order, as pycocotools
+        p_all = result.precision[:, :, k, 0, -1]
+        p_50 = result.precision[0, :, k, 0, -1]
+        r_all = result.recall[:, k, 0, -1]
+        per_class[names[cat_id]] = {
+            "category_id": cat_id,
             "AP": _defined(np.mean(p_all[p_all > -1])) if (p_all > -1).any() else None,
             "AP50": _defined(np.mean(p_50[p_50 > -1])) if (p_50 > -1).any() else None,
             "AR_100": _defined(np.mean(r_all[r_all > -1])) if (r_all > -1).any() else None,
-            "n_gt": sum(1 for a in gt.annotations if a["category_id"] == cat["id"]),
+            "n_gt": n_gt.get(cat_id, 0),
         }
     return {
         "mAP": stats["AP"],

@@ -1,0 +1,167 @@
+"""Compiled (numba) kernels of :mod:`detfold.fusion`: one pass over many groups of boxes.
+
+Every kernel takes boxes sorted into groups (one group per image and label, or per image for
+class-agnostic fusion) given by ``starts`` (group g is rows starts[g]:starts[g + 1]), xyxy_norm
+coordinates and weighted scores sorted descending within each group.
+"""
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, inline="always")
+def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
+    inter = max(min(a2, b2) - max(a0, b0), 0.0) * max(min(a3, b3) - max(a1, b1), 0.0)
+    union = (a2 - a0) * (a3 - a1) + (b2 - b0) * (b3 - b1) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def wbf_groups(starts, boxes, scores, models, weights, n_models, iou_thr, conf_code, allows_overflow):  # type: ignore[no-untyped-def]
+    """WBF over groups of boxes sorted by score (descending) within each group.
+
+    Returns, per output box: group, coords, score and the index of its first (best) member."""
+    n = boxes.shape[0]
+    out_box = np.zeros((n, 4))
+    out_score = np.zeros(n)
+    out_group = np.zeros(n, dtype=np.int64)
+    out_first = np.zeros(n, dtype=np.int64)
+    k = 0
+    w_sum_all = weights.sum()
+    w_max = weights.max()
+    for g in range(starts.shape[0] - 1):
+        s, e = starts[g], starts[g + 1]
+        c0 = k  # clusters of this group are out[c0:k]
+        sum_xy = np.zeros((e - s, 4))
+        sum_s = np.zeros(e - s)
+        max_s = np.zeros(e - s)
+        count = np.zeros(e - s, dtype=np.int64)
+        w_in = np.zeros(e - s)
+        member_models = np.zeros((e - s, n_models), dtype=np.bool_)
+        for j in range(s, e):
+            best, best_iou = -1, iou_thr
+            for c in range(c0, k):
+                iou = _iou(out_box[c, 0], out_box[c, 1], out_box[c, 2], out_box[c, 3],
+                           boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])  # fmt: skip
+                if iou > best_iou:
+                    best, best_iou = c, iou
+            if best < 0:
+                best = k
+                out_group[k] = g
+                out_first[k] = j
+                k += 1
+            i = best - c0
+            sc = scores[j]
+            for q in range(4):
+                sum_xy[i, q] += sc * boxes[j, q]
+            sum_s[i] += sc
+            max_s[i] = max(max_s[i], sc)
+            count[i] += 1
+            w_in[i] += weights[models[j]]
+            member_models[i, models[j]] = True
+            for q in range(4):
+                out_box[best, q] = sum_xy[i, q] / sum_s[i]
+        for c in range(c0, k):
+            i = c - c0
+            conf = sum_s[i] / count[i]
+            if conf_code == 0:  # avg
+                n_eff = count[i] if allows_overflow else min(n_models, count[i])
+                out_score[c] = conf * n_eff / w_sum_all
+            elif conf_code == 1:  # max
+                out_score[c] = max_s[i] / w_max
+            elif conf_code == 2:  # box_and_model_avg
+                present = 0.0
+                for m in range(n_models):
+                    if member_models[i, m]:
+                        present += weights[m]
+                out_score[c] = conf * count[i] / w_in[i] * present / w_sum_all
+            else:  # absent_model_aware_avg
+                absent = 0.0
+                for m in range(n_models):
+                    if not member_models[i, m]:
+                        absent += weights[m]
+                out_score[c] = conf * count[i] / (w_in[i] + absent)
+    return out_box[:k], out_score[:k], out_group[:k], out_first[:k]
+
+
+@njit(cache=True, nogil=True)
+def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
+    """Non-maximum weighted: clusters around their best box; coords weighted by score x IoU."""
+    n = boxes.shape[0]
+    out_box = np.zeros((n, 4))
+    out_score = np.zeros(n)
+    out_group = np.zeros(n, dtype=np.int64)
+    out_first = np.zeros(n, dtype=np.int64)
+    sum_xy = np.zeros((n, 4))
+    sum_w = np.zeros(n)
+    k = 0
+    for g in range(starts.shape[0] - 1):
+        s, e = starts[g], starts[g + 1]
+        c0 = k
+        for j in range(s, e):
+            best, best_iou = -1, iou_thr
+            for c in range(c0, k):
+                f = out_first[c]
+                iou = _iou(boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3],
+                           boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])  # fmt: skip
+                if iou > best_iou:
+                    best, best_iou = c, iou
+            if best < 0:
+                best = k
+                out_group[k] = g
+                out_first[k] = j
+                out_score[k] = scores[j]
+                k += 1
+            f = out_first[best]
+            wgt = scores[j] * _iou(boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3],
+                                   boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3])  # fmt: skip
+            for q in range(4):
+                sum_xy[best, q] += wgt * boxes[j, q]
+            sum_w[best] += wgt
+        for c in range(c0, k):
+            for q in range(4):
+                out_box[c, q] = sum_xy[c, q] / sum_w[c]
+    return out_box[:k], out_score[:k], out_group[:k], out_first[:k]
+
+
+@njit(cache=True, nogil=True)
+def soft_nms_groups(starts, boxes, scores, iou_thr, sigma, thresh, method_code):  # type: ignore[no-untyped-def]
+    """Soft-NMS per group (method 1 linear, 2 gaussian, 3 hard NMS), boxes in input order.
+
+    At each step the highest remaining (decayed) score is selected; the others decay by
+    their IoU with it. Returns kept input indices in selection order and decayed scores."""
+    n = boxes.shape[0]
+    keep = np.zeros(n, dtype=np.int64)
+    decayed = np.zeros(n)
+    k = 0
+    for g in range(starts.shape[0] - 1):
+        s, e = starts[g], starts[g + 1]
+        idx = np.arange(s, e)
+        sc = scores[s:e].copy()
+        m = e - s
+        for i in range(m):
+            best = i
+            for j in range(i + 1, m):
+                if sc[j] > sc[best]:
+                    best = j
+            if best != i:
+                idx[i], idx[best] = idx[best], idx[i]
+                sc[i], sc[best] = sc[best], sc[i]
+            a = idx[i]
+            for j in range(i + 1, m):
+                b = idx[j]
+                ovr = _iou(boxes[a, 0], boxes[a, 1], boxes[a, 2], boxes[a, 3],
+                           boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3])  # fmt: skip
+                if method_code == 1:
+                    if ovr > iou_thr:
+                        sc[j] *= 1.0 - ovr
+                elif method_code == 2:
+                    sc[j] *= np.exp(-(ovr * ovr) / sigma)
+                elif ovr > iou_thr:
+                    sc[j] = -np.inf  # hard NMS: suppressed whatever its score
+        for i in range(m):
+            if sc[i] > thresh:
+                keep[k] = idx[i]
+                decayed[k] = sc[i]
+                k += 1
+    return keep[:k], decayed[:k]
