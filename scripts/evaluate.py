@@ -11,4 +11,5 @@ run_evaluate(
     test_json=snakemake.input.test_gt,
     test_preds=list(snakemake.input.test),
     out=snakemake.output.metrics,
+    out_pr_curves=snakemake.output.pr_curves,
 )

@@ -12,4 +12,5 @@ run_summary(
     out_md=snakemake.output.md,
     out_json=snakemake.output.json,
     fold_balance=snakemake.input.balance,
+    oof_ensemble=snakemake.input.oof_ensemble,
 )

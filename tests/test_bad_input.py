@@ -47,8 +47,17 @@ def yolo_case(label, names="RBC\nWBC\n", label_name="BloodImage_00000.txt"):
         shutil.copy(BCCD / "images" / "BloodImage_00000.jpg", tmp / "images")
         (tmp / "labels" / label_name).write_text(label)
         (tmp / "names.txt").write_text(names)
-        return ["import", "yolo", str(tmp / "labels"), "--images", str(tmp / "images"), "--classes",
-                str(tmp / "names.txt"), "--out", str(tmp / "out.json")]  # fmt: skip
+        return [
+            "import",
+            "yolo",
+            str(tmp / "labels"),
+            "--images",
+            str(tmp / "images"),
+            "--classes",
+            str(tmp / "names.txt"),
+            "--out",
+            str(tmp / "out.json"),
+        ]
 
     return make
 
@@ -98,7 +107,7 @@ CASES = {
     "yolo-orphan-label": (yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="ghost.txt"), "label files without an image"),
     "yolo-empty-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="\n# none\n"), "no class names in the file"),
     "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

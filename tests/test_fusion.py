@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from detfold.fusion import fuse_coco_predictions, nms, weighted_boxes_fusion
+from detfold.fusion import fuse_arrays, fuse_coco_predictions, nms, weighted_boxes_fusion
 
 
 def test_wbf_hand_computed():
@@ -78,3 +78,24 @@ def test_fuse_coco_round_trip_and_determinism(bccd_test):
         assert f["bbox"][0] == pytest.approx(src["bbox"][0] + shift * src["bbox"][2] * 0.7 / 1.6, abs=0.01)
         assert f["score"] == pytest.approx(0.8)
     assert [f["image_id"] for f in fused] == sorted(f["image_id"] for f in fused)
+
+
+def test_class_agnostic_fusion_merges_across_labels():
+    a = np.array([[0.1, 0.1, 0.5, 0.5]])
+    b = np.array([[0.1, 0.1, 0.5, 0.5]])
+    boxes, scores, labels, _ = fuse_arrays(
+        np.vstack([a, b]),
+        np.array([0.9, 0.6]),
+        np.array([3, 7]),
+        np.array([0, 1]),
+        np.array([0, 0]),
+        2,
+        method="wbf",
+        class_agnostic=True,
+    )
+    assert len(boxes) == 1 and labels.tolist() == [3]  # the best member's label
+    assert scores[0] == pytest.approx(0.75)
+    boxes, _, _, _ = fuse_arrays(
+        np.vstack([a, b]), np.array([0.9, 0.6]), np.array([3, 7]), np.array([0, 1]), np.array([0, 0]), 2
+    )
+    assert len(boxes) == 2

@@ -85,7 +85,13 @@ def test_results_layout(tiny_run):
         "predict/tiny/fold1/test.json",
         "eval/tiny/metrics.json",
         "ensemble/test.json",
+        "ensemble/test_default.json",
         "ensemble/metrics.json",
+        "ensemble/search.csv",
+        "ensemble/best.json",
+        "ensemble/oof.json",
+        "ensemble/oof_metrics.json",
+        "ensemble/submission.csv",
         "summary.md",
     ]
     assert [p for p in expected if not (r / p).is_file()] == []
@@ -136,7 +142,15 @@ def test_metrics_equal_pycocotools(tiny_run):
     test_gt = load_coco(r / "audit" / "test.json")
     ensemble = read(r / "ensemble" / "metrics.json")
     check_metrics_equal(ensemble["ensemble"], test_gt, read(r / "ensemble" / "test.json"))
+    check_metrics_equal(ensemble["default"], test_gt, read(r / "ensemble" / "test_default.json"))
     assert sorted(ensemble["single"]) == ["tiny/fold0", "tiny/fold1"]
+    oof = read(r / "ensemble" / "oof_metrics.json")
+    check_metrics_equal(oof["tuned"], pooled_gt, read(r / "ensemble" / "oof.json"))
+    search = pd.read_csv(r / "ensemble" / "search.csv")
+    assert len(search) == oof["combinations_tried"] > 1
+    assert search[oof["metric"]].iloc[0] == pytest.approx(oof["tuned"][oof["metric"]], abs=1e-6)
+    summary = (r / "summary.md").read_text()
+    assert "OOF-tuned ensemble" in summary and "tiny/fold1" in summary
 
 
 def test_second_run_has_nothing_to_do(repo, tiny_run):

@@ -53,6 +53,9 @@ def predict_images(wildcards):
     return config["data"][key]
 
 
-# Every model x fold test prediction: member names ('model/foldK') and files, same order.
-ENSEMBLE_MEMBERS = [f"{m}/fold{k}" for m in MODELS for k in FOLDS]
-ENSEMBLE_INPUTS = [f"results/predict/{member}/test.json" for member in ENSEMBLE_MEMBERS]
+def external_files(split):
+    """Prediction files of external models (ensemble.external) for 'oof' or 'test'."""
+    specs = config["ensemble"].get("external") or []
+    files = [spec[split] for spec in specs if spec.get(split)]
+    files += [spec["id_source"] for spec in specs if spec.get("id_source")]
+    return files

@@ -1,16 +1,41 @@
+rule ensemble_oof:
+    input:
+        gt="results/audit/annotations.json",
+        oof=expand("results/predict/{model}/fold{fold}/oof.json", model=MODELS, fold=FOLDS),
+        external=external_files("oof"),
+    output:
+        search="results/ensemble/search.csv",
+        best="results/ensemble/best.json",
+        oof="results/ensemble/oof.json",
+        metrics="results/ensemble/oof_metrics.json",
+    log:
+        "logs/ensemble_oof.log",
+    conda:
+        "../envs/light.yaml"
+    params:
+        settings=lookup(dpath="ensemble", within=config),
+        models=MODELS,
+    script:
+        "../scripts/ensemble_oof.py"
+
+
 rule ensemble:
     input:
-        predictions=ENSEMBLE_INPUTS,
         test_gt="results/audit/test.json",
+        test=expand("results/predict/{model}/fold{fold}/test.json", model=MODELS, fold=FOLDS),
+        best="results/ensemble/best.json",
+        external=external_files("test"),
     output:
         fused="results/ensemble/test.json",
+        default="results/ensemble/test_default.json",
         metrics="results/ensemble/metrics.json",
+        submission="results/ensemble/submission.csv",
     log:
         "logs/ensemble.log",
     conda:
         "../envs/light.yaml"
     params:
         settings=lookup(dpath="ensemble", within=config),
-        members=ENSEMBLE_MEMBERS,
+        models=MODELS,
     script:
         "../scripts/ensemble.py"

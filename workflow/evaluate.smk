@@ -6,6 +6,7 @@ rule evaluate:
         test=expand("results/predict/{{model}}/fold{fold}/test.json", fold=FOLDS),
     output:
         metrics="results/eval/{model}/metrics.json",
+        pr_curves="results/eval/{model}/pr_curves.csv",
     log:
         "logs/evaluate/{model}.log",
     conda:

@@ -5,6 +5,7 @@ rule summary:
         balance="results/folds/balance.json",
         models=expand("results/eval/{model}/metrics.json", model=MODELS),
         ensemble="results/ensemble/metrics.json",
+        oof_ensemble="results/ensemble/oof_metrics.json",
     output:
         md="results/summary.md",
         json="results/summary.json",

@@ -41,8 +41,16 @@ def wbf_groups(starts, boxes, scores, models, weights, n_models, iou_thr, conf_c
         for j in range(s, e):
             best, best_iou = -1, iou_thr
             for c in range(c0, k):
-                iou = _iou(out_box[c, 0], out_box[c, 1], out_box[c, 2], out_box[c, 3],
-                           boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])  # fmt: skip
+                iou = _iou(
+                    out_box[c, 0],
+                    out_box[c, 1],
+                    out_box[c, 2],
+                    out_box[c, 3],
+                    boxes[j, 0],
+                    boxes[j, 1],
+                    boxes[j, 2],
+                    boxes[j, 3],
+                )
                 if iou > best_iou:
                     best, best_iou = c, iou
             if best < 0:
@@ -102,8 +110,16 @@ def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
             best, best_iou = -1, iou_thr
             for c in range(c0, k):
                 f = out_first[c]
-                iou = _iou(boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3],
-                           boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3])  # fmt: skip
+                iou = _iou(
+                    boxes[f, 0],
+                    boxes[f, 1],
+                    boxes[f, 2],
+                    boxes[f, 3],
+                    boxes[j, 0],
+                    boxes[j, 1],
+                    boxes[j, 2],
+                    boxes[j, 3],
+                )
                 if iou > best_iou:
                     best, best_iou = c, iou
             if best < 0:
@@ -113,8 +129,9 @@ def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
                 out_score[k] = scores[j]
                 k += 1
             f = out_first[best]
-            wgt = scores[j] * _iou(boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3],
-                                   boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3])  # fmt: skip
+            wgt = scores[j] * _iou(
+                boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3], boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3]
+            )
             for q in range(4):
                 sum_xy[best, q] += wgt * boxes[j, q]
             sum_w[best] += wgt
@@ -150,8 +167,16 @@ def soft_nms_groups(starts, boxes, scores, iou_thr, sigma, thresh, method_code):
             a = idx[i]
             for j in range(i + 1, m):
                 b = idx[j]
-                ovr = _iou(boxes[a, 0], boxes[a, 1], boxes[a, 2], boxes[a, 3],
-                           boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3])  # fmt: skip
+                ovr = _iou(
+                    boxes[a, 0],
+                    boxes[a, 1],
+                    boxes[a, 2],
+                    boxes[a, 3],
+                    boxes[b, 0],
+                    boxes[b, 1],
+                    boxes[b, 2],
+                    boxes[b, 3],
+                )
                 if method_code == 1:
                     if ovr > iou_thr:
                         sc[j] *= 1.0 - ovr

@@ -124,79 +124,107 @@ def _group_bounds(keys_sorted: np.ndarray, groups: np.ndarray) -> tuple[np.ndarr
     return np.searchsorted(keys_sorted, groups, side="left"), np.searchsorted(keys_sorted, groups, side="right")
 
 
+class BboxEvaluator:
+    """Ground truth prepared once; :meth:`evaluate` scores any number of detection sets."""
+
+    def __init__(self, gt: dict[str, Any]) -> None:
+        self.img_ids = np.array(sorted(im["id"] for im in gt["images"]), dtype=np.int64)
+        self.cat_ids = sorted(cat["id"] for cat in gt["categories"])
+        self.n_cat = len(self.cat_ids)
+        self.img_pos = {int(i): p for p, i in enumerate(self.img_ids)}
+        self.cat_pos = {c: p for p, c in enumerate(self.cat_ids)}
+        anns = gt["annotations"]
+        g_img = np.array([self.img_pos[a["image_id"]] for a in anns], dtype=np.int64)
+        g_cat = np.array([self.cat_pos[a["category_id"]] for a in anns], dtype=np.int64)
+        g_box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        g_area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float64)
+        g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_)
+        order = np.lexsort((np.arange(len(anns)), g_cat, g_img))
+        self.g_key = (g_img * self.n_cat + g_cat)[order]
+        self.g_box, self.g_area, self.g_crowd = g_box[order], g_area[order], g_crowd[order]
+        self.g_cat = g_cat[order]
+
+    def positions(self, image_ids: np.ndarray, category_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset image ids / category ids -> positions in the sorted id lists."""
+        img = np.searchsorted(self.img_ids, image_ids)
+        cats = np.asarray(self.cat_ids, dtype=np.int64)
+        cat = np.searchsorted(cats, category_ids)
+        return img.astype(np.int64), cat.astype(np.int64)
+
+    def evaluate(
+        self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray
+    ) -> CocoEvalResult:
+        """Score detections given as arrays (image and category *positions*, xywh_abs, score)."""
+        n_cat, n_area, n_max = self.n_cat, len(AREA_RANGES), len(MAX_DETS)
+        n_thr, n_rec = len(IOU_THRS), len(REC_THRS)
+        d_box = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+        d_score = np.asarray(scores, dtype=np.float64)
+        d_order = np.lexsort((np.arange(len(d_score)), -d_score, cat_pos, img_pos))
+        d_key = (img_pos * n_cat + cat_pos)[d_order]
+        d_box, d_score, d_cat = d_box[d_order], d_score[d_order], cat_pos[d_order]
+        starts = np.searchsorted(d_key, d_key, side="left")
+        d_rank = np.arange(len(d_key)) - starts
+        keep = d_rank < MAX_DETS[-1]  # per (image, category), as pycocotools
+        d_key, d_box, d_score, d_cat, d_rank = d_key[keep], d_box[keep], d_score[keep], d_cat[keep], d_rank[keep]
+        d_area = d_box[:, 2] * d_box[:, 3]
+
+        groups = np.union1d(self.g_key, d_key)
+        gs, ge = _group_bounds(self.g_key, groups)
+        ds, de = _group_bounds(d_key, groups)
+        matched, ignored = _matcher()(
+            gs,
+            ge,
+            ds,
+            de,
+            self.g_box,
+            self.g_area,
+            self.g_crowd,
+            d_box,
+            d_area,
+            IOU_THRS.astype(np.float64),
+            AREA_RANGES,
+        )
+        precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
+        recall = -np.ones((n_thr, n_cat, n_area, n_max))
+        for k in range(n_cat):
+            in_k = np.flatnonzero(d_cat == k)  # already in (image, rank) order
+            sel_all = in_k[np.argsort(-d_score[in_k], kind="mergesort")]
+            rank_sorted = d_rank[sel_all]
+            gk = self.g_cat == k
+            for a in range(n_area):
+                lo, hi = AREA_RANGES[a]
+                npig = int(np.count_nonzero(gk & ~self.g_crowd & ~((self.g_area < lo) | (self.g_area > hi))))
+                if npig == 0:
+                    continue
+                m_all, i_all = matched[a][:, sel_all], ignored[a][:, sel_all]
+                for mi, max_det in enumerate(MAX_DETS):
+                    sel = rank_sorted < max_det
+                    m_, i_ = m_all[:, sel], i_all[:, sel]
+                    tp_sum = np.cumsum(m_ & ~i_, axis=1).astype(float)
+                    fp_sum = np.cumsum(~m_ & ~i_, axis=1).astype(float)
+                    for t in range(n_thr):
+                        tp, fp = tp_sum[t], fp_sum[t]
+                        nd = len(tp)
+                        rc = tp / npig
+                        pr = tp / (fp + tp + np.spacing(1))
+                        recall[t, k, a, mi] = rc[-1] if nd else 0
+                        pr = np.maximum.accumulate(pr[::-1])[::-1] if nd else pr
+                        inds = np.searchsorted(rc, REC_THRS, side="left")
+                        q = np.zeros(n_rec)
+                        valid = inds < nd
+                        q[valid] = pr[inds[valid]]
+                        precision[t, :, k, a, mi] = q
+        return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
+
+
 def evaluate_bbox(gt: dict[str, Any], predictions: list[dict[str, Any]]) -> CocoEvalResult:
     """Evaluate COCO results against a COCO ground-truth dict (images, annotations, categories)."""
-    img_ids = np.array(sorted(im["id"] for im in gt["images"]), dtype=np.int64)
-    cat_ids = sorted(cat["id"] for cat in gt["categories"])
-    n_cat, n_area, n_max = len(cat_ids), len(AREA_RANGES), len(MAX_DETS)
-    n_thr, n_rec = len(IOU_THRS), len(REC_THRS)
-    img_pos = {int(i): p for p, i in enumerate(img_ids)}
-    cat_pos = {c: p for p, c in enumerate(cat_ids)}
-
-    anns = gt["annotations"]
-    g_img = np.array([img_pos[a["image_id"]] for a in anns], dtype=np.int64)
-    g_cat = np.array([cat_pos[a["category_id"]] for a in anns], dtype=np.int64)
-    g_box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-    g_area = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float64)
-    g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_)
-    g_order = np.lexsort((np.arange(len(anns)), g_cat, g_img))
-    g_key = (g_img * n_cat + g_cat)[g_order]
-    g_box, g_area, g_crowd = g_box[g_order], g_area[g_order], g_crowd[g_order]
-
-    d_img = np.array([img_pos[p["image_id"]] for p in predictions], dtype=np.int64)
-    d_cat = np.array([cat_pos[p["category_id"]] for p in predictions], dtype=np.int64)
-    d_box = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
-    d_score = np.array([p["score"] for p in predictions], dtype=np.float64)
-    d_order = np.lexsort((np.arange(len(predictions)), -d_score, d_cat, d_img))
-    d_key = (d_img * n_cat + d_cat)[d_order]
-    d_box, d_score, d_cat = d_box[d_order], d_score[d_order], d_cat[d_order]
-    # rank of each detection within its (image, category) group; keep the first 100
-    starts = np.searchsorted(d_key, d_key, side="left")
-    d_rank = np.arange(len(d_key)) - starts
-    keep = d_rank < MAX_DETS[-1]
-    d_key, d_box, d_score, d_cat, d_rank = d_key[keep], d_box[keep], d_score[keep], d_cat[keep], d_rank[keep]
-    d_area = d_box[:, 2] * d_box[:, 3]
-
-    groups = np.union1d(g_key, d_key)
-    gs, ge = _group_bounds(g_key, groups)
-    ds, de = _group_bounds(d_key, groups)
-    matched, ignored = _matcher()(
-        gs, ge, ds, de, g_box, g_area, g_crowd, d_box, d_area, IOU_THRS.astype(np.float64), AREA_RANGES
-    )
-
-    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
-    recall = -np.ones((n_thr, n_cat, n_area, n_max))
-    g_cat_sorted = g_key % n_cat if n_cat else g_key
-    for k in range(n_cat):
-        in_k = np.flatnonzero(d_cat == k)  # already in (image, rank) order
-        order = np.argsort(-d_score[in_k], kind="mergesort")
-        sel_all = in_k[order]
-        rank_sorted = d_rank[sel_all]
-        for a in range(n_area):
-            lo, hi = AREA_RANGES[a]
-            gk = g_cat_sorted == k
-            npig = int(np.count_nonzero(gk & ~g_crowd & ~((g_area < lo) | (g_area > hi))))
-            if npig == 0:
-                continue
-            m_all, i_all = matched[a][:, sel_all], ignored[a][:, sel_all]
-            for mi, max_det in enumerate(MAX_DETS):
-                sel = rank_sorted < max_det
-                m_, i_ = m_all[:, sel], i_all[:, sel]
-                tp_sum = np.cumsum(m_ & ~i_, axis=1).astype(float)
-                fp_sum = np.cumsum(~m_ & ~i_, axis=1).astype(float)
-                for t in range(n_thr):
-                    tp, fp = tp_sum[t], fp_sum[t]
-                    nd = len(tp)
-                    rc = tp / npig
-                    pr = tp / (fp + tp + np.spacing(1))
-                    recall[t, k, a, mi] = rc[-1] if nd else 0
-                    pr = np.maximum.accumulate(pr[::-1])[::-1] if nd else pr
-                    inds = np.searchsorted(rc, REC_THRS, side="left")
-                    q = np.zeros(n_rec)
-                    valid = inds < nd
-                    q[valid] = pr[inds[valid]]
-                    precision[t, :, k, a, mi] = q
-    return CocoEvalResult(precision, recall, summarize(precision, recall), cat_ids)
+    ev = BboxEvaluator(gt)
+    img = np.array([ev.img_pos[p["image_id"]] for p in predictions], dtype=np.int64)
+    cat = np.array([ev.cat_pos[p["category_id"]] for p in predictions], dtype=np.int64)
+    boxes = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
+    scores = np.array([p["score"] for p in predictions], dtype=np.float64)
+    return ev.evaluate(img, cat, boxes, scores)
 
 
 def _mean_defined(s: np.ndarray) -> float:

@@ -93,8 +93,13 @@ def _check(
         all_scores.append(s)
         all_labels.append(lab.astype(np.int64))
         all_models.append(np.full(len(b), m, dtype=np.int64))
-    return (np.concatenate(all_boxes), np.concatenate(all_scores), np.concatenate(all_labels),
-            np.concatenate(all_models), w)  # fmt: skip
+    return (
+        np.concatenate(all_boxes),
+        np.concatenate(all_scores),
+        np.concatenate(all_labels),
+        np.concatenate(all_models),
+        w,
+    )
 
 
 def fuse_arrays(
@@ -137,9 +142,16 @@ def fuse_arrays(
     prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
     if method == "wbf":
         out_box, out_score, _, first = kernels.wbf_groups(
-            prep.starts, prep.boxes, prep.scores, prep.models, w, n_models, float(iou_thr),
-            _CONF_CODE[conf_type], allows_overflow,
-        )  # fmt: skip
+            prep.starts,
+            prep.boxes,
+            prep.scores,
+            prep.models,
+            w,
+            n_models,
+            float(iou_thr),
+            _CONF_CODE[conf_type],
+            allows_overflow,
+        )
     elif method == "nmw":
         out_box, out_score, _, first = kernels.nmw_groups(prep.starts, prep.boxes, prep.scores, float(iou_thr))
     else:
@@ -164,8 +176,16 @@ def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs
     return out_box, out_score, out_label
 
 
-def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0,
-                          conf_type="avg", allows_overflow=False):  # type: ignore[no-untyped-def]  # fmt: skip
+def weighted_boxes_fusion(
+    boxes_list,
+    scores_list,
+    labels_list,
+    weights=None,
+    iou_thr=0.55,
+    skip_box_thr=0.0,
+    conf_type="avg",
+    allows_overflow=False,
+):  # type: ignore[no-untyped-def]
     """Weighted boxes fusion (Solovyev et al.) of one image's boxes from several models.
 
     Boxes of one label, by descending weighted score, join the fused box they overlap with
@@ -173,8 +193,17 @@ def weighted_boxes_fusion(boxes_list, scores_list, labels_list, weights=None, io
     of its members. Scores: ``avg`` mean x min(T, members) / sum(weights); ``max``;
     ``box_and_model_avg``; ``absent_model_aware_avg`` (as in ensemble-boxes).
     Returns (boxes (n, 4) xyxy_norm, scores (n,), labels (n,)) by score descending."""
-    return _single("wbf", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr,
-                   skip_box_thr=skip_box_thr, conf_type=conf_type, allows_overflow=allows_overflow)  # fmt: skip
+    return _single(
+        "wbf",
+        boxes_list,
+        scores_list,
+        labels_list,
+        weights,
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+        conf_type=conf_type,
+        allows_overflow=allows_overflow,
+    )
 
 
 def nms(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.5):  # type: ignore[no-untyped-def]
@@ -183,13 +212,32 @@ def nms(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.5):  # typ
     return _single("nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr)
 
 
-def soft_nms(boxes_list, scores_list, labels_list, weights=None, method="gaussian", iou_thr=0.5, sigma=0.5,
-             thresh=0.001, rescore=True):  # type: ignore[no-untyped-def]  # fmt: skip
+def soft_nms(
+    boxes_list,
+    scores_list,
+    labels_list,
+    weights=None,
+    method="gaussian",
+    iou_thr=0.5,
+    sigma=0.5,
+    thresh=0.001,
+    rescore=True,
+):  # type: ignore[no-untyped-def]
     """Soft-NMS (Bodla et al.): overlapping boxes decay instead of vanishing (linear: by 1 - IoU
     above ``iou_thr``; gaussian: by exp(-IoU^2 / sigma)); boxes whose decayed score is at most
     ``thresh`` are dropped. ``rescore=False`` returns the original scores, as ensemble-boxes."""
-    return _single("soft_nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, sigma=sigma,
-                   thresh=thresh, soft_method=method, rescore=rescore)  # fmt: skip
+    return _single(
+        "soft_nms",
+        boxes_list,
+        scores_list,
+        labels_list,
+        weights,
+        iou_thr=iou_thr,
+        sigma=sigma,
+        thresh=thresh,
+        soft_method=method,
+        rescore=rescore,
+    )
 
 
 def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0):  # type: ignore[no-untyped-def]
@@ -229,8 +277,14 @@ def fuse_coco_predictions(
                 raise ValueError(f"prediction set {m}, item {i}: image_id {p['image_id']!r} is not a known image")
             x, y, w, h = p["bbox"]
             width, height = size[p["image_id"]]
-            cols["box"].append((min(max(x, 0), width) / width, min(max(y, 0), height) / height,
-                                min(max(x + w, 0), width) / width, min(max(y + h, 0), height) / height))  # fmt: skip
+            cols["box"].append(
+                (
+                    min(max(x, 0), width) / width,
+                    min(max(y, 0), height) / height,
+                    min(max(x + w, 0), width) / width,
+                    min(max(y + h, 0), height) / height,
+                )
+            )
             cols["score"].append(p["score"])
             cols["label"].append(p["category_id"])
             cols["model"].append(m)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from detfold.coco import Coco
-from detfold.cocoeval import evaluate_bbox
+from detfold.cocoeval import REC_THRS, evaluate_bbox
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,13 @@ def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str =
             )
 
 
-def evaluate_coco(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> dict[str, Any]:
-    """Score ``predictions`` against ``gt``: 12 COCO stats, mAP50 and per-class AP/AP50/AR100."""
+def evaluate_coco(
+    gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions", pr_curves: bool = False
+) -> dict[str, Any]:
+    """Score ``predictions`` against ``gt``: 12 COCO stats, mAP50 and per-class AP/AP50/AR100.
+
+    With ``pr_curves`` each class also gets its precision at the 101 recall points (area all,
+    100 detections), at IoU 0.5 and averaged over IoU 0.5:0.95 (-1 where undefined)."""
     check_predictions(gt, predictions, source)
     result = evaluate_bbox(gt.data, predictions)
     stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
@@ -81,6 +86,13 @@ def evaluate_coco(gt: Coco, predictions: list[dict[str, Any]], source: str = "pr
             "AR_100": _defined(np.mean(r_all[r_all > -1])) if (r_all > -1).any() else None,
             "n_gt": n_gt.get(cat_id, 0),
         }
+        if pr_curves:
+            p_mean = np.where((p_all > -1).all(axis=0), p_all.mean(axis=0), -1.0)
+            per_class[names[cat_id]]["pr_curve"] = {
+                "recall": [round(float(r), 2) for r in REC_THRS],
+                "precision_iou50": [round(float(v), 6) for v in p_50],
+                "precision_iou50_95": [round(float(v), 6) for v in p_mean],
+            }
     return {
         "mAP": stats["AP"],
         "mAP50": stats["AP50"],

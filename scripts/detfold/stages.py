@@ -15,9 +15,8 @@ import pandas as pd
 
 from detfold import audit, folds
 from detfold.coco import Coco, load_coco, write_coco
-from detfold.fusion import fuse_coco_predictions
 from detfold.io import atomic_open, read_json, write_json, write_text
-from detfold.metrics import STAT_NAMES, evaluate_coco, mean_std
+from detfold.metrics import STAT_NAMES, check_predictions, evaluate_coco, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +176,16 @@ def is_labelled(coco: Coco) -> bool:
 
 
 def run_evaluate(
-    model: str, val_jsons: Sequence[str], oof_preds: Sequence[str], test_json: str, test_preds: Sequence[str], out: str
+    model: str,
+    val_jsons: Sequence[str],
+    oof_preds: Sequence[str],
+    test_json: str,
+    test_preds: Sequence[str],
+    out: str,
+    out_pr_curves: str | None = None,
 ) -> None:
-    """Per-fold OOF metrics, mean +- std over folds, pooled OOF metrics, and per-fold test metrics."""
+    """Per-fold OOF metrics, mean +- std over folds, pooled OOF metrics (with per-class PR
+    curves, also as CSV), and per-fold test metrics."""
     per_fold, pooled_preds, pooled_gt = [], [], None
     for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
         gt, preds = load_coco(val_json), read_json(pred_json)
@@ -188,7 +194,18 @@ def run_evaluate(
         pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
     result: dict[str, Any] = {"model": model, "folds": per_fold}
     result["cv"] = {name: mean_std([f[name] for f in per_fold]) for name in ("mAP", "mAP50")}
-    result["pooled_oof"] = evaluate_coco(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, "pooled OOF")
+    pooled = evaluate_coco(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, "pooled OOF", pr_curves=True)
+    if out_pr_curves:
+        rows = [
+            {"class": name, "recall": r, "precision_iou50": p50, "precision_iou50_95": pm}
+            for name, c in pooled["per_class"].items()
+            for r, p50, pm in zip(
+                *(c["pr_curve"][k] for k in ("recall", "precision_iou50", "precision_iou50_95")), strict=True
+            )
+        ]
+        with atomic_open(out_pr_curves) as handle:
+            pd.DataFrame(rows).to_csv(handle, index=False, lineterminator="\n")
+    result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False)
     if is_labelled(test):
         result["test"] = [{"fold": fold, **evaluate_coco(test, read_json(p), p)} for fold, p in enumerate(test_preds)]
@@ -200,31 +217,123 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {**a, "images": a["images"] + b["images"], "annotations": a["annotations"] + b["annotations"]}
 
 
-def run_ensemble(
-    test_json: str,
-    test_preds: dict[str, str],
+DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
+
+
+def _pooled(paths: Sequence[str]) -> list[dict[str, Any]]:
+    return [p for path in paths for p in read_json(path)]
+
+
+def run_ensemble_oof(
+    gt_json: str,
+    model_oof: dict[str, list[str]],
     settings: dict[str, Any],
-    out_preds: str,
+    out_search: str,
+    out_best: str,
+    out_oof: str,
     out_metrics: str,
 ) -> None:
-    """Fuse the test predictions of every model x fold; score the fusion and each member."""
-    test = load_coco(test_json, require_annotations=False)
-    names = sorted(test_preds)
-    sets = [read_json(test_preds[n]) for n in names]
-    fused = fuse_coco_predictions(
-        sets,
-        test.images,
-        method=settings.get("method", "wbf"),
-        iou_thr=float(settings.get("iou_thr", 0.55)),
-        skip_box_thr=float(settings.get("skip_box_thr", 0.0)),
-        conf_type=settings.get("conf_type", "avg"),
-        max_per_image=int(settings.get("max_per_img", 100)),
+    """Choose the fusion parameters on out-of-fold predictions.
+
+    Members: each model's pooled OOF predictions (every training image predicted by the fold
+    model that did not see it) and each external model's OOF file. Every combination of
+    ``settings['search']`` is scored on the pooled OOF mAP/mAP50; the best is written to
+    ``out_best`` and its fused OOF predictions to ``out_oof``.
+    """
+    from detfold import ensemble
+
+    gt = load_coco(gt_json)
+    names = sorted(model_oof)
+    members = [_pooled(model_oof[n]) for n in names]
+    for spec in settings.get("external") or []:
+        if spec.get("oof"):  # an external model without OOF predictions joins only the test fusion
+            names.append(spec["name"])
+            members.append(ensemble.load_external(spec, "oof", gt))
+    for name, preds in zip(names, members, strict=True):
+        check_predictions(gt, preds, f"OOF predictions of {name}")
+    default = ensemble.fusion_params(settings)
+    search = settings.get("search") or {}
+    combos = [default] + (ensemble.grid(search, len(members)) if search else [])
+    metric = search.get("metric", "mAP50")
+    table = ensemble.search(members, gt, combos, metric)
+    with atomic_open(out_search) as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
+    best = ensemble.params_from_row(table.iloc[0].to_dict())
+    max_per_img = int(settings.get("max_per_img", 100))
+    fused = ensemble.fuse_members(members, gt.images, best, max_per_img)
+    write_json(out_oof, fused)
+    metrics = {
+        "metric": metric,
+        "members": names,
+        "best_params": best,
+        "default_params": default,
+        "combinations_tried": len(table),
+        "single": {n: evaluate_coco(gt, m, n) for n, m in zip(names, members, strict=True)},
+        "default": evaluate_coco(gt, ensemble.fuse_members(members, gt.images, default, max_per_img), "default"),
+        "tuned": evaluate_coco(gt, fused, out_oof),
+    }
+    write_json(out_best, {"params": best, "metric": metric, "value": float(table.iloc[0][metric])})
+    write_json(out_metrics, metrics)
+    log.info(
+        "OOF ensemble: best %s -> %s %.4f (default %.4f)",
+        best,
+        metric,
+        metrics["tuned"][metric],
+        metrics["default"][metric],
     )
-    write_json(out_preds, fused)
-    metrics: dict[str, Any] = {"members": names, "settings": settings, "n_predictions": len(fused)}
+
+
+def run_ensemble_test(
+    test_json: str,
+    model_test: dict[str, list[str]],
+    settings: dict[str, Any],
+    best_json: str,
+    out_preds: str,
+    out_default: str,
+    out_metrics: str,
+    out_submission: str,
+) -> None:
+    """Fuse test predictions in two steps: each model's K fold models (``fold_fusion``), then
+    the models (and external ones) with the OOF-tuned parameters; also with the untuned
+    default. Scores every single fold model, fold ensemble and both ensembles when labelled."""
+    from detfold import ensemble
+
+    test = load_coco(test_json, require_annotations=False)
+    max_per_img = int(settings.get("max_per_img", 100))
+    fold_params = ensemble.fusion_params({**DEFAULT_FOLD_FUSION, **(settings.get("fold_fusion") or {})})
+    names, members, singles = [], [], {}
+    for name in sorted(model_test):
+        folds_preds = [read_json(p) for p in model_test[name]]
+        for k, preds in enumerate(folds_preds):
+            check_predictions(test, preds, model_test[name][k])
+            singles[f"{name}/fold{k}"] = preds
+        names.append(name)
+        members.append(ensemble.fuse_members(folds_preds, test.images, fold_params, max_per_img))
+    externals = sorted(settings.get("external") or [], key=lambda spec: not spec.get("oof"))  # as in the search
+    for spec in externals:
+        names.append(spec["name"])
+        members.append(ensemble.load_external(spec, "test", test))
+    best = read_json(best_json)["params"]
+    if "weights" in best:  # members without OOF predictions were not tuned: weight 1
+        best = {**best, "weights": best["weights"] + [1.0] * (len(members) - len(best["weights"]))}
+    default = ensemble.fusion_params(settings)
+    tuned = ensemble.fuse_members(members, test.images, best, max_per_img)
+    untuned = ensemble.fuse_members(members, test.images, default, max_per_img)
+    write_json(out_default, untuned)
+    write_json(out_preds, tuned)
+    ensemble.write_submission(tuned, test, out_submission, settings.get("submission_label", "index"))
+    metrics: dict[str, Any] = {
+        "members": names,
+        "fold_fusion": fold_params,
+        "default_params": default,
+        "tuned_params": best,
+        "n_predictions": len(tuned),
+    }
     if is_labelled(test):
-        metrics["ensemble"] = evaluate_coco(test, fused, out_preds)
-        metrics["single"] = {n: evaluate_coco(test, s, test_preds[n]) for n, s in zip(names, sets, strict=True)}
+        metrics["single"] = {n: evaluate_coco(test, p, n) for n, p in singles.items()}
+        metrics["fold_ensemble"] = {n: evaluate_coco(test, m, n) for n, m in zip(names, members, strict=True)}
+        metrics["default"] = evaluate_coco(test, untuned, out_default)
+        metrics["ensemble"] = evaluate_coco(test, tuned, out_preds)
     write_json(out_metrics, metrics)
 
 
@@ -240,6 +349,7 @@ def run_summary(
     out_md: str,
     out_json: str,
     fold_balance: str | None = None,
+    oof_ensemble: str | None = None,
 ) -> None:
     """Headline numbers of the run as markdown (for the terminal) and JSON."""
     aud = read_json(audit_summary)
@@ -295,15 +405,39 @@ def run_summary(
     for name, m in models.items():
         for cls, c in m["pooled_oof"]["per_class"].items():
             lines.append(f"| {name} | {cls} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} | {c['n_gt']} |")
+    if oof_ensemble:
+        oof = read_json(oof_ensemble)
+        lines += ["", "## Ensemble, chosen on out-of-fold predictions", ""]
+        lines += [
+            f"{oof['combinations_tried']} parameter combinations scored on pooled OOF {oof['metric']}; "
+            f"best: {oof['best_params']}.",
+            "",
+            "| OOF predictions | mAP | mAP50 |",
+            "|---|---|---|",
+        ]
+        for member, m in oof["single"].items():
+            lines.append(f"| {member} | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |")
+        lines.append(
+            f"| default fusion {oof['default_params']} | {_fmt(oof['default']['mAP'])} "
+            f"| {_fmt(oof['default']['mAP50'])} |"
+        )
+        lines.append(f"| **tuned fusion** | **{_fmt(oof['tuned']['mAP'])}** | **{_fmt(oof['tuned']['mAP50'])}** |")
     lines += ["", "## Test set", ""]
     if "ensemble" in ens:
         lines += ["| predictions | mAP | mAP50 |", "|---|---|---|"]
         for member, m in ens["single"].items():
             lines.append(f"| {member} | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |")
+        for member, m in ens["fold_ensemble"].items():
+            lines.append(
+                f"| {member}: fold ensemble ({ens['fold_fusion']['method']}) | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |"
+            )
+        lines.append(
+            f"| untuned ensemble {ens['default_params']} | {_fmt(ens['default']['mAP'])} "
+            f"| {_fmt(ens['default']['mAP50'])} |"
+        )
         e = ens["ensemble"]
         lines.append(
-            f"| **{ens['settings'].get('method', 'wbf')} ensemble of {len(ens['members'])}** "
-            f"| **{_fmt(e['mAP'])}** | **{_fmt(e['mAP50'])}** |"
+            f"| **OOF-tuned ensemble** {ens['tuned_params']} | **{_fmt(e['mAP'])}** | **{_fmt(e['mAP50'])}** |"
         )
     else:
         lines.append(f"Test set unlabelled: {ens['n_predictions']} fused predictions written, not scored.")
@@ -319,9 +453,10 @@ def run_summary(
                 for n, m in models.items()
             },
             "test": {
-                "single": {n: {"mAP": m["mAP"], "mAP50": m["mAP50"]} for n, m in ens.get("single", {}).items()},
-                "ensemble": {k: ens["ensemble"][k] for k in ("mAP", "mAP50")} if "ensemble" in ens else None,
-            },
+                name: {n: {"mAP": m["mAP"], "mAP50": m["mAP50"]} for n, m in ens.get(name, {}).items()}
+                for name in ("single", "fold_ensemble")
+            }
+            | {name: {k: ens[name][k] for k in ("mAP", "mAP50")} for name in ("default", "ensemble") if name in ens},
             "stat_names": list(STAT_NAMES),
         },
     )

@@ -35,17 +35,30 @@ def synthetic(n_images: int, seed: int = 0) -> tuple[dict, list[dict]]:
             w, h = rng.uniform(10, 200, 2)
             box = [float(rng.uniform(0, 640 - w)), float(rng.uniform(0, 480 - h)), float(w), float(h)]
             cat = int(rng.integers(1, 11))
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": cat, "bbox": box,
-                         "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": im["id"],
+                    "category_id": cat,
+                    "bbox": box,
+                    "area": box[2] * box[3],
+                    "iscrowd": 0,
+                }
+            )
             for _ in range(5):
                 jitter = [v + float(rng.normal(0, 0.1 * w)) for v in box]
                 jitter[2:] = [max(jitter[2], 1.0), max(jitter[3], 1.0)]
                 preds.append({"image_id": im["id"], "category_id": cat, "bbox": jitter, "score": float(rng.random())})
         for _ in range(50):
             w, h = rng.uniform(10, 200, 2)
-            preds.append({"image_id": im["id"], "category_id": int(rng.integers(1, 11)),
-                          "bbox": [float(rng.uniform(0, 440)), float(rng.uniform(0, 280)), float(w), float(h)],
-                          "score": float(rng.random()) * 0.6})  # fmt: skip
+            preds.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.integers(1, 11)),
+                    "bbox": [float(rng.uniform(0, 440)), float(rng.uniform(0, 280)), float(w), float(h)],
+                    "score": float(rng.random()) * 0.6,
+                }
+            )
     cats = [{"id": c, "name": f"c{c}"} for c in range(1, 11)]
     return {"images": images, "annotations": anns, "categories": cats}, preds
 

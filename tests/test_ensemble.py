@@ -1,0 +1,109 @@
+"""Ensemble search on OOF predictions, foreign prediction files, the submission CSV."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from detfold import ensemble
+from detfold.coco import Coco
+from detfold.metrics import evaluate_coco
+
+
+def clean(coco):
+    coco.data["annotations"] = [a for a in coco.annotations if a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    return Coco(coco.data, coco.path)
+
+
+def noisy_member(gt, seed, drop=0.3, jitter=2.0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for a in gt.annotations:
+        if rng.random() < drop:
+            continue
+        x, y, w, h = (v + rng.normal(0, jitter) for v in a["bbox"])
+        out.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "bbox": [x, y, max(w, 1), max(h, 1)],
+                "score": float(rng.uniform(0.3, 1)),
+            }
+        )
+    for im in gt.images:
+        for _ in range(3):
+            out.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": int(rng.choice(gt.category_ids)),
+                    "bbox": [float(v) for v in rng.uniform([0, 0, 5, 5], [200, 150, 60, 60])],
+                    "score": float(rng.uniform(0, 0.4)),
+                }
+            )
+    return out
+
+
+def test_grid_shapes_and_errors():
+    combos = ensemble.grid({"method": ["wbf", "nms"], "iou_thr": [0.5, 0.6], "conf_type": ["avg", "max"]}, 2)
+    assert len(combos) == 2 * 2 + 2
+    assert {c["method"] for c in combos} == {"wbf", "nms"}
+    assert all("conf_type" not in c for c in combos if c["method"] == "nms")
+    with pytest.raises(ValueError, match="unknown"):
+        ensemble.grid({"method": ["vote"]}, 2)
+    with pytest.raises(ValueError, match="3 weights for 2 members"):
+        ensemble.grid({"weights": [[1, 2, 3]]}, 2)
+
+
+def test_search_finds_a_fusion_better_than_each_member(bccd_test):
+    gt = clean(bccd_test)
+    members = [noisy_member(gt, s) for s in range(3)]
+    singles = [evaluate_coco(gt, m)["mAP50"] for m in members]
+    combos = ensemble.grid({"method": ["wbf", "nms"], "iou_thr": [0.4, 0.55], "conf_type": ["avg", "max"]}, 3)
+    table = ensemble.search(members, gt, combos, "mAP50")
+    assert len(table) == len(combos)
+    assert table.mAP50.is_monotonic_decreasing
+    best = ensemble.params_from_row(table.iloc[0].to_dict())
+    fused = ensemble.fuse_members(members, gt.images, best, 100)
+    assert evaluate_coco(gt, fused)["mAP50"] == pytest.approx(table.mAP50.iloc[0], abs=1e-6)
+    assert table.mAP50.iloc[0] > max(singles)  # three independent noisy members beat each one
+
+
+def test_external_coco_with_id_source_and_csv(bccd_test, tmp_path):
+    gt = clean(bccd_test)
+    # another tool's ids: images numbered from 0, classes in another order
+    other_images = [{"id": n, "file_name": im["file_name"]} for n, im in enumerate(gt.images)]
+    other_cats = [{"id": 10 + n, "name": c["name"]} for n, c in enumerate(reversed(gt.categories))]
+    to_other_img = {im["id"]: n for n, im in enumerate(gt.images)}
+    to_other_cat = {c["id"]: 10 + n for n, c in enumerate(reversed(gt.categories))}
+    preds = [
+        {**p, "image_id": to_other_img[p["image_id"]], "category_id": to_other_cat[p["category_id"]]}
+        for p in noisy_member(gt, 1)
+    ]
+    (tmp_path / "other.json").write_text(json.dumps(preds))
+    (tmp_path / "other_gt.json").write_text(json.dumps({"images": other_images, "categories": other_cats}))
+    spec = {"name": "d2", "test": str(tmp_path / "other.json"), "id_source": str(tmp_path / "other_gt.json")}
+    mapped = ensemble.load_external(spec, "test", gt)
+    assert mapped == noisy_member(gt, 1)
+    # the same predictions as a competition CSV, labels by class index
+    ensemble.write_submission(mapped, gt, tmp_path / "sub.csv", "index")
+    spec_csv = {"name": "yolo", "test": str(tmp_path / "sub.csv"), "format": "csv"}
+    again = ensemble.load_external(spec_csv, "test", gt)
+    assert evaluate_coco(gt, again)["mAP"] == pytest.approx(evaluate_coco(gt, mapped)["mAP"], abs=1e-3)
+    rows = list(csv.DictReader((tmp_path / "sub.csv").read_text().splitlines()))
+    assert len(rows) == len(gt.images) and rows[0].keys() == {"PredictionString", "image_id"}
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "message"),
+    [
+        ('[{"image_id": 99999, "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}]', "coco", "image_id 99999"),
+        ('[{"image_id": 4, "category_id": 9, "bbox": [1, 1, 2, 2], "score": 0.5}]', "coco", "category_id 9"),
+        ("image_id,PredictionString\nnope.jpg,0 0.5 1 1 2 2\n", "csv", "'nope.jpg' matches no file name"),
+        ("image_id,PredictionString\nBloodImage_00003.jpg,0 0.5 1 1\n", "csv", "not a multiple of 6"),
+        ("image_id,PredictionString\nBloodImage_00003.jpg,Cat 0.5 1 1 2 2\n", "csv", "label 'Cat'"),
+    ],
+)
+def test_external_mismatches_are_clear_errors(bccd_test, tmp_path, content, fmt, message):
+    (tmp_path / "p").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        ensemble.load_external({"name": "x", "test": str(tmp_path / "p"), "format": fmt}, "test", bccd_test)
