@@ -9,6 +9,70 @@ import numpy as np
 from numba import njit
 
 
+@njit(cache=True, nogil=True)
+def sort_groups(group, neg_score):  # type: ignore[no-untyped-def]
+    """Row order by (group, -score, row index) and the start of each group (plus the end)."""
+    n = group.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    low, high = group.min(), group.max()
+    if high - low <= 4 * n + 1024:  # counting sort: O(n), stable, rows of a group in index order
+        counts = np.zeros(high - low + 2, dtype=np.int64)
+        for r in range(n):
+            counts[group[r] - low + 1] += 1
+        for k in range(1, counts.shape[0]):
+            counts[k] += counts[k - 1]
+        order = np.empty(n, dtype=np.int64)
+        for r in range(n):
+            key = group[r] - low
+            order[counts[key]] = r
+            counts[key] += 1
+    else:  # sparse keys: quicksort; rows of a group are put in index order below
+        order = np.argsort(group)
+    starts = np.empty(n + 1, dtype=np.int64)
+    n_groups = 0
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and group[order[j]] == group[order[i]]:
+            j += 1
+        if j - i > 32:
+            sub = np.sort(order[i:j])
+            order[i:j] = sub[np.argsort(neg_score[sub], kind="mergesort")]
+        else:  # insertion sort by (-score, index)
+            for a in range(i + 1, j):
+                v = order[a]
+                b = a - 1
+                while b >= i and (
+                    neg_score[order[b]] > neg_score[v] or (neg_score[order[b]] == neg_score[v] and order[b] > v)
+                ):
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = v
+        starts[n_groups] = i
+        n_groups += 1
+        i = j
+    starts[n_groups] = n
+    return order, starts[: n_groups + 1]
+
+
+@njit(cache=True, nogil=True)
+def order_within_images(images, neg_score):  # type: ignore[no-untyped-def]
+    """Order of rows already grouped by (non-decreasing) image: by image, then by -score,
+    ties in row order (a stable sort within each image)."""
+    n = images.shape[0]
+    order = np.arange(n)
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and images[j] == images[i]:
+            j += 1
+        if j - i > 1:
+            order[i:j] = i + np.argsort(neg_score[i:j], kind="mergesort")
+        i = j
+    return order
+
+
 @njit(cache=True, inline="always")
 def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
     inter = max(min(a2, b2) - max(a0, b0), 0.0) * max(min(a3, b3) - max(a1, b1), 0.0)
@@ -17,40 +81,44 @@ def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def wbf_groups(starts, boxes, scores, models, weights, n_models, iou_thr, conf_code, allows_overflow):  # type: ignore[no-untyped-def]
+def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, conf_code, allows_overflow):  # type: ignore[no-untyped-def]
     """WBF over groups of boxes sorted by score (descending) within each group.
 
-    Returns, per output box: group, coords, score and the index of its first (best) member."""
+    Returns, per output box: coords, score, group and the index of its first (best) member."""
     n = boxes.shape[0]
     out_box = np.zeros((n, 4))
     out_score = np.zeros(n)
     out_group = np.zeros(n, dtype=np.int64)
     out_first = np.zeros(n, dtype=np.int64)
+    largest = 0
+    for g in range(starts.shape[0] - 1):
+        largest = max(largest, starts[g + 1] - starts[g])
+    # accumulators of the current group's clusters (index c - c0), reset per group
+    sum_xy = np.zeros((largest, 4))
+    sum_s = np.zeros(largest)
+    max_s = np.zeros(largest)
+    count = np.zeros(largest, dtype=np.int64)
+    w_in = np.zeros(largest)
+    member_models = np.zeros((largest, n_models), dtype=np.bool_)
     k = 0
     w_sum_all = weights.sum()
     w_max = weights.max()
     for g in range(starts.shape[0] - 1):
         s, e = starts[g], starts[g + 1]
         c0 = k  # clusters of this group are out[c0:k]
-        sum_xy = np.zeros((e - s, 4))
-        sum_s = np.zeros(e - s)
-        max_s = np.zeros(e - s)
-        count = np.zeros(e - s, dtype=np.int64)
-        w_in = np.zeros(e - s)
-        member_models = np.zeros((e - s, n_models), dtype=np.bool_)
-        for j in range(s, e):
+        for i in range(e - s):
+            sum_xy[i, :] = 0.0
+            sum_s[i] = 0.0
+            max_s[i] = 0.0
+            count[i] = 0
+            w_in[i] = 0.0
+            member_models[i, :] = False
+        for jj in range(s, e):
+            j = order[jj]
+            x1, y1, x2, y2 = boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3]
             best, best_iou = -1, iou_thr
             for c in range(c0, k):
-                iou = _iou(
-                    out_box[c, 0],
-                    out_box[c, 1],
-                    out_box[c, 2],
-                    out_box[c, 3],
-                    boxes[j, 0],
-                    boxes[j, 1],
-                    boxes[j, 2],
-                    boxes[j, 3],
-                )
+                iou = _iou(out_box[c, 0], out_box[c, 1], out_box[c, 2], out_box[c, 3], x1, y1, x2, y2)
                 if iou > best_iou:
                     best, best_iou = c, iou
             if best < 0:
@@ -60,8 +128,10 @@ def wbf_groups(starts, boxes, scores, models, weights, n_models, iou_thr, conf_c
                 k += 1
             i = best - c0
             sc = scores[j]
-            for q in range(4):
-                sum_xy[i, q] += sc * boxes[j, q]
+            sum_xy[i, 0] += sc * x1
+            sum_xy[i, 1] += sc * y1
+            sum_xy[i, 2] += sc * x2
+            sum_xy[i, 3] += sc * y2
             sum_s[i] += sc
             max_s[i] = max(max_s[i], sc)
             count[i] += 1
@@ -93,7 +163,7 @@ def wbf_groups(starts, boxes, scores, models, weights, n_models, iou_thr, conf_c
 
 
 @njit(cache=True, nogil=True)
-def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
+def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
     """Non-maximum weighted: clusters around their best box; coords weighted by score x IoU."""
     n = boxes.shape[0]
     out_box = np.zeros((n, 4))
@@ -106,7 +176,8 @@ def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
     for g in range(starts.shape[0] - 1):
         s, e = starts[g], starts[g + 1]
         c0 = k
-        for j in range(s, e):
+        for jj in range(s, e):
+            j = order[jj]
             best, best_iou = -1, iou_thr
             for c in range(c0, k):
                 f = out_first[c]
@@ -142,7 +213,7 @@ def nmw_groups(starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def soft_nms_groups(starts, boxes, scores, iou_thr, sigma, thresh, method_code):  # type: ignore[no-untyped-def]
+def soft_nms_groups(order, starts, boxes, scores, iou_thr, sigma, thresh, method_code):  # type: ignore[no-untyped-def]
     """Soft-NMS per group (method 1 linear, 2 gaussian, 3 hard NMS), boxes in input order.
 
     At each step the highest remaining (decayed) score is selected; the others decay by
@@ -153,8 +224,8 @@ def soft_nms_groups(starts, boxes, scores, iou_thr, sigma, thresh, method_code):
     k = 0
     for g in range(starts.shape[0] - 1):
         s, e = starts[g], starts[g + 1]
-        idx = np.arange(s, e)
-        sc = scores[s:e].copy()
+        idx = order[s:e].copy()
+        sc = scores[idx]
         m = e - s
         for i in range(m):
             best = i
@@ -181,7 +252,8 @@ def soft_nms_groups(starts, boxes, scores, iou_thr, sigma, thresh, method_code):
                     if ovr > iou_thr:
                         sc[j] *= 1.0 - ovr
                 elif method_code == 2:
-                    sc[j] *= np.exp(-(ovr * ovr) / sigma)
+                    if ovr > 0.0:  # exp(0) = 1: boxes that do not overlap keep their score
+                        sc[j] *= np.exp(-(ovr * ovr) / sigma)
                 elif ovr > iou_thr:
                     sc[j] = -np.inf  # hard NMS: suppressed whatever its score
         for i in range(m):

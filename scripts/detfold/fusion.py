@@ -29,7 +29,7 @@ _CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
 
 
 class _Prepared:
-    """All boxes of all models and images, filtered, weighted and sorted into groups."""
+    """All boxes of all models and images, filtered and weighted, with their group order."""
 
     def __init__(
         self,
@@ -42,19 +42,20 @@ class _Prepared:
         skip_box_thr: float,
         class_agnostic: bool,
     ) -> None:
+        from detfold import _fusion_kernels as kernels
+
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = (scores >= skip_box_thr) & (area > 0)
-        self.boxes, self.labels, self.models, self.images = boxes[keep], labels[keep], models[keep], images[keep]
-        self.raw_scores = scores[keep]
-        self.scores = self.raw_scores * weights[self.models]
-        group_label = np.zeros_like(self.labels) if class_agnostic else self.labels
-        order = np.lexsort((np.arange(len(self.scores)), -self.scores, group_label, self.images))
-        for name in ("boxes", "labels", "models", "images", "raw_scores", "scores"):
-            setattr(self, name, getattr(self, name)[order])
-        group_label = group_label[order]
-        key = np.stack([self.images, group_label], axis=1)
-        change = np.flatnonzero((np.diff(key, axis=0) != 0).any(axis=1)) + 1 if len(key) else np.zeros(0, np.int64)
-        self.starts = np.concatenate([[0], change, [len(key)]]).astype(np.int64)
+        if not keep.all():
+            boxes, scores, labels, models, images = (x[keep] for x in (boxes, scores, labels, models, images))
+        self.boxes, self.labels, self.models, self.images = boxes, labels, models, images
+        self.scores = scores * weights[models]
+        if class_agnostic or not len(labels):
+            group = images.astype(np.int64)
+        else:  # (image, label) as one integer key
+            low = int(labels.min())
+            group = images.astype(np.int64) * (int(labels.max()) - low + 1) + (labels - low)
+        self.order, self.starts = kernels.sort_groups(group, -self.scores)
 
 
 def _check(
@@ -142,6 +143,7 @@ def fuse_arrays(
     prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
     if method == "wbf":
         out_box, out_score, _, first = kernels.wbf_groups(
+            prep.order,
             prep.starts,
             prep.boxes,
             prep.scores,
@@ -153,18 +155,20 @@ def fuse_arrays(
             allows_overflow,
         )
     elif method == "nmw":
-        out_box, out_score, _, first = kernels.nmw_groups(prep.starts, prep.boxes, prep.scores, float(iou_thr))
+        out_box, out_score, _, first = kernels.nmw_groups(
+            prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr)
+        )
     else:
         code = 3 if method == "nms" else (1 if soft_method == "linear" else 2)
         floor = float(thresh) if code != 3 else -np.inf  # hard NMS keeps every unsuppressed box
         keep, decayed = kernels.soft_nms_groups(
-            prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), floor, code
+            prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), floor, code
         )
         out_box = prep.boxes[keep]
         out_score = decayed if (rescore and method == "soft_nms") else prep.scores[keep]
         first = keep
     out_label, out_image = prep.labels[first], prep.images[first]
-    order = np.lexsort((np.arange(len(out_score)), -out_score, out_image))
+    order = kernels.order_within_images(out_image, -out_score)  # groups come image by image
     return out_box[order], out_score[order], out_label[order], out_image[order]
 
 
