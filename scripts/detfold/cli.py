@@ -115,6 +115,7 @@ def _ensemble(args: argparse.Namespace) -> None:
         skip_box_thr=args.skip_box_thr,
         conf_type=args.conf_type,
         max_per_image=args.max_per_img,
+        class_agnostic=args.class_agnostic,
     )
     write_json(args.out, fused)
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
@@ -172,6 +173,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--conf-type", default="avg", choices=["avg", "max", "box_and_model_avg", "absent_model_aware_avg"])
     f.add_argument("--weights", type=float, nargs="+")
     f.add_argument("--max-per-img", type=int, default=100)
+    f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_ensemble)
     return p

@@ -25,7 +25,7 @@ from detfold.io import atomic_open, read_json
 
 log = logging.getLogger(__name__)
 
-FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh")
+FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh", "class_agnostic")
 
 
 def fusion_params(settings: dict[str, Any]) -> dict[str, Any]:

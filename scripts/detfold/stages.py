@@ -253,12 +253,13 @@ def run_ensemble_oof(
         check_predictions(gt, preds, f"OOF predictions of {name}")
     default = ensemble.fusion_params(settings)
     search = settings.get("search") or {}
-    combos = [default] + (ensemble.grid(search, len(members)) if search else [])
+    agnostic = {"class_agnostic": True} if settings.get("class_agnostic") else {}
+    combos = [default] + [{**c, **agnostic} for c in (ensemble.grid(search, len(members)) if search else [])]
     metric = search.get("metric", "mAP50")
     table = ensemble.search(members, gt, combos, metric)
     with atomic_open(out_search) as handle:
         table.to_csv(handle, index=False, lineterminator="\n")
-    best = ensemble.params_from_row(table.iloc[0].to_dict())
+    best = {**ensemble.params_from_row(table.iloc[0].to_dict()), **agnostic}
     max_per_img = int(settings.get("max_per_img", 100))
     fused = ensemble.fuse_members(members, gt.images, best, max_per_img)
     write_json(out_oof, fused)
