@@ -1,14 +1,12 @@
 """Rule ensemble_oof: choose fusion parameters on the pooled out-of-fold predictions."""
 
 from detfold.logs import log_to
-from detfold.stages import run_ensemble_oof
+from detfold.stages import files_by_model, run_ensemble_oof
 
 log_to(snakemake.log[0])
-models, files = snakemake.params.models, list(snakemake.input.oof)
-k = len(files) // len(models)  # expand() lists each model's K fold files together
 run_ensemble_oof(
     gt_json=snakemake.input.gt,
-    model_oof={m: files[i * k : (i + 1) * k] for i, m in enumerate(models)},
+    model_oof=files_by_model(snakemake.params.models, snakemake.input.oof),
     settings=dict(snakemake.params.settings),
     out_search=snakemake.output.search,
     out_best=snakemake.output.best,

@@ -45,13 +45,19 @@ def tiny_run(tmp_path_factory, repo, bccd_dir):
             "test_images": str(bccd_dir / "images"),
         },
         "folds": {"k": 2},
-        "models": {
+        "models": {  # two detector families: one-stage RTMDet, two-stage Faster R-CNN
             "tiny": {
                 "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
                 "epochs": 1,
                 "batch_size": 4,
                 "num_workers": 0,
-            }
+            },
+            "frcnn": {
+                "config": str(repo / "config" / "models" / "faster_rcnn_r18_cpu.py"),
+                "epochs": 1,
+                "batch_size": 4,
+                "num_workers": 0,
+            },
         },
         "predict": {"score_thr": 0.0, "max_per_img": 100},
         "audit": {"overrides": str(workdir / "overrides.csv")},
@@ -113,9 +119,11 @@ def test_folds_partition_and_oof_covers_val(tiny_run):
         assert max(sum(p["image_id"] == i for p in oof) for i in val.image_ids) <= 100
 
 
-def test_resolved_config_is_saved_with_data_classes(tiny_run):
-    text = (tiny_run / "results" / "train" / "tiny" / "fold0" / "config.py").read_text()
+@pytest.mark.parametrize("model", ["tiny", "frcnn"])
+def test_resolved_config_is_saved_with_data_classes(tiny_run, model):
+    text = (tiny_run / "results" / "train" / model / "fold0" / "config.py").read_text()
     assert "num_classes=3" in text and "'Platelets'" in text and "max_epochs=1" in text
+    assert ("rcnn=dict(" in text) == (model == "frcnn")  # score_thr went to the two-stage key
 
 
 def check_metrics_equal(ours: dict, gt, preds):
@@ -143,7 +151,8 @@ def test_metrics_equal_pycocotools(tiny_run):
     ensemble = read(r / "ensemble" / "metrics.json")
     check_metrics_equal(ensemble["ensemble"], test_gt, read(r / "ensemble" / "test.json"))
     check_metrics_equal(ensemble["default"], test_gt, read(r / "ensemble" / "test_default.json"))
-    assert sorted(ensemble["single"]) == ["tiny/fold0", "tiny/fold1"]
+    assert sorted(ensemble["single"]) == ["frcnn/fold0", "frcnn/fold1", "tiny/fold0", "tiny/fold1"]
+    assert sorted(ensemble["fold_ensemble"]) == ["frcnn", "tiny"]
     oof = read(r / "ensemble" / "oof_metrics.json")
     check_metrics_equal(oof["tuned"], pooled_gt, read(r / "ensemble" / "oof.json"))
     search = pd.read_csv(r / "ensemble" / "search.csv")
@@ -172,6 +181,32 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
+def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, tiny_run):
+    config_path = tiny_run / "config.yaml"
+    original = config_path.read_text()
+    config = yaml.safe_load(original)
+    config["models"]["frcnn"]["epochs"] = 2
+    config_path.write_text(yaml.safe_dump(config))
+    try:
+        result = snakemake(repo, tiny_run, "-n")
+    finally:
+        config_path.write_text(original)
+    assert result.returncode == 0, result.stderr
+    jobs = planned_jobs(result)
+    assert jobs == {
+        "train": 2,
+        "predict": 4,
+        "evaluate": 1,
+        "ensemble_oof": 1,
+        "ensemble": 1,
+        "summary": 1,
+        "all": 1,
+    }, result.stdout
+    assert "output: results/train/tiny" not in result.stdout
+    assert "output: results/predict/tiny" not in result.stdout
+    assert "Nothing to be done" in (snakemake(repo, tiny_run, "-n").stdout)  # config restored
+
+
 def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
     """Runs last: it leaves the run out of date on purpose."""
     overrides = tiny_run / "overrides.csv"
@@ -180,7 +215,7 @@ def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
     result = snakemake(repo, tiny_run, "-n")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    assert jobs["audit"] == 1 and jobs["train"] == 2 and jobs["summary"] == 1
+    assert jobs["audit"] == 1 and jobs["train"] == 4 and jobs["summary"] == 1
     assert "import_annotations" not in jobs
     assert "overrides.csv" in result.stdout
 

@@ -220,6 +220,14 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
 
 
+def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, list[str]]:
+    """Split expand()'s model-major file list (each model's K fold files together) by model."""
+    if not models or len(files) % len(models):
+        raise ValueError(f"{len(files)} files cannot be split evenly over models {list(models)}")
+    k = len(files) // len(models)
+    return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
+
+
 def _pooled(paths: Sequence[str]) -> list[dict[str, Any]]:
     return [p for path in paths for p in read_json(path)]
 
