@@ -8,6 +8,7 @@ pycocotools evaluation of the same files, and a second run has nothing to do.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,10 @@ pytestmark = pytest.mark.workflow
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 
-def snakemake(repo: Path, workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [str(SNAKEMAKE), "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -61,11 +62,12 @@ def tiny_run(tmp_path_factory, repo, bccd_dir):
         },
         "predict": {"score_thr": 0.0, "max_per_img": 100},
         "audit": {"overrides": str(workdir / "overrides.csv")},
-        "resources": {"train_threads": 2},
+        "resources": {"train_threads": 1},  # with --cores 2: two jobs at once
     }
     (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    result = snakemake(repo, workdir)
+    # two stand-in GPU slots (CPU): each training/prediction job records the slot it held
+    result = snakemake(repo, workdir, "--resources", "gpu=2", env={"DETFOLD_GPU_SLOTS": "2"})
     if result.returncode != 0:
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
         pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
@@ -102,6 +104,15 @@ def test_results_layout(tiny_run):
     ]
     assert [p for p in expected if not (r / p).is_file()] == []
     assert (r / "audit" / "gallery").is_dir()
+
+
+def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
+    from detfold.gpu_slots import overlapping_same_slot
+
+    records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 2 + 2 * 2 * 2  # 2 models x 2 folds trainings, x 2 splits predictions
+    assert {r["slot"] for r in records} <= {0, 1}
+    assert overlapping_same_slot(records) == []
 
 
 def test_folds_partition_and_oof_covers_val(tiny_run):

@@ -156,7 +156,24 @@ def train_fold(
     threads: int = 1,
 ) -> None:
     """Train one fold; write the final weights to ``checkpoint_out`` and the resolved config
-    to ``config_out`` (both atomically, only when training finished)."""
+    to ``config_out`` (both atomically, only when training finished). The job holds one GPU
+    slot (:mod:`detfold.gpu_slots`) while it runs."""
+    from detfold.gpu_slots import RECORD, available_slots, gpu_slot
+
+    with gpu_slot(available_slots(), job=str(checkpoint_out), record=RECORD):
+        _train_fold(settings, train_json, val_json, images_dir, checkpoint_out, config_out, seed, threads)
+
+
+def _train_fold(
+    settings: dict[str, Any],
+    train_json: str,
+    val_json: str,
+    images_dir: str,
+    checkpoint_out: str,
+    config_out: str,
+    seed: int,
+    threads: int,
+) -> None:
     import torch
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner

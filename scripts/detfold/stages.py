@@ -165,10 +165,12 @@ def run_predict(
     out: str,
     threads: int,
 ) -> None:
+    from detfold.gpu_slots import RECORD, available_slots, gpu_slot
     from detfold.mmdet_predict import predict_images
 
     coco = load_coco(annotations, require_annotations=False)
-    write_json(out, predict_images(config, checkpoint, coco, images, score_thr, max_per_img, threads))
+    with gpu_slot(available_slots(), job=out, record=RECORD):
+        write_json(out, predict_images(config, checkpoint, coco, images, score_thr, max_per_img, threads))
 
 
 def is_labelled(coco: Coco) -> bool:

@@ -1,0 +1,102 @@
+"""One GPU per running job on one machine: a pool of N slots held with file locks.
+
+Snakemake counts GPUs (``--resources gpu=N``) but never tells a job which one to use, so two
+jobs would both land on GPU 0. A training or prediction job takes the first free slot of N
+(``flock`` on ``LOCK_DIR/slot{i}.lock``), sets ``CUDA_VISIBLE_DEVICES`` to it for its own
+process, and releases it when it ends. The operating system drops the lock of a process that
+dies, so a crashed or killed job never keeps its slot.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR = ".snakemake/detfold_gpu_slots"
+RECORD = "logs/gpu_slots.jsonl"
+
+
+def available_slots() -> int:
+    """How many GPU slots this machine has: ``DETFOLD_GPU_SLOTS`` if set (also a CPU stand-in
+    for tests), else the GPUs ``nvidia-smi -L`` lists (counted without initialising CUDA in
+    this process, so CUDA_VISIBLE_DEVICES can still be set), else 0."""
+    if os.environ.get("DETFOLD_GPU_SLOTS"):
+        return int(os.environ["DETFOLD_GPU_SLOTS"])
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+@contextmanager
+def gpu_slot(
+    n_slots: int, job: str, lock_dir: str | os.PathLike[str] = LOCK_DIR, record: str | None = None, poll_s: float = 0.2
+) -> Iterator[int | None]:
+    """Hold one of ``n_slots`` slots for the duration of the block; yields its index (None when
+    ``n_slots`` is 0: no pool, CUDA_VISIBLE_DEVICES is left alone). With ``record``, one JSON
+    line per job (job, slot, pid, start, end) is appended there."""
+    if n_slots <= 0:
+        yield None
+        return
+    directory = Path(lock_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = None
+    slot = -1
+    waited = 0.0
+    while handle is None:
+        for i in range(n_slots):
+            candidate = open(directory / f"slot{i}.lock", "a+")  # noqa: SIM115 (held past this block)
+            try:
+                fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                candidate.close()
+                continue
+            handle, slot = candidate, i
+            break
+        if handle is None:
+            if waited == 0.0:
+                log.info("%s: all %d GPU slots busy, waiting", job, n_slots)
+            time.sleep(poll_s)
+            waited += poll_s
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+    start = time.time()
+    log.info("%s: GPU slot %d of %d (CUDA_VISIBLE_DEVICES=%d)", job, slot, n_slots, slot)
+    try:
+        yield slot
+    finally:
+        end = time.time()
+        if record:
+            line = json.dumps({"job": job, "slot": slot, "pid": os.getpid(), "start": start, "end": end})
+            with open(record, "a", encoding="utf-8") as out:
+                fcntl.flock(out, fcntl.LOCK_EX)
+                out.write(line + "\n")
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def overlapping_same_slot(records: list[dict]) -> list[tuple[str, str]]:
+    """Pairs of jobs that held the same slot at overlapping times (should be none)."""
+    clashes = []
+    for i, a in enumerate(records):
+        for b in records[i + 1 :]:
+            if a["slot"] == b["slot"] and a["start"] < b["end"] and b["start"] < a["end"]:
+                clashes.append((a["job"], b["job"]))
+    return clashes
