@@ -139,10 +139,31 @@ def _run_fingerprint(resolved_text: str, data_files: list[str]) -> str:
     return f"{digest.hexdigest()}\n"
 
 
+def _readable_checkpoint(path: Path) -> bool:
+    import torch
+
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a checkpoint cut short by a kill: any unpickling error
+        log.warning("checkpoint %s is unreadable (%s): not resuming from it", path, err)
+        return False
+    return True
+
+
 def _resumable(work_dir: Path, fingerprint: str) -> bool:
-    """True when ``work_dir`` holds a checkpoint of a run with the very same config and data."""
+    """True when ``work_dir`` holds a readable checkpoint of a run with the very same config
+    and data. A corrupt latest checkpoint (killed while saving) falls back to the previous one."""
     stamp = work_dir / "run_fingerprint.txt"
-    return (work_dir / "last_checkpoint").is_file() and stamp.is_file() and stamp.read_text() == fingerprint
+    pointer = work_dir / "last_checkpoint"
+    if not (pointer.is_file() and stamp.is_file() and stamp.read_text() == fingerprint):
+        return False
+    candidates = sorted(work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]), reverse=True)
+    for candidate in candidates:
+        if _readable_checkpoint(candidate):
+            pointer.write_text(str(candidate))
+            return True
+        candidate.unlink()
+    return False
 
 
 def train_fold(

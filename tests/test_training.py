@@ -1,0 +1,105 @@
+"""Training jobs: kill-and-resume, and CPU determinism (real mmdet, tiny data)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from detfold.coco import load_coco, write_coco
+
+pytestmark = pytest.mark.workflow
+
+TRAIN = """
+import sys
+sys.path.insert(0, {scripts!r})
+from detfold.logs import log_to
+log_to({log!r})
+from detfold.mmdet_train import train_fold
+train_fold({settings!r}, {data!r}, {data!r}, {images!r}, {out!r} + "/model.pth", {out!r} + "/config.py", 42, 1)
+"""
+
+
+def train_cmd(repo: Path, tmp: Path, out: Path, epochs: int, log: str) -> list[str]:
+    settings = {
+        "config": str(repo / "config/models/rtmdet_tiny_cpu.py"),
+        "epochs": epochs,
+        "batch_size": 4,
+        "num_workers": 0,
+    }
+    code = TRAIN.format(
+        scripts=str(repo / "scripts"),
+        log=str(tmp / log),
+        settings=settings,
+        data=str(tmp / "train.json"),
+        images=str(repo / "tests/data/bccd/images"),
+        out=str(out),
+    )
+    return [sys.executable, "-c", code]
+
+
+@pytest.fixture()
+def tiny_data(tmp_path, bccd_dir):
+    coco = load_coco(bccd_dir / "train.json")
+    write_coco(coco.subset(coco.image_ids[:12]), tmp_path / "train.json")
+    return tmp_path
+
+
+def iterations_logged(log: Path) -> int:
+    return sum("Epoch(train)" in line for line in log.read_text().splitlines())
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(repo, tiny_data):
+    out = tiny_data / "run"
+    job = subprocess.Popen(
+        train_cmd(repo, tiny_data, out, 3, "first.log"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (out / "work" / "epoch_1.pth").exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let epoch 1's checkpoint finish writing
+    os.kill(job.pid, signal.SIGKILL)
+    job.wait()
+    assert not (out / "model.pth").exists()  # not declared done
+    done = subprocess.run(train_cmd(repo, tiny_data, out, 3, "second.log"), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tiny_data / "second.log").read_text()
+    assert "resuming from" in log and "resumed epoch:" in log
+    assert "Epoch(train) [1]" not in log  # epoch 1 is not trained again
+    import torch
+
+    final = torch.load(out / "model.pth", map_location="cpu", weights_only=False)
+    assert final["meta"]["epoch"] == 3
+
+
+def test_corrupt_last_checkpoint_is_not_trusted(repo, tiny_data):
+    out = tiny_data / "run"
+    first = subprocess.run(train_cmd(repo, tiny_data, out, 2, "first.log"), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (out / "model.pth").unlink()
+    (out / "work" / "epoch_2.pth").write_bytes(b"cut short")
+    (out / "work" / "last_checkpoint").write_text(str(out / "work" / "epoch_2.pth"))
+    again = subprocess.run(
+        train_cmd(repo, tiny_data, out, 2, "second.log"), capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (tiny_data / "second.log").read_text()
+    assert "is unreadable" in log and "resumed epoch: 1" in log
+
+
+def test_two_cpu_runs_give_identical_weights(repo, tiny_data):
+    import torch
+
+    runs = []
+    for name in ("a", "b"):
+        result = subprocess.run(
+            train_cmd(repo, tiny_data, tiny_data / name, 1, f"{name}.log"), capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs.append(torch.load(tiny_data / name / "model.pth", map_location="cpu", weights_only=False)["state_dict"])
+    assert runs[0].keys() == runs[1].keys()
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
