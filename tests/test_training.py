@@ -103,3 +103,56 @@ def test_two_cpu_runs_give_identical_weights(repo, tiny_data):
         runs.append(torch.load(tiny_data / name / "model.pth", map_location="cpu", weights_only=False)["state_dict"])
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_resolved_config_carries_the_model_options(repo, tiny_data):
+    from detfold.mmdet_train import resolve_config
+
+    settings = {
+        "config": str(repo / "config/models/rtmdet_tiny_cpu.py"),
+        "epochs": 6,
+        "img_scale": [256, 256],
+        "accumulate": 2,
+        "checkpoint": "best",
+        "early_stopping": 3,
+    }
+    data = str(tiny_data / "train.json")
+    cfg = resolve_config(settings, data, data, str(repo / "tests/data/bccd/images"), str(tiny_data / "w"), 42)
+    steps = {s["type"]: s for s in cfg.train_dataloader.dataset.pipeline}
+    assert steps["RandomResize"]["scale"] == (256, 256) and steps["RandomCrop"]["crop_size"] == (256, 256)
+    assert {s["type"]: s for s in cfg.test_dataloader.dataset.pipeline}["Resize"]["scale"] == (256, 256)
+    assert cfg.optim_wrapper.accumulative_counts == 2
+    assert cfg.val_evaluator.proposal_nums == (1, 10, 100)  # COCO's 100 detections, not mmdet's 1000
+    assert cfg.default_hooks.checkpoint.save_best == "coco/bbox_mAP"
+    assert [h["type"] for h in cfg.custom_hooks] == ["EarlyStoppingHook"]
+    assert "TensorboardVisBackend" in [b["type"] for b in cfg.visualizer.vis_backends]
+    cosine = next(s for s in cfg.param_scheduler if s["type"] == "CosineAnnealingLR")
+    assert cosine["end"] == 6 and cosine["T_max"] == 6  # stretched from the config's 12 epochs
+    two_stage = resolve_config(
+        {"config": str(repo / "config/models/faster_rcnn_r18_cpu.py")}, data, data, "img", str(tiny_data / "w2"), 1
+    )
+    assert two_stage.model.roi_head.bbox_head.num_classes == 3
+    with pytest.raises(ValueError, match="unknown model setting"):
+        resolve_config({"config": settings["config"], "epoch": 3}, data, data, "img", "w", 1)
+
+
+def test_best_checkpoint_with_validation_and_tensorboard(repo, tiny_data):
+    import torch
+    from detfold.mmdet_train import train_fold
+
+    out = tiny_data / "best"
+    settings = {
+        "config": str(repo / "config/models/faster_rcnn_r18_cpu.py"),
+        "epochs": 2,
+        "batch_size": 4,
+        "num_workers": 0,
+        "checkpoint": "best",
+        "early_stopping": 5,
+    }
+    data = str(tiny_data / "train.json")
+    train_fold(
+        settings, data, data, str(repo / "tests/data/bccd/images"), str(out / "model.pth"), str(out / "config.py"), 42
+    )
+    assert list((out / "work").glob("best_coco_bbox_mAP_epoch_*.pth"))
+    assert list((out / "work").rglob("events.out.tfevents.*"))
+    assert torch.load(out / "model.pth", map_location="cpu", weights_only=False)["state_dict"]

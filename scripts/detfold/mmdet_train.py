@@ -10,6 +10,7 @@ unchanged; a changed config starts over.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -22,7 +23,33 @@ from detfold.coco import load_coco
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("config", "epochs", "batch_size", "lr", "num_workers", "load_from", "cfg_options")
+MODEL_KEYS = (
+    "config",
+    "epochs",
+    "batch_size",
+    "lr",
+    "num_workers",
+    "load_from",
+    "cfg_options",
+    "img_scale",
+    "amp",
+    "accumulate",
+    "checkpoint",
+    "early_stopping",
+    "tensorboard",
+    "wandb",
+)
+VAL_METRIC = "coco/bbox_mAP"
+SCALE_KEYS = {
+    "Resize": "scale",
+    "RandomResize": "scale",
+    "RandomCrop": "crop_size",
+    "Pad": "size",
+    "Mosaic": "img_scale",
+    "CachedMosaic": "img_scale",
+    "CachedMixUp": "img_scale",
+    "MixUp": "img_scale",
+}
 
 
 def load_mmdet_config(config: str) -> Any:
@@ -70,6 +97,19 @@ def rescale_epoch_schedule(param_scheduler: list[dict[str, Any]] | dict[str, Any
             sched["milestones"] = [round(m * new / old) for m in sched["milestones"]]
 
 
+def set_img_scale(pipeline: list[dict[str, Any]], img_scale: tuple[int, int]) -> int:
+    """Set the network input size (w, h) in every sizing transform of a pipeline; return how many.
+
+    RandomResize keeps its ratio_range around the new scale; Pad only when it pads to a size."""
+    changed = 0
+    for step in pipeline:
+        key = SCALE_KEYS.get(step.get("type", ""))
+        if key and (key != "size" or step.get("size") is not None):
+            step[key] = tuple(img_scale)
+            changed += 1
+    return changed
+
+
 def _dataset(cfg_dataset: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...]) -> None:
     cfg_dataset.update(
         ann_file=str(Path(ann_file).resolve()),
@@ -86,6 +126,7 @@ def resolve_config(
     images_dir: str,
     work_dir: str,
     seed: int,
+    device: str = "cpu",
 ) -> Any:
     """The full mmdet config for one fold: the model's config with the fold's data filled in."""
     unknown = sorted(set(settings) - set(MODEL_KEYS))
@@ -125,6 +166,44 @@ def resolve_config(
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.resume = False
+    if settings.get("img_scale"):
+        scale = tuple(int(v) for v in settings["img_scale"])
+        for loader in ("train", "test"):
+            if not set_img_scale(cfg[f"{loader}_dataloader"].dataset.pipeline, scale):
+                raise ValueError(f"{settings['config']}: no sizing transform in the {loader} pipeline for img_scale")
+    if int(settings.get("accumulate", 1)) > 1:
+        cfg.optim_wrapper.accumulative_counts = int(settings["accumulate"])
+    if settings.get("amp"):
+        if device == "cuda":
+            cfg.optim_wrapper.type = "AmpOptimWrapper"
+            cfg.optim_wrapper.loss_scale = "dynamic"
+        else:
+            log.warning("amp: true is ignored on CPU (mixed precision needs a GPU)")
+    checkpoint = settings.get("checkpoint", "last")
+    if checkpoint not in ("last", "best"):
+        raise ValueError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
+    patience = int(settings.get("early_stopping", 0))
+    if checkpoint == "best" or patience > 0:  # validate every epoch on the fold's val images
+        cfg.val_dataloader = copy.deepcopy(cfg.test_dataloader)
+        cfg.val_evaluator = dict(
+            type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox", proposal_nums=(1, 10, 100)
+        )
+        cfg.val_cfg = dict(type="ValLoop")
+        cfg.train_cfg.val_interval = 1
+    if checkpoint == "best":
+        cfg.default_hooks.checkpoint.save_best = VAL_METRIC
+        cfg.default_hooks.checkpoint.rule = "greater"
+    if patience > 0:
+        cfg.custom_hooks = [
+            *cfg.get("custom_hooks", []),
+            dict(type="EarlyStoppingHook", monitor=VAL_METRIC, patience=patience, min_delta=0.001),
+        ]
+    backends = [dict(type="LocalVisBackend")]
+    if settings.get("tensorboard", True):
+        backends.append(dict(type="TensorboardVisBackend"))
+    if settings.get("wandb"):
+        backends.append(dict(type="WandbVisBackend", init_kwargs=dict(settings["wandb"])))
+    cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=backends, name="visualizer")
     if settings.get("cfg_options"):
         cfg.merge_from_dict(dict(settings["cfg_options"]))
     return cfg
@@ -203,7 +282,8 @@ def _train_fold(
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     out_dir = Path(checkpoint_out).parent
     work_dir = out_dir / "work"
-    cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed, device)
     fingerprint = _run_fingerprint(cfg.pretty_text, [train_json, val_json])
     if _resumable(work_dir, fingerprint):
         log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
@@ -213,7 +293,6 @@ def _train_fold(
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "run_fingerprint.txt").write_text(fingerprint)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
     runner = Runner.from_cfg(cfg)
     for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
@@ -230,6 +309,12 @@ def _train_fold(
         os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
     last = Path((work_dir / "last_checkpoint").read_text().strip())
+    if settings.get("checkpoint", "last") == "best":
+        best = sorted(work_dir.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
+        if best:
+            last = best[-1]
+        else:
+            log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
     state = torch.load(last, map_location="cpu", weights_only=False)
     slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
     tmp = out_dir / f".{Path(checkpoint_out).name}.tmp"
