@@ -1,4 +1,4 @@
-"""The real DAG end to end: real MMDetection training (1 epoch), 2 folds, a few dozen images.
+"""The real DAG end to end: real MMDetection training (1 epoch), 2 models x 3 folds, a few dozen images.
 
 Checks that the outputs mean something: folds partition the images, out-of-fold predictions
 cover exactly each fold's val images, metrics are numbers in [0, 1] and equal an independent
@@ -31,7 +31,8 @@ def snakemake(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, repo, bccd_dir):
-    """Run the whole workflow once on 30 train + 8 test images; return its work dir."""
+    """Run the whole workflow once (2 models x 3 folds, --resources gpu=2 --cores 2) on 30 train
+    + 8 test images; return its work dir."""
     workdir = tmp_path_factory.mktemp("tiny")
     train = load_coco(bccd_dir / "train.json")
     test = load_coco(bccd_dir / "test.json")
@@ -45,7 +46,7 @@ def tiny_run(tmp_path_factory, repo, bccd_dir):
             "test_annotations": str(workdir / "test.json"),
             "test_images": str(bccd_dir / "images"),
         },
-        "folds": {"k": 2},
+        "folds": {"k": 3},
         "models": {  # two detector families: one-stage RTMDet, two-stage Faster R-CNN
             "tiny": {
                 "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
@@ -110,7 +111,7 @@ def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
     from detfold.gpu_slots import overlapping_same_slot
 
     records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 2 + 2 * 2 * 2  # 2 models x 2 folds trainings, x 2 splits predictions
+    assert len(records) == 2 * 3 + 2 * 3 * 2  # 2 models x 3 folds trainings, x 2 splits predictions
     assert {r["slot"] for r in records} <= {0, 1}
     assert overlapping_same_slot(records) == []
 
@@ -120,7 +121,7 @@ def test_folds_partition_and_oof_covers_val(tiny_run):
     folds = pd.read_csv(r / "folds" / "folds.csv")
     clean = load_coco(r / "audit" / "annotations.json")
     assert sorted(folds.image_id) == sorted(clean.image_ids)
-    for k in (0, 1):
+    for k in (0, 1, 2):
         val = load_coco(r / "folds" / f"fold{k}" / "val.json")
         train = load_coco(r / "folds" / f"fold{k}" / "train.json")
         assert set(val.image_ids) == set(folds.image_id[folds.fold == k])
@@ -151,7 +152,7 @@ def test_metrics_equal_pycocotools(tiny_run):
     r = tiny_run / "results"
     metrics = read(r / "eval" / "tiny" / "metrics.json")
     pooled_preds, pooled_gt = [], None
-    for k in (0, 1):
+    for k in (0, 1, 2):
         gt = load_coco(r / "folds" / f"fold{k}" / "val.json")
         preds = read(r / "predict" / "tiny" / f"fold{k}" / "oof.json")
         check_metrics_equal(metrics["folds"][k], gt, preds)
@@ -162,7 +163,7 @@ def test_metrics_equal_pycocotools(tiny_run):
     ensemble = read(r / "ensemble" / "metrics.json")
     check_metrics_equal(ensemble["ensemble"], test_gt, read(r / "ensemble" / "test.json"))
     check_metrics_equal(ensemble["default"], test_gt, read(r / "ensemble" / "test_default.json"))
-    assert sorted(ensemble["single"]) == ["frcnn/fold0", "frcnn/fold1", "tiny/fold0", "tiny/fold1"]
+    assert sorted(ensemble["single"]) == [f"{m}/fold{k}" for m in ("frcnn", "tiny") for k in range(3)]
     assert sorted(ensemble["fold_ensemble"]) == ["frcnn", "tiny"]
     oof = read(r / "ensemble" / "oof_metrics.json")
     check_metrics_equal(oof["tuned"], pooled_gt, read(r / "ensemble" / "oof.json"))
@@ -205,8 +206,8 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs == {
-        "train": 2,
-        "predict": 4,
+        "train": 3,
+        "predict": 6,
         "evaluate": 1,
         "ensemble_oof": 1,
         "ensemble": 1,
@@ -226,7 +227,7 @@ def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
     result = snakemake(repo, tiny_run, "-n")
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    assert jobs["audit"] == 1 and jobs["train"] == 4 and jobs["summary"] == 1
+    assert jobs["audit"] == 1 and jobs["train"] == 6 and jobs["summary"] == 1
     assert "import_annotations" not in jobs
     assert "overrides.csv" in result.stdout
 
