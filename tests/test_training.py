@@ -115,11 +115,15 @@ def test_resolved_config_carries_the_model_options(repo, tiny_data):
         "accumulate": 2,
         "checkpoint": "best",
         "early_stopping": 3,
+        "multi_scale": [[224, 224], [288, 288]],
+        "deterministic": True,
     }
     data = str(tiny_data / "train.json")
     cfg = resolve_config(settings, data, data, str(repo / "tests/data/bccd/images"), str(tiny_data / "w"), 42)
     steps = {s["type"]: s for s in cfg.train_dataloader.dataset.pipeline}
-    assert steps["RandomResize"]["scale"] == (256, 256) and steps["RandomCrop"]["crop_size"] == (256, 256)
+    assert steps["RandomChoiceResize"]["scales"] == [(224, 224), (288, 288)]  # multi-scale replaced the resize
+    assert steps["RandomCrop"]["crop_size"] == (256, 256)
+    assert cfg.randomness.deterministic is True
     assert {s["type"]: s for s in cfg.test_dataloader.dataset.pipeline}["Resize"]["scale"] == (256, 256)
     assert cfg.optim_wrapper.accumulative_counts == 2
     assert cfg.val_evaluator.proposal_nums == (1, 10, 100)  # COCO's 100 detections, not mmdet's 1000

@@ -38,6 +38,8 @@ MODEL_KEYS = (
     "early_stopping",
     "tensorboard",
     "wandb",
+    "multi_scale",
+    "deterministic",
 )
 VAL_METRIC = "coco/bbox_mAP"
 SCALE_KEYS = {
@@ -161,7 +163,7 @@ def resolve_config(
     if load_from and not Path(load_from).is_file():
         raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
     cfg.load_from = str(Path(load_from).resolve()) if load_from else None
-    cfg.randomness = dict(seed=int(seed), deterministic=False)
+    cfg.randomness = dict(seed=int(seed), deterministic=bool(settings.get("deterministic", False)))
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True)
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     cfg.work_dir = str(Path(work_dir).resolve())
@@ -171,6 +173,13 @@ def resolve_config(
         for loader in ("train", "test"):
             if not set_img_scale(cfg[f"{loader}_dataloader"].dataset.pipeline, scale):
                 raise ValueError(f"{settings['config']}: no sizing transform in the {loader} pipeline for img_scale")
+    if settings.get("multi_scale"):  # each training image resized to one of these (w, h), at random
+        scales = [tuple(int(v) for v in scale) for scale in settings["multi_scale"]]
+        pipeline = cfg.train_dataloader.dataset.pipeline
+        resize = [i for i, step in enumerate(pipeline) if step.get("type") in ("Resize", "RandomResize")]
+        if not resize:
+            raise ValueError(f"{settings['config']}: no Resize/RandomResize in the train pipeline for multi_scale")
+        pipeline[resize[0]] = dict(type="RandomChoiceResize", scales=scales, keep_ratio=True)
     if int(settings.get("accumulate", 1)) > 1:
         cfg.optim_wrapper.accumulative_counts = int(settings["accumulate"])
     if settings.get("amp"):
