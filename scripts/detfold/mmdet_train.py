@@ -270,66 +270,53 @@ def train_fold(
     from detfold.gpu_slots import RECORD, available_slots, gpu_slot
 
     with gpu_slot(available_slots(), job=str(checkpoint_out), record=RECORD):
-        _train_fold(settings, train_json, val_json, images_dir, checkpoint_out, config_out, seed, threads)
+        import torch
+        from mmdet.utils import register_all_modules
+        from mmengine.runner import Runner
 
+        register_all_modules(init_default_scope=True)
+        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+        out_dir = Path(checkpoint_out).parent
+        work_dir = out_dir / "work"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed, device)
+        fingerprint = _run_fingerprint(cfg.pretty_text, [train_json, val_json])
+        if _resumable(work_dir, fingerprint):
+            log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
+            cfg.resume = True
+        elif work_dir.exists():
+            log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
+            shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        (work_dir / "run_fingerprint.txt").write_text(fingerprint)
+        log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
+        runner = Runner.from_cfg(cfg)
+        for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
+            if isinstance(handler, logging.FileHandler):
+                runner.logger.addHandler(handler)
+        if cfg.resume:
+            # Our own checkpoint from this work dir holds mmengine's training state (message hub,
+            # numpy scalars), which torch's weights_only loader refuses; user checkpoints given as
+            # load_from are still loaded with torch's weights_only default.
+            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
+        try:
+            runner.train()
+        finally:
+            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
 
-def _train_fold(
-    settings: dict[str, Any],
-    train_json: str,
-    val_json: str,
-    images_dir: str,
-    checkpoint_out: str,
-    config_out: str,
-    seed: int,
-    threads: int,
-) -> None:
-    import torch
-    from mmdet.utils import register_all_modules
-    from mmengine.runner import Runner
-
-    register_all_modules(init_default_scope=True)
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-    out_dir = Path(checkpoint_out).parent
-    work_dir = out_dir / "work"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed, device)
-    fingerprint = _run_fingerprint(cfg.pretty_text, [train_json, val_json])
-    if _resumable(work_dir, fingerprint):
-        log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
-        cfg.resume = True
-    elif work_dir.exists():
-        log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    (work_dir / "run_fingerprint.txt").write_text(fingerprint)
-    log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
-    runner = Runner.from_cfg(cfg)
-    for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
-        if isinstance(handler, logging.FileHandler):
-            runner.logger.addHandler(handler)
-    if cfg.resume:
-        # Our own checkpoint from this work dir holds mmengine's training state (message hub,
-        # numpy scalars), which torch's weights_only loader refuses; user checkpoints given as
-        # load_from are still loaded with torch's weights_only default.
-        os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        runner.train()
-    finally:
-        os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
-
-    last = Path((work_dir / "last_checkpoint").read_text().strip())
-    if settings.get("checkpoint", "last") == "best":
-        best = sorted(work_dir.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
-        if best:
-            last = best[-1]
-        else:
-            log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
-    state = torch.load(last, map_location="cpu", weights_only=False)
-    slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
-    tmp = out_dir / f".{Path(checkpoint_out).name}.tmp"
-    torch.save(slim, tmp)
-    os.replace(tmp, checkpoint_out)
-    tmp_cfg = out_dir / f".{Path(config_out).name}.tmp.py"
-    cfg.dump(str(tmp_cfg))
-    os.replace(tmp_cfg, config_out)
-    log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)
+        last = Path((work_dir / "last_checkpoint").read_text().strip())
+        if settings.get("checkpoint", "last") == "best":
+            best = sorted(work_dir.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
+            if best:
+                last = best[-1]
+            else:
+                log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
+        tmp = out_dir / f".{Path(checkpoint_out).name}.tmp"
+        torch.save(slim, tmp)
+        os.replace(tmp, checkpoint_out)
+        tmp_cfg = out_dir / f".{Path(config_out).name}.tmp.py"
+        cfg.dump(str(tmp_cfg))
+        os.replace(tmp_cfg, config_out)
+        log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)
