@@ -28,7 +28,7 @@ pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -c envs/const
 echo "set-up: [1/4] torch ($TORCH_SPEC) and build tools"
 "${pip[@]}" "$TORCH_SPEC" "setuptools<81" wheel numpy
 
-echo "set-up: [2/4] $MMCV_SPEC with compiled ops (first build: about 30 min on 2 cores; pip caches the wheel)"
+echo "set-up: [2/4] $MMCV_SPEC with compiled ops (first build: about 15 min on 2 cores; pip caches the wheel)"
 if ! "$VENV/bin/python" -c "import mmcv.ops" 2>/dev/null; then
     MMCV_WITH_OPS=1 FORCE_CUDA="${FORCE_CUDA:-0}" MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
         "${pip[@]}" --no-build-isolation "$MMCV_SPEC"
