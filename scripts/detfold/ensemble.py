@@ -20,7 +20,7 @@ import pandas as pd
 
 from detfold.coco import Coco
 from detfold.cocoeval import BboxEvaluator
-from detfold.fusion import CONF_TYPES, METHODS, fuse_arrays, fuse_coco_predictions
+from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_coco_predictions
 from detfold.io import atomic_open, read_json
 
 log = logging.getLogger(__name__)
@@ -63,44 +63,14 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
 
 
 class MemberArrays:
-    """Member predictions as flat arrays over one image set (boxes normalised per image)."""
+    """Member predictions on the ground truth's images, ready to be fused and scored many times."""
 
     def __init__(self, members: Sequence[list[dict[str, Any]]], coco: Coco) -> None:
-        self.coco = coco
         self.evaluator = BboxEvaluator(coco.data)
-        ids = self.evaluator.img_ids
-        sizes = {im["id"]: (float(im["width"]), float(im["height"])) for im in coco.images}
-        self.wh = np.array([sizes[int(i)] for i in ids])
-        parts = {"box": [], "score": [], "label": [], "model": [], "image": []}
-        for m, preds in enumerate(members):
-            img = np.searchsorted(ids, np.array([p["image_id"] for p in preds], dtype=np.int64))
-            xywh = np.array([p["bbox"] for p in preds], dtype=float).reshape(-1, 4)
-            wh = self.wh[img]
-            xyxy = np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]])
-            parts["box"].append(np.clip(xyxy / np.hstack([wh, wh]), 0, 1))
-            parts["score"].append(np.array([p["score"] for p in preds], dtype=float))
-            parts["label"].append(np.array([p["category_id"] for p in preds], dtype=np.int64))
-            parts["model"].append(np.full(len(preds), m, dtype=np.int64))
-            parts["image"].append(img.astype(np.int64))
-        self.arrays = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
-        self.n_members = len(members)
-
-    def fuse(self, params: dict[str, Any], max_per_image: int = 100) -> tuple[np.ndarray, ...]:
-        """Fused (image position, category id, xywh_abs, score), capped per image."""
-        a = self.arrays
-        boxes, scores, labels, images = fuse_arrays(
-            a["box"], a["score"], a["label"], a["model"], a["image"], self.n_members, **params
-        )
-        rank = np.arange(len(images)) - np.searchsorted(images, images, side="left")
-        keep = rank < max_per_image
-        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
-        wh = self.wh[images]
-        xyxy = boxes * np.hstack([wh, wh])
-        xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
-        return images, labels, xywh, scores
+        self.results = ResultArrays(members, coco.images)  # same sorted image positions as the evaluator
 
     def score(self, params: dict[str, Any], max_per_image: int = 100) -> dict[str, float]:
-        images, labels, xywh, scores = self.fuse(params, max_per_image)
+        images, labels, xywh, scores = self.results.fuse(max_per_image=max_per_image, **params)
         _, cat_pos = self.evaluator.positions(self.evaluator.img_ids[images], labels)
         stats = self.evaluator.evaluate(images, cat_pos, xywh, scores).stats
         return {"mAP": float(stats[0]), "mAP50": float(stats[1])}

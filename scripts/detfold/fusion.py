@@ -134,6 +134,8 @@ def fuse_arrays(
     if not 0 <= iou_thr <= 1:
         raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
     w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n_models,):
+        raise ValueError(f"{w.size} weights given for {n_models} models")
     if method == "nmw":
         w = w / w.max()
     if method in ("nms", "soft_nms"):
@@ -250,6 +252,57 @@ def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou
     return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
 
 
+class ResultArrays:
+    """COCO result lists of several models on one image set, as the flat arrays fusion works on.
+
+    ``images`` are COCO image records (id, width, height). Boxes are clipped to their image
+    (predictions, not ground truth) and normalised to ``xyxy_norm``; an image id outside
+    ``images`` raises. Image positions index the sorted image ids (``self.ids``).
+    """
+
+    def __init__(self, prediction_sets: Sequence[list[dict[str, Any]]], images: Sequence[dict[str, Any]]) -> None:
+        self.ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+        size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
+        self.wh = np.array([size[int(i)] for i in self.ids]).reshape(-1, 2)
+        self.n_models = len(prediction_sets)
+        parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
+        for m, preds in enumerate(prediction_sets):
+            image_ids = np.array([p["image_id"] for p in preds], dtype=np.int64)
+            img = np.searchsorted(self.ids, image_ids)
+            unknown = (img >= len(self.ids)) | (self.ids[np.minimum(img, len(self.ids) - 1)] != image_ids)
+            if unknown.any():
+                i = int(np.argmax(unknown))
+                raise ValueError(
+                    f"prediction set {m}, item {i}: image_id {preds[i]['image_id']!r} is not a known image"
+                )
+            xywh = np.array([p["bbox"] for p in preds], dtype=float).reshape(-1, 4)
+            wh = np.hstack([self.wh[img], self.wh[img]])
+            parts["box"].append(np.clip(np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]) / wh, 0.0, 1.0))
+            parts["score"].append(np.array([p["score"] for p in preds], dtype=float))
+            parts["label"].append(np.array([p["category_id"] for p in preds], dtype=np.int64))
+            parts["model"].append(np.full(len(preds), m, dtype=np.int64))
+            parts["image"].append(img.astype(np.int64))
+        empty = {"box": np.zeros((0, 4)), "score": np.zeros(0)}
+        self.arrays = {
+            k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
+        }
+
+    def fuse(
+        self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Fused (image position, category id, xywh_abs, score), by image then score, at most
+        ``max_per_image`` per image."""
+        a = self.arrays
+        boxes, scores, labels, images = fuse_arrays(
+            a["box"], a["score"], a["label"], a["model"], a["image"], self.n_models, method, weights, **kwargs
+        )
+        rank = np.arange(len(images)) - np.searchsorted(images, images, side="left")
+        keep = rank < max_per_image
+        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+        xyxy = boxes * np.hstack([self.wh[images], self.wh[images]])
+        return images, labels, np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]), scores
+
+
 def fuse_coco_predictions(
     prediction_sets: Sequence[list[dict[str, Any]]],
     images: Sequence[dict[str, Any]],
@@ -261,67 +314,22 @@ def fuse_coco_predictions(
     max_per_image: int = 100,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """Fuse several COCO result lists (one per model) image by image.
+    """Fuse several COCO result lists (one per model) image by image (see :class:`ResultArrays`).
 
-    ``images`` are COCO image records (id, width, height); each prediction's box is clipped
-    to its image (predictions, not ground truth), normalised, fused and mapped back to
-    ``xywh_abs``. The output is sorted by image id, then score descending, with at most
-    ``max_per_image`` boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so
-    files are byte-reproducible.
+    The output is sorted by image id, then score descending, with at most ``max_per_image``
+    boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so files are
+    byte-reproducible.
     """
-    if weights is not None and len(weights) != len(prediction_sets):
-        raise ValueError(f"{len(weights)} weights given for {len(prediction_sets)} prediction sets")
-    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
-    pos = {int(i): p for p, i in enumerate(ids)}
-    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-    cols: dict[str, list] = {"box": [], "score": [], "label": [], "model": [], "image": []}
-    for m, preds in enumerate(prediction_sets):
-        for i, p in enumerate(preds):
-            if p["image_id"] not in pos:
-                raise ValueError(f"prediction set {m}, item {i}: image_id {p['image_id']!r} is not a known image")
-            x, y, w, h = p["bbox"]
-            width, height = size[p["image_id"]]
-            cols["box"].append(
-                (
-                    min(max(x, 0), width) / width,
-                    min(max(y, 0), height) / height,
-                    min(max(x + w, 0), width) / width,
-                    min(max(y + h, 0), height) / height,
-                )
-            )
-            cols["score"].append(p["score"])
-            cols["label"].append(p["category_id"])
-            cols["model"].append(m)
-            cols["image"].append(pos[p["image_id"]])
-    boxes = np.array(cols["box"], dtype=float).reshape(-1, 4)
-    out_box, out_score, out_label, out_image = fuse_arrays(
-        boxes,
-        np.array(cols["score"], dtype=float),
-        np.array(cols["label"], dtype=np.int64),
-        np.array(cols["model"], dtype=np.int64),
-        np.array(cols["image"], dtype=np.int64),
-        len(prediction_sets),
-        method,
-        weights,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        **kwargs,
+    arrays = ResultArrays(prediction_sets, images)
+    img, labels, xywh, scores = arrays.fuse(
+        method, weights, max_per_image, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type, **kwargs
     )
-    fused: list[dict[str, Any]] = []
-    rank = np.arange(len(out_image)) - np.searchsorted(out_image, out_image, side="left")
-    for box, score, label, img, r in zip(out_box, out_score, out_label, out_image, rank, strict=True):
-        if r >= max_per_image:
-            continue
-        image_id = int(ids[img])
-        width, height = size[image_id]
-        x1, y1, x2, y2 = box[0] * width, box[1] * height, box[2] * width, box[3] * height
-        fused.append(
-            {
-                "image_id": image_id,
-                "category_id": int(label),
-                "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
-                "score": round(float(score), 6),
-            }
-        )
-    return fused
+    return [
+        {
+            "image_id": int(arrays.ids[i]),
+            "category_id": int(label),
+            "bbox": [round(float(v), 3) for v in box],
+            "score": round(float(score), 6),
+        }
+        for i, label, box, score in zip(img, labels, xywh, scores, strict=True)
+    ]
