@@ -35,8 +35,8 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as JSON atomically, with stable formatting (sorted keys only for dicts
-    we build; COCO files keep their key order)."""
+    """Write ``data`` as JSON atomically, with stable formatting (indent 1, keys in insertion
+    order, NaN/inf refused)."""
     write_text(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
 
 

@@ -68,7 +68,7 @@ def run_audit(
 
 
 def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
-    """Convert VOC or YOLO annotations into a COCO file (``fmt`` 'coco' only copies after checking)."""
+    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
     from detfold import convert
     from detfold.coco import validate_coco
 
