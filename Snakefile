@@ -11,6 +11,9 @@ configfile: "config/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/common.smk"
 include: "workflow/audit.smk"
 include: "workflow/folds.smk"
@@ -24,3 +27,4 @@ include: "workflow/report.smk"
 rule all:
     input:
         "results/summary.md",
+        "results/report/run_facts.html",  # needs every job's benchmark, so every report plot

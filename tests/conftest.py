@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from detfold.coco import Coco, load_coco
+from workflow_run import snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO / "tests" / "data" / "bccd"
@@ -30,3 +32,18 @@ def bccd() -> Coco:
 @pytest.fixture()
 def bccd_test() -> Coco:
     return load_coco(BCCD / "test.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, repo, bccd_dir) -> Path:
+    """The whole workflow, run once per test session (2 models x 3 folds, 1 epoch, --resources
+    gpu=2 --cores 2, two stand-in GPU slots) on 30 train + 8 test images; its work dir. Tests
+    that edit its config or inputs restore them."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, workdir)))
+    # two stand-in GPU slots (CPU): each training/prediction job records the slot it held
+    result = snakemake(repo, workdir, "--resources", "gpu=2", env={"DETFOLD_GPU_SLOTS": "2"})
+    if result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
+        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
+    return workdir

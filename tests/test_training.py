@@ -160,3 +160,18 @@ def test_best_checkpoint_with_validation_and_tensorboard(repo, tiny_data):
     assert list((out / "work").glob("best_coco_bbox_mAP_epoch_*.pth"))
     assert list((out / "work").rglob("events.out.tfevents.*"))
     assert torch.load(out / "model.pth", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_val_interval_validates_every_n_epochs(repo, tiny_data):
+    from detfold.mmdet_train import resolve_config
+
+    base = {"config": str(repo / "config/models/rtmdet_tiny_cpu.py"), "epochs": 6}
+    data, images = str(tiny_data / "train.json"), str(repo / "tests/data/bccd/images")
+    off = resolve_config(base, data, data, images, str(tiny_data / "w"), 42)
+    assert off.val_cfg is None and off.train_cfg.val_interval == 7  # default: no validation during training
+    every2 = resolve_config({**base, "val_interval": 2}, data, data, images, str(tiny_data / "w"), 42)
+    assert every2.train_cfg.val_interval == 2 and every2.val_cfg == {"type": "ValLoop"}
+    assert every2.val_evaluator.proposal_nums == (1, 10, 100)
+    assert "save_best" not in every2.default_hooks.checkpoint  # validation alone does not pick the checkpoint
+    with pytest.raises(ValueError, match="val_interval must be >= 0"):
+        resolve_config({**base, "val_interval": -1}, data, data, images, str(tiny_data / "w"), 42)

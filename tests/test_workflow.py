@@ -10,69 +10,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from detfold.coco import load_coco, write_coco
+from detfold.coco import load_coco
 from test_metrics import pycocotools_eval
+from workflow_run import snakemake
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-
-
-def snakemake(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [str(SNAKEMAKE), "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, repo, bccd_dir):
-    """Run the whole workflow once (2 models x 3 folds, --resources gpu=2 --cores 2) on 30 train
-    + 8 test images; return its work dir."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    train = load_coco(bccd_dir / "train.json")
-    test = load_coco(bccd_dir / "test.json")
-    write_coco(train.subset(train.image_ids[:30]), workdir / "train.json")
-    write_coco(test.subset(test.image_ids[:8]), workdir / "test.json")
-    config = {
-        "seed": 42,
-        "data": {
-            "train_annotations": str(workdir / "train.json"),
-            "train_images": str(bccd_dir / "images"),
-            "test_annotations": str(workdir / "test.json"),
-            "test_images": str(bccd_dir / "images"),
-        },
-        "folds": {"k": 3},
-        "models": {  # two detector families: one-stage RTMDet, two-stage Faster R-CNN
-            "tiny": {
-                "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
-                "epochs": 1,
-                "batch_size": 4,
-                "num_workers": 0,
-            },
-            "frcnn": {
-                "config": str(repo / "config" / "models" / "faster_rcnn_r18_cpu.py"),
-                "epochs": 1,
-                "batch_size": 4,
-                "num_workers": 0,
-            },
-        },
-        "predict": {"score_thr": 0.0, "max_per_img": 100},
-        "audit": {"overrides": str(workdir / "overrides.csv")},
-        "resources": {"train_threads": 1},  # with --cores 2: two jobs at once
-    }
-    (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    # two stand-in GPU slots (CPU): each training/prediction job records the slot it held
-    result = snakemake(repo, workdir, "--resources", "gpu=2", env={"DETFOLD_GPU_SLOTS": "2"})
-    if result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
-        pytest.fail(f"snakemake failed:\n{result.stderr[-5000:]}\n{logs}")
-    return workdir
 
 
 def read(path: Path):
@@ -102,6 +49,13 @@ def test_results_layout(tiny_run):
         "ensemble/oof_metrics.json",
         "ensemble/submission.csv",
         "summary.md",
+        "report/folds/sizes.png",
+        "report/audit/counts.png",
+        "report/training/tiny.png",
+        "report/training/frcnn.png",
+        "report/cv/folds.html",
+        "report/ensemble/comparison.png",
+        "report/run_facts.html",
     ]
     assert [p for p in expected if not (r / p).is_file()] == []
     assert (r / "audit" / "gallery").is_dir()
@@ -212,6 +166,10 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
         "ensemble_oof": 1,
         "ensemble": 1,
         "summary": 1,
+        "report_training": 1,
+        "report_cv": 1,
+        "report_ensemble": 1,
+        "run_facts": 1,
         "all": 1,
     }, result.stdout
     assert "output: results/train/tiny" not in result.stdout
@@ -220,11 +178,15 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
 
 
 def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
-    """Runs last: it leaves the run out of date on purpose."""
     overrides = tiny_run / "overrides.csv"
+    original, stat = overrides.read_bytes(), overrides.stat()
     first_box = load_coco(tiny_run / "results" / "audit" / "annotations.json").annotations[0]["id"]
     overrides.write_text(f"ann_id,image_id,decision,note\n{first_box},,drop,looked wrong\n")
-    result = snakemake(repo, tiny_run, "-n")
+    try:
+        result = snakemake(repo, tiny_run, "-n")
+    finally:  # the run is shared by the session (tests/conftest.py): leave it as it was
+        overrides.write_bytes(original)
+        os.utime(overrides, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
     assert jobs["audit"] == 1 and jobs["train"] == 6 and jobs["summary"] == 1

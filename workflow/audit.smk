@@ -5,6 +5,8 @@ rule import_annotations:
         coco="results/import/{split}.json",
     log:
         "logs/import/{split}.log",
+    benchmark:
+        "benchmarks/import_annotations/{split}.tsv"
     wildcard_constraints:
         split="train|test",
     conda:
@@ -27,12 +29,21 @@ rule audit:
         test="results/audit/test.json",
         findings="results/audit/findings.csv",
         summary="results/audit/summary.json",
-        gallery=directory("results/audit/gallery"),
+        gallery=report(
+            directory("results/audit/gallery"),
+            patterns=["{check}.png"],
+            caption="report/audit_gallery.rst",
+            category="2. Audit",
+            subcategory="gallery",
+            labels={"check": "{check}"},
+        ),
     log:
         "logs/audit.log",
     conda:
         "../envs/light.yaml"
     params:
+    benchmark:
+        "benchmarks/audit.tsv"
         train_images=lookup(dpath="data/train_images", within=config),
         test_images=lookup(dpath="data/test_images", within=config),
         settings=lookup(dpath="audit", within=config),

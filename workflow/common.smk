@@ -59,3 +59,27 @@ def external_files(split):
     files = [spec[split] for spec in specs if spec.get(split)]
     files += [spec["id_source"] for spec in specs if spec.get("id_source")]
     return files
+
+
+def benchmark_files(wildcards):
+    """Every job's benchmark file but run_facts' own: the run times that run_facts tabulates
+    (as its inputs they also make it the run's last job)."""
+    files = [
+        rules.audit.benchmark,
+        rules.split_folds.benchmark,
+        rules.ensemble_oof.benchmark,
+        rules.ensemble.benchmark,
+        rules.summary.benchmark,
+        rules.report_folds.benchmark,
+        rules.report_audit.benchmark,
+        rules.report_cv.benchmark,
+        rules.report_ensemble.benchmark,
+    ]
+    if config["data"]["format"] != "coco":
+        files += expand(rules.import_annotations.benchmark, split=["train", "test"])
+    files += expand(rules.fold_files.benchmark, fold=FOLDS)
+    files += expand(rules.train.benchmark, model=MODELS, fold=FOLDS)
+    files += expand(rules.predict.benchmark, model=MODELS, fold=FOLDS, split=["oof", "test"])
+    files += expand(rules.evaluate.benchmark, model=MODELS)
+    files += expand(rules.report_training.benchmark, model=MODELS)
+    return files

@@ -10,6 +10,8 @@ rule ensemble_oof:
         metrics="results/ensemble/oof_metrics.json",
     log:
         "logs/ensemble_oof.log",
+    benchmark:
+        "benchmarks/ensemble_oof.tsv"
     conda:
         "../envs/light.yaml"
     params:
@@ -35,6 +37,8 @@ rule ensemble:
     conda:
         "../envs/light.yaml"
     params:
+    benchmark:
+        "benchmarks/ensemble.tsv"
         settings=lookup(dpath="ensemble", within=config),
         models=MODELS,
     script:

@@ -9,6 +9,8 @@ rule evaluate:
         pr_curves="results/eval/{model}/pr_curves.csv",
     log:
         "logs/evaluate/{model}.log",
+    benchmark:
+        "benchmarks/evaluate/{model}.tsv"
     conda:
         "../envs/light.yaml"
     script:

@@ -5,11 +5,18 @@ rule split_folds:
     output:
         table="results/folds/folds.csv",
         balance="results/folds/balance.csv",
-        plot="results/folds/balance.png",
+        plot=report(
+            "results/folds/balance.png",
+            caption="report/fold_balance.rst",
+            category="1. Fold balance",
+            labels={"figure": "class shares per fold"},
+        ),
         summary="results/folds/balance.json",
         near_duplicates="results/folds/near_duplicates.csv",
     log:
         "logs/split_folds.log",
+    benchmark:
+        "benchmarks/split_folds.tsv"
     conda:
         "../envs/light.yaml"
     params:
@@ -36,4 +43,6 @@ rule fold_files:
     conda:
         "../envs/light.yaml"
     script:
+    benchmark:
+        "benchmarks/fold_files/fold{fold}.tsv"
         "../scripts/fold_files.py"

@@ -7,6 +7,8 @@ rule predict:
         predictions="results/predict/{model}/fold{fold}/{split}.json",
     log:
         "logs/predict/{model}/fold{fold}/{split}.log",
+    benchmark:
+        "benchmarks/predict/{model}/fold{fold}/{split}.tsv"
     conda:
         "../envs/mmdet.yaml"
     threads: lookup(dpath="resources/train_threads", within=config)

@@ -11,9 +11,196 @@ rule summary:
         json="results/summary.json",
     log:
         "logs/summary.log",
+    benchmark:
+        "benchmarks/summary.tsv"
     conda:
         "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
     params:
         models=MODELS,
     script:
         "../scripts/summary.py"
+
+
+# The report (snakemake --report report.html): plots and tables of every stage. Captions are
+# in workflow/report/; the categories are numbered in reading order.
+
+
+rule report_folds:
+    input:
+        table="results/folds/folds.csv",
+        balance="results/folds/balance.csv",
+    output:
+        sizes=report(
+            "results/report/folds/sizes.png",
+            caption="report/fold_sizes.rst",
+            category="1. Fold balance",
+            labels={"figure": "fold sizes"},
+        ),
+    log:
+        "logs/report/folds.log",
+    benchmark:
+        "benchmarks/report_folds.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_folds.py"
+
+
+rule report_audit:
+    input:
+        summary="results/audit/summary.json",
+    output:
+        plot=report(
+            "results/report/audit/counts.png",
+            caption="report/audit_counts.rst",
+            category="2. Audit",
+            subcategory="counts",
+            labels={"figure": "findings per check"},
+        ),
+        table=report(
+            "results/report/audit/counts.html",
+            caption="report/audit_counts.rst",
+            category="2. Audit",
+            subcategory="counts",
+            labels={"figure": "findings per check (table)"},
+        ),
+    log:
+        "logs/report/audit.log",
+    benchmark:
+        "benchmarks/report_audit.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_audit.py"
+
+
+rule report_training:
+    input:
+        checkpoints=expand("results/train/{{model}}/fold{fold}/model.pth", fold=FOLDS),
+    output:
+        curves=report(
+            "results/report/training/{model}.png",
+            caption="report/training.rst",
+            category="3. Training",
+            labels={"model": "{model}"},
+        ),
+    log:
+        "logs/report/training/{model}.log",
+    benchmark:
+        "benchmarks/report_training/{model}.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_training.py"
+
+
+rule report_cv:
+    input:
+        metrics=expand("results/eval/{model}/metrics.json", model=MODELS),
+        pr_curves=expand("results/eval/{model}/pr_curves.csv", model=MODELS),
+    output:
+        table=report(
+            "results/report/cv/folds.html",
+            caption="report/cv_table.rst",
+            category="4. CV results",
+            labels={"figure": "per-fold table"},
+        ),
+        per_class=report(
+            "results/report/cv/per_class_ap.png",
+            caption="report/cv_per_class.rst",
+            category="4. CV results",
+            labels={"figure": "per-class AP"},
+        ),
+        pr_curves=report(
+            "results/report/cv/pr_curves.png",
+            caption="report/cv_pr_curves.rst",
+            category="4. CV results",
+            labels={"figure": "PR curves"},
+        ),
+    log:
+        "logs/report/cv.log",
+    benchmark:
+        "benchmarks/report_cv.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    params:
+        models=MODELS,
+    script:
+        "../scripts/report_cv.py"
+
+
+rule report_ensemble:
+    input:
+        oof="results/ensemble/oof_metrics.json",
+        test="results/ensemble/metrics.json",
+        search="results/ensemble/search.csv",
+    output:
+        plot=report(
+            "results/report/ensemble/comparison.png",
+            caption="report/ensemble.rst",
+            category="5. Ensemble",
+            labels={"figure": "single vs ensembles"},
+        ),
+        table=report(
+            "results/report/ensemble/comparison.html",
+            caption="report/ensemble.rst",
+            category="5. Ensemble",
+            labels={"figure": "single vs ensembles (table)"},
+        ),
+        search=report(
+            "results/report/ensemble/search.html",
+            caption="report/ensemble_search.rst",
+            category="5. Ensemble",
+            labels={"figure": "OOF parameter search"},
+        ),
+    log:
+        "logs/report/ensemble.log",
+    benchmark:
+        "benchmarks/report_ensemble.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_ensemble.py"
+
+
+rule run_facts:
+    input:
+        benchmarks=benchmark_files,
+    output:
+        facts=report(
+            "results/report/run_facts.html",
+            caption="report/run_facts.rst",
+            category="6. Run facts",
+            labels={"figure": "versions, machine, run times, config"},
+        ),
+    log:
+        "logs/report/run_facts.log",
+    benchmark:
+        "benchmarks/run_facts.tsv"
+    conda:
+        "../envs/mmdet.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    params:
+        config=config,
+    script:
+        "../scripts/run_facts.py"

@@ -8,6 +8,8 @@ rule train:
         config="results/train/{model}/fold{fold}/config.py",
     log:
         "logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "benchmarks/train/{model}/fold{fold}.tsv"
     conda:
         "../envs/mmdet.yaml"
     threads: lookup(dpath="resources/train_threads", within=config)

@@ -41,6 +41,7 @@ MODEL_KEYS = (
     "multi_scale",
     "deterministic",
 )
+    "val_interval",
 VAL_METRIC = "coco/bbox_mAP"
 SCALE_KEYS = {
     "Resize": "scale",
@@ -192,13 +193,16 @@ def resolve_config(
     if checkpoint not in ("last", "best"):
         raise ValueError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
     patience = int(settings.get("early_stopping", 0))
-    if checkpoint == "best" or patience > 0:  # validate every epoch on the fold's val images
+    val_interval = int(settings.get("val_interval", 0))  # epochs between validations, 0 = off
+    if val_interval < 0:
+        raise ValueError(f"val_interval must be >= 0 epochs, got {val_interval}")
+    if checkpoint == "best" or patience > 0 or val_interval:  # validate on the fold's val images
         cfg.val_dataloader = copy.deepcopy(cfg.test_dataloader)
         cfg.val_evaluator = dict(
             type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox", proposal_nums=(1, 10, 100)
         )
         cfg.val_cfg = dict(type="ValLoop")
-        cfg.train_cfg.val_interval = 1
+        cfg.train_cfg.val_interval = val_interval or 1
     if checkpoint == "best":
         cfg.default_hooks.checkpoint.save_best = VAL_METRIC
         cfg.default_hooks.checkpoint.rule = "greater"
