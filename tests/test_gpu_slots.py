@@ -53,3 +53,16 @@ def test_no_pool_leaves_the_environment_alone(monkeypatch):
         assert slot is None and os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     monkeypatch.setenv("DETFOLD_GPU_SLOTS", "3")
     assert available_slots() == 3
+
+
+def test_inside_a_slurm_job_the_scheduler_assigns_the_gpu(monkeypatch, caplog):
+    """SLURM sets CUDA_VISIBLE_DEVICES for the job's own GPUs: no pool, env untouched, logged."""
+    monkeypatch.delenv("DETFOLD_GPU_SLOTS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert available_slots() == 0
+    with caplog.at_level("INFO", logger="detfold.gpu_slots"), gpu_slot(available_slots(), "train") as slot:
+        assert slot is None and os.environ["CUDA_VISIBLE_DEVICES"] == "3"
+    assert "CUDA_VISIBLE_DEVICES=3 as given (SLURM job 42)" in caplog.text
+    monkeypatch.setenv("DETFOLD_GPU_SLOTS", "2")  # an explicit pool still wins
+    assert available_slots() == 2

@@ -11,6 +11,9 @@ rule import_annotations:
         split="train|test",
     conda:
         "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
     params:
         format=lookup(dpath="data/format", within=config),
         images=lambda wildcards: config["data"][f"{wildcards.split}_images"],
@@ -39,11 +42,14 @@ rule audit:
         ),
     log:
         "logs/audit.log",
-    conda:
-        "../envs/light.yaml"
-    params:
     benchmark:
         "benchmarks/audit.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    params:
         train_images=lookup(dpath="data/train_images", within=config),
         test_images=lookup(dpath="data/test_images", within=config),
         settings=lookup(dpath="audit", within=config),

@@ -14,6 +14,9 @@ rule ensemble_oof:
         "benchmarks/ensemble_oof.tsv"
     conda:
         "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
     params:
         settings=lookup(dpath="ensemble", within=config),
         models=MODELS,
@@ -34,11 +37,14 @@ rule ensemble:
         submission="results/ensemble/submission.csv",
     log:
         "logs/ensemble.log",
-    conda:
-        "../envs/light.yaml"
-    params:
     benchmark:
         "benchmarks/ensemble.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    params:
         settings=lookup(dpath="ensemble", within=config),
         models=MODELS,
     script:

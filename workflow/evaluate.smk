@@ -13,5 +13,8 @@ rule evaluate:
         "benchmarks/evaluate/{model}.tsv"
     conda:
         "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
     script:
         "../scripts/evaluate.py"

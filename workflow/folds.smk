@@ -19,6 +19,9 @@ rule split_folds:
         "benchmarks/split_folds.tsv"
     conda:
         "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
     params:
         k=lookup(dpath="folds/k", within=config),
         seed=lookup(dpath="seed", within=config),
@@ -40,9 +43,12 @@ rule fold_files:
         val="results/folds/fold{fold}/val.json",
     log:
         "logs/fold_files/fold{fold}.log",
-    conda:
-        "../envs/light.yaml"
-    script:
     benchmark:
         "benchmarks/fold_files/fold{fold}.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
         "../scripts/fold_files.py"

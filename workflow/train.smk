@@ -15,6 +15,8 @@ rule train:
     threads: lookup(dpath="resources/train_threads", within=config)
     resources:
         gpu=1,
+        mem_mb=lookup(dpath="resources/train_mem_mb", within=config),
+        runtime=lookup(dpath="resources/train_runtime", within=config),
     params:
         settings=model_settings,
         images=lookup(dpath="data/train_images", within=config),

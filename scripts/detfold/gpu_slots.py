@@ -28,10 +28,14 @@ RECORD = "logs/gpu_slots.jsonl"
 
 def available_slots() -> int:
     """How many GPU slots this machine has: ``DETFOLD_GPU_SLOTS`` if set (also a CPU stand-in
-    for tests), else the GPUs ``nvidia-smi -L`` lists (counted without initialising CUDA in
-    this process, so CUDA_VISIBLE_DEVICES can still be set), else 0."""
+    for tests); else 0 inside a SLURM job (``SLURM_JOB_ID``: the scheduler already put the job's
+    own GPUs in CUDA_VISIBLE_DEVICES, and a lock pool in the shared work dir would only make jobs
+    on different nodes wait for each other); else the GPUs ``nvidia-smi -L`` lists (counted
+    without initialising CUDA in this process, so CUDA_VISIBLE_DEVICES can still be set); else 0."""
     if os.environ.get("DETFOLD_GPU_SLOTS"):
         return int(os.environ["DETFOLD_GPU_SLOTS"])
+    if os.environ.get("SLURM_JOB_ID"):
+        return 0
     if shutil.which("nvidia-smi") is None:
         return 0
     try:
@@ -49,6 +53,13 @@ def gpu_slot(
     ``n_slots`` is 0: no pool, CUDA_VISIBLE_DEVICES is left alone). With ``record``, one JSON
     line per job (job, slot, pid, start, end) is appended there."""
     if n_slots <= 0:
+        slurm_job = os.environ.get("SLURM_JOB_ID")
+        log.info(
+            "%s: no GPU slot pool; CUDA_VISIBLE_DEVICES=%s as given%s",
+            job,
+            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+            f" (SLURM job {slurm_job})" if slurm_job else "",
+        )
         yield None
         return
     directory = Path(lock_dir)
