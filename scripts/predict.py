@@ -13,4 +13,5 @@ run_predict(
     max_per_img=snakemake.params.max_per_img,
     out=snakemake.output.predictions,
     threads=snakemake.threads,
+    tta=snakemake.params.tta,
 )

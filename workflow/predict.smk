@@ -14,9 +14,12 @@ rule predict:
     threads: lookup(dpath="resources/train_threads", within=config)
     resources:
         gpu=1,
+        mem_mb=lookup(dpath="resources/train_mem_mb", within=config),
+        runtime=lookup(dpath="resources/predict_runtime", within=config),
     params:
         images=predict_images,
         score_thr=lookup(dpath="predict/score_thr", within=config),
         max_per_img=lookup(dpath="predict/max_per_img", within=config),
+        tta=lookup(dpath="predict/tta", within=config, default=None),
     script:
         "../scripts/predict.py"

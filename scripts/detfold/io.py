@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,19 +14,43 @@ from typing import Any, TextIO
 
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextIO]:
-    """Open a temporary file beside ``path``; rename it onto ``path`` only on success."""
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success. A failed
+    write (disk full, file size limit, unwritable folder) raises ``OSError`` naming ``path``;
+    the temporary file is removed and an earlier ``path`` is left as it was."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _hold_for_fault_tests(target)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if err.filename is None or str(target) not in str(err):  # say which output failed, once
+            reason = err.strerror or str(err)
+            raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
         raise
+    except BaseException:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+HOLD_ENV = "DETFOLD_HOLD_BEFORE_RENAME"
+
+
+def _hold_for_fault_tests(target: Path) -> None:
+    """Fault-injection hook of the test suite: with ``DETFOLD_HOLD_BEFORE_RENAME=TEXT`` set, a
+    write whose path contains TEXT waits 120 s between its complete temporary file and the
+    rename, so a test can kill the run at exactly that point. Unset in normal use."""
+    pattern = os.environ.get(HOLD_ENV)
+    if pattern and pattern in str(target):
+        time.sleep(120)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -58,3 +83,14 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         truncated = looks_like_json and (err.pos >= len(stripped) or not stripped.endswith(("}", "]")))
         what = "truncated JSON (the file ends early)" if truncated else "not valid JSON"
         raise ValueError(f"{path}: {what}: {err.msg} at line {err.lineno} column {err.colno}") from None
+
+
+def read_product(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file that an earlier job of this workflow wrote. When it is corrupt (cut
+    short, not JSON), it is not trusted: it is deleted, so that the next ``snakemake`` run
+    redoes the job that wrote it, and ``ValueError`` says so."""
+    try:
+        return read_json(path)
+    except ValueError as err:
+        Path(path).unlink(missing_ok=True)
+        raise ValueError(f"{err}; deleted it: run snakemake again to redo the job that wrote it") from None

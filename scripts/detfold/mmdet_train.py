@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from detfold.coco import load_coco
+from detfold.io import atomic_open, write_text
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ MODEL_KEYS = (
     "wandb",
     "multi_scale",
     "deterministic",
-)
     "val_interval",
+)
 VAL_METRIC = "coco/bbox_mAP"
+ATOMIC_BACKEND = "detfold_atomic_local"
 SCALE_KEYS = {
     "Resize": "scale",
     "RandomResize": "scale",
@@ -165,7 +167,13 @@ def resolve_config(
         raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
     cfg.load_from = str(Path(load_from).resolve()) if load_from else None
     cfg.randomness = dict(seed=int(seed), deterministic=bool(settings.get("deterministic", False)))
-    cfg.default_hooks.checkpoint = dict(type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True)
+    cfg.default_hooks.checkpoint = dict(
+        type="CheckpointHook",
+        interval=1,
+        max_keep_ckpts=2,
+        save_last=True,
+        backend_args=dict(backend=ATOMIC_BACKEND),  # temp file + rename: a kill never leaves a torn epoch_N.pth
+    )
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.resume = False
@@ -222,6 +230,25 @@ def resolve_config(
     return cfg
 
 
+def register_atomic_checkpoint_backend() -> None:
+    """Register mmengine file backend ``detfold_atomic_local``: the local disk, except that every
+    write goes to a temporary file in the same folder, is fsynced, then renamed onto its name.
+    The CheckpointHook of a resolved config saves through it, so ``epoch_N.pth`` either is a
+    complete checkpoint or does not exist."""
+    from mmengine.fileio import register_backend
+    from mmengine.fileio.backends import LocalBackend
+
+    class AtomicLocalBackend(LocalBackend):
+        def put(self, obj: bytes, filepath: str | os.PathLike[str]) -> None:
+            with atomic_open(filepath, "wb") as handle:
+                handle.write(obj)
+
+        def put_text(self, obj: str, filepath: str | os.PathLike[str], encoding: str = "utf-8") -> None:
+            self.put(obj.encode(encoding), filepath)
+
+    register_backend(ATOMIC_BACKEND, AtomicLocalBackend, force=True)
+
+
 def _run_fingerprint(resolved_text: str, data_files: list[str]) -> str:
     """What a resumable run must share with the killed one: the resolved config and the bytes
     of the fold's annotation files."""
@@ -246,13 +273,12 @@ def _resumable(work_dir: Path, fingerprint: str) -> bool:
     """True when ``work_dir`` holds a readable checkpoint of a run with the very same config
     and data. A corrupt latest checkpoint (killed while saving) falls back to the previous one."""
     stamp = work_dir / "run_fingerprint.txt"
-    pointer = work_dir / "last_checkpoint"
-    if not (pointer.is_file() and stamp.is_file() and stamp.read_text() == fingerprint):
+    if not (stamp.is_file() and stamp.read_text() == fingerprint):
         return False
     candidates = sorted(work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]), reverse=True)
     for candidate in candidates:
-        if _readable_checkpoint(candidate):
-            pointer.write_text(str(candidate))
+        if _readable_checkpoint(candidate):  # mmengine resumes from the file last_checkpoint names
+            write_text(work_dir / "last_checkpoint", str(candidate.resolve()))
             return True
         candidate.unlink()
     return False
@@ -279,6 +305,7 @@ def train_fold(
         from mmengine.runner import Runner
 
         register_all_modules(init_default_scope=True)
+        register_atomic_checkpoint_backend()
         torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         out_dir = Path(checkpoint_out).parent
         work_dir = out_dir / "work"
@@ -292,7 +319,7 @@ def train_fold(
             log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
             shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True, exist_ok=True)
-        (work_dir / "run_fingerprint.txt").write_text(fingerprint)
+        write_text(work_dir / "run_fingerprint.txt", fingerprint)
         log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
         runner = Runner.from_cfg(cfg)
         for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
@@ -317,10 +344,7 @@ def train_fold(
                 log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
         state = torch.load(last, map_location="cpu", weights_only=False)
         slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
-        tmp = out_dir / f".{Path(checkpoint_out).name}.tmp"
-        torch.save(slim, tmp)
-        os.replace(tmp, checkpoint_out)
-        tmp_cfg = out_dir / f".{Path(config_out).name}.tmp.py"
-        cfg.dump(str(tmp_cfg))
-        os.replace(tmp_cfg, config_out)
+        with atomic_open(checkpoint_out, "wb") as handle:
+            torch.save(slim, handle)
+        write_text(config_out, cfg.pretty_text)
         log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)
