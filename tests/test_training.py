@@ -175,3 +175,29 @@ def test_val_interval_validates_every_n_epochs(repo, tiny_data):
     assert "save_best" not in every2.default_hooks.checkpoint  # validation alone does not pick the checkpoint
     with pytest.raises(ValueError, match="val_interval must be >= 0"):
         resolve_config({**base, "val_interval": -1}, data, data, images, str(tiny_data / "w"), 42)
+
+
+def test_wandb_logs_an_offline_run_per_fold(repo, tiny_data):
+    """wandb: {...} in a model's settings logs through mmengine's WandbVisBackend; offline mode
+    (no network here) writes the run under the fold's work dir, named model-fold."""
+    out = tiny_data / "train" / "tiny" / "fold0"
+    settings = {
+        "config": str(repo / "config/models/rtmdet_tiny_cpu.py"),
+        "epochs": 1,
+        "batch_size": 4,
+        "num_workers": 0,
+        "tensorboard": False,
+        "wandb": {"project": "detfold-test", "mode": "offline"},
+    }
+    code = TRAIN.format(
+        scripts=str(repo / "scripts"),
+        log=str(tiny_data / "wandb.log"),
+        settings=settings,
+        data=str(tiny_data / "train.json"),
+        images=str(repo / "tests/data/bccd/images"),
+        out=str(out),
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600, env={**os.environ, "WANDB_SILENT": "true"})
+    runs = list((out / "work").glob("*/vis_data/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    assert "name='tiny-fold0'" in (out / "config.py").read_text()

@@ -223,7 +223,9 @@ def resolve_config(
     if settings.get("tensorboard", True):
         backends.append(dict(type="TensorboardVisBackend"))
     if settings.get("wandb"):
-        backends.append(dict(type="WandbVisBackend", init_kwargs=dict(settings["wandb"])))
+        run = Path(work_dir).resolve().parent  # results/train/{model}/fold{k}: one wandb run per fold
+        init = {"name": f"{run.parent.name}-{run.name}", "group": run.parent.name, **dict(settings["wandb"])}
+        backends.append(dict(type="WandbVisBackend", init_kwargs=init))
     cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=backends, name="visualizer")
     if settings.get("cfg_options"):
         cfg.merge_from_dict(dict(settings["cfg_options"]))
