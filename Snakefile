@@ -1,14 +1,22 @@
 # detfold: K-fold cross-validation for object detection. This file only wires:
 # config and its validation, the stage files, and the final target.
+import sys
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+sys.path.insert(0, f"{workflow.basedir}/scripts")
+from detfold.config import check_feasible, check_schema
 
 
 configfile: "config/config.yaml"
 
 
+# The config gate, before any job: every schema problem (key, value, what is allowed), then
+# defaults filled in, then what a schema cannot see (missing files, k > images, ...).
+check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
+check_feasible(config)
 
 
 report: "workflow/report/workflow.rst"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from detfold import audit, folds
 from detfold.coco import Coco, load_coco, write_coco
-from detfold.io import atomic_open, read_json, write_json, write_text
+from detfold.io import atomic_open, read_json, read_product, write_json, write_text
 from detfold.metrics import STAT_NAMES, check_predictions, evaluate_coco, mean_std
 
 log = logging.getLogger(__name__)
@@ -164,13 +164,16 @@ def run_predict(
     max_per_img: int,
     out: str,
     threads: int,
+    tta: dict[str, Any] | None = None,
 ) -> None:
+    """Predict with one fold model (``tta``: the ``predict.tta`` settings, None for plain)."""
     from detfold.gpu_slots import RECORD, available_slots, gpu_slot
-    from detfold.mmdet_predict import predict_images
+    from detfold.mmdet_predict import TTA, predict_images
 
     coco = load_coco(annotations, require_annotations=False)
+    augment = TTA.from_config(tta)
     with gpu_slot(available_slots(), job=out, record=RECORD):
-        write_json(out, predict_images(config, checkpoint, coco, images, score_thr, max_per_img, threads))
+        write_json(out, predict_images(config, checkpoint, coco, images, score_thr, max_per_img, threads, augment))
 
 
 def is_labelled(coco: Coco) -> bool:
@@ -190,7 +193,7 @@ def run_evaluate(
     curves, also as CSV), and per-fold test metrics."""
     per_fold, pooled_preds, pooled_gt = [], [], None
     for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
-        gt, preds = load_coco(val_json), read_json(pred_json)
+        gt, preds = load_coco(val_json), read_product(pred_json)
         per_fold.append({"fold": fold, **evaluate_coco(gt, preds, pred_json)})
         pooled_preds += preds
         pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
@@ -210,7 +213,9 @@ def run_evaluate(
     result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False)
     if is_labelled(test):
-        result["test"] = [{"fold": fold, **evaluate_coco(test, read_json(p), p)} for fold, p in enumerate(test_preds)]
+        result["test"] = [
+            {"fold": fold, **evaluate_coco(test, read_product(path), path)} for fold, path in enumerate(test_preds)
+        ]
     write_json(out, result)
     log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
 
@@ -231,7 +236,7 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
 
 
 def _pooled(paths: Sequence[str]) -> list[dict[str, Any]]:
-    return [p for path in paths for p in read_json(path)]
+    return [p for path in paths for p in read_product(path)]
 
 
 def run_ensemble_oof(
@@ -314,7 +319,7 @@ def run_ensemble_test(
     fold_params = ensemble.fusion_params({**DEFAULT_FOLD_FUSION, **(settings.get("fold_fusion") or {})})
     names, members, singles = [], [], {}
     for name in sorted(model_test):
-        folds_preds = [read_json(p) for p in model_test[name]]
+        folds_preds = [read_product(p) for p in model_test[name]]
         for k, preds in enumerate(folds_preds):
             check_predictions(test, preds, model_test[name][k])
             singles[f"{name}/fold{k}"] = preds
@@ -352,6 +357,27 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _headline(models: dict[str, Any], oof: dict[str, Any], ens: dict[str, Any]) -> list[str]:
+    """Markdown table: per model the fold mean +- std and pooled OOF score; single models vs fold
+    ensembles vs model ensemble vs OOF-tuned ensemble, OOF and test (as the report's table)."""
+    from detfold.report import ensemble_rows
+
+    rows = ensemble_rows(oof, ens)
+    lines = [
+        "## Headline",
+        "",
+        "| predictions | what | mAP50 per fold, mean +- std | OOF mAP | OOF mAP50 | test mAP | test mAP50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows[rows.kind != "single fold model"].itertuples(index=False):
+        cv = models[row.predictions]["cv"]["mAP50"] if row.predictions in models else None
+        spread = f"{_fmt(cv['mean'])} +- {_fmt(cv['std'])}" if cv else ""
+        name = f"**{row.predictions}**" if row.predictions == "tuned ensemble" else row.predictions
+        scores = " | ".join(_fmt(v) for v in row[2:])
+        lines.append(f"| {name} | {row.kind} | {spread} | {scores} |")
+    return [*lines, "", "OOF: pooled out-of-fold predictions (the cross-validated estimate); n/a: no such score.", ""]
+
+
 def run_summary(
     audit_summary: str,
     fold_table: str,
@@ -368,9 +394,11 @@ def run_summary(
     balance = read_json(fold_balance) if fold_balance else None
     models = {name: read_json(path) for name, path in sorted(model_metrics.items())}
     ens = read_json(ensemble_metrics)
+    headline = _headline(models, read_json(oof_ensemble), ens) if oof_ensemble else []
     lines = [
         "# detfold run summary",
         "",
+        *headline,
         "## Audit",
         "",
         "| split | images | boxes before | boxes after |",

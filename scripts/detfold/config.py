@@ -1,0 +1,221 @@
+"""The config gate: every problem with ``config.yaml`` is reported before any job starts.
+
+Two steps, both run by the Snakefile: :func:`check_schema` validates against the JSON schema
+and names, for each problem, the key, the bad value and what is allowed (with a "did you
+mean" for near-miss keys and values); :func:`check_feasible` catches what a schema cannot:
+missing files and folders, test images absent, more folds than images, an unknown mmdet
+config, a missing ``load_from`` checkpoint, relative paths that leave the working folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detfold.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """One or more problems with the configuration, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the configuration has {len(problems)} problem(s); nothing was run:\n{lines}")
+
+
+def _key(path: Any) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _child(key: str, name: str) -> str:
+    return name if key == "(top level)" else f"{key}.{name}"
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _describe(error: Any) -> list[str]:
+    """jsonschema error -> problem lines naming key, value and what is allowed."""
+    key = _key(error.absolute_path)
+    schema, value, kind = error.schema, error.instance, error.validator
+    if kind == "additionalProperties" and error.validator_value is False:
+        allowed = sorted(schema.get("properties", {}))
+        return [
+            f"unknown key {_child(key, name)!r}{_suggest(name, allowed)} (allowed under {key}: {', '.join(allowed)})"
+            for name in sorted(set(value) - set(allowed))
+        ]
+    if kind == "required":
+        return [f"{key}: required key {name!r} is missing" for name in error.validator_value if name not in value]
+    if kind == "enum":
+        allowed = list(error.validator_value)
+        hint = _suggest(value, allowed) if isinstance(value, str) else ""
+        return [f"{key} = {value!r} is not allowed{hint} (allowed values: {', '.join(map(str, allowed))})"]
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [f"{key} = {value!r} has the wrong type: expected {expected}"]
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return [f"{key} = {value!r} is out of range: must be {bounds[kind]} {error.validator_value}"]
+    if kind in ("minItems", "maxItems"):
+        word = "at least" if kind == "minItems" else "at most"
+        return [f"{key} = {value!r} must have {word} {error.validator_value} item(s)"]
+    if kind == "minProperties":
+        return [f"{key} needs at least {error.validator_value} entry (got none)"]
+    if kind == "pattern":
+        what = schema.get("description", "")
+        return [f"{key} = {value!r} does not match {error.validator_value!r}" + (f" ({what})" if what else "")]
+    return [f"{key} = {value!r}: {error.message}"]
+
+
+def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Every schema violation of ``config`` as one readable line, in key order."""
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        if "propertyNames" in error.schema_path:  # a bad name (of a model): reported on its parent
+            problems.append(
+                f"{_key(error.absolute_path)}: name {error.instance!r} must match {error.validator_value!r}"
+            )
+            continue
+        problems += _describe(error)
+    return list(dict.fromkeys(problems))
+
+
+def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ConfigError` listing every schema violation of ``config``."""
+    with open(schema_path, encoding="utf-8") as handle:
+        schema = yaml.safe_load(handle)
+    problems = schema_problems(config, schema)
+    if problems:
+        raise ConfigError(problems)
+
+
+def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, path) of every file or folder the config names."""
+    data = config.get("data", {})
+    for name in ("train_annotations", "train_images", "test_annotations", "test_images", "class_names"):
+        if data.get(name):
+            yield f"data.{name}", data[name]
+    if config.get("audit", {}).get("overrides"):
+        yield "audit.overrides", config["audit"]["overrides"]
+    group_by = config.get("folds", {}).get("group_by") or ""
+    if group_by.startswith("csv:"):
+        yield "folds.group_by", group_by[4:]
+    for model, settings in (config.get("models") or {}).items():
+        if not str(settings.get("config", "")).startswith("mmdet::"):
+            yield f"models.{model}.config", settings["config"]
+        if settings.get("load_from"):
+            yield f"models.{model}.load_from", settings["load_from"]
+    for i, spec in enumerate(config.get("ensemble", {}).get("external") or []):
+        for name in ("oof", "test", "id_source"):
+            if spec.get(name):
+                yield f"ensemble.external[{i}].{name}", spec[name]
+
+
+def mmdet_config_path(config: str) -> Path | None:
+    """Where ``mmdet::family/name.py`` lives in the installed mmdet (found without importing
+    it); None when mmdet is not installed in this environment."""
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / ".mim" / "configs" / config[len("mmdet::") :]
+
+
+def _count_train_images(data: dict[str, Any], path: Path) -> int:
+    if data.get("format", "coco") == "coco":
+        coco = read_json(path)
+        if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+            raise ValueError(f"{path}: not a COCO detection file (no 'images' list)")
+        return len(coco["images"])
+    suffix = ".xml" if data.get("format") == "voc" else ".txt"
+    return sum(1 for p in path.iterdir() if p.suffix == suffix)
+
+
+def _missing_test_images(data: dict[str, Any]) -> list[str]:
+    if data.get("format", "coco") != "coco":
+        return []
+    coco = read_json(data["test_annotations"])
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise ValueError(f"{data['test_annotations']}: not a COCO detection file (no 'images' list)")
+    root = Path(data["test_images"])
+    names = [str(image.get("file_name", "")) for image in coco["images"] if isinstance(image, dict)]
+    return [name for name in names if not (root / name).is_file()]
+
+
+def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> list[str]:
+    """What would make the run fail later although the config is schema-valid."""
+    problems: list[str] = []
+    root = Path(workdir).resolve()
+    folders = {"data.train_images", "data.test_images"}
+    fmt = config["data"].get("format", "coco")
+    if fmt != "coco":
+        folders |= {"data.train_annotations", "data.test_annotations"}
+    missing: set[str] = set()
+    for key, value in config_paths(config):
+        path = Path(value)
+        if not path.is_absolute() and not (root / path).resolve().is_relative_to(root):
+            problems.append(f"{key} = {value!r} leaves the working folder {root}; give an absolute path if you mean it")
+        want_dir = key in folders
+        if want_dir and not path.is_dir():
+            problems.append(f"{key} = {value!r}: folder not found")
+            missing.add(key)
+        elif not want_dir and not path.is_file():
+            what = "checkpoint" if key.endswith("load_from") else "file"
+            extra = " (weights are never downloaded)" if key.endswith("load_from") else ""
+            problems.append(f"{key} = {value!r}: {what} not found{extra}")
+            missing.add(key)
+    for model, settings in (config.get("models") or {}).items():
+        name = str(settings.get("config", ""))
+        if name.startswith("mmdet::"):
+            path = mmdet_config_path(name)
+            if path is not None and not path.is_file():
+                problems.append(f"models.{model}.config = {name!r}: no such config in the installed mmdet ({path})")
+        elif not name.endswith(".py"):
+            problems.append(f"models.{model}.config = {name!r}: expected an mmdet config file (.py) or mmdet::name.py")
+    data = config["data"]
+    if not missing & {"data.train_annotations"}:
+        try:
+            n_images = _count_train_images(data, Path(data["train_annotations"]))
+        except ValueError as err:
+            problems.append(f"data.train_annotations: {err}")
+        else:
+            k = config["folds"]["k"]
+            if k > n_images:
+                problems.append(
+                    f"folds.k = {k} is more than the {n_images} training images of {data['train_annotations']}"
+                )
+    if not missing & {"data.test_annotations", "data.test_images"}:
+        try:
+            absent = _missing_test_images(data)
+        except ValueError as err:
+            problems.append(f"data.test_annotations: {err}")
+        else:
+            if absent:
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                problems.append(
+                    f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
+                )
+    return problems
+
+
+def check_feasible(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> None:
+    """Raise :class:`ConfigError` listing every problem :func:`feasibility_problems` finds."""
+    problems = feasibility_problems(config, workdir)
+    if problems:
+        raise ConfigError(problems)
