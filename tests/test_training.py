@@ -103,6 +103,8 @@ def test_two_cpu_runs_give_identical_weights(repo, tiny_data):
         runs.append(torch.load(tiny_data / name / "model.pth", map_location="cpu", weights_only=False)["state_dict"])
     assert runs[0].keys() == runs[1].keys()
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    # and the files are byte-identical although trained in other folders at other times
+    assert (tiny_data / "a" / "model.pth").read_bytes() == (tiny_data / "b" / "model.pth").read_bytes()
 
 
 def test_resolved_config_carries_the_model_options(repo, tiny_data):

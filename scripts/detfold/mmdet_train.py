@@ -45,6 +45,7 @@ MODEL_KEYS = (
 )
 VAL_METRIC = "coco/bbox_mAP"
 ATOMIC_BACKEND = "detfold_atomic_local"
+SLIM_META = ("dataset_meta", "epoch", "iter", "seed")  # what model.pth keeps of mmengine's meta
 SCALE_KEYS = {
     "Resize": "scale",
     "RandomResize": "scale",
@@ -345,7 +346,10 @@ def train_fold(
             else:
                 log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
         state = torch.load(last, map_location="cpu", weights_only=False)
-        slim = {"meta": state.get("meta", {}), "state_dict": state["state_dict"]}
+        # weights, classes and position only: mmengine's meta also holds the run's time, work dir
+        # and config text, which would make two identical trainings differ byte for byte
+        meta = {key: state.get("meta", {})[key] for key in SLIM_META if key in state.get("meta", {})}
+        slim = {"meta": meta, "state_dict": state["state_dict"]}
         with atomic_open(checkpoint_out, "wb") as handle:
             torch.save(slim, handle)
         write_text(config_out, cfg.pretty_text)
