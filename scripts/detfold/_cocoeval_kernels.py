@@ -7,11 +7,11 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, dt_box, dt_area, iou_thrs, area_rng):  # type: ignore[no-untyped-def]
-    """Greedy matching of every (image, category) group; returns matched and ignored flags of
-    every detection, both [A, T, n_dt]."""
+    """Greedy matching of every (image, category) group; returns the matched and ignored flags
+    of every detection as bit masks [A, n_dt] (bit t: at IoU threshold t; at most 32)."""
     n_area, n_thr, n_dt = area_rng.shape[0], iou_thrs.shape[0], dt_box.shape[0]
-    matched = np.zeros((n_area, n_thr, n_dt), dtype=np.bool_)
-    ignored = np.zeros((n_area, n_thr, n_dt), dtype=np.bool_)
+    matched = np.zeros((n_area, n_dt), dtype=np.uint32)
+    ignored = np.zeros((n_area, n_dt), dtype=np.uint32)
     for grp in range(gt_start.shape[0]):
         gs, ge, ds, de = gt_start[grp], gt_end[grp], dt_start[grp], dt_end[grp]
         n_g, n_d = ge - gs, de - ds
@@ -64,9 +64,72 @@ def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, 
                         best_iou = ious[d, j]
                         m = jj
                     if m == -1:
-                        ignored[a, t, ds + d] = dt_area[ds + d] < lo or dt_area[ds + d] > hi
+                        if dt_area[ds + d] < lo or dt_area[ds + d] > hi:
+                            ignored[a, ds + d] |= 1 << t
                     else:
-                        matched[a, t, ds + d] = True
-                        ignored[a, t, ds + d] = gt_ignore[order[m]]
+                        matched[a, ds + d] |= 1 << t
+                        if gt_ignore[order[m]]:
+                            ignored[a, ds + d] |= 1 << t
                         taken[m] = True
     return matched, ignored
+
+
+@njit(cache=True, nogil=True)
+def accumulate(cat_start, rank, matched, ignored, n_thr, npig, max_dets, rec_thrs):  # type: ignore[no-untyped-def]
+    """pycocotools' accumulate: precision [T, R, K, A, M] and recall [T, K, A, M] (-1 where a
+    class has no ground truth in an area range). Detections come class by class
+    (``cat_start[k]:cat_start[k + 1]``), each class by score descending (stable); ``rank`` is a
+    detection's rank within its (image, class); ``matched``/``ignored`` [A, n_dt] are the bit
+    masks of :func:`match_groups`; ``npig`` [K, A] counts the ground truth that is not ignored.
+
+    Recall only grows at a true positive, and from one true positive to the next precision
+    falls (or stays, at an ignored detection), so pycocotools' running maximum from the end
+    and its recall-threshold lookup need the values at the true positives only: the same
+    numbers (same float operations), without a division per detection.
+    """
+    n_area, n_cat, n_max, n_rec = matched.shape[0], npig.shape[0], max_dets.shape[0], rec_thrs.shape[0]
+    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
+    recall = -np.ones((n_thr, n_cat, n_area, n_max))
+    most = 1 if npig.size == 0 else max(1, npig.max())  # a true positive takes one counted ground truth
+    rc, pr = np.empty((n_thr, most)), np.empty((n_thr, most))  # at the n-th true positive
+    tp, fp = np.empty(n_thr, dtype=np.int64), np.empty(n_thr, dtype=np.int64)
+    eps = np.spacing(1.0)
+    for k in range(n_cat):
+        for a in range(n_area):
+            n_pos = npig[k, a]
+            if n_pos == 0:
+                continue
+            for mi in range(n_max):
+                tp[:] = 0
+                fp[:] = 0
+                fp_all, nd = 0, 0  # false positives at every threshold; detections
+                for j in range(cat_start[k], cat_start[k + 1]):
+                    if rank[j] >= max_dets[mi]:
+                        continue
+                    nd += 1
+                    m, ig = matched[a, j], ignored[a, j]
+                    if m == 0 and ig == 0:
+                        fp_all += 1
+                        continue
+                    for t in range(n_thr):
+                        if ig >> t & 1:
+                            continue
+                        if m >> t & 1:
+                            n = tp[t] + 1
+                            rc[t, n - 1] = float(n) / n_pos
+                            pr[t, n - 1] = float(n) / (float(fp[t] + fp_all) + float(n) + eps)
+                            tp[t] = n
+                        else:
+                            fp[t] += 1
+                for t in range(n_thr):
+                    n = tp[t]
+                    recall[t, k, a, mi] = float(n) / n_pos if nd else 0.0
+                    for i in range(n - 1, 0, -1):  # precision made non-increasing
+                        if pr[t, i] > pr[t, i - 1]:
+                            pr[t, i - 1] = pr[t, i]
+                    i = 0
+                    for r in range(n_rec):  # the first detection reaching a recall is a true positive
+                        while i < n and rc[t, i] < rec_thrs[r]:
+                            i += 1
+                        precision[t, r, k, a, mi] = pr[t, i] if i < n else 0.0
+    return precision, recall

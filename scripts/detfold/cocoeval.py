@@ -39,6 +39,14 @@ class CocoEvalResult:
     cat_ids: list[int]
 
 
+def _order(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Row order by (key, score descending, row index); keys are non-negative integers."""
+    by_score = np.argsort(-scores, kind="stable")
+    if len(keys) and keys.max() < 2**16:
+        keys = keys.astype(np.uint16)  # numpy sorts these stably by radix
+    return by_score[np.argsort(keys[by_score], kind="stable")]
+
+
 def _group_bounds(keys_sorted: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.searchsorted(keys_sorted, groups, side="left"), np.searchsorted(keys_sorted, groups, side="right")
 
@@ -74,12 +82,12 @@ class BboxEvaluator:
         self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray
     ) -> CocoEvalResult:
         """Score detections given as arrays (image and category *positions*, xywh_abs, score)."""
-        n_cat, n_area, n_max = self.n_cat, len(AREA_RANGES), len(MAX_DETS)
-        n_thr, n_rec = len(IOU_THRS), len(REC_THRS)
+        n_cat = self.n_cat
         d_box = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
         d_score = np.asarray(scores, dtype=np.float64)
-        d_order = np.lexsort((np.arange(len(d_score)), -d_score, cat_pos, img_pos))
-        d_key = (img_pos * n_cat + cat_pos)[d_order]
+        d_key = img_pos * n_cat + cat_pos
+        d_order = _order(d_key, d_score)
+        d_key = d_key[d_order]
         d_box, d_score, d_cat = d_box[d_order], d_score[d_order], cat_pos[d_order]
         starts = np.searchsorted(d_key, d_key, side="left")
         d_rank = np.arange(len(d_key)) - starts
@@ -90,7 +98,7 @@ class BboxEvaluator:
         groups = np.union1d(self.g_key, d_key)
         gs, ge = _group_bounds(self.g_key, groups)
         ds, de = _group_bounds(d_key, groups)
-        from detfold._cocoeval_kernels import match_groups
+        from detfold._cocoeval_kernels import accumulate, match_groups
 
         matched, ignored = match_groups(
             gs,
@@ -105,36 +113,22 @@ class BboxEvaluator:
             IOU_THRS.astype(np.float64),
             AREA_RANGES,
         )
-        precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
-        recall = -np.ones((n_thr, n_cat, n_area, n_max))
-        for k in range(n_cat):
-            in_k = np.flatnonzero(d_cat == k)  # already in (image, rank) order
-            sel_all = in_k[np.argsort(-d_score[in_k], kind="mergesort")]
-            rank_sorted = d_rank[sel_all]
-            gk = self.g_cat == k
-            for a in range(n_area):
-                lo, hi = AREA_RANGES[a]
-                npig = int(np.count_nonzero(gk & ~self.g_crowd & ~((self.g_area < lo) | (self.g_area > hi))))
-                if npig == 0:
-                    continue
-                m_all, i_all = matched[a][:, sel_all], ignored[a][:, sel_all]
-                for mi, max_det in enumerate(MAX_DETS):
-                    sel = rank_sorted < max_det
-                    m_, i_ = m_all[:, sel], i_all[:, sel]
-                    tp_sum = np.cumsum(m_ & ~i_, axis=1).astype(float)
-                    fp_sum = np.cumsum(~m_ & ~i_, axis=1).astype(float)
-                    for t in range(n_thr):
-                        tp, fp = tp_sum[t], fp_sum[t]
-                        nd = len(tp)
-                        rc = tp / npig
-                        pr = tp / (fp + tp + np.spacing(1))
-                        recall[t, k, a, mi] = rc[-1] if nd else 0
-                        pr = np.maximum.accumulate(pr[::-1])[::-1] if nd else pr
-                        inds = np.searchsorted(rc, REC_THRS, side="left")
-                        q = np.zeros(n_rec)
-                        valid = inds < nd
-                        q[valid] = pr[inds[valid]]
-                        precision[t, :, k, a, mi] = q
+        by_class = _order(d_cat, d_score)  # ties in score keep the (image, rank) order, as pycocotools
+        cat_start = np.searchsorted(d_cat[by_class], np.arange(n_cat + 1), side="left")
+        npig = np.zeros((n_cat, len(AREA_RANGES)), dtype=np.int64)  # ground truth not ignored
+        for a, (lo, hi) in enumerate(AREA_RANGES):
+            counted = ~self.g_crowd & ~((self.g_area < lo) | (self.g_area > hi))
+            npig[:, a] = np.bincount(self.g_cat[counted], minlength=n_cat)
+        precision, recall = accumulate(
+            cat_start,
+            d_rank[by_class],
+            matched[:, by_class],
+            ignored[:, by_class],
+            len(IOU_THRS),
+            npig,
+            np.array(MAX_DETS, dtype=np.int64),
+            REC_THRS,
+        )
         return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
 
 

@@ -121,10 +121,11 @@ def fuse_arrays(
     soft_method: str = "gaussian",
     rescore: bool = True,
     class_agnostic: bool = False,
+    max_per_image: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
     model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable)."""
+    image, then score descending (stable), the first ``max_per_image`` of each image (all when None)."""
     if method not in METHODS:
         raise ValueError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
     if conf_type not in CONF_TYPES:
@@ -171,6 +172,9 @@ def fuse_arrays(
         first = keep
     out_label, out_image = prep.labels[first], prep.images[first]
     order = kernels.order_within_images(out_image, -out_score)  # groups come image by image
+    if max_per_image is not None:  # cut before gathering the rest
+        rank = np.arange(len(order)) - np.searchsorted(out_image, out_image, side="left")
+        order = order[rank < max_per_image]
     return out_box[order], out_score[order], out_label[order], out_image[order]
 
 
@@ -293,12 +297,10 @@ class ResultArrays:
         """Fused (image position, category id, xywh_abs, score), by image then score, at most
         ``max_per_image`` per image."""
         a = self.arrays
+        columns = (a[k] for k in ("box", "score", "label", "model", "image"))
         boxes, scores, labels, images = fuse_arrays(
-            a["box"], a["score"], a["label"], a["model"], a["image"], self.n_models, method, weights, **kwargs
+            *columns, self.n_models, method, weights, max_per_image=max_per_image, **kwargs
         )
-        rank = np.arange(len(images)) - np.searchsorted(images, images, side="left")
-        keep = rank < max_per_image
-        boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
         xyxy = boxes * np.hstack([self.wh[images], self.wh[images]])
         return images, labels, np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]), scores
 
