@@ -153,3 +153,49 @@ def test_folds_writer_output_is_complete_after_success(bccd, tmp_path):
     write_folds(folds, tmp_path / "folds.csv")
     assert pd.read_csv(tmp_path / "folds.csv").shape[0] == len(bccd.images)
     assert [p.name for p in tmp_path.iterdir()] == ["folds.csv"]
+
+
+def test_incomplete_products_are_found_at_every_cut(tmp_path, bccd):
+    """Every prefix of a real metrics file, a predictions file and a checkpoint cut at a line
+    (or byte) boundary is recognised as incomplete; the whole files are not."""
+    import torch
+    from detfold.io import age_incomplete_products, looks_complete
+    from detfold.metrics import evaluate_coco
+
+    small = bccd.subset(bccd.image_ids[:5])
+    preds = [{**a, "score": 0.9} for a in small.annotations]
+    files = {
+        "results/eval/m/metrics.json": evaluate_coco(small, preds),
+        "results/predict/m/fold0/oof.json": preds,
+        "results/predict/m/fold1/oof.json": [],
+    }
+    for name, data in files.items():
+        write_json(tmp_path / name, data)
+    checkpoint = tmp_path / "results/train/m/fold0/model.pth"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.ones(50)}}, checkpoint)
+    (tmp_path / "results/train/m/fold0/work").mkdir()
+    (tmp_path / "results/train/m/fold0/work/scalars.json").write_text('{"loss": 1}\n{"loss": 0.5}\n')
+    assert age_incomplete_products(tmp_path / "results") == []  # JSON lines of mmengine left alone
+
+    for name in files:
+        text = (tmp_path / name).read_text()
+        lines_ends = [i + 1 for i, ch in enumerate(text) if ch == "\n"][:-1]
+        cuts = [*lines_ends, len(text) // 2, len(text) - 1]
+        for cut in cuts:
+            (tmp_path / "cut.json").write_text(text[:cut])
+            assert not looks_complete(tmp_path / "cut.json"), (name, cut, text[:cut][-40:])
+    data = checkpoint.read_bytes()
+    for cut in (0, 100, len(data) // 2, len(data) - 1):
+        (tmp_path / "cut.pth").write_bytes(data[:cut])
+        assert not looks_complete(tmp_path / "cut.pth")
+
+    (tmp_path / "results/predict/m/fold0/oof.json").write_text(files and '[\n {"image_id": 1,\n')
+    checkpoint.write_bytes(b"garbage")
+    aged = age_incomplete_products(tmp_path / "results")
+    assert [p.relative_to(tmp_path).as_posix() for p in aged] == [
+        "results/predict/m/fold0/oof.json",
+        "results/train/m/fold0/model.pth",
+    ]
+    assert [p.stat().st_mtime for p in aged] == [0, 0]  # older than any input: snakemake redoes them
+    assert (tmp_path / "results/eval/m/metrics.json").stat().st_mtime > 0

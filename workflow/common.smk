@@ -1,7 +1,14 @@
 # Shared input functions and wildcard constraints.
 import re
 
+from detfold.io import age_incomplete_products
+
 MODELS = sorted(config["models"])
+
+# Outputs of an earlier run that were cut short or are garbage (a crash of an older version, a
+# bad copy) are not trusted: marked outdated before the DAG is built, so this very run redoes them.
+for path in age_incomplete_products("results"):
+    logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
 FOLDS = list(range(config["folds"]["k"]))
 
 

@@ -94,3 +94,46 @@ def read_product(path: str | os.PathLike[str]) -> Any:
     except ValueError as err:
         Path(path).unlink(missing_ok=True)
         raise ValueError(f"{err}; deleted it: run snakemake again to redo the job that wrote it") from None
+
+
+def looks_complete(path: str | os.PathLike[str]) -> bool:
+    """Cheap check (first and last bytes only, whatever the size) that a file detfold wrote is
+    whole: a ``.json`` from :func:`write_json` starts with ``[``/``{`` and ends with the matching
+    bracket alone on the last line (nested brackets are indented); a ``.pth`` is a complete zip
+    archive (torch.save's format, whose directory sits at the end). Other files: True."""
+    import zipfile
+
+    path = Path(path)
+    if path.suffix == ".pth":
+        return zipfile.is_zipfile(path)
+    if path.suffix != ".json":
+        return True
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(1)
+        handle.seek(max(0, size - 64))
+        tail = handle.read()
+    closer = {b"[": b"]", b"{": b"}"}.get(head)
+    if closer is None or not tail.endswith(b"\n"):
+        return False
+    last_line = tail[:-1].rsplit(b"\n", 1)[-1]
+    return last_line == closer or last_line == head + closer  # "]" / "}", or an empty "[]" / "{}"
+
+
+def age_incomplete_products(results: str | os.PathLike[str] = "results") -> list[Path]:
+    """Find the JSON files and fold checkpoints under ``results`` (mmengine's work dirs aside)
+    that :func:`looks_complete` rejects (a crash of an older version, a bad copy) and set their
+    modification time to 1970: older than their inputs, Snakemake redoes the jobs that write
+    them and everything downstream (a deleted file would not do: Snakemake does not rerun a
+    missing intermediate file whose consumers are up to date). Returns them."""
+    root = Path(results)
+    if not root.is_dir():
+        return []
+    candidates = [p for p in root.rglob("*.json") if "work" not in p.relative_to(root).parts]
+    candidates += list(root.glob("train/*/fold*/model.pth"))
+    aged = []
+    for path in sorted(candidates):
+        if path.is_file() and not looks_complete(path):
+            os.utime(path, (0, 0))
+            aged.append(path)
+    return aged
