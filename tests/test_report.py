@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -225,7 +226,7 @@ class ReportPage:
     def js(self, script: str):
         return self.driver.execute_script(script)
 
-    def wait(self, condition, what: str, timeout: float = 30):
+    def wait(self, condition, what: str | Callable[[], str], timeout: float = 30):
         from selenium.common.exceptions import TimeoutException
         from selenium.webdriver.support.ui import WebDriverWait
 
@@ -233,6 +234,7 @@ class ReportPage:
             return WebDriverWait(self.driver, timeout, poll_frequency=0.2).until(condition)
         except TimeoutException:
             self.driver.save_screenshot(str(self.shots / "timeout.png"))
+            what = what() if callable(what) else what
             pytest.fail(f"report: timed out waiting for {what} (screenshot {self.shots / 'timeout.png'})")
 
     def click(self, label: str) -> None:
@@ -240,7 +242,25 @@ class ReportPage:
         from selenium.webdriver.support import expected_conditions as ec
 
         xpath = f"//a[span[normalize-space()={json.dumps(label)}]]".replace('"', "'")
-        self.wait(ec.element_to_be_clickable((By.XPATH, xpath)), f"menu item {label!r}").click()
+        self.click_settled(self.wait(ec.element_to_be_clickable((By.XPATH, xpath)), f"menu item {label!r}"), label)
+
+    def click_settled(self, element, what: str) -> None:
+        """Click once the page has stopped moving. The navigation bar animates its width
+        (Tailwind `transition-all`, 150 ms) when it switches from the menu to a category's results,
+        which shifts the right-aligned buttons; a click sent mid-transition lands beside its target."""
+        last: list = []
+
+        def settled(driver) -> bool:
+            running = driver.execute_script(
+                "return document.getAnimations().filter(a => a.playState === 'running').length"
+            )
+            rect = element.rect
+            still = running == 0 and rect == (last[-1] if last else None)
+            last.append(rect)
+            return still
+
+        self.wait(settled, f"the page to stop moving before clicking {what}")
+        element.click()
 
     def home(self) -> None:
         self.driver.get(self.url)
@@ -255,9 +275,12 @@ class ReportPage:
     def show_row(self, index: int, shown: set[str]) -> str:
         from selenium.webdriver.common.by import By
 
-        self.rows()[index].find_element(By.CSS_SELECTOR, "td:last-child a").click()
+        row = self.rows()[index]
+        label = f"row {index} ({row.text!r})"
+        self.click_settled(row.find_element(By.CSS_SELECTOR, "td:last-child a"), label)
         return self.wait(
-            lambda d: (p := d.execute_script("return app.state.resultPath")) not in shown and p, "the result to show"
+            lambda d: (p := d.execute_script("return app.state.resultPath")) not in shown and p,
+            lambda: f"the result of {label} to show (app.state.resultPath: {self.js('return app.state.resultPath')!r})",
         )
 
 
