@@ -93,6 +93,8 @@ def final_name(tmp: Path) -> Path:
 
 
 def all_json_outputs_parse(workdir: Path) -> None:
+    """Every results JSON parses whole: stricter than detfold.io.looks_complete, which the
+    workflow uses at start-up and checks only the first and last bytes (cheap on big files)."""
     import json
 
     for path in (workdir / "results").rglob("*.json"):
@@ -126,30 +128,28 @@ def killed_three_times(tmp_path_factory, repo, bccd_dir, tiny_run):
     facts["models_after_training_kill"] = sorted(str(p) for p in (workdir / "results").rglob("model.pth"))
     all_json_outputs_parse(workdir)
 
-    # 2. during prediction: a prediction file is complete in its temporary file, not yet renamed
-    subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
-    proc = start(repo, workdir, "--rerun-incomplete", env={HOLD: "results/predict/"})
-    wait_for(lambda: held_files(workdir, "predict"), proc, "a prediction write")
-    held = held_files(workdir, "predict")
-    kill(proc)
-    facts["held_prediction"] = held[0]
-    facts["prediction_final_existed"] = final_name(held[0]).exists()
-    all_json_outputs_parse(workdir)
-
-    # 3. during fusion
-    subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
-    proc = start(repo, workdir, "--rerun-incomplete", env={HOLD: "results/ensemble/"})
-    wait_for(lambda: held_files(workdir, "ensemble"), proc, "a fusion write")
-    held = held_files(workdir, "ensemble")
-    kill(proc)
-    facts["held_fusion"] = held[0]
-    facts["fusion_final_existed"] = final_name(held[0]).exists()
-    all_json_outputs_parse(workdir)
+    # 2. during prediction, 3. during fusion: a file is complete in its temporary file, not yet renamed
+    for stage in ("predict", "ensemble"):
+        held, final_existed = kill_during_write(repo, workdir, stage)
+        facts[f"held_{stage}"], facts[f"{stage}_final_existed"] = held, final_existed
+        all_json_outputs_parse(workdir)
 
     # the documented restart
     subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
     facts["final"] = run_ok(repo, workdir, "--rerun-incomplete")
     return workdir, facts
+
+
+def kill_during_write(repo: Path, workdir: Path, stage: str) -> tuple[Path, bool]:
+    """Restart as the README says, hold the first write under results/<stage>/ just before its
+    rename (detfold.io's hook) and SIGKILL everything there: the held temp file, and whether a
+    file already existed under its final name."""
+    subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
+    proc = start(repo, workdir, "--rerun-incomplete", env={HOLD: f"results/{stage}/"})
+    wait_for(lambda: held_files(workdir, stage), proc, f"a write under results/{stage}/")
+    held = held_files(workdir, stage)[0]
+    kill(proc)
+    return held, final_name(held).exists()
 
 
 def base(repo: Path, workdir: Path) -> list[str]:
@@ -160,8 +160,8 @@ def base(repo: Path, workdir: Path) -> list[str]:
 def test_killed_run_resumes_and_equals_an_uninterrupted_one(killed_three_times, tiny_run):
     workdir, facts = killed_three_times
     assert facts["models_after_training_kill"] == []  # no fold model declared done mid-training
-    assert not facts["prediction_final_existed"], facts["held_prediction"]  # killed before the rename
-    assert not facts["fusion_final_existed"], facts["held_fusion"]
+    assert not facts["predict_final_existed"], facts["held_predict"]  # killed before the rename
+    assert not facts["ensemble_final_existed"], facts["held_ensemble"]
     assert differing(workdir, tiny_run) == []
 
 

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from detfold.coco import load_coco, write_coco
+from detfold.coco import load_coco
 from slurm_cluster import LocalCluster, SlurmUnavailable, install
+from workflow_run import tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -106,41 +107,19 @@ def outputs_mtimes(workdir: Path) -> dict[str, int]:
 def slurm_runs(cluster, tmp_path_factory, repo, bccd_dir):
     """The failing run, the fixed rerun and a dry run after it; what SLURM saw of each."""
     workdir = tmp_path_factory.mktemp("slurm_run")
-    train = load_coco(bccd_dir / "train.json")
-    test = load_coco(bccd_dir / "test.json")
-    write_coco(train.subset(train.image_ids[:20]), workdir / "train.json")
-    write_coco(test.subset(test.image_ids[:6]), workdir / "test.json")
-    (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
-    config = {
-        "seed": 42,
-        "data": {
-            "train_annotations": str(workdir / "train.json"),
-            "train_images": str(bccd_dir / "images"),
-            "test_annotations": str(workdir / "test.json"),
-            "test_images": str(bccd_dir / "images"),
-        },
-        "audit": {"overrides": str(workdir / "overrides.csv")},
-        "folds": {"k": 2},
-        "models": {
-            "tiny": {
-                "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
-                "epochs": 1,
-                "batch_size": 4,
-                "num_workers": 0,
-            }
-        },
-        "predict": {"score_thr": 0.0, "max_per_img": 100},
-        "ensemble": {
-            "search": {
-                "method": ["wbf", "nms"],
-                "iou_thr": [0.55],
-                "skip_box_thr": [0.0],
-                "conf_type": ["avg"],
-                "weights": [[1, 2]],  # the mistake: 2 weights for 1 model
-            }
-        },
-        "resources": RESOURCES,
+    config = tiny_config(repo, bccd_dir, workdir, n_train=20, n_test=6)
+    config["folds"]["k"] = 2
+    config["models"] = {"tiny": {k: v for k, v in config["models"]["tiny"].items() if k != "val_interval"}}
+    config["ensemble"] = {
+        "search": {
+            "method": ["wbf", "nms"],
+            "iou_thr": [0.55],
+            "skip_box_thr": [0.0],
+            "conf_type": ["avg"],
+            "weights": [[1, 2]],  # the mistake: 2 weights for 1 model
+        }
     }
+    config["resources"] = RESOURCES
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     runs = {"workdir": workdir, "install_s": cluster.install_s}
 

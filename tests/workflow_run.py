@@ -19,12 +19,13 @@ def snakemake(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
 
 
-def tiny_config(repo: Path, bccd_dir: Path, workdir: Path) -> dict[str, Any]:
-    """30 train + 8 test images of the bundled data in ``workdir``; 2 models x 3 folds, 1 epoch."""
+def tiny_config(repo: Path, bccd_dir: Path, workdir: Path, n_train: int = 30, n_test: int = 8) -> dict[str, Any]:
+    """The first ``n_train`` train + ``n_test`` test images of the bundled data in ``workdir``;
+    2 models x 3 folds, 1 epoch."""
     train = load_coco(bccd_dir / "train.json")
     test = load_coco(bccd_dir / "test.json")
-    write_coco(train.subset(train.image_ids[:30]), workdir / "train.json")
-    write_coco(test.subset(test.image_ids[:8]), workdir / "test.json")
+    write_coco(train.subset(train.image_ids[:n_train]), workdir / "train.json")
+    write_coco(test.subset(test.image_ids[:n_test]), workdir / "test.json")
     (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
     return {
         "seed": 42,
