@@ -5,8 +5,9 @@ on this machine for the module (tests/slurm_cluster.py), and stopped at the end,
 test fails; the teardown fails if a daemon, a job step or a SLURM port is left.
 
 The tiny workflow (2 folds, 1 epoch, RTMDet-tiny, 20 + 6 images) runs twice with
-``--profile profiles/slurm`` and the test overrides (partition, 1 s before the first status
-check, ``squeue`` for job states: the test cluster has no accounting database, so no sacct):
+``--workflow-profile profiles/slurm`` (the README's command; profiles/default is not read) and
+the test overrides (partition, 1 s before the first status check, ``squeue`` for job states:
+the test cluster has no accounting database, so no sacct):
 
 1. with a mistake in the config (an ensemble weight vector with 2 weights for 1 model): every
    training and prediction job finishes, ensemble_oof fails in SLURM, the run exits non-zero;
@@ -64,7 +65,7 @@ def snakemake(repo: Path, workdir: Path, cluster: LocalCluster, *args: str) -> s
     """Run snakemake through profiles/slurm with the test cluster's overrides."""
     cmd = [str(SNAKEMAKE), "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
     cmd += ["--configfile", str(workdir / "config.yaml")]
-    cmd += ["--profile", str(repo / "profiles" / "slurm"), "--workflow-profile", "none"]
+    cmd += ["--workflow-profile", str(repo / "profiles" / "slurm")]  # the README's command, from any folder
     cmd += ["--default-resources", f"slurm_partition={cluster.partition}"]
     cmd += ["--set-resources", *(f"{rule}:slurm_partition={cluster.partition}" for rule in sorted(GPU_RULES))]
     cmd += ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", *args]
@@ -160,6 +161,8 @@ def test_cluster_has_an_idle_node_with_one_gpu(cluster):
 def test_failed_job_fails_the_run(slurm_runs):
     first = slurm_runs["first"]
     assert first.returncode != 0, output(first)[-3000:]
+    assert "Using workflow specific profile" in first.stderr and "profiles/slurm" in first.stderr
+    assert "profiles/default" not in first.stderr  # the local profile's core and GPU caps stay out
     assert "SLURM status is: 'FAILED'" in output(first), output(first)[-3000:]
     assert "Error in rule ensemble_oof" in output(first)
     log = slurm_runs["first_logs"]["ensemble_oof.log"]
