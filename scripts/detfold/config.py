@@ -137,12 +137,17 @@ def mmdet_config_path(config: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / ".mim" / "configs" / config[len("mmdet::") :]
 
 
+def _coco_images(path: str | os.PathLike[str]) -> list[Any]:
+    """The ``images`` list of a COCO file; ValueError when it is not JSON or has none."""
+    coco = read_json(path)
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise ValueError(f"{path}: not a COCO detection file (no 'images' list)")
+    return coco["images"]
+
+
 def _count_train_images(data: dict[str, Any], path: Path) -> int:
     if data.get("format", "coco") == "coco":
-        coco = read_json(path)
-        if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-            raise ValueError(f"{path}: not a COCO detection file (no 'images' list)")
-        return len(coco["images"])
+        return len(_coco_images(path))
     suffix = ".xml" if data.get("format") == "voc" else ".txt"
     return sum(1 for p in path.iterdir() if p.suffix == suffix)
 
@@ -150,11 +155,10 @@ def _count_train_images(data: dict[str, Any], path: Path) -> int:
 def _missing_test_images(data: dict[str, Any]) -> list[str]:
     if data.get("format", "coco") != "coco":
         return []
-    coco = read_json(data["test_annotations"])
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise ValueError(f"{data['test_annotations']}: not a COCO detection file (no 'images' list)")
     root = Path(data["test_images"])
-    names = [str(image.get("file_name", "")) for image in coco["images"] if isinstance(image, dict)]
+    names = [
+        str(image.get("file_name", "")) for image in _coco_images(data["test_annotations"]) if isinstance(image, dict)
+    ]
     return [name for name in names if not (root / name).is_file()]
 
 
