@@ -28,16 +28,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextI
             os.fsync(handle.fileno())
         _hold_for_fault_tests(target)
         os.replace(tmp, target)
-    except OSError as err:
+    except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if err.filename is None or str(target) not in str(err):  # say which output failed, once
-            reason = err.strerror or str(err)
+        if isinstance(err, OSError) and (err.filename is None or str(target) not in str(err)):
+            reason = err.strerror or str(err)  # say which output failed, once
             raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
-        raise
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise
 
 
