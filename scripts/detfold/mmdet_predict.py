@@ -127,10 +127,17 @@ def merge_views(
     labels = np.concatenate([np.asarray(lab, dtype=int).reshape(-1) for _, _, lab in views])
     models = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)]).astype(int)
     fused, fused_scores, fused_labels, _ = fuse_arrays(
-        flat, scores, labels, models, np.zeros(len(flat), dtype=int), len(views), method=tta.merge, iou_thr=tta.iou_thr
+        flat,
+        scores,
+        labels,
+        models,
+        np.zeros(len(flat), dtype=int),
+        len(views),
+        method=tta.merge,
+        iou_thr=tta.iou_thr,
+        max_per_image=max_per_img,
     )
-    keep = slice(0, max_per_img)
-    return fused[keep] * scale, fused_scores[keep], fused_labels[keep].astype(int)
+    return fused * scale, fused_scores, fused_labels.astype(int)
 
 
 def to_coco_results(
