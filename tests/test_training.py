@@ -24,12 +24,13 @@ train_fold({settings!r}, {data!r}, {data!r}, {images!r}, {out!r} + "/model.pth",
 """
 
 
-def train_cmd(repo: Path, tmp: Path, out: Path, epochs: int, log: str) -> list[str]:
+def train_cmd(repo: Path, tmp: Path, out: Path, epochs: int, log: str, **extra: object) -> list[str]:
     settings = {
         "config": str(repo / "config/models/rtmdet_tiny_cpu.py"),
         "epochs": epochs,
         "batch_size": 4,
         "num_workers": 0,
+        **extra,
     }
     code = TRAIN.format(
         scripts=str(repo / "scripts"),
@@ -54,9 +55,16 @@ def iterations_logged(log: Path) -> int:
 
 
 def test_killed_training_resumes_from_its_last_checkpoint(repo, tiny_data):
+    """With load_from (a "pretrained" checkpoint made by one short training first): the killed
+    job resumes from its own epoch 1 checkpoint, not from the load_from file."""
+    pre = subprocess.run(train_cmd(repo, tiny_data, tiny_data / "pre", 1, "pre.log"), capture_output=True, text=True)
+    assert pre.returncode == 0, pre.stderr[-3000:]
+    pretrained = str(tiny_data / "pre" / "model.pth")
     out = tiny_data / "run"
     job = subprocess.Popen(
-        train_cmd(repo, tiny_data, out, 3, "first.log"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        train_cmd(repo, tiny_data, out, 3, "first.log", load_from=pretrained),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     while not (out / "work" / "epoch_1.pth").exists() and time.time() < deadline and job.poll() is None:
@@ -65,15 +73,24 @@ def test_killed_training_resumes_from_its_last_checkpoint(repo, tiny_data):
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
     assert not (out / "model.pth").exists()  # not declared done
-    done = subprocess.run(train_cmd(repo, tiny_data, out, 3, "second.log"), capture_output=True, text=True, timeout=600)
+    assert "Load checkpoint from " + pretrained in (tiny_data / "first.log").read_text()  # fine-tuned from it
+    done = subprocess.run(
+        train_cmd(repo, tiny_data, out, 3, "second.log", load_from=pretrained),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     log = (tiny_data / "second.log").read_text()
-    assert "resuming from" in log and "resumed epoch:" in log
-    assert "Epoch(train) [1]" not in log  # epoch 1 is not trained again
+    own = str((out / "work" / "epoch_1.pth").resolve())
+    assert f"resuming from {own}" in log and "resumed epoch: 1" in log  # its own checkpoint
+    assert f"Load checkpoint from {pretrained}" not in log  # not the load_from file
+    assert "Epoch(train) [1]" not in log and "Epoch(train) [2]" in log  # epoch 1 is not trained again
     import torch
 
-    final = torch.load(out / "model.pth", map_location="cpu", weights_only=False)
+    final = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
     assert final["meta"]["epoch"] == 3
+    assert f"load_from = '{pretrained}'" in (out / "config.py").read_text()  # the resolved config as trained
 
 
 def test_corrupt_last_checkpoint_is_not_trusted(repo, tiny_data):
@@ -130,7 +147,7 @@ def test_resolved_config_carries_the_model_options(repo, tiny_data):
     assert cfg.optim_wrapper.accumulative_counts == 2
     assert cfg.val_evaluator.proposal_nums == (1, 10, 100)  # COCO's 100 detections, not mmdet's 1000
     assert cfg.default_hooks.checkpoint.save_best == "coco/bbox_mAP"
-    assert [h["type"] for h in cfg.custom_hooks] == ["EarlyStoppingHook"]
+    assert [h["type"] for h in cfg.custom_hooks] == ["DetfoldPlainStateHook", "EarlyStoppingHook"]
     assert "TensorboardVisBackend" in [b["type"] for b in cfg.visualizer.vis_backends]
     cosine = next(s for s in cfg.param_scheduler if s["type"] == "CosineAnnealingLR")
     assert cosine["end"] == 6 and cosine["T_max"] == 6  # stretched from the config's 12 epochs

@@ -45,6 +45,7 @@ max_epochs = 12
 base_lr = 0.008
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs, dynamic_intervals=None)
 optim_wrapper = dict(optimizer=dict(lr=base_lr))
+auto_scale_lr = dict(enable=False, base_batch_size=8)  # base_lr is for batches of 8 (detfold scales it)
 param_scheduler = [
     dict(type="LinearLR", start_factor=1.0e-3, by_epoch=False, begin=0, end=100),
     dict(

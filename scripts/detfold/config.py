@@ -120,8 +120,9 @@ def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
     for model, settings in (config.get("models") or {}).items():
         if not str(settings.get("config", "")).startswith("mmdet::"):
             yield f"models.{model}.config", settings["config"]
-        if settings.get("load_from"):
-            yield f"models.{model}.load_from", settings["load_from"]
+        for key in ("load_from", "backbone_weights"):
+            if isinstance(settings.get(key), str):
+                yield f"models.{model}.{key}", settings[key]
     for i, spec in enumerate(config.get("ensemble", {}).get("external") or []):
         for name in ("oof", "test", "id_source"):
             if spec.get(name):
@@ -180,8 +181,9 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
             problems.append(f"{key} = {value!r}: folder not found")
             missing.add(key)
         elif not want_dir and not path.is_file():
-            what = "checkpoint" if key.endswith("load_from") else "file"
-            extra = " (weights are never downloaded)" if key.endswith("load_from") else ""
+            weights = key.endswith(("load_from", "backbone_weights"))
+            what = "checkpoint" if weights else "file"
+            extra = " (weights are never downloaded)" if weights else ""
             problems.append(f"{key} = {value!r}: {what} not found{extra}")
             missing.add(key)
     for model, settings in (config.get("models") or {}).items():

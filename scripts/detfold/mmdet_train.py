@@ -5,7 +5,11 @@ installed mmdet), and fills in what a K-fold run decides: the fold's annotation 
 images, the classes (and every ``num_classes`` in the model), epochs (rescaling epoch-based
 LR schedules), batch size, lr, seed and work dir. The resolved config is written beside the
 checkpoint. A killed job resumes from its last epoch checkpoint when the resolved config is
-unchanged; a changed config starts over.
+unchanged (also with ``load_from``: the job's own epoch checkpoint, never the pretrained file);
+a changed config starts over. Every checkpoint is read with torch's ``weights_only`` loader
+(the job's own epoch checkpoints hold builtin types and tensors only, see
+:func:`register_plain_state_hook`).
+How a zoo config is adapted lives in :mod:`detfold.mmdet_config`.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,8 +35,10 @@ MODEL_KEYS = (
     "epochs",
     "batch_size",
     "lr",
+    "auto_scale_lr",
     "num_workers",
     "load_from",
+    "backbone_weights",
     "cfg_options",
     "img_scale",
     "amp",
@@ -46,20 +54,12 @@ MODEL_KEYS = (
 VAL_METRIC = "coco/bbox_mAP"
 ATOMIC_BACKEND = "detfold_atomic_local"
 SLIM_META = ("dataset_meta", "epoch", "iter", "seed")  # what model.pth keeps of mmengine's meta
-SCALE_KEYS = {
-    "Resize": "scale",
-    "RandomResize": "scale",
-    "RandomCrop": "crop_size",
-    "Pad": "size",
-    "Mosaic": "img_scale",
-    "CachedMosaic": "img_scale",
-    "CachedMixUp": "img_scale",
-    "MixUp": "img_scale",
-}
+IMPORT_PATHS = "detfold_import_paths"  # resolved-config key: folders custom_imports are found in
 
 
 def load_mmdet_config(config: str) -> Any:
-    """Load an mmdet config from a file path or an ``mmdet::`` package path."""
+    """Load an mmdet config from a file path or an ``mmdet::`` package path. The config's own
+    folder is importable, so ``custom_imports`` of a module beside it work."""
     from mmengine.config import Config
 
     if config.startswith("mmdet::"):
@@ -71,58 +71,40 @@ def load_mmdet_config(config: str) -> Any:
             os.unlink(handle.name)
     if not Path(config).is_file():
         raise FileNotFoundError(f"model config {config!r} not found (a path, or mmdet::family/name.py)")
-    return Config.fromfile(config)
+    add_import_paths([str(Path(config).resolve().parent)])
+    cfg = Config.fromfile(config)
+    cfg[IMPORT_PATHS] = [str(Path(config).resolve().parent)]
+    return cfg
 
 
-def set_num_classes(node: Any, num_classes: int) -> int:
-    """Set every ``num_classes`` key in a (nested) model config; return how many were set."""
-    count = 0
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "num_classes":
-                node[key] = num_classes
-                count += 1
-            else:
-                count += set_num_classes(value, num_classes)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            count += set_num_classes(value, num_classes)
-    return count
+def config_file(config: str) -> str:
+    """The file of a config: a path as given, ``mmdet::family/name.py`` in the installed mmdet."""
+    from detfold.config import mmdet_config_path
+
+    return str(mmdet_config_path(config)) if config.startswith("mmdet::") else config
 
 
-def rescale_epoch_schedule(param_scheduler: list[dict[str, Any]] | dict[str, Any], old: int, new: int) -> None:
-    """Stretch epoch-based LR scheduler milestones from ``old`` to ``new`` epochs, in place."""
-    schedulers = param_scheduler if isinstance(param_scheduler, list) else [param_scheduler]
-    for sched in schedulers:
-        if not sched.get("by_epoch", True):
-            continue
-        for key in ("begin", "end", "T_max"):
-            if isinstance(sched.get(key), int):
-                sched[key] = round(sched[key] * new / old)
-        if isinstance(sched.get("milestones"), list):
-            sched["milestones"] = [round(m * new / old) for m in sched["milestones"]]
+def add_import_paths(paths: list[str]) -> None:
+    """Put folders on ``sys.path`` (first), for the ``custom_imports`` of a config."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
-def set_img_scale(pipeline: list[dict[str, Any]], img_scale: tuple[int, int]) -> int:
-    """Set the network input size (w, h) in every sizing transform of a pipeline; return how many.
+def load_resolved_config(path: str) -> Any:
+    """A resolved config written by :func:`train_fold`, with its ``custom_imports`` importable."""
+    from mmengine.config import Config
+    from mmengine.utils import import_modules_from_strings
 
-    RandomResize keeps its ratio_range around the new scale; Pad only when it pads to a size."""
-    changed = 0
-    for step in pipeline:
-        key = SCALE_KEYS.get(step.get("type", ""))
-        if key and (key != "size" or step.get("size") is not None):
-            step[key] = tuple(img_scale)
-            changed += 1
-    return changed
+    cfg = Config.fromfile(path, import_custom_modules=False)
+    add_import_paths(list(cfg.get(IMPORT_PATHS) or []))
+    if cfg.get("custom_imports"):
+        import_modules_from_strings(**cfg.custom_imports)
+    return cfg
 
 
-def _dataset(cfg_dataset: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...]) -> None:
-    cfg_dataset.update(
-        ann_file=str(Path(ann_file).resolve()),
-        data_root="",
-        data_prefix=dict(img=str(Path(images_dir).resolve()) + "/"),
-        metainfo=dict(classes=classes),
-    )
+def _evaluator(val_json: str, **extra: Any) -> dict[str, Any]:
+    return dict(type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox", **extra)
 
 
 def resolve_config(
@@ -134,27 +116,30 @@ def resolve_config(
     seed: int,
     device: str = "cpu",
 ) -> Any:
-    """The full mmdet config for one fold: the model's config with the fold's data filled in."""
+    """The full mmdet config for one fold: the model's config with the fold's data filled in,
+    adapted by :mod:`detfold.mmdet_config` (each change logged)."""
+    from detfold import mmdet_config as adapt
+
     unknown = sorted(set(settings) - set(MODEL_KEYS))
     if unknown:
         raise ValueError(f"unknown model setting(s) {unknown}; allowed: {list(MODEL_KEYS)}")
-    cfg = load_mmdet_config(settings["config"])
-    classes = tuple(load_coco(train_json).class_names)
-    if set_num_classes(cfg.model, len(classes)) == 0:
-        raise ValueError(f"{settings['config']}: no num_classes key in the model config")
-    _dataset(cfg.train_dataloader.dataset, train_json, images_dir, classes)
-    cfg.train_dataloader.dataset.filter_cfg = dict(filter_empty_gt=True, min_size=1)
+    name = str(settings["config"])
+    cfg = load_mmdet_config(name)
+    coco = load_coco(train_json)
+    classes = tuple(coco.class_names)
+    if adapt.set_num_classes(cfg.model, len(classes)) == 0:
+        raise ValueError(f"{name}: no num_classes key in the model config")
+    changes = adapt.set_fold_data(cfg.train_dataloader, train_json, images_dir, classes, train=True)
     for split in ("val", "test"):
-        _dataset(cfg[f"{split}_dataloader"].dataset, val_json, images_dir, classes)
-        cfg[f"{split}_evaluator"] = dict(type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox")
+        changes += adapt.set_fold_data(cfg[f"{split}_dataloader"], val_json, images_dir, classes, train=False)
+        cfg[f"{split}_evaluator"] = _evaluator(val_json)
     # No evaluation inside training (detfold predicts and scores each fold itself).
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
-    epochs = int(settings.get("epochs", cfg.train_cfg.max_epochs))
-    if cfg.get("param_scheduler"):
-        rescale_epoch_schedule(cfg.param_scheduler, cfg.train_cfg.max_epochs, epochs)
-    cfg.train_cfg = dict(type="EpochBasedTrainLoop", max_epochs=epochs, val_interval=epochs + 1)
     if "batch_size" in settings:
         cfg.train_dataloader.batch_size = int(settings["batch_size"])
+    batch_size = int(cfg.train_dataloader.batch_size)
+    iters_per_epoch = max(1, math.ceil(len({a["image_id"] for a in coco.annotations}) / batch_size))
+    changes += adapt.set_schedule(cfg, settings.get("epochs"), iters_per_epoch, name)
     if "num_workers" in settings:
         workers = int(settings["num_workers"])
         for split in ("train", "test"):
@@ -162,7 +147,7 @@ def resolve_config(
             cfg[f"{split}_dataloader"].persistent_workers = workers > 0
     if "lr" in settings:
         cfg.optim_wrapper.optimizer.lr = float(settings["lr"])
-    cfg.auto_scale_lr = dict(enable=False, base_batch_size=cfg.train_dataloader.batch_size)
+    changes += adapt.scale_lr(cfg, settings, batch_size, config_file(name), name)
     load_from = settings.get("load_from")
     if load_from and not Path(load_from).is_file():
         raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
@@ -176,20 +161,14 @@ def resolve_config(
         backend_args=dict(backend=ATOMIC_BACKEND),  # temp file + rename: a kill never leaves a torn epoch_N.pth
     )
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
+    # epoch checkpoints of builtin types only: resuming reads them with weights_only (no code runs)
+    cfg.custom_hooks = [*(cfg.get("custom_hooks") or []), dict(type=PLAIN_STATE_HOOK)]
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.resume = False
     if settings.get("img_scale"):
-        scale = tuple(int(v) for v in settings["img_scale"])
-        for loader in ("train", "test"):
-            if not set_img_scale(cfg[f"{loader}_dataloader"].dataset.pipeline, scale):
-                raise ValueError(f"{settings['config']}: no sizing transform in the {loader} pipeline for img_scale")
+        changes += adapt.set_img_scale(cfg, tuple(int(v) for v in settings["img_scale"]), name)
     if settings.get("multi_scale"):  # each training image resized to one of these (w, h), at random
-        scales = [tuple(int(v) for v in scale) for scale in settings["multi_scale"]]
-        pipeline = cfg.train_dataloader.dataset.pipeline
-        resize = [i for i, step in enumerate(pipeline) if step.get("type") in ("Resize", "RandomResize")]
-        if not resize:
-            raise ValueError(f"{settings['config']}: no Resize/RandomResize in the train pipeline for multi_scale")
-        pipeline[resize[0]] = dict(type="RandomChoiceResize", scales=scales, keep_ratio=True)
+        changes += adapt.set_multi_scale(cfg, settings["multi_scale"], name)
     if int(settings.get("accumulate", 1)) > 1:
         cfg.optim_wrapper.accumulative_counts = int(settings["accumulate"])
     if settings.get("amp"):
@@ -198,6 +177,10 @@ def resolve_config(
             cfg.optim_wrapper.loss_scale = "dynamic"
         else:
             log.warning("amp: true is ignored on CPU (mixed precision needs a GPU)")
+    elif cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and device != "cuda":
+        cfg.optim_wrapper.type = "OptimWrapper"
+        cfg.optim_wrapper.pop("loss_scale", None)
+        changes.append("AmpOptimWrapper -> OptimWrapper (mixed precision needs a GPU)")
     checkpoint = settings.get("checkpoint", "last")
     if checkpoint not in ("last", "best"):
         raise ValueError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
@@ -207,9 +190,7 @@ def resolve_config(
         raise ValueError(f"val_interval must be >= 0 epochs, got {val_interval}")
     if checkpoint == "best" or patience > 0 or val_interval:  # validate on the fold's val images
         cfg.val_dataloader = copy.deepcopy(cfg.test_dataloader)
-        cfg.val_evaluator = dict(
-            type="CocoMetric", ann_file=str(Path(val_json).resolve()), metric="bbox", proposal_nums=(1, 10, 100)
-        )
+        cfg.val_evaluator = _evaluator(val_json, proposal_nums=(1, 10, 100))
         cfg.val_cfg = dict(type="ValLoop")
         cfg.train_cfg.val_interval = val_interval or 1
     if checkpoint == "best":
@@ -230,6 +211,11 @@ def resolve_config(
     cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=backends, name="visualizer")
     if settings.get("cfg_options"):
         cfg.merge_from_dict(dict(settings["cfg_options"]))
+        changes.append(f"cfg_options merged: {sorted(settings['cfg_options'])}")
+    # after cfg_options, so that no option can bring back a download
+    changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
+    for line in changes:
+        log.info("config: %s", line)
     return cfg
 
 
@@ -261,11 +247,84 @@ def _run_fingerprint(resolved_text: str, data_files: list[str]) -> str:
     return f"{digest.hexdigest()}\n"
 
 
+PLAIN_STATE_HOOK = "DetfoldPlainStateHook"
+HISTORY = "__history_buffer__"  # marks a message-hub HistoryBuffer stored as plain lists
+
+
+def to_plain(value: Any) -> Any:
+    """mmengine's training state as builtin types (tensors kept): numpy arrays -> lists, numpy
+    scalars -> numbers, each message-hub HistoryBuffer -> a marked dict of lists."""
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(value, HistoryBuffer):
+        history = {"log_history": value._log_history.tolist(), "count_history": value._count_history.tolist()}
+        return {HISTORY: True, **history, "max_length": int(value.max_length)}
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    if isinstance(value, dict):
+        return type(value)((key, to_plain(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return type(value)(to_plain(item) for item in value)
+    return value
+
+
+def from_plain(value: Any) -> Any:
+    """Inverse of :func:`to_plain` for the message hub: marked dicts back into HistoryBuffers."""
+    from mmengine.logging import HistoryBuffer
+
+    if isinstance(value, dict) and value.get(HISTORY):
+        return HistoryBuffer(value["log_history"], value["count_history"], value["max_length"])
+    if isinstance(value, dict):
+        return type(value)((key, from_plain(item)) for key, item in value.items())
+    return value
+
+
+def register_plain_state_hook() -> None:
+    """Register ``DetfoldPlainStateHook``: every checkpoint this job saves holds builtin types
+    and tensors only (its message hub converted by :func:`to_plain`), so torch's default
+    ``weights_only`` loader reads it back on resume (no allow-list, no full unpickler), and the
+    message hub is rebuilt when it is loaded."""
+    from mmengine.hooks import Hook
+    from mmengine.registry import HOOKS
+
+    class DetfoldPlainStateHook(Hook):
+        priority = "LOWEST"  # saving: after every other hook added its state (EMA weights ...)
+
+        def before_save_checkpoint(self, runner: Any, checkpoint: dict[str, Any]) -> None:
+            for key in ("message_hub", "meta"):
+                if key in checkpoint:
+                    checkpoint[key] = to_plain(checkpoint[key])
+
+        def after_load_checkpoint(self, runner: Any, checkpoint: dict[str, Any]) -> None:
+            if "message_hub" in checkpoint:
+                checkpoint["message_hub"] = from_plain(checkpoint["message_hub"])
+
+    HOOKS.register_module(name=PLAIN_STATE_HOOK, module=DetfoldPlainStateHook, force=True)
+
+
+def check_weights_file(path: str, key: str) -> None:
+    """Raise ValueError, naming the file, when a user's checkpoint holds Python objects besides
+    weights: torch's weights_only loader (what mmengine uses) would refuse it deep inside
+    training; detfold never unpickles it in full."""
+    import torch
+
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as err:  # not a torch checkpoint at all
+        raise ValueError(f"{key} {path!r} is not a readable torch checkpoint ({type(err).__name__}: {err})") from None
+    if unsafe:
+        raise ValueError(
+            f"{key} {path!r} holds Python objects besides weights ({', '.join(sorted(unsafe)[:3])}), which "
+            "detfold never unpickles; save its state_dict alone: torch.save({'state_dict': ckpt['state_dict']}, path)"
+        )
+
+
 def _readable_checkpoint(path: Path) -> bool:
     import torch
 
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
+        torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a checkpoint cut short by a kill: any unpickling error
         log.warning("checkpoint %s is unreadable (%s): not resuming from it", path, err)
         return False
@@ -309,15 +368,23 @@ def train_fold(
 
         register_all_modules(init_default_scope=True)
         register_atomic_checkpoint_backend()
+        register_plain_state_hook()
         torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
         out_dir = Path(checkpoint_out).parent
         work_dir = out_dir / "work"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed, device)
-        fingerprint = _run_fingerprint(cfg.pretty_text, [train_json, val_json])
+        resolved_text = cfg.pretty_text
+        for key in ("load_from", "backbone_weights"):
+            if settings.get(key) not in (None, False):
+                check_weights_file(str(settings[key]), key)
+        fingerprint = _run_fingerprint(resolved_text, [train_json, val_json])
         if _resumable(work_dir, fingerprint):
-            log.info("resuming from %s", (work_dir / "last_checkpoint").read_text().strip())
-            cfg.resume = True
+            own = (work_dir / "last_checkpoint").read_text().strip()
+            log.info("resuming from %s", own)
+            # mmengine resumes from load_from when it is set: point it at this job's own last
+            # epoch checkpoint, never at the pretrained file (that one has no training state)
+            cfg.resume, cfg.load_from = True, own
         elif work_dir.exists():
             log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
             shutil.rmtree(work_dir)
@@ -328,15 +395,7 @@ def train_fold(
         for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
             if isinstance(handler, logging.FileHandler):
                 runner.logger.addHandler(handler)
-        if cfg.resume:
-            # Our own checkpoint from this work dir holds mmengine's training state (message hub,
-            # numpy scalars), which torch's weights_only loader refuses; user checkpoints given as
-            # load_from are still loaded with torch's weights_only default.
-            os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = "1"
-        try:
-            runner.train()
-        finally:
-            os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+        runner.train()  # every checkpoint it reads with torch's weights_only loader: no code runs
 
         last = Path((work_dir / "last_checkpoint").read_text().strip())
         if settings.get("checkpoint", "last") == "best":
@@ -345,12 +404,12 @@ def train_fold(
                 last = best[-1]
             else:
                 log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
-        state = torch.load(last, map_location="cpu", weights_only=False)
+        state = torch.load(last, map_location="cpu", weights_only=True)
         # weights, classes and position only: mmengine's meta also holds the run's time, work dir
         # and config text, which would make two identical trainings differ byte for byte
         meta = {key: state.get("meta", {})[key] for key in SLIM_META if key in state.get("meta", {})}
         slim = {"meta": meta, "state_dict": state["state_dict"]}
         with atomic_open(checkpoint_out, "wb") as handle:
             torch.save(slim, handle)
-        write_text(config_out, cfg.pretty_text)
+        write_text(config_out, resolved_text)
         log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)

@@ -61,6 +61,7 @@ def main() -> None:
             "from mmengine.config import Config; from mmengine.runner import Runner\n"
             f"cfg = Config.fromfile({str(tmp_path / 'd/config.py')!r}); cfg.work_dir = {str(tmp_path / 'plain')!r}\n"
             "cfg.default_hooks.checkpoint.pop('backend_args')  # mmengine's own (non-atomic) saving\n"
+            "cfg.custom_hooks = [h for h in cfg.custom_hooks if h.type != 'DetfoldPlainStateHook']\n"
             "cfg.resume = False; Runner.from_cfg(cfg).train()\n"
         )
         t = time.perf_counter()

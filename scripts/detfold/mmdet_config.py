@@ -1,0 +1,506 @@
+"""Adapting an MMDetection config (a zoo config or the user's own) to one fold of a run.
+
+A zoo config is a tree detfold did not write. Each function below changes one concern the
+way mmdet itself would, finds its targets by walking the tree instead of assuming where they
+sit, and returns a line per change (``resolve_config`` logs them). A shape it does not
+understand stops with an error that names the key. Works on plain dicts and on mmengine's
+``Config`` / ``ConfigDict`` (dict subclasses); nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset", "ConcatDataset")
+CONTAINERS = ("RandomChoice", "TestTimeAug", "RandomApply", "RandomOrder", "MultiScaleFlipAug")
+SIZE_KEYS = ("scale", "scales", "img_scale", "crop_size", "size", "width", "height")
+EPOCH_KEY = re.compile(r"(^|_)epochs?$")  # switch_epoch, begin_epoch, num_last_epochs, ...
+BATCH_NAME = re.compile(r"(\d+)xb(\d+)")  # mmdet's config names: 8xb32 = 8 GPUs x 32 images
+
+
+def _type(step: dict[str, Any]) -> str:
+    """A transform's or dataset's type without its registry scope (``mmdet.Resize`` -> ``Resize``)."""
+    kind = step.get("type", "")
+    return kind.rsplit(".", 1)[-1] if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
+# ---------------------------------------------------------------------------------- data
+
+
+def inner_datasets(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The real datasets under a dataloader's ``dataset``, through RepeatDataset,
+    ClassBalancedDataset, MultiImageMixDataset (``dataset``) and ConcatDataset (``datasets``)."""
+    if "datasets" in node:
+        for child in node["datasets"]:
+            yield from inner_datasets(child)
+    elif "dataset" in node:
+        yield from inner_datasets(node["dataset"])
+    else:
+        yield node
+
+
+def dataset_chain(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every dataset node under ``node``, wrappers first, then what they wrap."""
+    yield node
+    for child in node.get("datasets", []) or []:
+        yield from dataset_chain(child)
+    if isinstance(node.get("dataset"), dict):
+        yield from dataset_chain(node["dataset"])
+
+
+def _one_dataset(parent: dict[str, Any], key: str) -> list[str]:
+    """Replace every ConcatDataset under ``parent[key]`` by its first member: a fold is one COCO file."""
+    node = parent[key]
+    if _type(node) == "ConcatDataset":
+        members = node.get("datasets") or []
+        if not members:
+            raise ValueError(f"{key}: ConcatDataset without datasets")
+        parent[key] = members[0]
+        return [f"ConcatDataset of {len(members)} datasets -> the fold's one COCO file", *_one_dataset(parent, key)]
+    if isinstance(node.get("dataset"), dict):
+        return _one_dataset(node, "dataset")
+    return []
+
+
+def _reads_coco(kind: str) -> bool:
+    """Whether the registered dataset type reads a COCO file as CocoDataset does (it, or a
+    subclass that keeps its loader: not LVIS, which needs the lvis package, nor VOC)."""
+    from mmdet.datasets import CocoDataset
+    from mmdet.registry import DATASETS
+
+    cls = DATASETS.get(kind)
+    return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list
+
+
+def set_fold_data(
+    loader: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...], train: bool
+) -> list[str]:
+    """Point every real dataset of a dataloader at the fold's COCO file and images, with the
+    run's classes. Wrappers stay (their pipelines and repeat counts are the config's); a
+    ConcatDataset becomes its first member; a dataset type that does not read COCO files
+    as CocoDataset does (VOC, LVIS) becomes CocoDataset."""
+    changes = _one_dataset(loader, "dataset")
+    for dataset in inner_datasets(loader["dataset"]):
+        kind = _type(dataset)
+        if kind and not _reads_coco(kind):
+            changes.append(f"dataset type {kind} -> CocoDataset (the fold files are COCO)")
+            dataset["type"] = "CocoDataset"
+        dataset.update(
+            ann_file=str(Path(ann_file).resolve()),
+            data_root="",
+            data_prefix=dict(img=str(Path(images_dir).resolve()) + "/"),
+            metainfo=dict(classes=classes),
+        )
+        if train:
+            dataset["filter_cfg"] = dict(filter_empty_gt=True, min_size=1)
+    for wrapper in dataset_chain(loader["dataset"]):
+        if _type(wrapper) == "RepeatDataset":
+            changes.append(f"RepeatDataset kept: each epoch is {wrapper.get('times')} passes over the fold's images")
+    return changes
+
+
+def set_num_classes(node: Any, num_classes: int) -> int:
+    """Set every ``num_classes`` key in a (nested) model config; return how many were set."""
+    count = 0
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "num_classes":
+                node[key] = num_classes
+                count += 1
+            else:
+                count += set_num_classes(value, num_classes)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            count += set_num_classes(value, num_classes)
+    return count
+
+
+# ------------------------------------------------------------------------------ img_scale
+
+
+def pipeline_steps(pipeline: list[Any]) -> Iterator[dict[str, Any]]:
+    """Every transform of a pipeline, also those nested in RandomChoice / TestTimeAug /
+    RandomApply (``transforms``: a list of transforms, or a list of such lists)."""
+    for step in pipeline or []:
+        if isinstance(step, (list, tuple)):
+            yield from pipeline_steps(list(step))
+        elif isinstance(step, dict):
+            yield step
+            if isinstance(step.get("transforms"), (list, tuple)) and _type(step) != "Albu":
+                yield from pipeline_steps(list(step["transforms"]))
+
+
+def _pair(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+
+
+def _single_size(step: dict[str, Any]) -> tuple[int, int] | None:
+    """The one (w, h) size a transform sizes to, if it has one."""
+    kind = _type(step)
+    if kind == "FixShapeResize" and step.get("width") and step.get("height"):
+        return int(step["width"]), int(step["height"])
+    for key in ("scale", "img_scale", "crop_size", "size"):
+        if _pair(step.get(key)) and not (kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"):
+            return int(step[key][0]), int(step[key][1])
+    return None
+
+
+def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
+    """The pipeline's own input size: the first transform that sizes to one (w, h)."""
+    return next((size for step in pipeline_steps(pipeline) if (size := _single_size(step))), None)
+
+
+class ScaleMap:
+    """Maps the config's sizes onto ``img_scale``: its reference size becomes exactly
+    ``img_scale``; exact sizes scale per axis, keep-ratio scales by long/short side, ranges by
+    one factor."""
+
+    def __init__(self, reference: tuple[int, int], img_scale: tuple[int, int]) -> None:
+        self.ref, self.img = reference, img_scale
+        self.long = max(img_scale) / max(reference)
+        self.short = min(img_scale) / min(reference)
+
+    def exact(self, value: Any) -> tuple[int, int]:
+        return tuple(max(1, round(v * i / r)) for v, i, r in zip(value, self.img, self.ref, strict=True))  # type: ignore[return-value]
+
+    def keep_ratio(self, value: Any) -> tuple[int, int]:
+        a, b = value
+        fa, fb = (self.long, self.short) if a >= b else (self.short, self.long)
+        return max(1, round(a * fa)), max(1, round(b * fb))
+
+    def range(self, value: Any, factor: float) -> tuple[int, int]:
+        return tuple(max(1, round(v * factor)) for v in value)  # type: ignore[return-value]
+
+
+def _scale_step(step: dict[str, Any], scale: ScaleMap, where: str) -> str | None:
+    """Set one transform's sizes through ``scale``; its change line, or None when it has none.
+    Raises on a transform with a size key detfold does not know how to set."""
+    kind = _type(step)
+    before = {key: step.get(key) for key in SIZE_KEYS if step.get(key) is not None}
+    if kind in ("Resize", "RandomResize"):
+        value = step.get("scale")
+        if _pair(value):
+            step["scale"] = scale.keep_ratio(value) if step.get("keep_ratio", False) else scale.exact(value)
+        elif isinstance(value, (list, tuple)) and all(_pair(v) for v in value):  # a range of scales
+            step["scale"] = [scale.keep_ratio(v) for v in value]
+    elif kind == "RandomChoiceResize":
+        step["scales"] = [scale.keep_ratio(v) for v in step["scales"]]
+    elif kind == "RandomCrop":
+        crop_type = step.get("crop_type", "absolute")
+        if crop_type == "absolute":
+            step["crop_size"] = scale.exact(step["crop_size"])
+        elif crop_type == "absolute_range":
+            step["crop_size"] = scale.range(step["crop_size"], scale.short)
+    elif kind in ("Pad", "RandomCenterCropPad"):
+        for key in ("size", "crop_size"):
+            if _pair(step.get(key)):
+                step[key] = scale.exact(step[key])
+    elif kind in ("Mosaic", "CachedMosaic", "MixUp", "CachedMixUp"):
+        step["img_scale"] = scale.exact(step["img_scale"])
+    elif kind == "FixShapeResize":
+        step["width"], step["height"] = scale.exact((step["width"], step["height"]))
+    elif kind in CONTAINERS or kind == "Albu":
+        return None
+    elif before:
+        key = next(iter(before))
+        raise ValueError(
+            f"{where}: transform {kind} has {key}={before[key]!r}, which detfold does not know how to "
+            "set for img_scale; set its size in your config (or cfg_options) and leave img_scale out"
+        )
+    if kind == "RandomAffine" and _pair(step.get("border")) and any(step["border"]):
+        step["border"] = tuple(round(b * i / r) for b, i, r in zip(step["border"], scale.img, scale.ref, strict=True))
+        return f"{where}: RandomAffine border -> {step['border']}"
+    after = {key: step.get(key) for key in before}
+    if after == before:
+        return None
+    return f"{where}: {kind} " + ", ".join(f"{k} {before[k]} -> {after[k]}" for k in before if after[k] != before[k])
+
+
+def scale_pipeline(pipeline: list[Any], scale: ScaleMap, where: str) -> list[str]:
+    return [line for step in pipeline_steps(pipeline) if (line := _scale_step(step, scale, where))]
+
+
+def loader_pipelines(loader: dict[str, Any]) -> Iterator[list[Any]]:
+    """The pipelines of a dataloader: the wrappers' (e.g. MultiImageMixDataset's Mosaic), then
+    the inner datasets'."""
+    for node in dataset_chain(loader["dataset"]):
+        if node.get("pipeline"):
+            yield node["pipeline"]
+
+
+def set_img_scale(cfg: dict[str, Any], img_scale: tuple[int, int], name: str) -> list[str]:
+    """Make ``img_scale`` (w, h) the network input of training and prediction: every sizing
+    transform of the train and test pipelines (nested ones too), the train pipeline a
+    PipelineSwitchHook switches to, and the data preprocessor's batch resizes and pads. Each
+    pipeline's reference size (its first fixed size) becomes exactly ``img_scale``; other sizes
+    scale with it. Raises when the train pipelines have no sizing transform at all."""
+    img_scale = (int(img_scale[0]), int(img_scale[1]))
+    test = list(loader_pipelines(cfg["test_dataloader"]))
+    test_ref = next((ref for p in test if (ref := reference_size(p))), None)
+    changes: list[str] = []
+    train_ref = None
+    pipelines = [("train pipeline", p) for p in loader_pipelines(cfg["train_dataloader"])]
+    pipelines += [
+        (f"{_type(hook)} switch_pipeline", hook["switch_pipeline"])
+        for hook in cfg.get("custom_hooks") or []
+        if isinstance(hook.get("switch_pipeline"), list)
+    ]
+    for where, pipeline in pipelines:
+        ref = reference_size(pipeline) or test_ref
+        if ref is None:
+            continue
+        train_ref = train_ref or ref
+        changes += scale_pipeline(pipeline, ScaleMap(ref, img_scale), where)
+    if not any(line.startswith("train pipeline") for line in changes) and not any(
+        reference_size(p) for _, p in pipelines
+    ):
+        raise ValueError(f"{name}: no sizing transform in the train pipeline for img_scale")
+    for pipeline in test:
+        ref = reference_size(pipeline)
+        if ref is not None:
+            changes += scale_pipeline(pipeline, ScaleMap(ref, img_scale), "test pipeline")
+    if test_ref is None:
+        changes.append("test pipeline has no sizing transform: images are predicted at their own size")
+    preprocessor = (cfg.get("model") or {}).get("data_preprocessor") or {}
+    for augment in preprocessor.get("batch_augments") or []:
+        kind = _type(augment)
+        if kind == "BatchSyncRandomResize" and train_ref:
+            old = augment["random_size_range"]
+            augment["random_size_range"] = ScaleMap(train_ref, img_scale).range(old, max(img_scale) / max(train_ref))
+            changes.append(f"data_preprocessor {kind} random_size_range {old} -> {augment['random_size_range']}")
+        elif kind == "BatchFixedSizePad" and _pair(augment.get("size")) and train_ref:
+            old = augment["size"]
+            augment["size"] = ScaleMap(train_ref, img_scale).exact(old)
+            changes.append(f"data_preprocessor {kind} size {old} -> {augment['size']}")
+    return changes
+
+
+def set_multi_scale(cfg: dict[str, Any], scales: list[Any], name: str) -> list[str]:
+    """Replace the first Resize/RandomResize of the train pipelines by a RandomChoiceResize
+    over ``scales`` ([w, h] each)."""
+    sizes = [tuple(int(v) for v in scale) for scale in scales]
+    for pipeline in loader_pipelines(cfg["train_dataloader"]):
+        for i, step in enumerate(pipeline):
+            if isinstance(step, dict) and _type(step) in ("Resize", "RandomResize"):
+                pipeline[i] = dict(type="RandomChoiceResize", scales=sizes, keep_ratio=True)
+                return [f"multi_scale: {_type(step)} -> RandomChoiceResize over {sizes}"]
+    raise ValueError(f"{name}: no Resize/RandomResize in the train pipeline for multi_scale")
+
+
+# ------------------------------------------------------------------------------ schedule
+
+
+def _stretch(value: int, old: int, new: int) -> int:
+    return round(value * new / old)
+
+
+def stretch_schedulers(param_scheduler: Any, old: int, new: int, unit: str = "epoch") -> tuple[list[Any], list[str]]:
+    """Stretch LR/momentum schedulers of one unit (``epoch``: those with ``by_epoch`` true;
+    ``iter``: the others) from ``old`` to ``new`` units. A scheduler left with nothing to run
+    (end <= begin, or T_max 0) is dropped. Returns the schedulers and the change lines."""
+    schedulers = list(param_scheduler) if isinstance(param_scheduler, (list, tuple)) else [param_scheduler]
+    kept, changes = [], []
+    for sched in schedulers:
+        if bool(sched.get("by_epoch", True)) != (unit == "epoch"):
+            kept.append(sched)
+            continue
+        for key in ("begin", "end", "T_max"):
+            if isinstance(sched.get(key), int):
+                sched[key] = _stretch(sched[key], old, new)
+        if isinstance(sched.get("milestones"), list):
+            sched["milestones"] = [_stretch(m, old, new) for m in sched["milestones"]]
+        begin, end = sched.get("begin", 0), sched.get("end", math.inf)
+        if end <= begin or sched.get("T_max", 1) == 0:
+            changes.append(f"{_type(sched)} dropped: nothing left of it in {new} {unit}s")
+            continue
+        kept.append(sched)
+    if old != new:
+        changes.insert(0, f"{unit}-based schedulers stretched from {old} to {new} {unit}s")
+    return kept, changes
+
+
+def stretch_epoch_hooks(hooks: list[dict[str, Any]], old: int, new: int) -> list[str]:
+    """Stretch every epoch number of the custom hooks (PipelineSwitchHook.switch_epoch,
+    YOLOXModeSwitchHook.num_last_epochs, EMAHook.begin_epoch, ...) from ``old`` to ``new``."""
+    changes = []
+    for hook in hooks:
+        for key, value in list(hook.items()):
+            if EPOCH_KEY.search(key) and isinstance(value, int) and not isinstance(value, bool):
+                hook[key] = _stretch(value, old, new)
+                if hook[key] != value:
+                    changes.append(f"{_type(hook)}.{key} {value} -> {hook[key]}")
+    return changes
+
+
+def is_iteration_based(cfg: dict[str, Any]) -> bool:
+    train_cfg = cfg.get("train_cfg") or {}
+    return _type(train_cfg) == "IterBasedTrainLoop" or "max_iters" in train_cfg
+
+
+def set_schedule(cfg: dict[str, Any], epochs: int | None, iters_per_epoch: int, name: str) -> list[str]:
+    """An epoch-based training loop of ``epochs`` (default: the config's own), every epoch
+    number stretched to it. An iteration-based config (IterBasedTrainLoop) becomes epoch-based:
+    ``epochs`` is then required, and its iteration schedulers are stretched from ``max_iters``
+    to ``epochs x iters_per_epoch``."""
+    train_cfg = cfg.get("train_cfg") or {}
+    changes: list[str] = []
+    if is_iteration_based(cfg):
+        if not epochs:
+            raise ValueError(
+                f"{name}: the config is iteration-based (IterBasedTrainLoop, max_iters "
+                f"{train_cfg.get('max_iters')}); set epochs for detfold's epoch-based folds"
+            )
+        old_iters, new_iters = int(train_cfg["max_iters"]), int(epochs) * iters_per_epoch
+        cfg["param_scheduler"], lines = stretch_schedulers(
+            cfg.get("param_scheduler") or [], old_iters, new_iters, "iter"
+        )
+        changes += [f"IterBasedTrainLoop ({old_iters} iterations) -> {epochs} epochs of {iters_per_epoch}", *lines]
+        sampler = cfg["train_dataloader"].get("sampler") or {}
+        if _type(sampler) == "InfiniteSampler":
+            cfg["train_dataloader"]["sampler"] = dict(type="DefaultSampler", shuffle=True)
+            changes.append("InfiniteSampler -> DefaultSampler (epochs end)")
+        cfg["log_processor"] = {**(cfg.get("log_processor") or {}), "by_epoch": True}
+    else:
+        old = int(train_cfg.get("max_epochs", epochs or 1))
+        epochs = int(epochs or old)
+        if cfg.get("param_scheduler"):
+            cfg["param_scheduler"], lines = stretch_schedulers(cfg["param_scheduler"], old, epochs)
+            changes += lines
+        changes += stretch_epoch_hooks(cfg.get("custom_hooks") or [], old, epochs)
+    cfg["train_cfg"] = dict(type="EpochBasedTrainLoop", max_epochs=int(epochs), val_interval=int(epochs) + 1)
+    return changes
+
+
+def base_batch_size(cfg: dict[str, Any], config_file: str) -> int | None:
+    """The total batch the config's lr was set for: ``auto_scale_lr.base_batch_size`` when the
+    config file itself sets it; else the ``NxbM`` (N GPUs x M images) of its name or of the
+    names in its ``_base_`` (mmdet's naming: RTMDet's configs inherit a generic base batch of
+    16 but were trained at 8xb32); else an inherited ``auto_scale_lr.base_batch_size``; None
+    when nothing says."""
+    base = (cfg.get("auto_scale_lr") or {}).get("base_batch_size")
+    text = Path(config_file).read_text(encoding="utf-8") if Path(config_file).is_file() else ""
+    if base and re.search(r"^auto_scale_lr\b", text, re.MULTILINE):
+        return int(base)
+    bases = re.findall(r"""['"]([^'"]+)['"]""", "".join(re.findall(r"^_base_\s*=.*?(?:\n\S|\Z)", text, re.S | re.M)))
+    for name in [Path(config_file).name, *bases]:
+        if match := BATCH_NAME.search(Path(name).name):
+            return int(match[1]) * int(match[2])
+    return int(base) if base else None
+
+
+def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, config_file: str, name: str) -> list[str]:
+    """mmdet's linear rule: lr x (batch_size x accumulate) / base batch. Default on when the
+    model's settings give no ``lr`` and the config states its base batch; ``auto_scale_lr:
+    true`` without a base batch is an error. detfold applies it itself (mmengine's own
+    scaling stays off, it ignores gradient accumulation)."""
+    enable = settings.get("auto_scale_lr")
+    base = base_batch_size(cfg, config_file)
+    cfg["auto_scale_lr"] = dict(enable=False, base_batch_size=base or batch_size)
+    if enable is None:
+        enable = "lr" not in settings and base is not None
+    if not enable:
+        return []
+    if base is None:
+        raise ValueError(
+            f"{name}: auto_scale_lr is true but the config states no base batch size "
+            "(auto_scale_lr.base_batch_size, or NxbM in its name); set it, or set lr"
+        )
+    effective = batch_size * int(settings.get("accumulate", 1))
+    optimizer = cfg["optim_wrapper"]["optimizer"]
+    old = float(optimizer["lr"])
+    optimizer["lr"] = old * effective / base
+    return [f"auto_scale_lr: lr {old:g} x {effective}/{base} -> {optimizer['lr']:g}"]
+
+
+# ------------------------------------------------------------------------------- weights
+
+
+def _is_remote(checkpoint: str) -> bool:
+    return "://" in checkpoint or not Path(checkpoint).is_file()
+
+
+def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[str, Any], str]]:
+    """(key, owner, field) of every pretrained-weights reference in a model config: an
+    ``init_cfg`` of type Pretrained (or a list holding one) and mmdet 2's ``pretrained``."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            here = f"{key}.{name}"
+            if name == "init_cfg":
+                for i, init in enumerate(value if isinstance(value, list) else [value]):
+                    if isinstance(init, dict) and _type(init) == "Pretrained":
+                        yield (here if not isinstance(value, list) else f"{here}[{i}]"), node, name
+            elif name == "pretrained" and isinstance(value, str):
+                yield here, node, name
+            else:
+                yield from pretrained_inits(value, here)
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from pretrained_inits(value, f"{key}[{i}]")
+
+
+def _init_of(owner: dict[str, Any], field: str, key: str) -> dict[str, Any]:
+    """The init_cfg dict that ``key`` names (``...init_cfg`` or ``...init_cfg[i]``)."""
+    value = owner[field]
+    return value[int(key.rsplit("[", 1)[1][:-1])] if isinstance(value, list) else value
+
+
+def _checkpoint_of(owner: dict[str, Any], field: str, key: str) -> str:
+    if field == "pretrained":
+        return str(owner[field] or "")
+    return str(_init_of(owner, field, key).get("checkpoint") or "")
+
+
+def _drop(owner: dict[str, Any], field: str) -> None:
+    value = owner[field]
+    if isinstance(value, list):
+        owner[field] = [init for init in value if not (isinstance(init, dict) and _type(init) == "Pretrained")] or None
+    else:
+        owner[field] = None
+
+
+def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbone_weights: Any, name: str) -> list[str]:
+    """Make sure no pretrained weights are fetched at training start. With ``load_from`` every
+    pretrained ``init_cfg`` is dropped (the checkpoint overwrites the model); with
+    ``backbone_weights: PATH`` the backbone's reads that local file; ``backbone_weights: false``
+    drops them all (from scratch). A remote one left otherwise is an error naming key and URL.
+    Local files the config itself names are kept."""
+    inits = list(pretrained_inits(model))
+    changes: list[str] = []
+    if backbone_weights not in (None, False):
+        if not Path(str(backbone_weights)).is_file():
+            raise FileNotFoundError(
+                f"{name}: backbone_weights {backbone_weights!r} not found (weights are never downloaded)"
+            )
+        if load_from:
+            changes.append(f"backbone_weights {backbone_weights} not used: load_from overwrites the whole model")
+    remote = []
+    checkpoints = [_checkpoint_of(owner, field, key) for key, owner, field in inits]  # before any is dropped
+    for (key, owner, field), checkpoint in zip(inits, checkpoints, strict=True):
+        if not checkpoint or not _is_remote(checkpoint):
+            continue
+        if load_from or backbone_weights is False:
+            _drop(owner, field)
+            why = "load_from overwrites it" if load_from else "backbone_weights: false, from scratch"
+            changes.append(f"{key} ({checkpoint}) dropped: {why}")
+        elif backbone_weights is not None and key.startswith("model.backbone."):
+            local = str(Path(str(backbone_weights)).resolve())
+            if field == "pretrained":
+                owner[field] = local
+            else:
+                _init_of(owner, field, key)["checkpoint"] = local
+            changes.append(f"{key}: {checkpoint} -> {local} (backbone_weights)")
+        else:
+            remote.append((key, checkpoint))
+    if remote:
+        key, url = remote[0]
+        more = f" (and {len(remote) - 1} more)" if len(remote) > 1 else ""
+        raise ValueError(
+            f"{name}: {key} = {url!r}{more} would be downloaded at training start, and weights are never "
+            "downloaded: set load_from (a local COCO checkpoint), backbone_weights (a local file) or "
+            "backbone_weights: false (train from scratch)"
+        )
+    return changes
