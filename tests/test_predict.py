@@ -206,3 +206,25 @@ def test_resolved_config_saves_checkpoints_through_the_atomic_backend(repo, bccd
     cfg = resolve_config(settings, str(data), str(data), str(bccd_dir / "images"), str(tmp_path / "w"), 42, "cpu")
     assert cfg.default_hooks.checkpoint.backend_args == {"backend": ATOMIC_BACKEND}
     assert Path(cfg.work_dir) == (tmp_path / "w").resolve()
+
+
+def test_detfold_enforces_score_threshold_and_cap_for_every_head():
+    from detfold.mmdet_predict import enforce_thresholds
+
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 5, 5], [2, 2, 8, 8], [3, 3, 9, 9]], dtype=float)
+    scores = np.array([0.3, 0.9, 0.01, 0.9])  # as a DETR head returns them: unthresholded, unsorted
+    labels = np.array([0, 1, 2, 0])
+    kept_boxes, kept_scores, kept_labels = enforce_thresholds(boxes, scores, labels, 0.05, 2)
+    assert kept_scores.tolist() == [0.9, 0.9] and kept_labels.tolist() == [1, 0]  # ties: the model's order
+    assert kept_boxes.tolist() == [[1, 1, 5, 5], [3, 3, 9, 9]]
+    none = enforce_thresholds(boxes, scores, labels, 0.95, 100)
+    assert none[0].shape == (0, 4) and none[1].shape == (0,) and none[2].shape == (0,)
+
+
+def test_score_key_names_what_the_head_reads():
+    from detfold.mmdet_predict import set_test_thresholds
+
+    assert set_test_thresholds({"score_thr": 0.01, "nms": {}}, 0.05, 100) == "test_cfg.score_thr"
+    assert set_test_thresholds({"rpn": {}, "rcnn": {"score_thr": 0.05}}, 0.05, 100) == "test_cfg.rcnn.score_thr"
+    detr = {"max_per_img": 100}
+    assert set_test_thresholds(detr, 0.05, 50) == "none (detfold filters)" and detr["max_per_img"] == 50

@@ -1,8 +1,9 @@
 """Inference of one trained fold model on a set of images, as COCO results (heavy imports lazy).
 
-The score threshold and the per-image cap are set at the model's real ``test_cfg`` key
-(``test_cfg.score_thr`` for one-stage detectors, ``test_cfg.rcnn.score_thr`` for two-stage
-ones), so they filter what the model returns instead of only what is drawn.
+The score threshold and the per-image cap are enforced by detfold on what the model returns,
+for every head (DETR-family heads read no ``score_thr``, YOLOX no cap), and after a TTA merge.
+They are also set at the model's own ``test_cfg`` key (``test_cfg.score_thr`` for one-stage
+detectors, ``test_cfg.rcnn.score_thr`` for two-stage ones), where they only save time.
 
 Test-time augmentation (``predict.tta``) runs the model on several views of each image
 (horizontal flip, the test input size times each scale factor), maps every view's boxes back to
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img: int) -> str:
-    """Set score threshold and detections cap where the model reads them; return that key."""
+    """Set score threshold and detections cap at the model's test_cfg (a speed-up: detfold
+    enforces both itself, :func:`enforce_thresholds`); return the score key the model reads,
+    or ``none (detfold filters)`` when its config has none (DETR-family heads)."""
     if not 0 <= score_thr <= 1:
         raise ValueError(f"predict.score_thr must be in [0, 1], got {score_thr!r}")
     if max_per_img < 1:
@@ -35,9 +38,22 @@ def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img:
     target, key = test_cfg, "test_cfg"
     if isinstance(test_cfg.get("rcnn"), dict):
         target, key = test_cfg["rcnn"], "test_cfg.rcnn"
+    had_score = "score_thr" in target
     target["score_thr"] = float(score_thr)
     target["max_per_img"] = int(max_per_img)
-    return key
+    return f"{key}.score_thr" if had_score else "none (detfold filters)"
+
+
+def enforce_thresholds(
+    bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, score_thr: float, max_per_img: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the detections with score >= ``score_thr``, best first, at most ``max_per_img``
+    (ties keep the model's order); whatever the head did with its test_cfg."""
+    bboxes = np.asarray(bboxes, dtype=float).reshape(-1, 4)
+    scores, labels = np.asarray(scores, dtype=float).reshape(-1), np.asarray(labels).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    order = order[scores[order] >= score_thr][:max_per_img]
+    return bboxes[order], scores[order], labels[order]
 
 
 TTA_MERGES = ("nms", "wbf")
@@ -84,7 +100,7 @@ def scaled_test_pipeline(pipeline: list[dict[str, Any]], factor: float, stride: 
     its input size (every Resize/Pad scale), rounded to a multiple of ``stride`` px (detectors'
     feature pyramids need sizes divisible by their largest stride). Raises when the pipeline has
     no Resize."""
-    from detfold.mmdet_train import set_img_scale
+    from detfold.mmdet_config import ScaleMap, reference_size, scale_pipeline
 
     steps = copy.deepcopy(list(pipeline))
     if not steps or "LoadImage" not in str(steps[0].get("type", "")):
@@ -95,7 +111,7 @@ def scaled_test_pipeline(pipeline: list[dict[str, Any]], factor: float, stride: 
         raise ValueError(f"test pipeline has no Resize with a scale to apply TTA scales to: {pipeline!r}")
     width, height = resize[0]["scale"]
     size = tuple(max(stride, round(side * factor / stride) * stride) for side in (width, height))
-    set_img_scale(steps, size)
+    scale_pipeline(steps, ScaleMap(reference_size(steps) or (width, height), size), "TTA test pipeline")
     return steps
 
 
@@ -181,11 +197,12 @@ def predict_images(
     import torch
     from mmdet.apis import inference_detector, init_detector
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
+
+    from detfold.mmdet_train import load_resolved_config
 
     register_all_modules(init_default_scope=True)
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-    cfg = Config.fromfile(config_path)
+    cfg = load_resolved_config(config_path)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     check_checkpoint(checkpoint)
@@ -197,12 +214,12 @@ def predict_images(
         raise ValueError(f"model classes {missing} are not categories of {coco.path} ({sorted(by_name)})")
     label_to_cat = [by_name[c] for c in classes]
     log.info(
-        "predicting %d images on %s (%s score_thr=%s, max_per_img=%d)",
+        "predicting %d images on %s (score_thr=%s, max_per_img=%d, enforced by detfold; model's score key: %s)",
         len(coco.images),
         device,
-        key,
         score_thr,
         max_per_img,
+        key,
     )
     pipelines = None
     if tta is not None:
@@ -218,6 +235,7 @@ def predict_images(
         else:
             views = predict_views(model, read_image(path, image), tta, pipelines)
             bboxes, scores, labels = merge_views(views, image["width"], image["height"], tta, max_per_img)
+        bboxes, scores, labels = enforce_thresholds(bboxes, scores, labels, score_thr, max_per_img)
         results += to_coco_results(bboxes, scores, labels, image, label_to_cat)
         if n % 50 == 0 or n == len(coco.images):
             log.info("predicted %d/%d images", n, len(coco.images))
