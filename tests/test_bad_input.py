@@ -62,6 +62,29 @@ def yolo_case(label, names="RBC\nWBC\n", label_name="BloodImage_00000.txt"):
     return make
 
 
+PRED = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}]
+
+
+def pred_case(mutate, command="evaluate", extra=()):
+    """A results file (one good prediction, then ``mutate``d) scored or fused against GOOD."""
+
+    def make(tmp):
+        preds = json.loads(json.dumps(PRED))
+        text = mutate(preds)
+        (tmp / "gt.json").write_text(json.dumps(GOOD))
+        (tmp / "pred.json").write_text(text if isinstance(text, str) else json.dumps(preds, allow_nan=True))
+        files = ["--pred", str(tmp / "pred.json")]
+        if command == "evaluate":
+            return ["evaluate", "--gt", str(tmp / "gt.json"), *files, "--json", str(tmp / "out.json")]
+        return ["ensemble", "--images", str(tmp / "gt.json"), *files, "--out", str(tmp / "out.json"), *extra]
+
+    return make
+
+
+def set_pred(**values):
+    return lambda preds: preds[0].update(values)
+
+
 VOC_OK = "<annotation><filename>a.jpg</filename><size><width>10</width><height>10</height></size>{}</annotation>"
 
 
@@ -107,6 +130,55 @@ CASES = {
     "yolo-orphan-label": (yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="ghost.txt"), "label files without an image"),
     "yolo-empty-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="\n# none\n"), "no class names in the file"),
     "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
+    "coco-iscrowd-string": (coco_case(lambda d: d["annotations"][0].update(iscrowd="0")), "iscrowd must be 0 or 1"),
+    # predictions scored by `detfold evaluate`: garbage never scores (pycocotools gives NaN boxes AP 1.0)
+    "eval-bbox-nan": (pred_case(set_pred(bbox=[float("nan")] * 4)), "pred.json[0].bbox must be 4 finite numbers"),
+    "eval-score-nan": (pred_case(set_pred(score=float("nan"))), "pred.json[0].score must be a finite number >= 0"),
+    "eval-score-null": (pred_case(set_pred(score=None)), "score must be a finite number >= 0, got None"),
+    "eval-score-string": (pred_case(set_pred(score="0.9")), "score must be a finite number >= 0, got '0.9'"),
+    "eval-bbox-strings": (pred_case(set_pred(bbox=["1", "2", "3", "4"])), "[0].bbox must be 4 finite numbers"),
+    "eval-bbox-3-numbers": (pred_case(set_pred(bbox=[1, 2, 3])), "[0].bbox must be 4 finite numbers"),
+    "eval-bbox-infinite": (pred_case(set_pred(bbox=[1, 2, float("inf"), 3])), "[0].bbox must be 4 finite numbers"),
+    "eval-negative-size": (pred_case(set_pred(bbox=[10, 10, -5, 20])), "[0].bbox has a negative width or height"),
+    "eval-image-id-string": (pred_case(set_pred(image_id="1")), "[0].image_id must be an integer, got '1'"),
+    "eval-category-bool": (pred_case(set_pred(category_id=True)), "[0].category_id must be an integer, got True"),
+    "eval-not-a-list": (pred_case(lambda p: json.dumps({"annotations": p})), "COCO results must be a JSON list"),
+    "eval-entry-not-object": (pred_case(lambda p: p.append([1, 2])), "pred.json[1]: a COCO result must be an object"),
+    "eval-missing-score": (pred_case(lambda p: p[0].pop("score")), "missing ['score']"),
+    "eval-unknown-image": (pred_case(set_pred(image_id=7)), "image_id 7 is not in the ground truth"),
+    # `detfold ensemble`: members and options checked before anything is fused or written
+    "fuse-missing-score": (pred_case(lambda p: p[0].pop("score"), "ensemble"), "missing ['score']"),
+    "fuse-score-nan": (pred_case(set_pred(score=float("nan")), "ensemble"), "score must be a finite number"),
+    "fuse-negative-size": (pred_case(set_pred(bbox=[10, 10, 5, -2]), "ensemble"), "negative width or height"),
+    "fuse-unknown-category": (
+        pred_case(set_pred(category_id=9), "ensemble"),
+        "pred.json[0].category_id 9 is not a category",
+    ),
+    "fuse-unknown-image": (pred_case(set_pred(image_id=9), "ensemble"), "pred.json[0].image_id 9 is not an image"),
+    "fuse-max-per-img-0": (
+        pred_case(lambda p: None, "ensemble", ["--max-per-img", "0"]),
+        "--max-per-img must be >= 1, got 0",
+    ),
+    "fuse-skip-box-thr-5": (
+        pred_case(lambda p: None, "ensemble", ["--skip-box-thr", "5"]),
+        "--skip-box-thr must be in [0, 1], got 5.0",
+    ),
+    "fuse-iou-thr-negative": (
+        pred_case(lambda p: None, "ensemble", ["--iou-thr", "-0.1"]),
+        "--iou-thr must be in [0, 1], got -0.1",
+    ),
+    "fuse-weight-zero": (
+        pred_case(lambda p: None, "ensemble", ["--weights", "0"]),
+        "--weights must be finite numbers > 0, got [0.0]",
+    ),
+    "fuse-weight-negative": (
+        pred_case(lambda p: None, "ensemble", ["--weights", "-1"]),
+        "--weights must be finite numbers > 0, got [-1.0]",
+    ),
+    "fuse-weight-count": (
+        pred_case(lambda p: None, "ensemble", ["--weights", "1", "2"]),
+        "--weights: 2 weights for 1 prediction files",
+    ),
 }
 
 
@@ -123,4 +195,4 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, bccd_dir, capsys):
 
 
 def test_there_are_enough_cases():
-    assert len(CASES) >= 15
+    assert len(CASES) >= 50

@@ -88,11 +88,11 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.coco import load_coco
-    from detfold.io import read_json, write_json
+    from detfold.coco import load_coco, load_results
+    from detfold.io import write_json
     from detfold.metrics import evaluate_coco
 
-    result = evaluate_coco(load_coco(args.gt), read_json(args.pred), args.pred)
+    result = evaluate_coco(load_coco(args.gt), load_results(args.pred), args.pred)
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
@@ -101,13 +101,23 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from detfold.coco import load_coco
+    from detfold.coco import load_coco, load_results
     from detfold.fusion import fuse_coco_predictions
-    from detfold.io import read_json, write_json
+    from detfold.io import write_json
 
-    images = load_coco(args.images, require_annotations=False).images
+    check_fusion_args(args)
+    coco = load_coco(args.images, require_annotations=False)
+    members = [load_results(p) for p in args.pred]
+    image_ids, category_ids = set(coco.image_ids), set(coco.category_ids)
+    for path, member in zip(args.pred, members, strict=True):
+        for i, pred in enumerate(member):
+            if pred["image_id"] not in image_ids:
+                raise ValueError(f"{path}[{i}].image_id {pred['image_id']} is not an image of {args.images}")
+            if category_ids and pred["category_id"] not in category_ids:
+                raise ValueError(f"{path}[{i}].category_id {pred['category_id']} is not a category of {args.images}")
+    images = coco.images
     fused = fuse_coco_predictions(
-        [read_json(p) for p in args.pred],
+        members,
         images,
         method=args.method,
         weights=args.weights,
@@ -119,6 +129,22 @@ def _ensemble(args: argparse.Namespace) -> None:
     )
     write_json(args.out, fused)
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
+
+
+def check_fusion_args(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the option whose value cannot make sense for a fusion."""
+    if args.max_per_img < 1:
+        raise ValueError(f"--max-per-img must be >= 1, got {args.max_per_img}")
+    for name in ("iou_thr", "skip_box_thr"):
+        value = getattr(args, name)
+        if not 0 <= value <= 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+    if args.weights is not None:
+        if len(args.weights) != len(args.pred):
+            raise ValueError(f"--weights: {len(args.weights)} weights for {len(args.pred)} prediction files")
+        bad = [w for w in args.weights if not w > 0 or w == float("inf")]
+        if bad:
+            raise ValueError(f"--weights must be finite numbers > 0, got {args.weights}")
 
 
 def parser() -> argparse.ArgumentParser:

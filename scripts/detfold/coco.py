@@ -125,7 +125,59 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
             problems.append(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        if ("iscrowd" in ann and ann["iscrowd"] not in (0, 1)) or isinstance(ann.get("iscrowd"), bool | float):
+            problems.append(f"{where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
     return problems
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def results_problems(data: Any, source: str = "predictions") -> list[str]:
+    """Every structural problem of a COCO results list (``image_id, category_id, bbox
+    [x, y, w, h] in px, score``), one message each naming ``source[index].key`` and the value:
+    ids must be integers, ``bbox`` 4 finite numbers with w, h >= 0, ``score`` a finite number
+    >= 0. Strings, null, NaN and infinities are refused, never converted."""
+    if not isinstance(data, list):
+        return [f"{source}: COCO results must be a JSON list, got {type(data).__name__}"]
+    problems: list[str] = []
+    for i, pred in enumerate(data):
+        where = f"{source}[{i}]"
+        if not isinstance(pred, dict):
+            problems.append(f"{where}: a COCO result must be an object, got {pred!r}")
+            continue
+        missing = [k for k in ("image_id", "category_id", "bbox", "score") if k not in pred]
+        if missing:
+            problems.append(f"{where}: a COCO result needs image_id, category_id, bbox, score; missing {missing}")
+            continue
+        for key in ("image_id", "category_id"):
+            if not _is_id(pred[key]):
+                problems.append(f"{where}.{key} must be an integer, got {pred[key]!r}")
+        bbox = pred["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            problems.append(f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+        elif bbox[2] < 0 or bbox[3] < 0:
+            problems.append(f"{where}.bbox has a negative width or height: {bbox!r}")
+        score = pred["score"]
+        if not _is_number(score) or score < 0:
+            problems.append(f"{where}.score must be a finite number >= 0, got {score!r}")
+    return problems
+
+
+def check_results(data: Any, source: str = "predictions") -> list[dict[str, Any]]:
+    """``data`` when it is a valid COCO results list; else ``ValueError`` with the first
+    problems (and how many there are)."""
+    problems = results_problems(data, source)
+    if problems:
+        more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
+        raise ValueError("; ".join(problems[:3]) + more)
+    return data
+
+
+def load_results(path: str | Path) -> list[dict[str, Any]]:
+    """Read and check a COCO results JSON file (see :func:`results_problems`)."""
+    return check_results(read_json(path), str(path))
 
 
 def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:

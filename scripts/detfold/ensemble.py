@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detfold.coco import Coco
+from detfold.coco import Coco, load_results
 from detfold.cocoeval import BboxEvaluator
 from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_coco_predictions
 from detfold.io import atomic_open, read_json
@@ -123,9 +124,7 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> list[dict[str
     fmt = spec.get("format", "coco")
     results: list[dict[str, Any]] = []
     if fmt == "coco":
-        data = read_json(path)
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: COCO results must be a JSON list")
+        data = load_results(path)
         known_img, known_cat = set(by_name.values()), set(cat_ids)
         img_map, cat_map = None, None
         if spec.get("id_source"):
@@ -158,13 +157,20 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> list[dict[str
                         cat_id = cat_ids[int(label)]
                     else:
                         raise ValueError(f"{path}: row {n}: label {label!r} is neither a class name nor an index")
-                    x1f, y1f, x2f, y2f = (float(v) for v in (x1, y1, x2, y2))
+                    try:
+                        x1f, y1f, x2f, y2f, scoref = (float(v) for v in (x1, y1, x2, y2, score))
+                    except ValueError:
+                        raise ValueError(f"{path}: row {n}: a box value is not a number: {values[j : j + 6]}") from None
+                    if not all(math.isfinite(v) for v in (x1f, y1f, x2f, y2f, scoref)) or x2f < x1f or y2f < y1f:
+                        raise ValueError(
+                            f"{path}: row {n}: box {values[j : j + 6]} is not finite or has x2 < x1 / y2 < y1"
+                        )
                     results.append(
                         {
                             "image_id": image_id,
                             "category_id": cat_id,
                             "bbox": [x1f, y1f, x2f - x1f, y2f - y1f],
-                            "score": float(score),
+                            "score": scoref,
                         }
                     )
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from detfold.coco import Coco
+from detfold.coco import Coco, check_results
 from detfold.cocoeval import REC_THRS, evaluate_bbox
 
 log = logging.getLogger(__name__)
@@ -39,18 +39,11 @@ def _defined(value: float) -> float | None:
 
 
 def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> None:
-    """Raise ``ValueError`` naming the first prediction with an unknown image or category id."""
-    if not isinstance(predictions, list):
-        raise ValueError(f"{source}: COCO results must be a JSON list, got {type(predictions).__name__}")
+    """Raise ``ValueError`` naming the first ill-formed prediction (:func:`detfold.coco.check_results`:
+    types, non-finite values, negative sizes) or one with an unknown image or category id."""
+    check_results(predictions, source)
     image_ids, category_ids = set(gt.image_ids), set(gt.category_ids)
     for i, pred in enumerate(predictions):
-        missing = [
-            k for k in ("image_id", "category_id", "bbox", "score") if not isinstance(pred, dict) or k not in pred
-        ]
-        if missing:
-            raise ValueError(
-                f"{source}[{i}]: a COCO result needs image_id, category_id, bbox, score; missing {missing}"
-            )
         if pred.get("image_id") not in image_ids:
             raise ValueError(f"{source}[{i}]: image_id {pred.get('image_id')!r} is not in the ground truth {gt.path}")
         if pred.get("category_id") not in category_ids:
