@@ -62,6 +62,69 @@ def yolo_case(label, names="RBC\nWBC\n", label_name="BloodImage_00000.txt"):
     return make
 
 
+def image_case(damage):
+    """GOOD's one image, copied and ``damage``d (a function of the copy's path), audited."""
+
+    def make(tmp):
+        import shutil
+
+        from conftest import BCCD
+
+        (tmp / "images").mkdir()
+        shutil.copy(BCCD / "images" / "BloodImage_00000.jpg", tmp / "images")
+        damage(tmp / "images" / "BloodImage_00000.jpg")
+        (tmp / "in.json").write_text(json.dumps(GOOD))
+        return ["audit", str(tmp / "in.json"), "--images", str(tmp / "images"), "--out", str(tmp / "out")]
+
+    return make
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def exif_rotate(orientation):
+    def damage(path):
+        from PIL import Image
+
+        with Image.open(path) as handle:
+            pixels = handle.copy()
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        pixels.save(path, exif=exif)
+
+    return damage
+
+
+def split_case(damage):
+    """``detfold split --group-by auto`` (dHash of every image) on a damaged copy of GOOD's image."""
+
+    def make(tmp):
+        image_case(lambda path: None)(tmp)
+        data = json.loads(json.dumps(GOOD))
+        data["images"].append({**data["images"][0], "id": 2, "file_name": "broken.jpg"})
+        data["annotations"].append({**data["annotations"][0], "id": 2, "image_id": 2})
+        (tmp / "in.json").write_text(json.dumps(data))
+        broken = tmp / "images" / "broken.jpg"
+        broken.write_bytes((tmp / "images" / "BloodImage_00000.jpg").read_bytes())
+        damage(broken)
+        images = str(tmp / "images")
+        return [
+            "split",
+            str(tmp / "in.json"),
+            "--k",
+            "2",
+            "--group-by",
+            "auto",
+            "--images",
+            images,
+            "--out",
+            str(tmp / "out"),
+        ]
+
+    return make
+
+
 PRED = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}]
 
 
@@ -130,6 +193,14 @@ CASES = {
     "yolo-orphan-label": (yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="ghost.txt"), "label files without an image"),
     "yolo-empty-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="\n# none\n"), "no class names in the file"),
     "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
+    "image-truncated": (image_case(truncate), "BloodImage_00000.jpg: image file unreadable (image file is truncated"),
+    "image-exif-rotated-90": (image_case(exif_rotate(6)), "BloodImage_00000.jpg: EXIF orientation 6 (rotated 90)"),
+    "image-exif-mirrored": (image_case(exif_rotate(2)), "EXIF orientation 2 (mirrored): mmcv would load it turned"),
+    "image-not-an-image": (
+        image_case(lambda p: p.write_text("not a jpeg")),
+        "BloodImage_00000.jpg: image file unreadable",
+    ),
+    "split-auto-truncated": (split_case(truncate), "broken.jpg: image file unreadable for near-duplicate"),
     "coco-iscrowd-string": (coco_case(lambda d: d["annotations"][0].update(iscrowd="0")), "iscrowd must be 0 or 1"),
     # predictions scored by `detfold evaluate`: garbage never scores (pycocotools gives NaN boxes AP 1.0)
     "eval-bbox-nan": (pred_case(set_pred(bbox=[float("nan")] * 4)), "pred.json[0].bbox must be 4 finite numbers"),

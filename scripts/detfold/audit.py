@@ -120,8 +120,17 @@ class ImageFileError(ValueError):
     """An image listed in a COCO file is missing, unreadable or of another size."""
 
 
+#: EXIF orientations under which mmcv (OpenCV) loads an image rotated or mirrored
+EXIF_TURNED = {2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "transposed", 6: "rotated 90", 7: "transversed"}
+EXIF_TURNED[8] = "rotated 270"
+
+
 def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
-    """Check every image file; raise one error listing those missing, unreadable or mis-sized.
+    """Check every image file, decoded in full (a truncated or corrupt file fails here, not in
+    training); raise one error listing those missing, unreadable, mis-sized or carrying an EXIF
+    orientation. mmcv applies EXIF orientation when it loads an image (OpenCV does), so such an
+    image would be trained rotated against boxes drawn on its stored pixels: it is refused,
+    with the fix in the message, rather than normalised behind the user's back.
 
     Images without ``width``/``height`` get them from the file; the returned notes say so.
     """
@@ -133,11 +142,20 @@ def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
         try:
             with Image.open(path) as handle:
                 size = handle.size
+                orientation = handle.getexif().get(0x0112, 1)
+                handle.load()  # decode every pixel: truncated files raise here
         except FileNotFoundError:
             problems.append(f"{path}: image file missing (image id {im['id']} in {coco.path})")
             continue
-        except (UnidentifiedImageError, OSError) as err:
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
             problems.append(f"{path}: image file unreadable ({err})")
+            continue
+        if orientation in EXIF_TURNED:
+            problems.append(
+                f"{path}: EXIF orientation {orientation} ({EXIF_TURNED[orientation]}): mmcv would load it turned, "
+                "against boxes on the stored pixels; save it upright (PIL.ImageOps.exif_transpose) with its "
+                "boxes in that frame, or remove the tag"
+            )
             continue
         if "width" not in im or "height" not in im:
             im["width"], im["height"] = size

@@ -378,8 +378,11 @@ def dhash(path: str | Path, size: int = 8) -> int:
     """64-bit difference hash of an image: grey, (size+1) x size, bit = left pixel > right pixel."""
     from PIL import Image
 
-    with Image.open(path) as handle:
-        grey = np.asarray(handle.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
+    try:
+        with Image.open(path) as handle:
+            grey = np.asarray(handle.convert("L").resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
+    except (OSError, SyntaxError) as err:  # missing, truncated, not an image
+        raise ValueError(f"{path}: image file unreadable for near-duplicate grouping ({err})") from None
     bits = (grey[:, :-1] > grey[:, 1:]).ravel()
     return int(np.packbits(bits).view(">u8")[0])
 

@@ -2,8 +2,8 @@
 
 detfold takes any mmdet 3.x detector config (a path, or ``mmdet::family/name.py`` from the
 installed mmdet), and fills in what a K-fold run decides: the fold's annotation files and
-images, the classes (and every ``num_classes`` in the model), epochs (rescaling epoch-based
-LR schedules), batch size, lr, seed and work dir. The resolved config is written beside the
+images, the classes (and every ``num_classes`` in the model), epochs (stretching every epoch
+number of the config), batch size, lr, seed and work dir. The resolved config is written beside the
 checkpoint. A killed job resumes from its last epoch checkpoint when the resolved config is
 unchanged (also with ``load_from``: the job's own epoch checkpoint, never the pretrained file);
 a changed config starts over. Every checkpoint is read with torch's ``weights_only`` loader
@@ -71,9 +71,10 @@ def load_mmdet_config(config: str) -> Any:
             os.unlink(handle.name)
     if not Path(config).is_file():
         raise FileNotFoundError(f"model config {config!r} not found (a path, or mmdet::family/name.py)")
-    add_import_paths([str(Path(config).resolve().parent)])
+    folder = str(Path(config).resolve().parent)
+    add_import_paths([folder])
     cfg = Config.fromfile(config)
-    cfg[IMPORT_PATHS] = [str(Path(config).resolve().parent)]
+    cfg[IMPORT_PATHS] = [folder]
     return cfg
 
 
