@@ -147,6 +147,12 @@ def test_overrides_keep_and_drop(bccd, tmp_path):
     assert 7 not in clean.image_ids
 
 
+def test_overrides_saved_by_a_spreadsheet_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "o.csv"
+    path.write_text("ann_id,image_id,decision,note\n372,,keep,ok\n", encoding="utf-8-sig")
+    assert read_overrides(path) == [Override("keep", 372, None, "ok")]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

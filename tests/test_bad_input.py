@@ -160,7 +160,10 @@ CASES = {
     "coco-not-json": (coco_case(lambda d: "images: []"), "not valid JSON"),
     "coco-truncated": (coco_case(lambda d: json.dumps(d)[:40]), "truncated JSON"),
     "coco-no-images": (coco_case(lambda d: d.pop("images")), "missing top-level key 'images'"),
-    "coco-dup-image-id": (coco_case(lambda d: d["images"].append(dict(d["images"][0]))), "id 1 is a duplicate"),
+    "coco-dup-image-id": (
+        coco_case(lambda d: d["images"].append({**d["images"][0], "file_name": "other.jpg"})),
+        "id 1 is a duplicate",
+    ),
     "coco-dup-ann-id": (
         coco_case(lambda d: d["annotations"].append(dict(d["annotations"][0]))),
         "annotations[1].id 1 is a duplicate",
@@ -201,6 +204,26 @@ CASES = {
         "BloodImage_00000.jpg: image file unreadable",
     ),
     "split-auto-truncated": (split_case(truncate), "broken.jpg: image file unreadable for near-duplicate"),
+    "coco-dup-category-name": (
+        coco_case(lambda d: d["categories"].append({"id": 2, "name": "RBC"})),
+        "categories[1].name 'RBC' is a duplicate of categories[0]",
+    ),
+    "coco-dup-file-name": (
+        coco_case(lambda d: d["images"].append({**d["images"][0], "id": 2})),
+        "images[1].file_name 'BloodImage_00000.jpg' is a duplicate of images[0]",
+    ),
+    "coco-file-name-up": (
+        coco_case(lambda d: d["images"][0].update(file_name="../secret.jpg")),
+        "images[0].file_name '../secret.jpg' leaves the images folder",
+    ),
+    "coco-file-name-absolute": (
+        coco_case(lambda d: d["images"][0].update(file_name="/etc/passwd")),
+        "images[0].file_name '/etc/passwd' leaves the images folder",
+    ),
+    "audit-overrides-missing": (
+        lambda tmp: [*coco_case(lambda d: None)(tmp), "--overrides", str(tmp / "overides.csv")],
+        "overrides file",
+    ),
     "coco-iscrowd-string": (coco_case(lambda d: d["annotations"][0].update(iscrowd="0")), "iscrowd must be 0 or 1"),
     # predictions scored by `detfold evaluate`: garbage never scores (pycocotools gives NaN boxes AP 1.0)
     "eval-bbox-nan": (pred_case(set_pred(bbox=[float("nan")] * 4)), "pred.json[0].bbox must be 4 finite numbers"),

@@ -81,7 +81,11 @@ SCHEMA_CASES = {
     "no models": (edited(models={}), "models needs at least 1 entry (got none)"),
     "bad model name": (
         edited(**{"models__my model": {"config": "x.py"}}),
-        "models: name 'my model' must match '^[A-Za-z0-9_.-]+$'",
+        "models: name 'my model' must be letters, digits, _ . - (not dots alone",
+    ),
+    "model named ..": (
+        edited(**{"models__..": {"config": "x.py"}}),
+        "models: name '..' must be letters, digits, _ . - (not dots alone: a model's name is a folder",
     ),
     "bad group_by": (edited(folds__group_by="regexp:(.*)"), "folds.group_by = 'regexp:(.*)' does not match"),
     "bad tta merge": (

@@ -94,8 +94,9 @@ def fold_data(workdir: Path) -> tuple[Path, Path]:
 
 
 def step_coco_checkpoint(config: str, out: str) -> dict[str, Any]:
-    """Build the zoo config's model as published (80 COCO classes, random weights: nothing can
-    be downloaded) and save it as a checkpoint; return its parameter count."""
+    """Build the zoo config's model as published (80 COCO classes, initialised as its config
+    says but without pretrained weights: nothing can be downloaded) and save it as a
+    checkpoint; return its parameter count."""
     import torch
     from detfold.mmdet_config import pretrained_inits
     from detfold.mmdet_train import load_mmdet_config
@@ -107,6 +108,7 @@ def step_coco_checkpoint(config: str, out: str) -> dict[str, Any]:
     for _, owner, key in list(pretrained_inits(cfg.model)):
         owner[key] = None
     model = MODELS.build(cfg.model)
+    model.init_weights()  # the config's own initialisation, as training starts it (L2Norm, heads, ...)
     torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": ("coco",) * 80}}}, out)
     return {"parameters": sum(p.numel() for p in model.parameters())}
 

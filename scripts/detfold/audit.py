@@ -352,10 +352,12 @@ def read_overrides(path: str | Path | None) -> list[Override]:
 
     ``keep`` needs an ann_id; ``drop`` takes an ann_id (that box) or only an image_id (the image).
     """
-    if not path or not Path(path).is_file():
+    if not path:
         return []
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"overrides file {str(path)!r} not found")
     overrides = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is fine
         rows = [r for r in csv.DictReader(line for line in handle if not line.lstrip().startswith("#"))]
     for n, row in enumerate(rows, start=2):
         where = f"{path}: row {n}"

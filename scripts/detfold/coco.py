@@ -108,12 +108,30 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
     image_ids = unique_ids("images")
     category_ids = unique_ids("categories")
     unique_ids("annotations")
+    first_file: dict[str, int] = {}
     for i, im in enumerate(data["images"]):
-        if isinstance(im, dict) and not isinstance(im.get("file_name"), str):
-            problems.append(f"{path}: images[{i}].file_name must be a string, got {im.get('file_name')!r}")
+        if not isinstance(im, dict):
+            continue
+        name = im.get("file_name")
+        if not isinstance(name, str):
+            problems.append(f"{path}: images[{i}].file_name must be a string, got {name!r}")
+        elif Path(name).is_absolute() or ".." in Path(name).parts:
+            problems.append(f"{path}: images[{i}].file_name {name!r} leaves the images folder (absolute or '..')")
+        elif name in first_file:
+            problems.append(f"{path}: images[{i}].file_name {name!r} is a duplicate of images[{first_file[name]}]")
+        else:
+            first_file[name] = i
+    first_name: dict[str, int] = {}
     for i, cat in enumerate(data["categories"]):
-        if isinstance(cat, dict) and not isinstance(cat.get("name"), str):
-            problems.append(f"{path}: categories[{i}].name must be a string, got {cat.get('name')!r}")
+        if not isinstance(cat, dict):
+            continue
+        name = cat.get("name")
+        if not isinstance(name, str):
+            problems.append(f"{path}: categories[{i}].name must be a string, got {name!r}")
+        elif name in first_name:
+            problems.append(f"{path}: categories[{i}].name {name!r} is a duplicate of categories[{first_name[name]}]")
+        else:
+            first_name[name] = i
     for i, ann in enumerate(data.get("annotations", [])):
         if not isinstance(ann, dict):
             continue

@@ -89,9 +89,8 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     problems: list[str] = []
     for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         if "propertyNames" in error.schema_path:  # a bad name (of a model): reported on its parent
-            problems.append(
-                f"{_key(error.absolute_path)}: name {error.instance!r} must match {error.validator_value!r}"
-            )
+            rule = error.schema.get("description") or f"match {error.validator_value!r}"
+            problems.append(f"{_key(error.absolute_path)}: name {error.instance!r} must be {rule}")
             continue
         problems += _describe(error)
     return list(dict.fromkeys(problems))
