@@ -94,6 +94,18 @@ def test_outside_is_clipped_with_the_amount_said():
     assert [a["bbox"] for a in clean.annotations] == [[90.0, 10.0, 10.0, 20.0]]
 
 
+def test_float_noise_past_the_border_is_not_a_finding():
+    """Normalised coordinates exported with 6 decimals land a fraction of a pixel past the edge
+    (image 100 px wide): below OUTSIDE_TOLERANCE_PX (0.01 px) that is no finding, above it is."""
+    from detfold.audit import OUTSIDE_TOLERANCE_PX
+
+    assert OUTSIDE_TOLERANCE_PX == 0.01
+    noise, real = [60, 10, 40.0002, 20], [60, 10, 40.02, 20]
+    clean, findings = audit_coco(small_coco([(1, noise), (1, real)]))
+    assert [(f.ann_id, f.check) for f in findings if f.check == "outside_image"] == [(2, "outside_image")]
+    assert clean.annotations[0]["bbox"] == noise  # left as it is: never silently clipped
+
+
 def test_pairs_and_empty_images():
     boxes = [(1, [10, 10, 20, 20]), (1, [11, 10, 20, 20]), (2, [50, 50, 20, 20]), (1, [50, 51, 20, 20])]
     _, findings = audit_coco(small_coco(boxes))

@@ -195,6 +195,25 @@ CASES = {
     "yolo-not-a-number": (yolo_case("0 0.5 half 0.1 0.1\n"), "cy must be a finite number, got 'half'"),
     "yolo-orphan-label": (yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="ghost.txt"), "label files without an image"),
     "yolo-empty-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="\n# none\n"), "no class names in the file"),
+    "yolo-pixel-coordinates": (yolo_case("0 160 120 20 20\n"), "cx = 160 is outside [0, 1]: YOLO coordinates are"),
+    "yolo-blank-class-line": (
+        yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\n\nWBC\n"),
+        "line 2 is blank or a comment, but YOLO class indices are line numbers",
+    ),
+    "yolo-names-differ-in-case": (
+        yolo_case("0 0.5 0.5 0.1 0.1\n", names=" rbc \nRBC\n"),
+        "class names that differ only in case ['RBC', 'rbc']",
+    ),
+    "yolo-labels-folder-missing": (
+        lambda tmp: [
+            a.replace(str(tmp / "labels"), str(tmp / "lables")) for a in yolo_case("0 0.5 0.5 0.1 0.1\n")(tmp)
+        ],
+        "lables: labels folder not found",
+    ),
+    "yolo-no-label-files": (
+        yolo_case("0 0.5 0.5 0.1 0.1\n", label_name="BloodImage_00000.lbl"),
+        "no .txt label files in the labels folder",
+    ),
     "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
     "image-truncated": (image_case(truncate), "BloodImage_00000.jpg: image file unreadable (image file is truncated"),
     "image-exif-rotated-90": (image_case(exif_rotate(6)), "BloodImage_00000.jpg: EXIF orientation 6 (rotated 90)"),

@@ -116,6 +116,11 @@ class Override:
     note: str = ""
 
 
+#: float noise allowed past the border before a box counts as outside_image (normalised
+#: coordinates exported with 6 decimals land up to ~0.0005 px past the edge of a 1000 px image)
+OUTSIDE_TOLERANCE_PX = 0.01
+
+
 class ImageFileError(ValueError):
     """An image listed in a COCO file is missing, unreadable or of another size."""
 
@@ -274,7 +279,7 @@ def audit_coco(
                 add(ann, im, "degenerate", min(w, h))
                 continue
             outside = max(-x, -y, x + w - width, y + h - height)
-            is_outside = outside > policy.rules["outside_image"].threshold
+            is_outside = outside > policy.rules["outside_image"].threshold + OUTSIDE_TOLERANCE_PX
             if is_outside and add(ann, im, "outside_image", outside) == "clip":
                 x1, y1 = max(x, 0.0), max(y, 0.0)
                 x2, y2 = min(x + w, width), min(y + h, height)

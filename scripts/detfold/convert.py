@@ -26,18 +26,33 @@ class AnnotationImportError(ValueError):
     """An annotation file of another format is malformed; the message names file and value."""
 
 
-def read_class_names(path: str | Path) -> list[str]:
-    """One class name per line (blank lines and # comments ignored); raise if none or duplicates."""
+def read_class_names(path: str | Path, by_line: bool = False) -> list[str]:
+    """One class name per line, stripped (blank lines and # comments ignored); raise if none,
+    duplicates, or names that differ only in case. ``by_line`` (YOLO, whose class index is the
+    line number): a blank or comment line before the last name is an error, it would shift
+    every later class."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: class names file not found") from None
-    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    if not names:
+    kept = [(n, line.strip()) for n, line in enumerate(lines, start=1)]
+    kept = [(n, name) for n, name in kept if name and not name.startswith("#")]
+    if not kept:
         raise AnnotationImportError(f"{path}: no class names in the file")
+    if by_line:
+        gaps = [n for n in range(1, kept[-1][0]) if n not in {line for line, _ in kept}]
+        if gaps:
+            raise AnnotationImportError(
+                f"{path}: line {gaps[0]} is blank or a comment, but YOLO class indices are line numbers: "
+                "it would shift every later class; remove it"
+            )
+    names = [name for _, name in kept]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise AnnotationImportError(f"{path}: duplicate class names {dupes}")
+    folded = sorted({n for n in names if sum(m.lower() == n.lower() for m in names) > 1})
+    if folded:
+        raise AnnotationImportError(f"{path}: class names that differ only in case {folded}: one class or two?")
     return names
 
 
@@ -136,6 +151,10 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
     Every image in ``images_dir`` becomes an image (one without a label file has no boxes);
     a label file without an image is an error.
     """
+    if not Path(labels_dir).is_dir():
+        raise FileNotFoundError(f"{labels_dir}: labels folder not found")
+    if not any(Path(labels_dir).glob("*.txt")):
+        raise AnnotationImportError(f"{labels_dir}: no .txt label files in the labels folder")
     image_files = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not image_files:
         raise AnnotationImportError(f"{images_dir}: no image files")
@@ -168,6 +187,12 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
                     f"{where}: class index {cls} outside 0..{len(class_names) - 1} ({len(class_names)} names)"
                 )
             cx, cy, w, h = (_number(v, where, k) for v, k in zip(fields[1:], ("cx", "cy", "w", "h"), strict=True))
+            for key, value in (("cx", cx), ("cy", cy), ("w", w), ("h", h)):
+                if not 0 <= value <= 1:
+                    raise AnnotationImportError(
+                        f"{where}: {key} = {value:g} is outside [0, 1]: YOLO coordinates are fractions of the "
+                        "image size (pixel coordinates?)"
+                    )
             bw, bh = w * width, h * height
             annotations.append(
                 {

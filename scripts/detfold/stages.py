@@ -72,7 +72,7 @@ def run_import(fmt: str, source: str, images: str, class_names: str | None, out:
     from detfold import convert
     from detfold.coco import validate_coco
 
-    names = convert.read_class_names(class_names) if class_names else None
+    names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
     if fmt == "voc":
         data = convert.voc_to_coco(source, images, names)
     elif fmt == "yolo":
