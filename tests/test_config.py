@@ -93,6 +93,19 @@ SCHEMA_CASES = {
         "predict.tta.merge = 'mean' is not allowed (allowed values: nms, wbf)",
     ),
     "missing data key": (edited(data__test_images=None), "data: required key 'test_images' is missing"),
+    "k as a float": (edited(folds__k=5.0), "folds.k = 5.0 has the wrong type: expected integer"),
+    "epochs as a float": (
+        edited(models__rtmdet_tiny__epochs=12.0),
+        "models.rtmdet_tiny.epochs = 12.0 has the wrong type: expected integer",
+    ),
+    "external without test file": (
+        edited(ensemble__external=[{"name": "yolo", "oof": "a.json"}]),
+        "ensemble.external.0: required key 'test' is missing",
+    ),
+    "backbone_weights true": (
+        edited(models__rtmdet_tiny__backbone_weights=True),
+        "models.rtmdet_tiny.backbone_weights = True",
+    ),
 }
 
 
@@ -183,6 +196,14 @@ FEASIBILITY_CASES = {
         {"ensemble__external": [{"name": "yolo", "oof": "yolo_oof.json"}]},
         "ensemble.external[0].oof = 'yolo_oof.json': file not found",
     ),
+    "search weights of the wrong length": (
+        {"ensemble": {"external": [], "search": {"weights": [[1.0, 2.0]]}}},
+        "ensemble.search.weights[0] = [1.0, 2.0] has 2 weights for 1 members",
+    ),
+    "external in another format": (
+        {"ensemble__external": [{"name": "yolo", "oof": "test.json", "test": "test.json", "format": "csv"}]},
+        "ensemble.external[0].oof = 'test.json': format is csv but the file is neither a COCO results list",
+    ),
     "train file not coco": ({}, "data.train_annotations: train.json: not a COCO detection file (no 'images' list)"),
     "train file truncated": ({}, "data.train_annotations: train.json: truncated JSON (the file ends early)"),
 }
@@ -200,6 +221,19 @@ def test_impossible_config_is_refused_before_any_job(case, workdir, bccd_dir):
         check_feasible(feasible_config(bccd_dir, **changes))
     assert any(expected in p for p in err.value.problems), err.value.problems
     assert sorted(p.name for p in workdir.iterdir()) == before  # nothing written, nothing removed
+
+
+def test_schema_and_file_problems_are_reported_together(workdir, bccd_dir, tmp_path):
+    """One try shows both: a schema problem does not hide a missing file."""
+    config = feasible_config(bccd_dir, data__train_annotations="nope.json")
+    config["folds"]["k"] = 3.0
+    schema_file = tmp_path / "schema.yaml"
+    schema_file.write_text(yaml.safe_dump(SCHEMA))
+    with pytest.raises(ConfigError) as err:
+        check_schema(config, schema_file)
+    text = str(err.value)
+    assert "folds.k = 3.0 has the wrong type: expected integer" in text
+    assert "data.train_annotations = 'nope.json': file not found" in text
 
 
 def test_feasible_config_passes(workdir, bccd_dir):

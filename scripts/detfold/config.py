@@ -9,6 +9,7 @@ config, a missing ``load_from`` checkpoint, relative paths that leave the workin
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
@@ -85,7 +86,12 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     """Every schema violation of ``config`` as one readable line, in key order."""
     import jsonschema
 
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    base = jsonschema.validators.validator_for(schema)
+    # an integer is written as one: 5.0 would pass JSON schema's "integer" and break range(k) later
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    validator = jsonschema.validators.extend(base, type_checker=checker)(schema)
     problems: list[str] = []
     for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
         if "propertyNames" in error.schema_path:  # a bad name (of a model): reported on its parent
@@ -96,12 +102,18 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     return list(dict.fromkeys(problems))
 
 
-def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
-    """Raise :class:`ConfigError` listing every schema violation of ``config``."""
+def check_schema(
+    config: dict[str, Any], schema_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = "."
+) -> None:
+    """Raise :class:`ConfigError` listing every schema violation of ``config``, and with them
+    the feasibility problems that can already be seen (missing files, ...), so that one try
+    shows them all."""
     with open(schema_path, encoding="utf-8") as handle:
         schema = yaml.safe_load(handle)
     problems = schema_problems(config, schema)
     if problems:
+        with contextlib.suppress(Exception):  # a config too broken to look further shows its schema problems
+            problems += [p for p in feasibility_problems(config, workdir) if p not in problems]
         raise ConfigError(problems)
 
 
@@ -193,6 +205,7 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
                 problems.append(f"models.{model}.config = {name!r}: no such config in the installed mmdet ({path})")
         elif not name.endswith(".py"):
             problems.append(f"models.{model}.config = {name!r}: expected an mmdet config file (.py) or mmdet::name.py")
+    problems += _ensemble_problems(config)
     data = config["data"]
     if not missing & {"data.train_annotations"}:
         try:
@@ -216,6 +229,35 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
                 problems.append(
                     f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
                 )
+    return problems
+
+
+def _ensemble_problems(config: dict[str, Any]) -> list[str]:
+    """Ensemble settings that would fail only after every model trained: search weight vectors
+    of the wrong length, external prediction files in another format than stated."""
+    ensemble = config.get("ensemble") or {}
+    external = ensemble.get("external") or []
+    members = len(config.get("models") or {}) + len(external)
+    problems = [
+        f"ensemble.search.weights[{i}] = {w!r} has {len(w)} weights for {members} members "
+        "(the models in name order, then the external ones)"
+        for i, w in enumerate((ensemble.get("search") or {}).get("weights") or [])
+        if isinstance(w, list) and len(w) != members
+    ]
+    for i, spec in enumerate(external):
+        fmt = spec.get("format", "coco")
+        for split in ("oof", "test"):
+            path = spec.get(split)
+            if not path or not Path(path).is_file():
+                continue
+            with open(path, encoding="utf-8-sig", errors="replace") as handle:
+                head = handle.read(4096).lstrip()
+            looks = "coco" if head.startswith("[") else "csv" if "PredictionString" in head.split("\n", 1)[0] else None
+            if looks != fmt:
+                seen = (
+                    f"looks like {looks}" if looks else "is neither a COCO results list nor a CSV with PredictionString"
+                )
+                problems.append(f"ensemble.external[{i}].{split} = {path!r}: format is {fmt} but the file {seen}")
     return problems
 
 
