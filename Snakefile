@@ -6,17 +6,23 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 sys.path.insert(0, f"{workflow.basedir}/scripts")
-from detfold.config import check_feasible, check_schema
+from detfold.config import check_feasible, check_schema, drop_disabled_models, warn_merged_config
 
 
 configfile: "config/config.yaml"
 
 
-# The config gate, before any job: every schema problem (key, value, what is allowed), then
-# defaults filled in, then what a schema cannot see (missing files, k > images, ...).
+# The config gate, before any job: models set to null left out, every schema problem (key,
+# value, what is allowed), then defaults filled in, then what a schema cannot see (missing
+# files, k > images, ...), and a warning for demo settings merged into a user's --configfile.
+drop_disabled_models(config)
 check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 check_feasible(config)
+warn_merged_config(
+    config,
+    merged=bool(workflow.overwrite_configfiles) and not workflow.config_settings.replace_workflow_config,
+)
 
 
 report: "workflow/report/workflow.rst"

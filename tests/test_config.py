@@ -260,3 +260,19 @@ def test_snakemake_refuses_before_any_job(tmp_path, edit, expected):
     assert expected in output
     assert "problem(s); nothing was run" in output
     assert "Job stats" not in output
+
+
+def test_demo_settings_merged_into_a_users_configfile_are_named(tmp_path):
+    """Snakemake merges --configfile over config/config.yaml: the demo's data keys and model
+    left in a user's config are named, with the two ways out; the demo itself gets none."""
+    from detfold.config import config_warnings, drop_disabled_models
+
+    default = REPO / "config" / "config.yaml"
+    assert config_warnings(edited(), default) == []  # the demo as it is
+    mine = edited(data__train_annotations="/data/trash/train.json", **{"models__mine": {"config": "m.py"}})
+    warnings = config_warnings(mine, default)
+    assert any(w.startswith("data.test_annotations is still the bundled demo's") for w in warnings)
+    demo_model = [w for w in warnings if w.startswith("models.rtmdet_tiny is the demo's model")]
+    assert demo_model and "--replace-workflow-config" in demo_model[0] and "`rtmdet_tiny: null`" in demo_model[0]
+    mine["models"]["rtmdet_tiny"] = None
+    assert drop_disabled_models(mine) == ["rtmdet_tiny"] and sorted(mine["models"]) == ["mine"]

@@ -232,6 +232,59 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
     return problems
 
 
+DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
+
+
+def drop_disabled_models(config: dict[str, Any]) -> list[str]:
+    """Remove the models set to null (``models: {rtmdet_tiny: null}``): how a ``--configfile``,
+    which Snakemake merges over config/config.yaml, leaves out a model of that file. Returns
+    their names."""
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return []
+    dropped = sorted(name for name, settings in models.items() if settings is None)
+    for name in dropped:
+        del models[name]
+    return dropped
+
+
+def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[str] = "config/config.yaml") -> list[str]:
+    """What looks like the demo left in a user's config by Snakemake's merge of ``--configfile``
+    over config/config.yaml: the demo's data beside the user's own, or the demo's models with
+    the user's data."""
+    data = config.get("data") or {}
+    paths = {key: value for key, value in data.items() if key != "format" and isinstance(value, str)}
+    demo = sorted(key for key, value in paths.items() if DEMO_DATA in value)
+    if demo and len(demo) == len(paths):
+        return []  # the demo itself
+    warnings = [
+        f"data.{key} is still the bundled demo's ({paths[key]}) while other data keys are your own: Snakemake "
+        "merges --configfile over config/config.yaml (add --replace-workflow-config to use your file alone), "
+        "or set every data key in your file"
+        for key in demo
+    ]
+    if Path(default_config).is_file():
+        with open(default_config, encoding="utf-8") as handle:
+            default_models = (yaml.safe_load(handle) or {}).get("models") or {}
+        for name, settings in sorted((config.get("models") or {}).items()):
+            if name in default_models and (settings or {}).get("config") == (default_models[name] or {}).get("config"):
+                warnings.append(
+                    f"models.{name} is the demo's model from {default_config} and will be trained on your data "
+                    f"too (Snakemake merges --configfile over it): add --replace-workflow-config to use your file "
+                    f"alone, or write `{name}: null` under models to leave it out"
+                )
+    return warnings
+
+
+def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
+    """Log :func:`config_warnings` when a ``--configfile`` was merged over config/config.yaml
+    (``merged``); return them."""
+    warnings = config_warnings(config) if merged else []
+    for line in warnings:
+        log.warning("detfold: %s", line)
+    return warnings
+
+
 def _ensemble_problems(config: dict[str, Any]) -> list[str]:
     """Ensemble settings that would fail only after every model trained: search weight vectors
     of the wrong length, external prediction files in another format than stated."""
