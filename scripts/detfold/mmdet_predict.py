@@ -198,9 +198,11 @@ def predict_images(
     from mmdet.apis import inference_detector, init_detector
     from mmdet.utils import register_all_modules
 
+    from detfold.mmdet_compat import patch_mmdet
     from detfold.mmdet_train import load_resolved_config
 
     register_all_modules(init_default_scope=True)
+    patch_mmdet()
     torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
     cfg = load_resolved_config(config_path)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)

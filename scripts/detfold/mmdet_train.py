@@ -367,7 +367,10 @@ def train_fold(
         from mmdet.utils import register_all_modules
         from mmengine.runner import Runner
 
+        from detfold.mmdet_compat import patch_mmdet
+
         register_all_modules(init_default_scope=True)
+        patch_mmdet()  # validation during training predicts too
         register_atomic_checkpoint_backend()
         register_plain_state_hook()
         torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
