@@ -204,6 +204,10 @@ FEASIBILITY_CASES = {
         {"ensemble__external": [{"name": "yolo", "oof": "test.json", "test": "test.json", "format": "csv"}]},
         "ensemble.external[0].oof = 'test.json': format is csv but the file is neither a COCO results list",
     ),
+    "group regex invalid": (
+        {"folds__group_by": "regex:(frame"},
+        "folds.group_by = 'regex:(frame': not a valid regular expression (missing ), unterminated subpattern",
+    ),
     "train file not coco": ({}, "data.train_annotations: train.json: not a COCO detection file (no 'images' list)"),
     "train file truncated": ({}, "data.train_annotations: train.json: truncated JSON (the file ends early)"),
 }

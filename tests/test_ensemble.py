@@ -101,6 +101,17 @@ def test_external_coco_with_id_source_and_csv(bccd_test, tmp_path):
         ("image_id,PredictionString\nnope.jpg,0 0.5 1 1 2 2\n", "csv", "'nope.jpg' matches no file name"),
         ("image_id,PredictionString\nBloodImage_00003.jpg,0 0.5 1 1\n", "csv", "not a multiple of 6"),
         ("image_id,PredictionString\nBloodImage_00003.jpg,Cat 0.5 1 1 2 2\n", "csv", "label 'Cat'"),
+        # garbage from another tool never reaches the fusion or the search
+        ('[{"image_id": 4, "category_id": 1, "bbox": [1, 1, 2, 2], "score": NaN}]', "coco", r"\[0\]\.score must be"),
+        ('[{"image_id": 4, "category_id": 1, "bbox": [1, 1, NaN, 2], "score": 0.5}]', "coco", r"\[0\]\.bbox must be"),
+        (
+            '[{"image_id": "4", "category_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}]',
+            "coco",
+            "image_id must be an int",
+        ),
+        ("image_id,PredictionString\nBloodImage_00003.jpg,0 nan 1 1 2 2\n", "csv", "is not finite"),
+        ("image_id,PredictionString\nBloodImage_00003.jpg,0 0.5 5 1 2 2\n", "csv", "x2 < x1"),
+        ("image_id,PredictionString\nBloodImage_00003.jpg,0 high 1 1 2 2\n", "csv", "a box value is not a number"),
     ],
 )
 def test_external_mismatches_are_clear_errors(bccd_test, tmp_path, content, fmt, message):

@@ -14,6 +14,7 @@ import difflib
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,12 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
         elif not name.endswith(".py"):
             problems.append(f"models.{model}.config = {name!r}: expected an mmdet config file (.py) or mmdet::name.py")
     problems += _ensemble_problems(config)
+    group_by = str((config.get("folds") or {}).get("group_by") or "")
+    if group_by.startswith("regex:"):
+        try:
+            re.compile(group_by[len("regex:") :])
+        except re.error as err:
+            problems.append(f"folds.group_by = {group_by!r}: not a valid regular expression ({err})")
     data = config["data"]
     if not missing & {"data.train_annotations"}:
         try:
