@@ -54,7 +54,8 @@ FAMILIES = (
     Family("Cascade R-CNN", "mmdet::cascade_rcnn/cascade-rcnn_r50_fpn_1x_coco.py"),
     Family("DETR", "mmdet::detr/detr_r18_8xb2-500e_coco.py", ci=True),
     Family("Deformable DETR", "mmdet::deformable_detr/deformable-detr_r50_16xb2-50e_coco.py"),
-    Family("DINO", "mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py"),
+    # DINO selects 900 queries among the encoder's tokens: at 160 px an image has ~400 of them
+    Family("DINO", "mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py", settings={"img_scale": [320, 320]}),
     Family("RetinaNet 90k (iteration-based)", "mmdet::retinanet/retinanet_r50_fpn_90k_coco.py"),
     Family("Faster R-CNN LSJ (RepeatDataset, AMP)", "mmdet::faster_rcnn/faster-rcnn_r18_fpn_8xb8-amp-lsj-200e_coco.py"),
 )
