@@ -9,10 +9,11 @@ The tiny workflow (2 folds, 1 epoch, RTMDet-tiny, 20 + 6 images) runs twice with
 the test overrides (partition, 1 s before the first status check, ``squeue`` for job states:
 the test cluster has no accounting database, so no sacct):
 
-1. with a mistake in the config (an ensemble weight vector with 2 weights for 1 model): every
-   training and prediction job finishes, ensemble_oof fails in SLURM, the run exits non-zero;
-2. after fixing the config: the run completes, and only the failed job and what depends on it
-   run again (the trained models and predictions are not redone).
+1. with a mistake that only a job can find (an external member's CSV whose image names match
+   no training image; the config gate checks its format, not every row): every training and
+   prediction job finishes, ensemble_oof fails in SLURM, the run exits non-zero;
+2. after fixing the config (the member removed): the run completes, and only the failed job
+   and what depends on it run again (the trained models and predictions are not redone).
 """
 
 from __future__ import annotations
@@ -111,14 +112,12 @@ def slurm_runs(cluster, tmp_path_factory, repo, bccd_dir):
     config = tiny_config(repo, bccd_dir, workdir, n_train=20, n_test=6)
     config["folds"]["k"] = 2
     config["models"] = {"tiny": {k: v for k, v in config["models"]["tiny"].items() if k != "val_interval"}}
+    foreign = workdir / "other_oof.csv"  # the mistake: another tool's file names, not ours
+    foreign.write_text("image_id,PredictionString\nnot_an_image.jpg,0 0.5 1 1 2 2\n")
+    external = {"name": "other", "oof": str(foreign), "test": str(foreign), "format": "csv"}
     config["ensemble"] = {
-        "search": {
-            "method": ["wbf", "nms"],
-            "iou_thr": [0.55],
-            "skip_box_thr": [0.0],
-            "conf_type": ["avg"],
-            "weights": [[1, 2]],  # the mistake: 2 weights for 1 model
-        }
+        "search": {"method": ["wbf", "nms"], "iou_thr": [0.55], "skip_box_thr": [0.0], "conf_type": ["avg"]},
+        "external": [external],
     }
     config["resources"] = RESOURCES
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -131,7 +130,7 @@ def slurm_runs(cluster, tmp_path_factory, repo, bccd_dir):
     runs["first_mtimes"] = outputs_mtimes(workdir)
     runs["first_logs"] = {p.name: p.read_text() for p in (workdir / "logs").rglob("*.log")}
 
-    config["ensemble"]["search"]["weights"] = []  # the fix: equal weights
+    config["ensemble"]["external"] = []  # the fix: the foreign member left out
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     start = time.monotonic()
     runs["second"] = snakemake(repo, workdir, cluster)
@@ -166,7 +165,7 @@ def test_failed_job_fails_the_run(slurm_runs):
     assert "SLURM status is: 'FAILED'" in output(first), output(first)[-3000:]
     assert "Error in rule ensemble_oof" in output(first)
     log = slurm_runs["first_logs"]["ensemble_oof.log"]
-    assert "ensemble.search.weights: [1, 2] has 2 weights for 1 members" in log
+    assert "other_oof.csv: row 2: image_id 'not_an_image.jpg' matches no file name" in log
     failed = [j for j in slurm_runs["first_jobs"].values() if j["JobState"] == "FAILED"]
     assert [j["rule"] for j in failed] == ["ensemble_oof"]
     # keep-going: every job that does not depend on the failed one ran, and succeeded in SLURM

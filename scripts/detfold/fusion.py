@@ -302,7 +302,9 @@ class ResultArrays:
             *columns, self.n_models, method, weights, max_per_image=max_per_image, **kwargs
         )
         xyxy = boxes * np.hstack([self.wh[images], self.wh[images]])
-        return images, labels, np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]]), scores
+        xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+        # rounded here, as the written files hold them, so the search scores what is written
+        return images, labels, np.round(xywh, 3), np.round(scores, 6)
 
 
 def fuse_coco_predictions(
@@ -330,8 +332,8 @@ def fuse_coco_predictions(
         {
             "image_id": int(arrays.ids[i]),
             "category_id": int(label),
-            "bbox": [round(float(v), 3) for v in box],
-            "score": round(float(score), 6),
+            "bbox": [float(v) for v in box],  # rounded by fuse: 0.001 px, scores 1e-6
+            "score": float(score),
         }
         for i, label, box, score in zip(img, labels, xywh, scores, strict=True)
     ]
