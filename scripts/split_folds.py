@@ -1,4 +1,4 @@
-"""Rule split_folds: assign every image (or group of images) to one balanced fold."""
+"""Rule split_folds: set the blend split aside, then assign every other image (or group) to one balanced fold."""
 
 from detfold.logs import log_to
 from detfold.stages import run_split
@@ -18,4 +18,6 @@ run_split(
     out_plot=snakemake.output.plot,
     out_summary=snakemake.output.summary,
     out_near_duplicates=snakemake.output.near_duplicates,
+    blend_share=snakemake.params.blend_share,
+    out_blend=snakemake.output.blend,
 )

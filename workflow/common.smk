@@ -15,7 +15,7 @@ FOLDS = list(range(config["folds"]["k"]))
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
     fold=r"\d+",
-    split="oof|test",
+    split="oof|test|blend",
 
 
 def audit_input(split):
@@ -49,14 +49,17 @@ def model_config_file(wildcards):
 
 
 def predict_annotations(wildcards):
-    """Out-of-fold predictions cover the fold's val images; test ones the test images."""
+    """Out-of-fold predictions cover the fold's val images, blend ones the blend split (no fold
+    trains on it), test ones the test images."""
     if wildcards.split == "oof":
         return f"results/folds/fold{wildcards.fold}/val.json"
+    if wildcards.split == "blend":
+        return "results/folds/blend.json"
     return "results/audit/test.json"
 
 
 def predict_images(wildcards):
-    key = "train_images" if wildcards.split == "oof" else "test_images"
+    key = "test_images" if wildcards.split == "test" else "train_images"
     return config["data"][key]
 
 

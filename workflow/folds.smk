@@ -13,6 +13,7 @@ rule split_folds:
         ),
         summary="results/folds/balance.json",
         near_duplicates="results/folds/near_duplicates.csv",
+        blend="results/folds/blend.json",
     log:
         "logs/split_folds.log",
     benchmark:
@@ -30,6 +31,7 @@ rule split_folds:
         weights=lookup(dpath="folds/weights", within=config),
         near_duplicate_distance=lookup(dpath="folds/near_duplicate_distance", within=config),
         images=lookup(dpath="data/train_images", within=config),
+        blend_share=lookup(dpath="folds/blend_share", within=config),
     script:
         "../scripts/split_folds.py"
 

@@ -282,6 +282,26 @@ def assign_folds(
     return table.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
+def split_blend(
+    coco: Coco,
+    share: float,
+    seed: int = 42,
+    method: str = "balanced",
+    groups: Sequence[str] | np.ndarray | None = None,
+    weights: BalanceWeights | None = None,
+) -> list[int]:
+    """Image ids of the blend split: a seeded share of the images, balanced as the folds are
+    (the same method, groups kept whole), that no fold model trains on.
+
+    The images are split into ``round(1 / share)`` balanced parts and the first part is the
+    blend split, so its size is ``1 / round(1 / share)`` of the images (share 0.2: a fifth)."""
+    if not 0 < share <= 0.5:
+        raise ValueError(f"folds.blend_share must be in (0, 0.5], got {share!r}")
+    parts = max(2, round(1 / share))
+    table = assign_folds(coco, k=parts, seed=seed, method=method, groups=groups, weights=weights)
+    return table.loc[table.fold == 0, "image_id"].astype(int).tolist()
+
+
 def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights | None = None) -> float:
     """The quantity ``balanced`` minimises: sum over folds and balanced quantities of
     weight x ((fold total - total / K) / (total / K))^2."""

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from detfold import audit, folds
@@ -102,9 +103,15 @@ def run_split(
     out_plot: str | None = None,
     out_summary: str | None = None,
     out_near_duplicates: str | None = None,
+    blend_share: float = 0.0,
+    out_blend: str | None = None,
 ) -> dict[str, Any]:
     """Assign folds; write the table and (when paths are given) the balance report and the
-    near-duplicate pairs. ``group_by: auto`` keeps near-duplicate images in one fold."""
+    near-duplicate pairs. ``group_by: auto`` keeps near-duplicate images in one fold.
+
+    With ``blend_share`` > 0 a balanced share of the images is first set aside as the blend
+    split (``out_blend``, a COCO file): no fold trains on it, every fold model predicts it,
+    and the ensembles are chosen there; the K folds split the other images."""
     coco = load_coco(annotations)
     mapping = None
     pairs = None
@@ -117,14 +124,29 @@ def run_split(
     if group_by and group_by.startswith("csv:"):
         mapping = folds.read_group_csv(group_by[4:])
     groups = folds.groups_from(coco, group_by, mapping)
-    table = folds.assign_folds(
-        coco, k=k, seed=seed, method=method, groups=groups, weights=folds.BalanceWeights.from_config(weights)
-    )
+    balance_weights = folds.BalanceWeights.from_config(weights)
+    blend_ids: list[int] = []
+    if blend_share:
+        blend_ids = folds.split_blend(coco, blend_share, seed, method, groups, balance_weights)
+        in_blend = set(blend_ids)
+        keep = np.array([im["id"] not in in_blend for im in coco.images])
+        blend, coco, groups = coco.subset(blend_ids), coco.subset(np.array(coco.image_ids)[keep].tolist()), groups[keep]
+        log.info(
+            "blend split (share %s): %d images, %d boxes that no fold model trains on",
+            blend_share,
+            len(blend.images),
+            len(blend.annotations),
+        )
+        if out_blend:
+            write_coco(blend, out_blend)
+    table = folds.assign_folds(coco, k=k, seed=seed, method=method, groups=groups, weights=balance_weights)
     summary = {
         "method": method,
         "k": k,
         "seed": seed,
         "group_by": group_by,
+        "blend_share": blend_share,
+        "blend_images": len(blend_ids),
         "groups_of_several_images": int(sum(1 for n in pd.Series(groups).value_counts() if n > 1)),
         "fold_images": table.fold.value_counts().sort_index().astype(int).tolist(),
         **folds.balance_summary(coco, table),
