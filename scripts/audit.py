@@ -7,7 +7,7 @@ log_to(snakemake.log[0])
 run_audit(
     train_annotations=snakemake.input.train,
     train_images=snakemake.params.train_images,
-    test_annotations=snakemake.input.test,
+    test_annotations=snakemake.input.test or None,  # none: no test set
     test_images=snakemake.params.test_images,
     settings=dict(snakemake.params.settings),
     overrides=snakemake.input.overrides[0] if snakemake.input.overrides else None,

@@ -1,4 +1,4 @@
-"""Rule ensemble: fold ensembles per model, then the OOF-tuned fusion of the models, on the test set."""
+"""Rule ensemble: the candidate chosen on the blend split, applied to the test predictions."""
 
 from detfold.logs import log_to
 from detfold.stages import files_by_model, run_ensemble_test
@@ -9,8 +9,9 @@ run_ensemble_test(
     model_test=files_by_model(snakemake.params.models, snakemake.input.test),
     settings=dict(snakemake.params.settings),
     best_json=snakemake.input.best,
+    selection_json=snakemake.input.selection,
+    seed=snakemake.params.seed,
     out_preds=snakemake.output.fused,
-    out_default=snakemake.output.default,
     out_metrics=snakemake.output.metrics,
     out_submission=snakemake.output.submission,
 )

@@ -1,4 +1,4 @@
-"""Rule evaluate: COCO metrics per fold, pooled out-of-fold, and on the test set."""
+"""Rule evaluate: COCO metrics per fold, pooled out-of-fold (with bootstrap intervals), and on the test set."""
 
 from detfold.logs import log_to
 from detfold.stages import run_evaluate
@@ -8,8 +8,9 @@ run_evaluate(
     model=snakemake.wildcards.model,
     val_jsons=list(snakemake.input.val),
     oof_preds=list(snakemake.input.oof),
-    test_json=snakemake.input.test_gt,
+    test_json=snakemake.input.test_gt[0] if snakemake.input.test_gt else None,
     test_preds=list(snakemake.input.test),
     out=snakemake.output.metrics,
     out_pr_curves=snakemake.output.pr_curves,
+    seed=snakemake.params.seed,
 )

@@ -1,12 +1,12 @@
-"""Rule report_ensemble: single models vs ensembles (OOF and test) and the OOF search table."""
+"""Rule report_ensemble: candidates on the blend split (in-sample vs nested) and test, and the search."""
 
 from detfold.logs import log_to
 from detfold.report import report_ensemble
 
 log_to(snakemake.log[0])
 report_ensemble(
-    oof_metrics=snakemake.input.oof,
-    test_metrics=snakemake.input.test,
+    selection_json=snakemake.input.selection,
+    test_metrics=snakemake.input.test[0] if snakemake.input.test else None,
     search_csv=snakemake.input.search,
     out_png=snakemake.output.plot,
     out_html=snakemake.output.table,

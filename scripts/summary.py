@@ -8,9 +8,9 @@ run_summary(
     audit_summary=snakemake.input.audit,
     fold_table=snakemake.input.folds,
     model_metrics=dict(zip(snakemake.params.models, snakemake.input.models, strict=True)),
-    ensemble_metrics=snakemake.input.ensemble,
+    selection_json=snakemake.input.selection,
     out_md=snakemake.output.md,
     out_json=snakemake.output.json,
     fold_balance=snakemake.input.balance,
-    oof_ensemble=snakemake.input.oof_ensemble,
+    test_metrics=snakemake.input.test[0] if snakemake.input.test else None,
 )

@@ -21,12 +21,14 @@ def test_bench_load_runs_every_stage(tmp_path):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     rows = [line for line in run.stdout.splitlines() if line.startswith("| run_")]
-    assert [row.split(" | ")[0] for row in rows] == ["| run_evaluate", "| run_ensemble_oof", "| run_ensemble_test"]
+    assert [row.split(" | ")[0] for row in rows] == ["| run_evaluate", "| run_ensemble_select", "| run_ensemble_test"]
     assert all(row.endswith("| ok |") for row in rows)
     assert "verdict: PASS" in run.stdout
     results = tmp_path / "results"
     assert len(read_json(results / "eval/model0/metrics.json")["folds"]) == 2
-    assert len(pd.read_csv(results / "ensemble/search.csv")) == 1 + 4  # the default, then the small grid
+    search = pd.read_csv(results / "ensemble/search.csv")
+    assert (search.step == "fold fusion").sum() == 2 * (1 + 4)  # per model: the default, then the small grid
+    assert (search.step == "model fusion").sum() == 1 + 4
     fused = read_json(results / "ensemble/test.json")
     assert 0 < len(fused) <= 30 * 100
     assert read_json(results / "ensemble/metrics.json")["members"] == ["model0", "model1"]

@@ -92,7 +92,15 @@ SCHEMA_CASES = {
         edited(predict__tta={"flip": True, "merge": "mean"}),
         "predict.tta.merge = 'mean' is not allowed (allowed values: nms, wbf)",
     ),
-    "missing data key": (edited(data__test_images=None), "data: required key 'test_images' is missing"),
+    "fold fusion method unknown": (
+        edited(ensemble__fold_fusion={"method": "vote"}),
+        "ensemble.fold_fusion.method = 'vote' is not allowed (allowed values: wbf, nms, soft_nms, nmw)",
+    ),
+    "fold fusion word unknown": (
+        edited(ensemble__fold_fusion="auto"),
+        "ensemble.fold_fusion = 'auto' is not allowed: How each model's K fold models are fused: search",
+    ),
+    "missing data key": (edited(data__train_images=None), "data: required key 'train_images' is missing"),
     "k as a float": (edited(folds__k=5.0), "folds.k = 5.0 has the wrong type: expected integer"),
     "epochs as a float": (
         edited(models__rtmdet_tiny__epochs=12.0),
@@ -130,11 +138,11 @@ def test_all_problems_are_listed_at_once(tmp_path):
 
 @pytest.fixture()
 def workdir(tmp_path, bccd_dir, monkeypatch):
-    """A working folder with a small valid setup: 6 train images, 3 test images."""
+    """A working folder with a small valid setup: 30 train images, 3 test images."""
     from detfold.coco import load_coco, write_coco
 
     train, test = load_coco(bccd_dir / "train.json"), load_coco(bccd_dir / "test.json")
-    write_coco(train.subset(train.image_ids[:6]), tmp_path / "train.json")
+    write_coco(train.subset(train.image_ids[:30]), tmp_path / "train.json")
     write_coco(test.subset(test.image_ids[:3]), tmp_path / "test.json")
     (tmp_path / "model.py").write_text("_base_ = []\n")
     monkeypatch.chdir(tmp_path)
@@ -166,7 +174,19 @@ def feasible_config(bccd_dir, **changes):
 
 
 FEASIBILITY_CASES = {
-    "k greater than images": ({"folds__k": 7}, "folds.k = 7 is more than the 6 training images of train.json"),
+    "k greater than images": (
+        {"folds__k": 25},
+        "folds.k = 25 is more than the 24 training images of train.json left for the folds besides the blend split (6)",
+    ),
+    "blend split too small": (
+        {"folds__blend_share": 0.05},
+        "folds.blend_share = 0.05 sets aside about 1 of 30 training images: nested selection on the blend split "
+        "needs at least 5; raise folds.blend_share",
+    ),
+    "test annotations without their images": (
+        {"data__test_images": None},
+        "data.test_images: missing; it is needed with data.test_annotations",
+    ),
     "train file missing": (
         {"data__train_annotations": "nope.json"},
         "data.train_annotations = 'nope.json': file not found",
@@ -248,7 +268,7 @@ def test_feasible_config_passes(workdir, bccd_dir):
     ("edit", "expected"),
     [
         ({"folds": {"kk": 3}}, "unknown key 'folds.kk'; did you mean 'k'?"),
-        ({"folds": {"k": 500}}, "folds.k = 500 is more than the 291 training images"),
+        ({"folds": {"k": 500}}, "folds.k = 500 is more than the 233 training images"),
     ],
 )
 def test_snakemake_refuses_before_any_job(tmp_path, edit, expected):

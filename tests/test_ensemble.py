@@ -1,4 +1,4 @@
-"""Ensemble search on OOF predictions, foreign prediction files, the submission CSV."""
+"""Fusion search tables, foreign prediction files, the submission CSV."""
 
 import csv
 import json
@@ -54,18 +54,21 @@ def test_grid_shapes_and_errors():
         ensemble.grid({"weights": [[1, 2, 3]]}, 2)
 
 
-def test_search_finds_a_fusion_better_than_each_member(bccd_test):
+def test_search_table_scores_what_the_plan_writes_and_beats_each_member(bccd_test):
+    """Three models (one fold each, so no fold fusion to speak of): the model fusion's search
+    table is best first, its best row scores exactly what the fused file scores, and three
+    independent noisy members fused beat each one."""
     gt = clean(bccd_test)
-    members = [noisy_member(gt, s) for s in range(3)]
-    singles = [evaluate_coco(gt, m)["mAP50"] for m in members]
-    combos = ensemble.grid({"method": ["wbf", "nms"], "iou_thr": [0.4, 0.55], "conf_type": ["avg", "max"]}, 3)
-    table = ensemble.search(members, gt, combos, "mAP50")
-    assert len(table) == len(combos)
-    assert table.mAP50.is_monotonic_decreasing
-    best = ensemble.params_from_row(table.iloc[0].to_dict())
-    fused = ensemble.fuse_members(members, gt.images, best, 100)
-    assert evaluate_coco(gt, fused)["mAP50"] == pytest.approx(table.mAP50.iloc[0], abs=1e-6)
-    assert table.mAP50.iloc[0] > max(singles)  # three independent noisy members beat each one
+    members = {f"m{s}": [noisy_member(gt, s)] for s in range(3)}
+    settings = {"search": {"method": ["wbf", "nms"], "iou_thr": [0.4, 0.55], "conf_type": ["avg", "max"]}}
+    selector = ensemble.BlendSelector(gt, members, {}, settings)
+    table = selector.search_table()
+    fusion = table[table.step == "model fusion"]
+    assert len(fusion) == len(selector.model_grid) and fusion.mAP50.is_monotonic_decreasing
+    plan, _ = selector.fit("ensemble", np.ones(len(gt.images), dtype=np.int64))
+    fused = ensemble.apply_plan(plan, members, {}, gt.images)
+    assert evaluate_coco(gt, fused)["mAP50"] == pytest.approx(fusion.mAP50.iloc[0], abs=1e-6)
+    assert fusion.mAP50.iloc[0] > max(evaluate_coco(gt, m[0])["mAP50"] for m in members.values())
 
 
 def test_external_coco_with_id_source_and_csv(bccd_test, tmp_path):

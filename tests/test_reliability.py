@@ -28,18 +28,18 @@ HOLD = "DETFOLD_HOLD_BEFORE_RENAME"  # detfold.io's fault-injection hook
 def reproducible_files() -> list[str]:
     """What must be byte-identical between two CPU runs of the same config (under results/)."""
     files = ["audit/annotations.json", "audit/findings.csv", "audit/test.json", "folds/folds.csv", "folds/balance.csv"]
+    files.append("folds/blend.json")
     files += [f"folds/fold{k}/{split}.json" for k in FOLDS for split in ("train", "val")]
-    files += [f"predict/{m}/fold{k}/{split}.json" for m in MODELS for k in FOLDS for split in ("oof", "test")]
+    files += [f"predict/{m}/fold{k}/{split}.json" for m in MODELS for k in FOLDS for split in ("oof", "blend", "test")]
     files += [f"eval/{m}/{name}" for m in MODELS for name in ("metrics.json", "pr_curves.csv")]
     files += [
         f"ensemble/{name}"
         for name in (
             "search.csv",
             "best.json",
-            "oof.json",
-            "oof_metrics.json",
+            "selection.json",
+            "blend.json",
             "test.json",
-            "test_default.json",
             "metrics.json",
             "submission.csv",
         )
@@ -210,8 +210,8 @@ def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo
         config_file.write_text(original)
     assert result.returncode == 0, result.stderr[-3000:]
     rules = planned_rules(result)
-    assert {"ensemble_oof", "ensemble"} <= rules
-    allowed = {"ensemble_oof", "ensemble", "summary", "all"} | {
+    assert {"ensemble_select", "ensemble"} <= rules
+    allowed = {"ensemble_select", "ensemble", "summary", "all"} | {
         r for r in rules if r.startswith(("report", "run_facts"))
     }
     assert rules <= allowed, sorted(rules - allowed)
@@ -241,13 +241,13 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
     """The operating system refuses a big write (file size limit, as a full disk or quota would)
     while fusing: snakemake fails, the log names the output, nothing half-written remains under
     the final name; the rerun without the limit gives the original bytes."""
-    oof = second_clean_run / "results/ensemble/oof.json"
-    assert oof.stat().st_size > 64_000
+    fused = second_clean_run / "results/ensemble/test.json"
+    assert fused.stat().st_size > 16_000
 
     def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
 
-    command = [*base(repo, second_clean_run), "--forcerun", "ensemble_oof", "--resources", "gpu=2"]
+    command = [*base(repo, second_clean_run), "--forcerun", "ensemble", "--resources", "gpu=2"]
     result = subprocess.run(
         command,
         capture_output=True,
@@ -256,12 +256,12 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
         preexec_fn=limit,
     )
     assert result.returncode != 0
-    log = (second_clean_run / "logs" / "ensemble_oof.log").read_text()
-    assert "cannot write results/ensemble/oof.json: File too large; nothing written under that name" in log
-    assert not oof.exists() or oof.read_bytes() == (tiny_run / "results/ensemble/oof.json").read_bytes()
+    log = (second_clean_run / "logs" / "ensemble.log").read_text()
+    assert "cannot write results/ensemble/test.json: File too large; nothing written under that name" in log
+    assert not fused.exists() or fused.read_bytes() == (tiny_run / "results/ensemble/test.json").read_bytes()
     assert held_files(second_clean_run, "ensemble") == []
 
-    # the same command once the cause is gone (a plain rerun would not redo ensemble_oof: Snakemake
+    # the same command once the cause is gone (a plain rerun would not redo ensemble: Snakemake
     # leaves a failed job's deleted outputs alone while the files after them are up to date)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

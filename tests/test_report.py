@@ -48,7 +48,13 @@ PLOTS = [
 TABLES = {  # each HTML page of the report and text it must show
     "results/report/audit/counts.html": ["duplicate", "size_outlier", "boxes_after", "train", "test"],
     "results/report/cv/folds.html": ["mAP50", "AR_100", "mean +- std", "pooled OOF", "RBC", "WBC", "Platelets"],
-    "results/report/ensemble/comparison.html": ["tuned ensemble", "model ensemble", "fold ensemble", "test mAP50"],
+    "results/report/ensemble/comparison.html": [
+        "delivered",
+        "model ensemble",
+        "fold ensemble",
+        "nested (honest)",
+        "test mAP50",
+    ],
     "results/report/ensemble/search.html": ["wbf", "iou_thr", "mAP50"],
     "results/report/run_facts.html": ["seed", "torch", "mmdet", "mmcv", "snakemake", "train", "rtmdet_tiny_cpu.py"],
 }
@@ -95,35 +101,42 @@ def test_cv_table_has_the_metrics_json_numbers(tiny_run):
     assert table.iloc[4]["mAP"] == metrics["pooled_oof"]["mAP"] and key == [False] * 4 + [True]
 
 
-def test_ensemble_rows_compare_singles_and_ensembles(tiny_run):
-    oof = read_json(tiny_run / "results" / "ensemble" / "oof_metrics.json")
+def test_ensemble_rows_show_optimistic_honest_and_test_numbers(tiny_run):
+    selection = read_json(tiny_run / "results" / "ensemble" / "selection.json")
     test = read_json(tiny_run / "results" / "ensemble" / "metrics.json")
-    rows = report.ensemble_rows(oof, test).set_index("predictions")
-    assert rows.loc["tuned ensemble", "OOF mAP50"] == oof["tuned"]["mAP50"]
-    assert rows.loc["tuned ensemble", "test mAP50"] == test["ensemble"]["mAP50"]
-    assert rows.loc["model ensemble", "test mAP"] == test["default"]["mAP"]
-    assert rows.loc["tiny fold ensemble", "OOF mAP"] is None  # one fold model per OOF image
-    singles = [test["single"][f"frcnn/fold{k}"]["mAP50"] for k in range(3)]
-    assert rows.loc["frcnn", "test mAP50"] == pytest.approx(np.mean(singles), abs=1e-6)
-    assert rows.loc["frcnn", "OOF mAP50"] == oof["single"]["frcnn"]["mAP50"]
-    assert len(rows) == 2 + 6 + 2 + 2
+    rows = report.ensemble_rows(selection, test).set_index("predictions")
+    metric = selection["metric"]
+    honest, optimistic = f"blend {metric}, nested (honest)", f"blend {metric}, in-sample (optimistic)"
+    for kind in selection["kinds"]:
+        c = selection["candidates"][kind]
+        row = rows.loc[c["label"]]
+        assert row[optimistic] == c["in_sample"][metric] and row[honest] == c["nested"][metric]
+        assert row["test mAP50"] == test["candidates"][kind]["mAP50"]
+    assert rows.loc["tiny/fold1", "test mAP"] == test["single"]["tiny/fold1"]["mAP"]
+    assert rows.loc["tiny/fold1", optimistic] is None  # no choice made: nothing optimistic
+    assert rows.loc["delivered", honest] == selection["delivered"]["honest"][metric]
+    assert rows.loc["delivered", "test mAP50"] == test["delivered"]["mAP50"]
+    assert len(rows) == 6 + len(selection["kinds"]) + 1
 
 
-def test_summary_md_opens_with_the_headline_numbers(tiny_run):
+def test_summary_md_opens_with_the_delivered_predictions_and_their_intervals(tiny_run):
     r = tiny_run / "results"
-    oof = read_json(r / "ensemble" / "oof_metrics.json")
+    selection = read_json(r / "ensemble" / "selection.json")
     test = read_json(r / "ensemble" / "metrics.json")
-    headline = (r / "summary.md").read_text().split("## Headline")[1].split("## Audit")[0]
-    lines = {line.split(" | ")[0].strip("| *"): line for line in headline.splitlines() if line.startswith("| ")}
-    tuned = lines["tuned ensemble"]
-    assert f"{oof['tuned']['mAP50']:.4f}" in tuned and f"{test['ensemble']['mAP50']:.4f}" in tuned
+    text = (r / "summary.md").read_text()
+    head = text.split("## Candidates")[0]
+    d = selection["delivered"]
+    assert head.startswith("# detfold run summary\n\n## Delivered predictions")
+    assert d["label"] in head and d["description"] in head
+    lo, hi = d["honest"]["mAP50_ci95"]
+    assert f"mAP50 {d['honest']['mAP50']:.4f} [{lo:.4f}, {hi:.4f}]" in head
+    assert f"mAP50 {test['delivered']['mAP50']:.4f}" in head  # the test score, beside the honest one
     for model in ("tiny", "frcnn"):
         metrics = read_json(r / "eval" / model / "metrics.json")
-        cv = metrics["cv"]["mAP50"]
-        assert f"{cv['mean']:.4f} +- {cv['std']:.4f}" in lines[model]
-        assert f"{metrics['pooled_oof']['mAP50']:.4f}" in lines[model]
-        assert f"{test['fold_ensemble'][model]['mAP50']:.4f}" in lines[f"{model} fold ensemble"]
-    assert "model ensemble" in lines
+        cv, pooled = metrics["cv"]["mAP50"], metrics["pooled_oof"]
+        assert f"{cv['mean']:.4f} +- {cv['std']:.4f}" in text
+        lo, hi = pooled["mAP50_ci95"]
+        assert f"**{pooled['mAP50']:.4f}** [{lo:.4f}, {hi:.4f}]" in text
 
 
 def test_benchmarks_give_one_row_per_job(tiny_run):

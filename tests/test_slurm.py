@@ -11,7 +11,7 @@ the test cluster has no accounting database, so no sacct):
 
 1. with a mistake that only a job can find (an external member's CSV whose image names match
    no training image; the config gate checks its format, not every row): every training and
-   prediction job finishes, ensemble_oof fails in SLURM, the run exits non-zero;
+   prediction job finishes, ensemble_select fails in SLURM, the run exits non-zero;
 2. after fixing the config (the member removed): the run completes, and only the failed job
    and what depends on it run again (the trained models and predictions are not redone).
 """
@@ -110,7 +110,7 @@ def slurm_runs(cluster, tmp_path_factory, repo, bccd_dir):
     """The failing run, the fixed rerun and a dry run after it; what SLURM saw of each."""
     workdir = tmp_path_factory.mktemp("slurm_run")
     config = tiny_config(repo, bccd_dir, workdir, n_train=20, n_test=6)
-    config["folds"]["k"] = 2
+    config["folds"] |= {"k": 2, "blend_share": 0.25}  # 5 blend images: one per nested part
     config["models"] = {"tiny": {k: v for k, v in config["models"]["tiny"].items() if k != "val_interval"}}
     foreign = workdir / "other_oof.csv"  # the mistake: another tool's file names, not ours
     foreign.write_text("image_id,PredictionString\nnot_an_image.jpg,0 0.5 1 1 2 2\n")
@@ -163,16 +163,16 @@ def test_failed_job_fails_the_run(slurm_runs):
     assert "Using workflow specific profile" in first.stderr and "profiles/slurm" in first.stderr
     assert "profiles/default" not in first.stderr  # the local profile's core and GPU caps stay out
     assert "SLURM status is: 'FAILED'" in output(first), output(first)[-3000:]
-    assert "Error in rule ensemble_oof" in output(first)
-    log = slurm_runs["first_logs"]["ensemble_oof.log"]
+    assert "Error in rule ensemble_select" in output(first)
+    log = slurm_runs["first_logs"]["ensemble_select.log"]
     assert "other_oof.csv: row 2: image_id 'not_an_image.jpg' matches no file name" in log
     failed = [j for j in slurm_runs["first_jobs"].values() if j["JobState"] == "FAILED"]
-    assert [j["rule"] for j in failed] == ["ensemble_oof"]
+    assert [j["rule"] for j in failed] == ["ensemble_select"]
     # keep-going: every job that does not depend on the failed one ran, and succeeded in SLURM
     ran = rules_run(slurm_runs["first_jobs"])
-    assert ran["train"] == 2 and ran["predict"] == 4 and ran["evaluate"] == 1
+    assert ran["train"] == 2 and ran["predict"] == 6 and ran["evaluate"] == 1
     assert "ensemble" not in ran and "summary" not in ran
-    assert {j["JobState"] for j in slurm_runs["first_jobs"].values() if j["rule"] != "ensemble_oof"} == {"COMPLETED"}
+    assert {j["JobState"] for j in slurm_runs["first_jobs"].values() if j["rule"] != "ensemble_select"} == {"COMPLETED"}
 
 
 def test_training_jobs_get_the_gpu_and_the_configured_sizes(slurm_runs):
@@ -206,14 +206,14 @@ def test_rerun_after_the_fix_completes_without_redoing_finished_jobs(slurm_runs)
     second = slurm_runs["second"]
     assert second.returncode == 0, output(second)[-5000:]
     ran = rules_run(slurm_runs["second_jobs"])
-    assert ran["ensemble_oof"] == 1 and ran["ensemble"] == 1 and ran["summary"] == 1
-    assert not set(ran) & set(rules_run(slurm_runs["first_jobs"])) - {"ensemble_oof"}  # nothing redone
+    assert ran["ensemble_select"] == 1 and ran["ensemble"] == 1 and ran["summary"] == 1
+    assert not set(ran) & set(rules_run(slurm_runs["first_jobs"])) - {"ensemble_select"}  # nothing redone
     assert {j["JobState"] for j in slurm_runs["second_jobs"].values()} == {"COMPLETED"}
     assert slurm_runs["second_mtimes"] == slurm_runs["first_mtimes"]  # models, predictions untouched
-    assert len(slurm_runs["first_mtimes"]) == 2 + 2 + 4
+    assert len(slurm_runs["first_mtimes"]) == 2 + 2 + 6
     workdir = slurm_runs["workdir"]
     summary = (workdir / "results" / "summary.md").read_text()
-    assert "tiny/fold1" in summary and "OOF-tuned ensemble" in summary
+    assert "tiny/fold1" in summary and "Delivered predictions" in summary
     clean = load_coco(workdir / "results" / "audit" / "annotations.json")
     oof_ids = set()
     for fold in (0, 1):

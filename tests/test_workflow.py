@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from detfold.coco import load_coco
+from detfold.coco import load_coco, write_coco
 from test_metrics import pycocotools_eval
 from workflow_run import snakemake
 
@@ -35,18 +35,19 @@ def test_results_layout(tiny_run):
         "folds/folds.csv",
         "folds/fold0/train.json",
         "folds/fold1/val.json",
+        "folds/blend.json",
         "train/tiny/fold0/model.pth",
         "train/tiny/fold1/config.py",
         "predict/tiny/fold0/oof.json",
         "predict/tiny/fold1/test.json",
+        "predict/frcnn/fold2/blend.json",
         "eval/tiny/metrics.json",
         "ensemble/test.json",
-        "ensemble/test_default.json",
         "ensemble/metrics.json",
         "ensemble/search.csv",
         "ensemble/best.json",
-        "ensemble/oof.json",
-        "ensemble/oof_metrics.json",
+        "ensemble/selection.json",
+        "ensemble/blend.json",
         "ensemble/submission.csv",
         "summary.md",
         "report/folds/sizes.png",
@@ -65,7 +66,7 @@ def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
     from detfold.gpu_slots import overlapping_same_slot
 
     records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 3 + 2 * 3 * 2  # 2 models x 3 folds trainings, x 2 splits predictions
+    assert len(records) == 2 * 3 + 2 * 3 * 3  # 2 models x 3 folds trainings, x 3 splits predictions
     assert {r["slot"] for r in records} <= {0, 1}
     assert overlapping_same_slot(records) == []
 
@@ -74,12 +75,16 @@ def test_folds_partition_and_oof_covers_val(tiny_run):
     r = tiny_run / "results"
     folds = pd.read_csv(r / "folds" / "folds.csv")
     clean = load_coco(r / "audit" / "annotations.json")
-    assert sorted(folds.image_id) == sorted(clean.image_ids)
+    blend = set(load_coco(r / "folds" / "blend.json").image_ids)
+    assert len(blend) == 6  # a fifth of the 30 images: folds.blend_share 0.2
+    assert sorted([*folds.image_id, *blend]) == sorted(clean.image_ids)
     for k in (0, 1, 2):
         val = load_coco(r / "folds" / f"fold{k}" / "val.json")
         train = load_coco(r / "folds" / f"fold{k}" / "train.json")
         assert set(val.image_ids) == set(folds.image_id[folds.fold == k])
         assert not set(val.image_ids) & set(train.image_ids)
+        assert not blend & (set(train.image_ids) | set(val.image_ids))  # no fold model saw the blend split
+        assert {p["image_id"] for p in read(r / "predict" / "tiny" / f"fold{k}" / "blend.json")} <= blend
         oof = read(r / "predict" / "tiny" / f"fold{k}" / "oof.json")
         assert {p["image_id"] for p in oof} == set(val.image_ids)
         assert max(sum(p["image_id"] == i for p in oof) for i in val.image_ids) <= 100
@@ -92,12 +97,14 @@ def test_resolved_config_is_saved_with_data_classes(tiny_run, model):
     assert ("rcnn=dict(" in text) == (model == "frcnn")  # score_thr went to the two-stage key
 
 
-def check_metrics_equal(ours: dict, gt, preds):
+def check_metrics_equal(ours: dict, gt, preds, stats_only: int | None = None):
     stats, per_class = pycocotools_eval(gt, preds)
     for value in ours["stats"].values():
         assert value is None or 0.0 <= value <= 1.0
-    expected = [None if v < 0 else v for v in stats]
+    expected = [None if v < 0 else v for v in stats][:stats_only]
     assert list(ours["stats"].values()) == pytest.approx(expected, abs=1e-6)
+    if stats_only:
+        return
     for name, ap in per_class.items():
         assert ours["per_class"][name]["AP"] == pytest.approx(ap, abs=1e-6)
 
@@ -111,21 +118,31 @@ def test_metrics_equal_pycocotools(tiny_run):
         preds = read(r / "predict" / "tiny" / f"fold{k}" / "oof.json")
         check_metrics_equal(metrics["folds"][k], gt, preds)
         pooled_preds += preds
-    pooled_gt = load_coco(r / "audit" / "annotations.json")
+    clean = load_coco(r / "audit" / "annotations.json")
+    pooled_gt = clean.subset({p for k in (0, 1, 2) for p in load_coco(r / "folds" / f"fold{k}" / "val.json").image_ids})
     check_metrics_equal(metrics["pooled_oof"], pooled_gt, pooled_preds)
+    lo, hi = metrics["pooled_oof"]["mAP50_ci95"]
+    assert lo <= metrics["pooled_oof"]["mAP50"] <= hi
     test_gt = load_coco(r / "audit" / "test.json")
     ensemble = read(r / "ensemble" / "metrics.json")
-    check_metrics_equal(ensemble["ensemble"], test_gt, read(r / "ensemble" / "test.json"))
-    check_metrics_equal(ensemble["default"], test_gt, read(r / "ensemble" / "test_default.json"))
+    check_metrics_equal(ensemble["delivered"], test_gt, read(r / "ensemble" / "test.json"))
     assert sorted(ensemble["single"]) == [f"{m}/fold{k}" for m in ("frcnn", "tiny") for k in range(3)]
-    assert sorted(ensemble["fold_ensemble"]) == ["frcnn", "tiny"]
-    oof = read(r / "ensemble" / "oof_metrics.json")
-    check_metrics_equal(oof["tuned"], pooled_gt, read(r / "ensemble" / "oof.json"))
+    selection = read(r / "ensemble" / "selection.json")
+    assert selection["kinds"] == ["single", "fold_ensemble:frcnn", "fold_ensemble:tiny", "ensemble"]
+    assert sorted(ensemble["candidates"]) == sorted(selection["kinds"])
+    assert read(r / "ensemble" / "best.json")["plan"] == selection["delivered"]["plan"] == ensemble["delivered"]["plan"]
+    blend = load_coco(r / "folds" / "blend.json")
+    delivered = selection["candidates"][selection["delivered"]["kind"]]
+    check_metrics_equal(
+        {"stats": {"AP": delivered["in_sample"]["mAP"], "AP50": delivered["in_sample"]["mAP50"]}, "per_class": {}},
+        blend,
+        read(r / "ensemble" / "blend.json"),
+        stats_only=2,
+    )
     search = pd.read_csv(r / "ensemble" / "search.csv")
-    assert len(search) == oof["combinations_tried"] > 1
-    assert search[oof["metric"]].iloc[0] == pytest.approx(oof["tuned"][oof["metric"]], abs=1e-6)
+    assert set(search.step) == {"fold fusion", "model fusion"}
     summary = (r / "summary.md").read_text()
-    assert "OOF-tuned ensemble" in summary and "tiny/fold1" in summary
+    assert "Delivered predictions" in summary and "tiny/fold1" in summary and "nested (honest)" in summary
 
 
 def test_second_run_has_nothing_to_do(repo, tiny_run):
@@ -161,9 +178,9 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
     jobs = planned_jobs(result)
     assert jobs == {
         "train": 3,
-        "predict": 6,
+        "predict": 9,
         "evaluate": 1,
-        "ensemble_oof": 1,
+        "ensemble_select": 1,
         "ensemble": 1,
         "summary": 1,
         "report_training": 1,
@@ -223,4 +240,60 @@ def test_voc_input_is_imported_and_audited(repo, bccd_dir, tmp_path):
     assert len(clean.images) == 20 and clean.class_names == ["RBC", "WBC", "Platelets"]
     assert (tmp_path / "results" / "import" / "train.json").is_file()
     folds = pd.read_csv(tmp_path / "results" / "folds" / "folds.csv")
-    assert sorted(folds.image_id) == sorted(clean.image_ids)
+    blend = load_coco(tmp_path / "results" / "folds" / "blend.json")
+    assert sorted([*folds.image_id, *blend.image_ids]) == sorted(clean.image_ids)
+
+
+def small_config(repo: Path, bccd_dir: Path, workdir: Path, test: str | None) -> dict:
+    """One model, 2 folds, 1 epoch on 20 images; ``test``: a test file name in ``workdir`` or None."""
+    train = load_coco(bccd_dir / "train.json")
+    write_coco(train.subset(train.image_ids[:20]), workdir / "train.json")
+    data = {"train_annotations": str(workdir / "train.json"), "train_images": str(bccd_dir / "images")}
+    if test:
+        data |= {"test_annotations": str(workdir / test), "test_images": str(bccd_dir / "images")}
+    return {
+        "seed": 42,
+        "data": data,
+        "folds": {"k": 2, "blend_share": 0.25},
+        "models": {
+            "tiny": {
+                "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
+                "epochs": 1,
+                "batch_size": 4,
+                "num_workers": 0,
+            }
+        },
+        "predict": {"score_thr": 0.0},
+        "resources": {"train_threads": 1},
+    }
+
+
+def test_without_a_test_set_the_run_ends_with_cv_and_the_blend_choice(repo, bccd_dir, tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_config(repo, bccd_dir, tmp_path, None)))
+    result = snakemake(repo, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    r = tmp_path / "results"
+    assert not (r / "ensemble" / "test.json").exists() and not list(r.glob("predict/*/*/test.json"))
+    assert (r / "ensemble" / "selection.json").is_file() and (r / "report" / "ensemble" / "comparison.html").is_file()
+    assert "No test set configured" in (r / "summary.md").read_text()
+    assert "test" not in read(r / "eval" / "tiny" / "metrics.json")
+
+
+def test_an_unlabelled_image_list_is_predicted_fused_and_written_not_scored(repo, bccd_dir, tmp_path):
+    test = load_coco(bccd_dir / "test.json")
+    names = [im["file_name"] for im in test.images[:4]]
+    (tmp_path / "test_images.txt").write_text("# the test images\n" + "\n".join(names) + "\n")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_config(repo, bccd_dir, tmp_path, "test_images.txt")))
+    result = snakemake(repo, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    r = tmp_path / "results"
+    listed = load_coco(r / "audit" / "test.json", require_annotations=False)
+    assert [im["file_name"] for im in listed.images] == names and listed.annotations == []
+    assert all(im["width"] == 320 and im["height"] == 240 for im in listed.images)  # read from the files
+    fused = read(r / "ensemble" / "test.json")
+    assert fused and {p["image_id"] for p in fused} <= set(listed.image_ids)
+    rows = pd.read_csv(r / "ensemble" / "submission.csv", keep_default_na=False)
+    assert list(rows.image_id) == names
+    metrics = read(r / "ensemble" / "metrics.json")
+    assert metrics["labelled"] is False and "mAP" not in metrics["delivered"]
+    assert "Test set unlabelled: " in (r / "summary.md").read_text()

@@ -18,9 +18,24 @@ wildcard_constraints:
     split="oof|test|blend",
 
 
+# A test set is optional: without data.test_annotations the run ends with cross-validation, the
+# blend-split choice and the report.
+HAS_TEST = bool(config["data"].get("test_annotations"))
+
+
+def test_file(path):
+    """``path`` (a file or a list) when there is a test set, else nothing."""
+    if not HAS_TEST:
+        return []
+    return path if isinstance(path, list) else [path]
+
+
 def audit_input(split):
-    """The split's COCO file: as given, or converted from VOC/YOLO by import_annotations."""
-    if config["data"]["format"] == "coco":
+    """The split's COCO file: as given, or converted from VOC/YOLO by import_annotations; a test
+    set given as a list of image file names (.txt) is read as it is."""
+    if split == "test" and not HAS_TEST:
+        return []
+    if config["data"]["format"] == "coco" or config["data"][f"{split}_annotations"].endswith(".txt"):
         return config["data"][f"{split}_annotations"]
     return f"results/import/{split}.json"
 
@@ -63,6 +78,18 @@ def predict_images(wildcards):
     return config["data"][key]
 
 
+def ensemble_choice_settings():
+    """The ensemble settings the blend-split choice uses (not submission_label: editing it only
+    rewrites the submission)."""
+    return {k: v for k, v in config["ensemble"].items() if k != "submission_label"}
+
+
+def ensemble_test_settings():
+    """The ensemble settings the test rule uses (the choice itself comes from best.json)."""
+    keys = ("external", "max_per_img", "submission_label", "bootstrap_samples")
+    return {k: config["ensemble"].get(k) for k in keys}
+
+
 def external_files(split):
     """Prediction files of external models (ensemble.external) for 'oof' or 'test'."""
     specs = config["ensemble"].get("external") or []
@@ -77,8 +104,8 @@ def benchmark_files(wildcards):
     files = [
         rules.audit.benchmark,
         rules.split_folds.benchmark,
-        rules.ensemble_oof.benchmark,
-        rules.ensemble.benchmark,
+        rules.ensemble_select.benchmark,
+        *test_file(rules.ensemble.benchmark),
         rules.summary.benchmark,
         rules.report_folds.benchmark,
         rules.report_audit.benchmark,
@@ -86,10 +113,12 @@ def benchmark_files(wildcards):
         rules.report_ensemble.benchmark,
     ]
     if config["data"]["format"] != "coco":
-        files += expand(rules.import_annotations.benchmark, split=["train", "test"])
+        imported = [s for s in ("train", "test") if "results/import" in "".join(audit_input(s))]
+        files += expand(rules.import_annotations.benchmark, split=imported)
     files += expand(rules.fold_files.benchmark, fold=FOLDS)
     files += expand(rules.train.benchmark, model=MODELS, fold=FOLDS)
-    files += expand(rules.predict.benchmark, model=MODELS, fold=FOLDS, split=["oof", "test"])
+    splits = ["oof", "blend", *test_file("test")]
+    files += expand(rules.predict.benchmark, model=MODELS, fold=FOLDS, split=splits)
     files += expand(rules.evaluate.benchmark, model=MODELS)
     files += expand(rules.report_training.benchmark, model=MODELS)
     return files

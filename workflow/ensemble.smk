@@ -1,27 +1,29 @@
-rule ensemble_oof:
+rule ensemble_select:
     input:
-        gt="results/audit/annotations.json",
-        oof=expand("results/predict/{model}/fold{fold}/oof.json", model=MODELS, fold=FOLDS),
+        blend="results/folds/blend.json",
+        train="results/audit/annotations.json",
+        predictions=expand("results/predict/{model}/fold{fold}/blend.json", model=MODELS, fold=FOLDS),
         external=external_files("oof"),
     output:
         search="results/ensemble/search.csv",
         best="results/ensemble/best.json",
-        oof="results/ensemble/oof.json",
-        metrics="results/ensemble/oof_metrics.json",
+        selection="results/ensemble/selection.json",
+        blend="results/ensemble/blend.json",
     log:
-        "logs/ensemble_oof.log",
+        "logs/ensemble_select.log",
     benchmark:
-        "benchmarks/ensemble_oof.tsv"
+        "benchmarks/ensemble_select.tsv"
     conda:
         "../envs/light.yaml"
     resources:
         mem_mb=lookup(dpath="resources/mem_mb", within=config),
         runtime=lookup(dpath="resources/runtime", within=config),
     params:
-        settings=lookup(dpath="ensemble", within=config),
+        settings=ensemble_choice_settings(),
         models=MODELS,
+        seed=lookup(dpath="seed", within=config),
     script:
-        "../scripts/ensemble_oof.py"
+        "../scripts/ensemble_select.py"
 
 
 rule ensemble:
@@ -29,10 +31,10 @@ rule ensemble:
         test_gt="results/audit/test.json",
         test=expand("results/predict/{model}/fold{fold}/test.json", model=MODELS, fold=FOLDS),
         best="results/ensemble/best.json",
+        selection="results/ensemble/selection.json",
         external=external_files("test"),
     output:
         fused="results/ensemble/test.json",
-        default="results/ensemble/test_default.json",
         metrics="results/ensemble/metrics.json",
         submission="results/ensemble/submission.csv",
     log:
@@ -45,7 +47,8 @@ rule ensemble:
         mem_mb=lookup(dpath="resources/mem_mb", within=config),
         runtime=lookup(dpath="resources/runtime", within=config),
     params:
-        settings=lookup(dpath="ensemble", within=config),
+        settings=ensemble_test_settings(),
         models=MODELS,
+        seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/ensemble.py"

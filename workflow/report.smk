@@ -4,8 +4,8 @@ rule summary:
         folds="results/folds/folds.csv",
         balance="results/folds/balance.json",
         models=expand("results/eval/{model}/metrics.json", model=MODELS),
-        ensemble="results/ensemble/metrics.json",
-        oof_ensemble="results/ensemble/oof_metrics.json",
+        selection="results/ensemble/selection.json",
+        test=test_file("results/ensemble/metrics.json"),
     output:
         md="results/summary.md",
         json="results/summary.json",
@@ -146,8 +146,8 @@ rule report_cv:
 
 rule report_ensemble:
     input:
-        oof="results/ensemble/oof_metrics.json",
-        test="results/ensemble/metrics.json",
+        selection="results/ensemble/selection.json",
+        test=test_file("results/ensemble/metrics.json"),
         search="results/ensemble/search.csv",
     output:
         plot=report(
@@ -166,7 +166,7 @@ rule report_ensemble:
             "results/report/ensemble/search.html",
             caption="report/ensemble_search.rst",
             category="5. Ensemble",
-            labels={"figure": "OOF parameter search"},
+            labels={"figure": "fusion parameter search (blend split)"},
         ),
     log:
         "logs/report/ensemble.log",

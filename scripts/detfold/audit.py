@@ -178,6 +178,29 @@ def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
     return notes
 
 
+def coco_from_image_list(path: str | Path, images_dir: str | Path | None, categories: list[dict[str, Any]]) -> Coco:
+    """An unlabelled test set given as a text file of image file names (one per line, relative to
+    ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
+    their sizes are read from the files by :func:`check_image_files`."""
+    names, seen = [], {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in seen:
+            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {seen[name]})")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{path}: line {n}: {name!r} must be relative to data.test_images, without '..'")
+        seen[name] = n
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path}: lists no image file name (one per line)")
+    if images_dir is None:
+        raise ValueError("data.test_images is needed with a test image list")
+    images = [{"id": i, "file_name": name} for i, name in enumerate(names, start=1)]
+    return Coco({"images": images, "annotations": [], "categories": categories}, path=str(path))
+
+
 def iou_matrix_xywh(boxes_xywh: np.ndarray) -> np.ndarray:
     """(n, 4) xywh boxes -> (n, n) pairwise IoU (0 where the union is empty)."""
     x1, y1 = boxes_xywh[:, 0], boxes_xywh[:, 1]

@@ -16,7 +16,8 @@ Unknown image or category ids in the detections are rejected by the caller
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -130,6 +131,94 @@ class BboxEvaluator:
             REC_THRS,
         )
         return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
+
+    def match(self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray) -> Matched:
+        """Detections matched once (area all, 100 per image and class), to be scored on any
+        weighting of the images: subsets, bootstrap resamples (:meth:`Matched.scores`)."""
+        from detfold._cocoeval_kernels import match_groups
+
+        n_cat = self.n_cat
+        d_box = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
+        d_score = np.asarray(scores, dtype=np.float64)
+        d_img = np.asarray(img_pos, dtype=np.int64)
+        d_key = d_img * n_cat + np.asarray(cat_pos, dtype=np.int64)
+        d_order = _order(d_key, d_score)
+        d_key, d_box, d_score = d_key[d_order], d_box[d_order], d_score[d_order]
+        d_rank = np.arange(len(d_key)) - np.searchsorted(d_key, d_key, side="left")
+        keep = d_rank < MAX_DETS[-1]
+        d_key, d_box, d_score = d_key[keep], d_box[keep], d_score[keep]
+        groups = np.union1d(self.g_key, d_key)
+        gs, ge = _group_bounds(self.g_key, groups)
+        ds, de = _group_bounds(d_key, groups)
+        area_all = AREA_RANGES[:1]
+        d_area = d_box[:, 2] * d_box[:, 3]
+        matched, ignored = match_groups(
+            gs, ge, ds, de, self.g_box, self.g_area, self.g_crowd, d_box, d_area, IOU_THRS.astype(np.float64), area_all
+        )
+        counted = ~self.g_crowd & ~((self.g_area < area_all[0, 0]) | (self.g_area > area_all[0, 1]))
+        gt_counts = np.zeros((len(self.img_ids), n_cat), dtype=np.int64)
+        np.add.at(gt_counts, (self.g_key[counted] // n_cat, self.g_cat[counted]), 1)
+        img, cat = (d_key // n_cat).astype(np.int32), (d_key % n_cat).astype(np.int32)  # compact: kept per combination
+        return Matched(img, cat, d_score, matched[0], ignored[0], gt_counts)
+
+
+@dataclass
+class Matched:
+    """Matched detections of one prediction set (area all, at most 100 per image and class):
+    image and category positions, score, the matched / ignored bit masks per IoU threshold, and
+    the counted ground truth per image and category [n_images, n_categories]."""
+
+    img: np.ndarray
+    cat: np.ndarray
+    score: np.ndarray
+    matched: np.ndarray
+    ignored: np.ndarray
+    gt_counts: np.ndarray
+    _by_class: np.ndarray | None = field(default=None, repr=False)
+    _img_by_class: np.ndarray | None = field(default=None, repr=False)
+
+    def restrict(self, image_mask: np.ndarray) -> Matched:
+        """The detections of the images where ``image_mask`` is true (the ground truth kept)."""
+        keep = image_mask[self.img]
+        return Matched(
+            self.img[keep], self.cat[keep], self.score[keep], self.matched[keep], self.ignored[keep], self.gt_counts
+        )
+
+    @staticmethod
+    def pool(parts: Sequence[Matched]) -> Matched:
+        """Detections of several sets on disjoint images (e.g. each restricted to its own part)."""
+        return Matched(
+            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")),
+            parts[0].gt_counts,
+        )
+
+    def scores(self, image_weights: np.ndarray | None = None) -> tuple[float, float]:
+        """(mAP@[.5:.95], mAP50) with each image counted ``image_weights`` times (0: left out;
+        bootstrap counts); None = every image once, which equals :meth:`BboxEvaluator.evaluate`."""
+        from detfold._cocoeval_kernels import accumulate
+
+        n_img, n_cat = self.gt_counts.shape
+        w = np.ones(n_img, dtype=np.int64) if image_weights is None else np.asarray(image_weights, dtype=np.int64)
+        if self._by_class is None:  # sorted once: a subset or resample keeps the order
+            self._by_class = _order(self.cat, self.score)  # ties keep (image, rank) order, as pycocotools
+            self._img_by_class = self.img[self._by_class]
+        idx = np.repeat(self._by_class, w[self._img_by_class])
+        cat = self.cat[idx]
+        cat_start = np.searchsorted(cat, np.arange(n_cat + 1), side="left")
+        npig = (w[:, None] * self.gt_counts).sum(0)[:, None]
+        rank = np.zeros(len(idx), dtype=np.int64)  # at most 100 per image and class already
+        precision, _ = accumulate(
+            cat_start,
+            rank,
+            self.matched[idx][None, :],
+            self.ignored[idx][None, :],
+            len(IOU_THRS),
+            npig,
+            np.array(MAX_DETS[-1:], dtype=np.int64),
+            REC_THRS,
+        )
+        p = precision[:, :, :, 0, 0]
+        return _mean_defined(p), _mean_defined(p[0])
 
 
 def evaluate_bbox(gt: dict[str, Any], predictions: list[dict[str, Any]]) -> CocoEvalResult:

@@ -59,6 +59,11 @@ def _describe(error: Any) -> list[str]:
             f"unknown key {_child(key, name)!r}{_suggest(name, allowed)} (allowed under {key}: {', '.join(allowed)})"
             for name in sorted(set(value) - set(allowed))
         ]
+    if kind in ("oneOf", "anyOf") and error.context:  # e.g. fold_fusion: 'search' or fusion settings
+        deeper = [e for e in error.context if e.validator not in ("const", "type")]
+        if deeper:  # the value has the shape of one branch: what is wrong inside it
+            return [line for e in deeper for line in _describe(e)]
+        return [f"{key} = {value!r} is not allowed: {schema.get('description', error.message)}"]
     if kind == "required":
         return [f"{key}: required key {name!r} is missing" for name in error.validator_value if name not in value]
     if kind == "enum":
@@ -166,12 +171,19 @@ def _count_train_images(data: dict[str, Any], path: Path) -> int:
 
 
 def _missing_test_images(data: dict[str, Any]) -> list[str]:
-    if data.get("format", "coco") != "coco":
+    listed = str(data["test_annotations"]).endswith(".txt")
+    if data.get("format", "coco") != "coco" and not listed:
         return []
     root = Path(data["test_images"])
-    names = [
-        str(image.get("file_name", "")) for image in _coco_images(data["test_annotations"]) if isinstance(image, dict)
-    ]
+    if listed:
+        lines = Path(data["test_annotations"]).read_text(encoding="utf-8-sig").splitlines()
+        names = [n.strip() for n in lines if n.strip() and not n.strip().startswith("#")]
+    else:
+        names = [
+            str(image.get("file_name", ""))
+            for image in _coco_images(data["test_annotations"])
+            if isinstance(image, dict)
+        ]
     return [name for name in names if not (root / name).is_file()]
 
 
@@ -182,7 +194,9 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
     folders = {"data.train_images", "data.test_images"}
     fmt = config["data"].get("format", "coco")
     if fmt != "coco":
-        folders |= {"data.train_annotations", "data.test_annotations"}
+        folders.add("data.train_annotations")
+        if not str(config["data"].get("test_annotations", "")).endswith(".txt"):  # an image list is a file
+            folders.add("data.test_annotations")
     missing: set[str] = set()
     for key, value in config_paths(config):
         path = Path(value)
@@ -221,11 +235,21 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
             problems.append(f"data.train_annotations: {err}")
         else:
             k = config["folds"]["k"]
-            if k > n_images:
+            share = float(config["folds"].get("blend_share", 0.2))
+            n_blend = n_images // max(2, round(1 / share))
+            if k > n_images - n_blend:
                 problems.append(
-                    f"folds.k = {k} is more than the {n_images} training images of {data['train_annotations']}"
+                    f"folds.k = {k} is more than the {n_images - n_blend} training images of "
+                    f"{data['train_annotations']} left for the folds besides the blend split ({n_blend})"
                 )
-    if not missing & {"data.test_annotations", "data.test_images"}:
+            if n_blend < NESTED_PARTS:
+                problems.append(
+                    f"folds.blend_share = {share} sets aside about {n_blend} of {n_images} training images: nested "
+                    f"selection on the blend split needs at least {NESTED_PARTS}; raise folds.blend_share"
+                )
+    if data.get("test_annotations") and not data.get("test_images"):
+        problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
+    elif data.get("test_annotations") and not missing & {"data.test_annotations", "data.test_images"}:
         try:
             absent = _missing_test_images(data)
         except ValueError as err:
@@ -239,6 +263,7 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
     return problems
 
 
+NESTED_PARTS = 5  # as detfold.ensemble.NESTED_PARTS (not imported: the config gate stays light)
 DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
 
 

@@ -1,9 +1,10 @@
-"""Ensembles of fold models and of models: fusion of COCO results, the OOF parameter search,
-foreign prediction files, and the submission CSV.
+"""Ensembles of fold models and of models: fusion of COCO results, the choice on the blend
+split (candidates, nested selection, bootstrap intervals), foreign prediction files, and the
+submission CSV.
 
 Members are COCO result lists (``image_id, category_id, bbox xywh_abs, score``) on the same
-images. Fusion parameters are chosen on out-of-fold predictions, where every training image
-is predicted by models that never saw it, and then applied to the test predictions.
+images. Everything is chosen on the blend split, images that no fold model trained on, so
+every fold model's predictions there are clean; the choice is then applied to the test set.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from detfold.coco import Coco, load_results
-from detfold.cocoeval import BboxEvaluator
+from detfold.cocoeval import BboxEvaluator, Matched
 from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_coco_predictions
 from detfold.io import atomic_open, read_json
 
@@ -61,48 +63,6 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
                 params["weights"] = [float(x) for x in w]
             combos.append(params)
     return combos
-
-
-class MemberArrays:
-    """Member predictions on the ground truth's images, ready to be fused and scored many times."""
-
-    def __init__(self, members: Sequence[list[dict[str, Any]]], coco: Coco) -> None:
-        self.evaluator = BboxEvaluator(coco.data)
-        self.results = ResultArrays(members, coco.images)  # same sorted image positions as the evaluator
-
-    def score(self, params: dict[str, Any], max_per_image: int = 100) -> dict[str, float]:
-        images, labels, xywh, scores = self.results.fuse(max_per_image=max_per_image, **params)
-        _, cat_pos = self.evaluator.positions(self.evaluator.img_ids[images], labels)
-        stats = self.evaluator.evaluate(images, cat_pos, xywh, scores).stats
-        return {"mAP": float(stats[0]), "mAP50": float(stats[1])}
-
-
-def search(
-    members: Sequence[list[dict[str, Any]]], gt: Coco, combos: list[dict[str, Any]], metric: str = "mAP50"
-) -> pd.DataFrame:
-    """Score every parameter combination on the pooled OOF predictions; best first."""
-    if metric not in ("mAP", "mAP50"):
-        raise ValueError(f"ensemble.search.metric must be mAP or mAP50, got {metric!r}")
-    arrays = MemberArrays(members, gt)
-    rows = []
-    for n, params in enumerate(combos, start=1):
-        rows.append({**{k: str(v) if k == "weights" else v for k, v in params.items()}, **arrays.score(params)})
-        if n % 25 == 0 or n == len(combos):
-            log.info("search: %d/%d combinations", n, len(combos))
-    table = pd.DataFrame(rows)
-    other = "mAP" if metric == "mAP50" else "mAP50"
-    order = np.lexsort((np.arange(len(table)), -table[other].to_numpy(), -table[metric].to_numpy()))
-    return table.iloc[order].reset_index(drop=True)
-
-
-def params_from_row(row: dict[str, Any]) -> dict[str, Any]:
-    """A search-table row back into fusion parameters."""
-    params = {"method": row["method"], "iou_thr": float(row["iou_thr"]), "skip_box_thr": float(row["skip_box_thr"])}
-    if isinstance(row.get("conf_type"), str):
-        params["conf_type"] = row["conf_type"]
-    if isinstance(row.get("weights"), str):
-        params["weights"] = [float(x) for x in row["weights"].strip("[]").split(",")]
-    return params
 
 
 def load_external(spec: dict[str, Any], split: str, coco: Coco) -> list[dict[str, Any]]:
@@ -185,6 +145,10 @@ def fuse_members(
     params: dict[str, Any],
     max_per_image: int,
 ) -> list[dict[str, Any]]:
+    """Fuse the members; one member is returned as it is (a one-member fusion is the identity:
+    re-fusing a model with itself only changes its boxes and scores for the worse)."""
+    if len(members) == 1:
+        return list(members[0])
     return fuse_coco_predictions(members, images, max_per_image=max_per_image, **params)
 
 
@@ -206,3 +170,439 @@ def write_submission(results: list[dict[str, Any]], coco: Coco, path: str | Path
         writer.writerow(["PredictionString", "image_id"])
         for im in coco.images:
             writer.writerow([" ".join(per_image[im["id"]]), im["file_name"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing on the blend split: candidates, nested selection, bootstrap intervals
+
+#: Fold fusion when none is configured: also the first combination of the fold-fusion search.
+DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
+#: The blend images are cut into this many parts for nested selection (leave one part out).
+NESTED_PARTS = 5
+#: Bootstrap resamples of the images for the 95 % intervals.
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class Plan:
+    """One way to make the delivered predictions from the members.
+
+    kind ``single``: one fold model (``member`` = "model/foldK") or one external model
+    (``member`` = its name), as it is; ``fold_ensemble``: ``model``'s K fold models fused with
+    ``fold_params[model]``; ``ensemble``: every model's fold ensemble (``fold_params``), then
+    those and the external models fused with ``model_params``."""
+
+    kind: str
+    member: str | None = None
+    model: str | None = None
+    fold_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_params: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        if self.kind == "single":
+            return f"{self.member}, alone"
+        if self.kind == "fold_ensemble":
+            return f"{self.model} fold ensemble {_short(self.fold_params[str(self.model)])}"
+        folds = "; ".join(f"{m} {_short(p)}" for m, p in self.fold_params.items())
+        return f"model ensemble {_short(self.model_params or {})} of fold ensembles ({folds})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v not in (None, {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(**data)
+
+
+def _short(params: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k} {v}" for k, v in params.items() if k != "class_agnostic") + ")"
+
+
+def kind_label(kind: str) -> str:
+    """'single', 'fold_ensemble:NAME' or 'ensemble' as words."""
+    if kind == "single":
+        return "best single model"
+    if kind.startswith("fold_ensemble:"):
+        return f"{kind.split(':', 1)[1]} fold ensemble"
+    return "model ensemble"
+
+
+def fold_grid(settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Fold-fusion combinations: with ``fold_fusion: search`` (the default) the default fold
+    fusion first, then the search grid (equal weights: the K fold models are exchangeable);
+    with fixed ``fold_fusion`` settings only those."""
+    fixed = settings.get("fold_fusion", "search")
+    if isinstance(fixed, dict):
+        return [fusion_params({**DEFAULT_FOLD_FUSION, **fixed})]
+    search = {k: v for k, v in (settings.get("search") or {}).items() if k != "weights"}
+    return _unique([dict(DEFAULT_FOLD_FUSION), *(grid(search, 1) if search else [])])
+
+
+def model_grid(settings: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
+    """Model-fusion combinations: the untuned default (``method``, ``iou_thr``, ...) first,
+    then the search grid; ``class_agnostic`` applies to all."""
+    agnostic = {"class_agnostic": True} if settings.get("class_agnostic") else {}
+    search = settings.get("search") or {}
+    combos = [fusion_params(settings), *(grid(search, n_members) if search else [])]
+    return _unique([{**c, **agnostic} for c in combos])
+
+
+def _unique(combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for c in combos:
+        key = repr(sorted(c.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+    return out
+
+
+def nested_parts(image_ids: Sequence[int], parts: int, seed: int) -> np.ndarray:
+    """Part (0 .. parts-1) of every image, images in sorted id order: a seeded shuffle dealt
+    round-robin, so part sizes differ by at most one."""
+    n = len(image_ids)
+    if n < parts:
+        raise ValueError(f"the blend split has {n} images, fewer than the {parts} parts of nested selection")
+    part = np.empty(n, dtype=np.int64)
+    part[np.random.default_rng(seed).permutation(n)] = np.arange(n) % parts
+    return part
+
+
+def bootstrap_counts(n_images: int, samples: int, seed: int) -> np.ndarray:
+    """[samples, n_images] multiplicities of a bootstrap over images (seeded)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=samples).astype(np.int64)
+
+
+def interval(values: np.ndarray) -> list[float]:
+    """The 95 % percentile interval, rounded to 1e-6 (undefined resamples, -1, left out)."""
+    values = np.asarray(values, dtype=float)
+    values = values[values > -1] if values.ndim == 1 else values
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [round(float(lo), 6), round(float(hi), 6)]
+
+
+def bootstrap_scores(matched: Matched, counts: np.ndarray) -> np.ndarray:
+    """[samples, 2] (mAP, mAP50) of ``matched`` under each resample's image counts."""
+    return np.array([matched.scores(c) for c in counts])
+
+
+def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:
+    m_ap, m_ap50 = (round(v, 9) for v in scores)
+    return (m_ap50, m_ap) if metric == "mAP50" else (m_ap, m_ap50)
+
+
+class BlendSelector:
+    """Every candidate, scored on the blend split (images no fold model trained on).
+
+    ``fold_preds``: per model its K fold models' predictions on the blend images;
+    ``external``: per external model its predictions there. Fusion and matching are done once
+    per parameter combination on all blend images; any subset or bootstrap resample is then
+    scored by image weights (:class:`detfold.cocoeval.Matched`), which is what makes nested
+    selection affordable.
+    """
+
+    def __init__(
+        self,
+        gt: Coco,
+        fold_preds: dict[str, list[list[dict[str, Any]]]],
+        external: dict[str, list[dict[str, Any]]],
+        settings: dict[str, Any],
+        seed: int = 42,
+        parts: int = NESTED_PARTS,
+    ) -> None:
+        self.gt = gt
+        self.metric = (settings.get("search") or {}).get("metric", "mAP50")
+        if self.metric not in ("mAP", "mAP50"):
+            raise ValueError(f"ensemble.search.metric must be mAP or mAP50, got {self.metric!r}")
+        self.max_per_img = int(settings.get("max_per_img", 100))
+        self.evaluator = BboxEvaluator(gt.data)
+        self.models = sorted(fold_preds)
+        self.external = dict(external)
+        self.fold_grid = fold_grid(settings)
+        self.model_grid = model_grid(settings, len(self.models) + len(self.external))
+        self.part = nested_parts(self.evaluator.img_ids.tolist(), parts, seed)
+        self.parts = parts
+        self.singles: dict[str, Matched] = {}
+        for m in self.models:
+            for k, preds in enumerate(fold_preds[m]):
+                self.singles[f"{m}/fold{k}"] = self._match_coco(preds)
+        for name, preds in self.external.items():
+            self.singles[name] = self._match_coco(preds)
+        self._arrays = {m: ResultArrays(fold_preds[m], gt.images) for m in self.models}
+        self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
+        self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
+        self._matched: dict[tuple[Any, ...], Matched] = {}
+        self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
+        for m in self.models:
+            for i in range(len(self.fold_grid)):
+                self._fold_matched(m, i)
+            log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
+
+    @property
+    def kinds(self) -> list[str]:
+        kinds = ["single"] + [f"fold_ensemble:{m}" for m in self.models]
+        return kinds + (["ensemble"] if len(self.models) + len(self.external) > 1 else [])
+
+    # fused and matched prediction sets, cached ------------------------------------------
+    def _match_coco(self, preds: list[dict[str, Any]]) -> Matched:
+        ev = self.evaluator
+        img, cat = ev.positions(
+            np.array([p["image_id"] for p in preds], dtype=np.int64),
+            np.array([p["category_id"] for p in preds], dtype=np.int64),
+        )
+        boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
+        return ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
+
+    def _match_columns(self, columns: tuple[np.ndarray, ...]) -> Matched:
+        images, labels, xywh, scores = columns
+        _, cat = self.evaluator.positions(self.evaluator.img_ids[images], labels)
+        return self.evaluator.match(images, cat, xywh, scores)
+
+    def _fold_fused(self, model: str, i: int) -> tuple[np.ndarray, ...]:
+        key = ("fold", model, i)
+        if key not in self._fused:
+            self._fused[key] = self._arrays[model].fuse(max_per_image=self.max_per_img, **self.fold_grid[i])
+        return self._fused[key]
+
+    def _fold_matched(self, model: str, i: int) -> Matched:
+        key = ("fold", model, i)
+        if key not in self._matched:  # the fused boxes are not kept: only those the model step uses
+            fused = self._fused.get(key) or self._arrays[model].fuse(
+                max_per_image=self.max_per_img, **self.fold_grid[i]
+            )
+            self._matched[key] = self._match_columns(fused)
+        return self._matched[key]
+
+    def _ensemble_matched(self, fold_choice: tuple[int, ...], j: int) -> Matched:
+        key = ("ensemble", fold_choice, j)
+        if key not in self._matched:
+            sets = [self._fold_fused(m, i) for m, i in zip(self.models, fold_choice, strict=True)]
+            if self._external_arrays is not None:
+                a = self._external_arrays.arrays
+                for e in range(len(self.external)):
+                    sel = a["model"] == e
+                    xyxy = a["box"][sel] * np.hstack([self._external_arrays.wh[a["image"][sel]]] * 2)
+                    xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+                    sets.append((a["image"][sel], a["label"][sel], xywh, a["score"][sel]))
+            arrays = ResultArrays.from_columns(self.evaluator.img_ids, self._arrays[self.models[0]].wh, sets)
+            self._matched[key] = self._match_columns(arrays.fuse(max_per_image=self.max_per_img, **self.model_grid[j]))
+        return self._matched[key]
+
+    def _score(self, key: tuple[Any, ...], matched: Matched, weights: np.ndarray) -> tuple[float, float]:
+        """``matched.scores(weights)``, cached: nested selection asks for the same image subsets
+        of the same prediction set many times."""
+        cache_key = (key, weights.tobytes())
+        if cache_key not in self._scores:
+            self._scores[cache_key] = matched.scores(weights)
+        return self._scores[cache_key]
+
+    def _fold_score(self, model: str, i: int, weights: np.ndarray) -> tuple[float, float]:
+        return self._score(("fold", model, i), self._fold_matched(model, i), weights)
+
+    # fitting a kind of candidate on weighted images -------------------------------------
+    def _best(self, scored: list[tuple[Any, tuple[float, float]]]) -> Any:
+        best = max(range(len(scored)), key=lambda n: (_key(scored[n][1], self.metric), -n))  # ties: first
+        return scored[best][0]
+
+    def fit(self, kind: str, weights: np.ndarray) -> tuple[Plan, Matched]:
+        """The candidate of ``kind`` chosen on the images with weight > 0 (weights = counts)."""
+        if kind == "single":
+            name = self._best([(n, self._score(("single", n), m, weights)) for n, m in self.singles.items()])
+            return Plan("single", member=name), self.singles[name]
+        if kind.startswith("fold_ensemble:"):
+            model = kind.split(":", 1)[1]
+            i = self._best([(i, self._fold_score(model, i, weights)) for i in range(len(self.fold_grid))])
+            return Plan("fold_ensemble", model=model, fold_params={model: self.fold_grid[i]}), self._fold_matched(
+                model, i
+            )
+        if kind != "ensemble":
+            raise ValueError(f"unknown candidate kind {kind!r}")
+        choice = tuple(
+            self._best([(i, self._fold_score(m, i, weights)) for i in range(len(self.fold_grid))]) for m in self.models
+        )
+        j = self._best(
+            [
+                (j, self._score(("ensemble", choice, j), self._ensemble_matched(choice, j), weights))
+                for j in range(len(self.model_grid))
+            ]
+        )
+        plan = Plan(
+            "ensemble",
+            fold_params={m: self.fold_grid[i] for m, i in zip(self.models, choice, strict=True)},
+            model_params=self.model_grid[j],
+        )
+        return plan, self._ensemble_matched(choice, j)
+
+    def nested(self, kind: str, weights: np.ndarray) -> tuple[Matched, list[Plan]]:
+        """Nested selection: for each part, ``kind`` is fitted on the other parts' images and
+        predicts that part; the parts' predictions pooled, and the plan of each part."""
+        pooled, plans = [], []
+        for p in range(self.parts):
+            inside = self.part == p
+            if not (weights[inside] > 0).any():
+                continue
+            plan, matched = self.fit(kind, np.where(inside, 0, weights))
+            pooled.append(matched.restrict(inside))
+            plans.append(plan)
+        return Matched.pool(pooled), plans
+
+    def choose(self, weights: np.ndarray) -> tuple[str, dict[str, tuple[float, float]]]:
+        """The kind with the best nested estimate on the weighted images (ties: the simpler,
+        in the order of :attr:`kinds`), and every kind's nested estimate."""
+        estimates = {kind: self.nested(kind, weights)[0].scores(weights) for kind in self.kinds}
+        best = max(range(len(self.kinds)), key=lambda n: (_key(estimates[self.kinds[n]], self.metric), -n))
+        return self.kinds[best], estimates
+
+    def procedure_nested(self) -> tuple[Matched, list[str]]:
+        """The whole choice (every kind fitted, the kind with the best nested estimate kept),
+        itself nested: for each part, done on the other parts, predicting that part."""
+        ones = np.ones(len(self.part), dtype=np.int64)
+        pooled, kinds = [], []
+        for p in range(self.parts):
+            inside = self.part == p
+            weights = np.where(inside, 0, ones)
+            kind, _ = self.choose(weights)
+            _, matched = self.fit(kind, weights)
+            pooled.append(matched.restrict(inside))
+            kinds.append(kind)
+        return Matched.pool(pooled), kinds
+
+    def search_table(self) -> pd.DataFrame:
+        """Every combination of both steps scored on all blend images (in-sample), best first
+        per step; the model step fuses the fold ensembles chosen on all blend images."""
+        ones = np.ones(len(self.part), dtype=np.int64)
+        rows = []
+        for m in self.models:
+            for i, params in enumerate(self.fold_grid):
+                rows.append({"step": "fold fusion", "model": m, **_row(params), **_scores(self._fold_matched(m, i))})
+        if "ensemble" in self.kinds:
+            plan, _ = self.fit("ensemble", ones)
+            choice = tuple(self.fold_grid.index(plan.fold_params[m]) for m in self.models)
+            for j, params in enumerate(self.model_grid):
+                scores = _scores(self._ensemble_matched(choice, j))
+                rows.append({"step": "model fusion", "model": "", **_row(params), **scores})
+        table = pd.DataFrame(rows)
+        other = "mAP" if self.metric == "mAP50" else "mAP50"
+        order = np.lexsort(
+            (np.arange(len(table)), -table[other].to_numpy(), -table[self.metric].to_numpy(), table.step.to_numpy())
+        )
+        return table.iloc[order].reset_index(drop=True)
+
+
+def _row(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if k == "weights" else v for k, v in params.items()}
+
+
+def _scores(matched: Matched, weights: np.ndarray | None = None) -> dict[str, float]:
+    m_ap, m_ap50 = matched.scores(weights)
+    return {"mAP": round(m_ap, 6), "mAP50": round(m_ap50, 6)}
+
+
+def select_on_blend(selector: BlendSelector, samples: int = BOOTSTRAP_SAMPLES, seed: int = 42) -> dict[str, Any]:
+    """Choose the delivered candidate on the blend split and say how good it is, honestly.
+
+    Per kind of candidate: its plan fitted on all blend images with the in-sample score (the
+    optimistic number: chosen and scored on the same images) and the nested estimate (chosen
+    on the other parts, scored on the held-out part, pooled) with its bootstrap interval.
+    The delivered kind is the one with the best nested estimate; the whole choice is nested
+    once more for its honest estimate; the paired bootstrap interval of the difference is
+    against the best single model (nested too: the single model is also a choice).
+    """
+    n = len(selector.part)
+    ones = np.ones(n, dtype=np.int64)
+    counts = bootstrap_counts(n, samples, seed)
+    winner, _ = selector.choose(ones)
+    candidates: dict[str, Any] = {}
+    nested_boot: dict[str, np.ndarray] = {}
+    for kind in selector.kinds:
+        plan, matched = selector.fit(kind, ones)
+        pooled, plans = selector.nested(kind, ones)
+        boot = bootstrap_scores(pooled, counts)
+        nested_boot[kind] = boot
+        candidates[kind] = {
+            "label": kind_label(kind),
+            "plan": plan.to_dict(),
+            "description": plan.describe(),
+            "in_sample": _scores(matched),
+            "nested": {
+                **_scores(pooled),
+                "mAP_ci95": interval(boot[:, 0]),
+                "mAP50_ci95": interval(boot[:, 1]),
+                "plans_per_part": [p.describe() for p in plans],
+            },
+        }
+        log.info(
+            "blend: %s: in-sample %s, nested %s",
+            kind_label(kind),
+            candidates[kind]["in_sample"],
+            {k: candidates[kind]["nested"][k] for k in ("mAP", "mAP50")},
+        )
+    procedure, kinds_per_part = selector.procedure_nested()
+    proc_boot = bootstrap_scores(procedure, counts)
+    diff = proc_boot - nested_boot["single"]
+    single = candidates["single"]["nested"]
+    proc = _scores(procedure)
+    return {
+        "metric": selector.metric,
+        "blend_images": n,
+        "nested_parts": selector.parts,
+        "bootstrap_samples": samples,
+        "seed": seed,
+        "kinds": selector.kinds,
+        "singles": {name: _scores(m) for name, m in selector.singles.items()},
+        "part_image_ids": [selector.evaluator.img_ids[selector.part == p].tolist() for p in range(selector.parts)],
+        "candidates": candidates,
+        "delivered": {
+            "kind": winner,
+            "label": kind_label(winner),
+            "plan": candidates[winner]["plan"],
+            "description": candidates[winner]["description"],
+            "why": f"best nested {selector.metric} on the blend split of {len(selector.kinds)} kinds of candidate ("
+            + ", ".join(f"{kind_label(k)} {candidates[k]['nested'][selector.metric]:.4f}" for k in selector.kinds)
+            + ")",
+            "honest": {
+                **proc,
+                "mAP_ci95": interval(proc_boot[:, 0]),
+                "mAP50_ci95": interval(proc_boot[:, 1]),
+                "kinds_per_part": [kind_label(k) for k in kinds_per_part],
+            },
+            "vs_best_single": {
+                "mAP": round(proc["mAP"] - single["mAP"], 6),
+                "mAP50": round(proc["mAP50"] - single["mAP50"], 6),
+                "mAP_ci95": interval(diff[:, 0]),
+                "mAP50_ci95": interval(diff[:, 1]),
+            },
+        },
+    }
+
+
+def apply_plan(
+    plan: Plan,
+    fold_preds: dict[str, list[list[dict[str, Any]]]],
+    external: dict[str, list[dict[str, Any]]],
+    images: Sequence[dict[str, Any]],
+    max_per_image: int = 100,
+    untuned_external: dict[str, list[dict[str, Any]]] | None = None,
+) -> list[dict[str, Any]]:
+    """The plan's predictions on other images (the test set): the same members, the same
+    parameters. External models without blend predictions (``untuned_external``) join the
+    model ensemble only, with weight 1."""
+    if plan.kind == "single":
+        name = str(plan.member)
+        if name in external:
+            return list(external[name])
+        model, _, fold = name.rpartition("/fold")
+        return list(fold_preds[model][int(fold)])
+    if plan.kind == "fold_ensemble":
+        model = str(plan.model)
+        return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_image)
+    members = [fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_image) for m in sorted(fold_preds)]
+    members += [external[name] for name in external]
+    params = dict(plan.model_params or {})
+    extra = list((untuned_external or {}).values())
+    if extra and "weights" in params:
+        params["weights"] = list(params["weights"]) + [1.0] * len(extra)
+    return fuse_members(members + extra, images, params, max_per_image)

@@ -291,6 +291,25 @@ class ResultArrays:
             k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
         }
 
+    @classmethod
+    def from_columns(
+        cls, ids: np.ndarray, wh: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> ResultArrays:
+        """Prediction sets already as columns (image position in ``ids``, category id,
+        xywh_abs, score), e.g. the output of :meth:`fuse`, on the images ``ids`` / ``wh``."""
+        self = cls.__new__(cls)
+        self.ids, self.wh, self.n_models = ids, wh, len(sets)
+        parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
+        for m, (img, labels, xywh, scores) in enumerate(sets):
+            scale = np.hstack([wh[img], wh[img]])
+            parts["box"].append(np.clip(np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]) / scale, 0.0, 1.0))
+            parts["score"].append(np.asarray(scores, dtype=float))
+            parts["label"].append(np.asarray(labels, dtype=np.int64))
+            parts["model"].append(np.full(len(img), m, dtype=np.int64))
+            parts["image"].append(np.asarray(img, dtype=np.int64))
+        self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        return self
+
     def fuse(
         self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -98,8 +98,10 @@ def evaluate_coco(
 
 
 def mean_std(values: list[float | None]) -> dict[str, float | None]:
-    """Mean and sample-free (population) std over folds, ignoring undefined values."""
+    """Mean and sample std (ddof 1: the folds are a sample of possible splits) over folds,
+    ignoring undefined values; std is None for fewer than two values."""
     defined = [v for v in values if v is not None]
     if not defined:
         return {"mean": None, "std": None}
-    return {"mean": round(float(np.mean(defined)), 6), "std": round(float(np.std(defined)), 6)}
+    std = round(float(np.std(defined, ddof=1)), 6) if len(defined) > 1 else None
+    return {"mean": round(float(np.mean(defined)), 6), "std": std}

@@ -372,88 +372,232 @@ def report_cv(
 # ensemble
 
 
-def ensemble_rows(oof: Mapping[str, Any], test: Mapping[str, Any]) -> pd.DataFrame:
-    """Every scored prediction set: single fold models, single models, fold ensembles, the
-    untuned model ensemble and the OOF-tuned ensemble, with pooled OOF and test mAP/mAP50
-    (None where a set has no such score: a fold ensemble has no OOF predictions)."""
+def _ci(values: Sequence[float] | None) -> str:
+    return "" if not values else f"[{values[0]:.4f}, {values[1]:.4f}]"
 
-    def row(name: str, kind: str, o: Mapping[str, Any] | None, t: Mapping[str, Any] | None) -> dict[str, Any]:
+
+def ensemble_rows(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> pd.DataFrame:
+    """Every candidate: its in-sample blend score (chosen and scored on the same images:
+    optimistic), its nested blend estimate with the 95 % bootstrap interval (honest), and its
+    test score; the single fold models (no choice made: their blend score is honest as it
+    is); and the delivered predictions, whose honest estimate nests the whole choice."""
+    metric = selection["metric"]
+    cands = (test or {}).get("candidates", {})
+    singles = (test or {}).get("single", {})
+
+    def row(name: str, kind: str, optimistic: Any, honest: Any, ci: Any, t: Mapping[str, Any] | None) -> dict[str, Any]:
         return {
             "predictions": name,
-            "kind": kind,
-            "OOF mAP": o["mAP"] if o else None,
-            "OOF mAP50": o["mAP50"] if o else None,
-            "test mAP": t["mAP"] if t else None,
-            "test mAP50": t["mAP50"] if t else None,
+            "what": kind,
+            f"blend {metric}, in-sample (optimistic)": optimistic,
+            f"blend {metric}, nested (honest)": honest,
+            "95 % interval": _ci(ci),
+            "test mAP": t.get("mAP") if t else None,
+            "test mAP50": t.get("mAP50") if t else None,
         }
 
-    singles = test.get("single", {})
-    rows = []
-    for name in oof["members"]:
-        folds = [m for key, m in sorted(singles.items()) if key.rsplit("/", 1)[0] == name]
-        mean = {k: mean_std([f[k] for f in folds])["mean"] for k in ("mAP", "mAP50")} if folds else None
-        rows.append(row(name, "single model (test: mean of its fold models)", oof["single"][name], mean))
-    for key, m in sorted(singles.items()):
-        rows.append(row(key, "single fold model", None, m))
-    for name, m in sorted(test.get("fold_ensemble", {}).items()):
-        rows.append(row(f"{name} fold ensemble", f"its K fold models fused ({test['fold_fusion']['method']})", None, m))
-    default = oof["default_params"]
-    rows.append(row("model ensemble", f"untuned {default['method']}", oof["default"], test.get("default")))
-    tuned = oof["best_params"]
-    rows.append(row("tuned ensemble", f"OOF-tuned {tuned['method']}", oof["tuned"], test.get("ensemble")))
+    rows = [
+        row(name, "single fold model", None, scores[metric], None, singles.get(name))
+        for name, scores in selection["singles"].items()
+    ]
+    for kind in selection["kinds"]:
+        c = selection["candidates"][kind]
+        rows.append(
+            row(
+                c["label"],
+                c["description"],
+                c["in_sample"][metric],
+                c["nested"][metric],
+                c["nested"][f"{metric}_ci95"],
+                cands.get(kind),
+            )
+        )
+    d = selection["delivered"]
+    rows.append(
+        row(
+            "delivered",
+            f"{d['label']}: {d['description']}",
+            None,
+            d["honest"][metric],
+            d["honest"][f"{metric}_ci95"],
+            (test or {}).get("delivered"),
+        )
+    )
     return pd.DataFrame(rows, dtype=object)  # object: None stays None
 
 
 def report_ensemble(
-    oof_metrics: str,
-    test_metrics: str,
+    selection_json: str,
+    test_metrics: str | None,
     search_csv: str,
     out_png: str,
     out_html: str,
     out_search: str,
     max_rows: int = 200,
 ) -> None:
-    """Single models vs fold ensembles vs model ensemble vs tuned ensemble, OOF and test: bars
-    of mAP and mAP50 (PNG; single fold models left out) and the full table (HTML); the OOF
-    parameter search, best first (HTML, first ``max_rows`` rows)."""
-    oof, test = read_json(oof_metrics), read_json(test_metrics)
-    table = ensemble_rows(oof, test)
-    shown = table[table.kind != "single fold model"].reset_index(drop=True)
+    """Candidates on the blend split (in-sample vs nested, with intervals) and on the test set:
+    bars (PNG; single fold models left out) and the full table (HTML); the search of both
+    fusion steps on the blend split, best first (HTML, first ``max_rows`` rows)."""
+    selection = read_json(selection_json)
+    test = read_json(test_metrics) if test_metrics else None
+    metric = selection["metric"]
+    table = ensemble_rows(selection, test)
+    shown = table[table.what != "single fold model"].reset_index(drop=True)
+    columns = {
+        "blend, in-sample (optimistic)": (f"blend {metric}, in-sample (optimistic)", "tab:gray"),
+        "blend, nested (honest)": (f"blend {metric}, nested (honest)", "tab:blue"),
+        "test": (f"test {metric}", "tab:orange"),
+    }
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 1.5 + 0.55 * len(shown)))
+    fig, ax = plt.subplots(figsize=(10, 1.5 + 0.8 * len(shown)))
     y = np.arange(len(shown))
-    for ax, metric in zip(axes, ("mAP50", "mAP"), strict=True):
-        for offset, split, color in ((-0.2, "OOF", "tab:blue"), (0.2, "test", "tab:orange")):
-            values = shown[f"{split} {metric}"].astype(float).to_numpy()
-            label = "OOF (pooled)" if split == "OOF" else "test set"
-            bars = ax.barh(y + offset, np.nan_to_num(values), 0.4, color=color, label=label)
-            ax.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.3f}" for v in values], fontsize=7, padding=2)
-        ax.set_yticks(y, shown.predictions)
-        ax.invert_yaxis()
-        best = np.nanmax(shown[[f"OOF {metric}", f"test {metric}"]].astype(float).to_numpy(), initial=0.0)
-        ax.set_xlim(0, min(1.1, max(0.05, 1.25 * best)))
-        ax.set_title(f"{metric}: single models vs ensembles")
-        ax.legend(fontsize=8, loc="lower right")
+    for n, (label, (column, color)) in enumerate(columns.items()):
+        values = shown[column].astype(float).to_numpy()
+        bars = ax.barh(y + (n - 1) * 0.27, np.nan_to_num(values), 0.27, color=color, label=label)
+        ax.bar_label(bars, labels=["n/a" if np.isnan(v) else f"{v:.3f}" for v in values], fontsize=7, padding=2)
+    ax.set_yticks(y, shown.predictions)
+    ax.invert_yaxis()
+    best = np.nanmax(shown[[c for c, _ in columns.values()]].astype(float).to_numpy(), initial=0.0)
+    ax.set_xlim(0, min(1.1, max(0.05, 1.25 * best)))
+    ax.set_title(f"{metric}: candidates on the blend split and the test set")
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     _save(fig, out_png)
 
-    key = [name == "tuned ensemble" for name in table.predictions]
+    key = [name == "delivered" for name in table.predictions]
+    d = selection["delivered"]
     body = _note(
-        "OOF: pooled out-of-fold predictions of the training images (each image predicted by the fold model "
-        "that did not train on it), the cross-validated estimate. Test: the test set. "
-        f"Tuned parameters: {oof['best_params']}; untuned: {oof['default_params']}."
+        f"Blend split: {selection['blend_images']} training images that no fold model trained on. In-sample: "
+        "chosen and scored on all of them (optimistic). Nested: chosen on the other "
+        f"{selection['nested_parts'] - 1} of {selection['nested_parts']} parts, scored on the held-out part, "
+        f"pooled (honest); 95 % intervals: {selection['bootstrap_samples']} bootstrap resamples of the images. "
+        f"Delivered: {d['description']}, because it has the {d['why']}; its honest estimate nests that choice "
+        "as well. Test: scored once, never used to choose."
     ) + _table(table, key)
-    write_text(out_html, _page("Ensembles: OOF and test", body))
+    write_text(out_html, _page("Ensembles: chosen on the blend split", body))
 
     search = pd.read_csv(search_csv)
     note = (
-        f"{len(search)} fusion parameter combinations scored on the pooled OOF predictions by "
-        f"{oof['metric']}, best first" + (f"; the first {max_rows} shown." if len(search) > max_rows else ".")
+        f"{len(search)} fusion parameter combinations scored on all blend images by {metric} (in-sample), "
+        "best first per step; the model step fuses the fold ensembles chosen there"
+        + (f"; the first {max_rows} shown." if len(search) > max_rows else ".")
     )
     rows = search.head(max_rows)
     rows = rows.astype(object).where(rows.notna(), None)
-    key = [True] + [False] * (len(rows) - 1)
-    write_text(out_search, _page("Ensemble parameter search (OOF)", _note(note) + _table(rows, key)))
+    key = [i == 0 or rows.step.iloc[i] != rows.step.iloc[i - 1] for i in range(len(rows))]
+    write_text(out_search, _page("Fusion parameter search (blend split)", _note(note) + _table(rows, key)))
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary_markdown(
+    aud: Mapping[str, Any],
+    fold_sizes: Sequence[int],
+    balance: Mapping[str, Any] | None,
+    models: Mapping[str, Mapping[str, Any]],
+    selection: Mapping[str, Any],
+    test: Mapping[str, Any] | None,
+) -> str:
+    """The run summary (results/summary.md): what is delivered and why, honest estimates with
+    intervals beside the optimistic ones, the audit, the folds, CV per model and class, test."""
+    metric = selection["metric"]
+    d = selection["delivered"]
+    h, v, parts = d["honest"], d["vs_best_single"], selection["nested_parts"]
+    lines = [
+        "# detfold run summary",
+        "",
+        "## Delivered predictions",
+        "",
+        f"**{d['label']}**: {d['description']}.",
+        "",
+        f"Chosen on the blend split ({selection['blend_images']} training images no fold model trained on) "
+        f"because it has the {d['why']}.",
+        "",
+        f"Honest estimate (the whole choice nested: made on {parts - 1} of {parts} parts of the blend images, "
+        f"scored on the held-out part, pooled): mAP {_num(h['mAP'])} {_ci(h['mAP_ci95'])}, "
+        f"mAP50 {_num(h['mAP50'])} {_ci(h['mAP50_ci95'])} "
+        f"(95 % bootstrap intervals over the images); difference from the best single model (nested too): "
+        f"mAP {v['mAP']:+.4f} {_ci(v['mAP_ci95'])}, mAP50 {v['mAP50']:+.4f} {_ci(v['mAP50_ci95'])}.",
+        "",
+    ]
+    if test and test.get("labelled"):
+        t = test["delivered"]
+        vs = t["vs_best_single"]
+        lines += [
+            f"Test set (never used to choose): mAP {_num(t['mAP'])} {_ci(t['mAP_ci95'])}, mAP50 {_num(t['mAP50'])} "
+            f"{_ci(t['mAP50_ci95'])}; paired difference from the single model best on the test set "
+            f"({t['best_single_on_test']}): mAP {_ci(vs['mAP_ci95'])}, mAP50 {_ci(vs['mAP50_ci95'])}.",
+            "",
+        ]
+    elif test:
+        lines += [f"Test set unlabelled: {test['n_predictions']} predictions written, not scored.", ""]
+    else:
+        lines += ["No test set configured: the run ends with cross-validation and the blend-split choice.", ""]
+    lines += [
+        "## Candidates",
+        "",
+        f"| predictions | what | blend {metric} in-sample (optimistic) | blend {metric} nested (honest) "
+        "| 95 % interval | test mAP | test mAP50 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in ensemble_rows(selection, test).itertuples(index=False):
+        name = f"**{row[0]}**" if row[0] == "delivered" else row[0]
+        cells = [_num(x) if not isinstance(x, str) else x for x in row[2:]]
+        lines.append(f"| {name} | {row[1]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "In-sample: chosen and scored on the same blend images, so it flatters the tuned candidates. Nested: the "
+        "parameters chosen on the other parts, scored on the held-out part. A single fold model needs no choice: "
+        "its blend score is honest as it is.",
+        "",
+        "## Audit",
+        "",
+        "| split | images | boxes before | boxes after |",
+        "|---|---|---|---|",
+    ]
+    for split, sp in aud["splits"].items():
+        lines.append(f"| {split} | {sp['images_after']} | {sp['boxes_before']} | {sp['boxes_after']} |")
+    found = ", ".join(
+        f"{check} {entry['total']} ({', '.join(f'{a} {n}' for a, n in entry['by_action'].items())})"
+        for check, entry in aud["findings_per_check"].items()
+    )
+    lines += ["", "Findings per check: " + (found or "none"), ""]
+    lines += ["## Folds", "", f"K = {len(fold_sizes)}; images per fold: " + ", ".join(str(n) for n in fold_sizes), ""]
+    if balance:
+        lines += [
+            f"Blend split: {balance.get('blend_images', 0)} images (share {balance.get('blend_share')}). "
+            f"Method {balance['method']}, seed {balance['seed']}, group_by {balance['group_by']} "
+            f"({balance['groups_of_several_images']} groups of several images). Max deviation from 1/K: "
+            f"box share {balance['max_box_share_deviation']:.4f}, "
+            f"image share {balance['max_image_share_deviation']:.4f}.",
+            "",
+        ]
+    lines += [
+        "## Cross-validated mAP (out-of-fold)",
+        "",
+        "| model | fold | mAP | mAP50 |",
+        "|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        for f in m["folds"]:
+            lines.append(f"| {name} | {f['fold']} | {_num(f['mAP'])} | {_num(f['mAP50'])} |")
+        cv = m["cv"]
+        lines.append(
+            f"| {name} | mean +- std (ddof 1) | {_num(cv['mAP']['mean'])} +- {_num(cv['mAP']['std'])} "
+            f"| {_num(cv['mAP50']['mean'])} +- {_num(cv['mAP50']['std'])} |"
+        )
+        p = m["pooled_oof"]
+        lines.append(
+            f"| {name} | **pooled OOF** [95 % interval] | **{_num(p['mAP'])}** {_ci(p.get('mAP_ci95'))} "
+            f"| **{_num(p['mAP50'])}** {_ci(p.get('mAP50_ci95'))} |"
+        )
+    lines += ["", "Per-class AP (pooled OOF):", "", "| model | class | AP | AP50 | GT boxes |", "|---|---|---|---|---|"]
+    for name, m in models.items():
+        for cls, c in m["pooled_oof"]["per_class"].items():
+            lines.append(f"| {name} | {cls} | {_num(c['AP'])} | {_num(c['AP50'])} | {c['n_gt']} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------

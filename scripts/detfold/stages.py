@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def run_audit(
     train_annotations: str,
     train_images: str,
-    test_annotations: str,
-    test_images: str,
+    test_annotations: str | None,
+    test_images: str | None,
     settings: dict[str, Any],
     overrides: str | None,
     out_train: str,
@@ -38,14 +38,19 @@ def run_audit(
     """Validate both splits (structure and image files), run the checks, apply the policy and a
     person's overrides, and write the cleaned files, findings, summary and gallery.
 
-    An unlabelled test set (no annotations) only has its image files checked.
+    An unlabelled test set (a COCO file without annotations, or a text file of image file
+    names) only has its image files checked; without a test set the test file lists no image.
     """
     policy = audit.AuditPolicy.from_config(settings.get("checks"))
     decisions = audit.read_overrides(overrides)
-    before = {
-        "train": load_coco(train_annotations),
-        "test": load_coco(test_annotations, require_annotations=False),
-    }
+    train = load_coco(train_annotations)
+    if test_annotations is None:
+        test = Coco({"images": [], "annotations": [], "categories": train.categories}, path="no test set")
+    elif str(test_annotations).endswith(".txt"):
+        test = audit.coco_from_image_list(test_annotations, test_images, train.categories)
+    else:
+        test = load_coco(test_annotations, require_annotations=False)
+    before = {"train": train, "test": test}
     audit.check_image_files(before["train"], train_images)
     audit.check_image_files(before["test"], test_images)
     if before["train"].class_names != before["test"].class_names and is_labelled(before["test"]):
@@ -206,13 +211,15 @@ def run_evaluate(
     model: str,
     val_jsons: Sequence[str],
     oof_preds: Sequence[str],
-    test_json: str,
+    test_json: str | None,
     test_preds: Sequence[str],
     out: str,
     out_pr_curves: str | None = None,
+    seed: int = 42,
 ) -> None:
-    """Per-fold OOF metrics, mean +- std over folds, pooled OOF metrics (with per-class PR
-    curves, also as CSV), and per-fold test metrics."""
+    """Per-fold OOF metrics, mean +- std (ddof 1) over folds, pooled OOF metrics with bootstrap
+    95 % intervals over the images (and per-class PR curves, also as CSV), and per-fold test
+    metrics when there is a labelled test set."""
     per_fold, pooled_preds, pooled_gt = [], [], None
     for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
         gt, preds = load_coco(val_json), read_product(pred_json)
@@ -232,9 +239,10 @@ def run_evaluate(
         ]
         with atomic_open(out_pr_curves) as handle:
             pd.DataFrame(rows).to_csv(handle, index=False, lineterminator="\n")
+    pooled.update(_pooled_intervals(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, seed))
     result["pooled_oof"] = pooled
-    test = load_coco(test_json, require_annotations=False)
-    if is_labelled(test):
+    test = load_coco(test_json, require_annotations=False) if test_json else None
+    if test is not None and is_labelled(test):
         result["test"] = [
             {"fold": fold, **evaluate_coco(test, read_product(path), path)} for fold, path in enumerate(test_preds)
         ]
@@ -242,11 +250,29 @@ def run_evaluate(
     log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
 
 
+def _pooled_intervals(gt: Coco, preds: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """Bootstrap (over images, seeded) 95 % intervals of mAP and mAP50."""
+    from detfold import ensemble
+    from detfold.cocoeval import BboxEvaluator
+
+    ev = BboxEvaluator(gt.data)
+    img, cat = ev.positions(
+        np.array([p["image_id"] for p in preds], dtype=np.int64),
+        np.array([p["category_id"] for p in preds], dtype=np.int64),
+    )
+    boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
+    matched = ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
+    counts = ensemble.bootstrap_counts(len(gt.images), ensemble.BOOTSTRAP_SAMPLES, seed)
+    boot = ensemble.bootstrap_scores(matched, counts)
+    return {
+        "mAP_ci95": ensemble.interval(boot[:, 0]),
+        "mAP50_ci95": ensemble.interval(boot[:, 1]),
+        "bootstrap": {"samples": ensemble.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
+    }
+
+
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return {**a, "images": a["images"] + b["images"], "annotations": a["annotations"] + b["annotations"]}
-
-
-DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
 
 
 def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, list[str]]:
@@ -257,67 +283,78 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
     return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
 
 
-def _pooled(paths: Sequence[str]) -> list[dict[str, Any]]:
-    return [p for path in paths for p in read_product(path)]
+def _fold_predictions(gt: Coco, model_files: dict[str, list[str]]) -> dict[str, list[list[dict[str, Any]]]]:
+    out = {}
+    for name in sorted(model_files):
+        out[name] = [read_product(path) for path in model_files[name]]
+        for path, preds in zip(model_files[name], out[name], strict=True):
+            check_predictions(gt, preds, path)
+    return out
 
 
-def run_ensemble_oof(
-    gt_json: str,
-    model_oof: dict[str, list[str]],
-    settings: dict[str, Any],
-    out_search: str,
-    out_best: str,
-    out_oof: str,
-    out_metrics: str,
-) -> None:
-    """Choose the fusion parameters on out-of-fold predictions.
-
-    Members: each model's pooled OOF predictions (every training image predicted by the fold
-    model that did not see it) and each external model's OOF file. Every combination of
-    ``settings['search']`` is scored on the pooled OOF mAP/mAP50; the best is written to
-    ``out_best`` and its fused OOF predictions to ``out_oof``.
-    """
+def _externals(
+    settings: dict[str, Any], split: str, coco: Coco, id_coco: Coco | None = None
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+    """External models' predictions on ``coco``'s images: (those with OOF predictions, which
+    take part in the choice, and the others, which join the model ensemble untuned). For the
+    blend split (``split`` oof) their OOF files are read against ``id_coco`` (all training
+    images) and kept on the blend images."""
     from detfold import ensemble
 
-    gt = load_coco(gt_json)
-    names = sorted(model_oof)
-    members = [_pooled(model_oof[n]) for n in names]
+    chosen, untuned = {}, {}
+    keep = set(coco.image_ids)
     for spec in settings.get("external") or []:
-        if spec.get("oof"):  # an external model without OOF predictions joins only the test fusion
-            names.append(spec["name"])
-            members.append(ensemble.load_external(spec, "oof", gt))
-    for name, preds in zip(names, members, strict=True):
-        check_predictions(gt, preds, f"OOF predictions of {name}")
-    default = ensemble.fusion_params(settings)
-    search = settings.get("search") or {}
-    agnostic = {"class_agnostic": True} if settings.get("class_agnostic") else {}
-    combos = [default] + [{**c, **agnostic} for c in (ensemble.grid(search, len(members)) if search else [])]
-    metric = search.get("metric", "mAP50")
-    table = ensemble.search(members, gt, combos, metric)
+        if split == "oof" and not spec.get("oof"):
+            continue
+        preds = ensemble.load_external(spec, split, id_coco or coco)
+        preds = [p for p in preds if p["image_id"] in keep]
+        (chosen if spec.get("oof") else untuned)[spec["name"]] = preds
+    return chosen, untuned
+
+
+def run_ensemble_select(
+    blend_json: str,
+    train_json: str,
+    model_blend: dict[str, list[str]],
+    settings: dict[str, Any],
+    seed: int,
+    out_search: str,
+    out_best: str,
+    out_selection: str,
+    out_blend: str,
+) -> None:
+    """Choose what is delivered, on the blend split (images no fold model trained on).
+
+    Candidates: the best single fold model (or external model), each model's fold ensemble
+    (fold fusion tuned), and the model ensemble of the fold ensembles (model fusion tuned too).
+    Each is scored in-sample and by nested selection with bootstrap intervals; the kind with
+    the best nested estimate is delivered (``out_best``), its whole choice nested once more
+    for its honest estimate (``out_selection``)."""
+    from detfold import ensemble
+
+    gt = load_coco(blend_json)
+    fold_preds = _fold_predictions(gt, model_blend)
+    external, _ = _externals(settings, "oof", gt, load_coco(train_json))
+    selector = ensemble.BlendSelector(gt, fold_preds, external, settings, seed=seed)
+    selection = ensemble.select_on_blend(
+        selector, samples=int(settings.get("bootstrap_samples", ensemble.BOOTSTRAP_SAMPLES)), seed=seed
+    )
+    plan = ensemble.Plan.from_dict(selection["delivered"]["plan"])
+    fused = ensemble.apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
     with atomic_open(out_search) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n")
-    best = {**ensemble.params_from_row(table.iloc[0].to_dict()), **agnostic}
-    max_per_img = int(settings.get("max_per_img", 100))
-    fused = ensemble.fuse_members(members, gt.images, best, max_per_img)
-    write_json(out_oof, fused)
-    metrics = {
-        "metric": metric,
-        "members": names,
-        "best_params": best,
-        "default_params": default,
-        "combinations_tried": len(table),
-        "single": {n: evaluate_coco(gt, m, n) for n, m in zip(names, members, strict=True)},
-        "default": evaluate_coco(gt, ensemble.fuse_members(members, gt.images, default, max_per_img), "default"),
-        "tuned": evaluate_coco(gt, fused, out_oof),
-    }
-    write_json(out_best, {"params": best, "metric": metric, "value": float(table.iloc[0][metric])})
-    write_json(out_metrics, metrics)
+        selector.search_table().to_csv(handle, index=False, lineterminator="\n")
+    write_json(out_blend, fused)
+    write_json(out_selection, selection)
+    write_json(out_best, {"plan": plan.to_dict(), "kind": selection["delivered"]["kind"], "metric": selector.metric})
+    d = selection["delivered"]
     log.info(
-        "OOF ensemble: best %s -> %s %.4f (default %.4f)",
-        best,
-        metric,
-        metrics["tuned"][metric],
-        metrics["default"][metric],
+        "delivered: %s; honest (nested) blend %s %.4f %s; vs best single model %+.4f %s",
+        d["description"],
+        selector.metric,
+        d["honest"][selector.metric],
+        d["honest"][f"{selector.metric}_ci95"],
+        d["vs_best_single"][selector.metric],
+        d["vs_best_single"][f"{selector.metric}_ci95"],
     )
 
 
@@ -326,183 +363,124 @@ def run_ensemble_test(
     model_test: dict[str, list[str]],
     settings: dict[str, Any],
     best_json: str,
+    selection_json: str,
+    seed: int,
     out_preds: str,
-    out_default: str,
     out_metrics: str,
     out_submission: str,
 ) -> None:
-    """Fuse test predictions in two steps: each model's K fold models (``fold_fusion``), then
-    the models (and external ones) with the OOF-tuned parameters; also with the untuned
-    default. Scores every single fold model, fold ensemble and both ensembles when labelled."""
+    """The delivered plan applied to the test predictions (``out_preds``, the submission CSV).
+
+    On a labelled test set every single fold model and every candidate (each as chosen on the
+    blend split) is scored too, and the delivered predictions get bootstrap intervals, also
+    paired against the single fold model that is best on the test set (an after-the-fact
+    choice: the hardest comparison). An unlabelled test set is predicted, fused and written."""
     from detfold import ensemble
 
     test = load_coco(test_json, require_annotations=False)
     max_per_img = int(settings.get("max_per_img", 100))
-    fold_params = ensemble.fusion_params({**DEFAULT_FOLD_FUSION, **(settings.get("fold_fusion") or {})})
-    names, members, singles = [], [], {}
-    for name in sorted(model_test):
-        folds_preds = [read_product(p) for p in model_test[name]]
-        for k, preds in enumerate(folds_preds):
-            check_predictions(test, preds, model_test[name][k])
-            singles[f"{name}/fold{k}"] = preds
-        names.append(name)
-        members.append(ensemble.fuse_members(folds_preds, test.images, fold_params, max_per_img))
-    externals = sorted(settings.get("external") or [], key=lambda spec: not spec.get("oof"))  # as in the search
-    for spec in externals:
-        names.append(spec["name"])
-        members.append(ensemble.load_external(spec, "test", test))
-    best = read_json(best_json)["params"]
-    if "weights" in best:  # members without OOF predictions were not tuned: weight 1
-        best = {**best, "weights": best["weights"] + [1.0] * (len(members) - len(best["weights"]))}
-    default = ensemble.fusion_params(settings)
-    tuned = ensemble.fuse_members(members, test.images, best, max_per_img)
-    untuned = ensemble.fuse_members(members, test.images, default, max_per_img)
-    write_json(out_default, untuned)
-    write_json(out_preds, tuned)
-    ensemble.write_submission(tuned, test, out_submission, settings.get("submission_label", "index"))
+    fold_preds = _fold_predictions(test, model_test)
+    external, untuned = _externals(settings, "test", test)
+    best = read_json(best_json)
+    plan = ensemble.Plan.from_dict(best["plan"])
+    delivered = ensemble.apply_plan(plan, fold_preds, external, test.images, max_per_img, untuned)
+    write_json(out_preds, delivered)
+    ensemble.write_submission(delivered, test, out_submission, settings.get("submission_label", "index"))
     metrics: dict[str, Any] = {
-        "members": names,
-        "fold_fusion": fold_params,
-        "default_params": default,
-        "tuned_params": best,
-        "n_predictions": len(tuned),
+        "delivered": {"kind": best["kind"], "plan": plan.to_dict(), "description": plan.describe()},
+        "members": [*sorted(fold_preds), *external, *untuned],
+        "n_predictions": len(delivered),
+        "labelled": is_labelled(test),
     }
     if is_labelled(test):
-        metrics["single"] = {n: evaluate_coco(test, p, n) for n, p in singles.items()}
-        metrics["fold_ensemble"] = {n: evaluate_coco(test, m, n) for n, m in zip(names, members, strict=True)}
-        metrics["default"] = evaluate_coco(test, untuned, out_default)
-        metrics["ensemble"] = evaluate_coco(test, tuned, out_preds)
+        selection = read_json(selection_json)
+        metrics["single"] = {
+            f"{m}/fold{k}": evaluate_coco(test, p, f"{m}/fold{k}")
+            for m, folds in fold_preds.items()
+            for k, p in enumerate(folds)
+        }
+        metrics["single"].update({name: evaluate_coco(test, p, name) for name, p in {**external, **untuned}.items()})
+        metrics["candidates"] = {}
+        for kind, cand in selection["candidates"].items():
+            preds = ensemble.apply_plan(
+                ensemble.Plan.from_dict(cand["plan"]), fold_preds, external, test.images, max_per_img, untuned
+            )
+            metrics["candidates"][kind] = {
+                "label": cand["label"],
+                "description": cand["description"],
+                **_mm(evaluate_coco(test, preds, kind)),
+            }
+        metrics["delivered"].update(evaluate_coco(test, delivered, out_preds))
+        samples = int(settings.get("bootstrap_samples") or ensemble.BOOTSTRAP_SAMPLES)
+        metrics["delivered"].update(
+            _test_intervals(test, delivered, metrics["single"], fold_preds, external, seed, samples)
+        )
     write_json(out_metrics, metrics)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _mm(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result[k] for k in ("mAP", "mAP50")}
 
 
-def _headline(models: dict[str, Any], oof: dict[str, Any], ens: dict[str, Any]) -> list[str]:
-    """Markdown table: per model the fold mean +- std and pooled OOF score; single models vs fold
-    ensembles vs model ensemble vs OOF-tuned ensemble, OOF and test (as the report's table)."""
-    from detfold.report import ensemble_rows
+def _test_intervals(
+    test: Coco,
+    delivered: list[dict[str, Any]],
+    singles: dict[str, dict[str, Any]],
+    fold_preds: dict[str, list[list[dict[str, Any]]]],
+    external: dict[str, list[dict[str, Any]]],
+    seed: int,
+    samples: int,
+) -> dict[str, Any]:
+    """Bootstrap intervals over the test images of the delivered predictions, and of their
+    difference from the single model that scores best on the test set (paired resamples)."""
+    from detfold import ensemble
+    from detfold.cocoeval import BboxEvaluator
 
-    rows = ensemble_rows(oof, ens)
-    lines = [
-        "## Headline",
-        "",
-        "| predictions | what | mAP50 per fold, mean +- std | OOF mAP | OOF mAP50 | test mAP | test mAP50 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows[rows.kind != "single fold model"].itertuples(index=False):
-        cv = models[row.predictions]["cv"]["mAP50"] if row.predictions in models else None
-        spread = f"{_fmt(cv['mean'])} +- {_fmt(cv['std'])}" if cv else ""
-        name = f"**{row.predictions}**" if row.predictions == "tuned ensemble" else row.predictions
-        scores = " | ".join(_fmt(v) for v in row[2:])
-        lines.append(f"| {name} | {row.kind} | {spread} | {scores} |")
-    return [*lines, "", "OOF: pooled out-of-fold predictions (the cross-validated estimate); n/a: no such score.", ""]
+    ev = BboxEvaluator(test.data)
+    counts = ensemble.bootstrap_counts(len(test.images), samples, seed)
+    best_single = max(singles, key=lambda n: (singles[n]["mAP50"] or 0.0, singles[n]["mAP"] or 0.0))
+    model, _, fold = best_single.rpartition("/fold")
+    single_preds = external[best_single] if best_single in external else fold_preds[model][int(fold)]
+    boot = {}
+    for name, preds in (("delivered", delivered), ("single", single_preds)):
+        img, cat = ev.positions(
+            np.array([p["image_id"] for p in preds], dtype=np.int64),
+            np.array([p["category_id"] for p in preds], dtype=np.int64),
+        )
+        boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
+        matched = ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
+        boot[name] = ensemble.bootstrap_scores(matched, counts)
+    diff = boot["delivered"] - boot["single"]
+    return {
+        "mAP_ci95": ensemble.interval(boot["delivered"][:, 0]),
+        "mAP50_ci95": ensemble.interval(boot["delivered"][:, 1]),
+        "best_single_on_test": best_single,
+        "vs_best_single": {"mAP_ci95": ensemble.interval(diff[:, 0]), "mAP50_ci95": ensemble.interval(diff[:, 1])},
+    }
 
 
 def run_summary(
     audit_summary: str,
     fold_table: str,
     model_metrics: dict[str, str],
-    ensemble_metrics: str,
+    selection_json: str,
     out_md: str,
     out_json: str,
     fold_balance: str | None = None,
-    oof_ensemble: str | None = None,
+    test_metrics: str | None = None,
 ) -> None:
-    """Headline numbers of the run as markdown (for the terminal) and JSON."""
+    """Headline numbers of the run as markdown (for the terminal) and JSON
+    (:func:`detfold.report.summary_markdown`)."""
+    from detfold.report import summary_markdown
+
     aud = read_json(audit_summary)
     table = folds.read_folds(fold_table)
     balance = read_json(fold_balance) if fold_balance else None
     models = {name: read_json(path) for name, path in sorted(model_metrics.items())}
-    ens = read_json(ensemble_metrics)
-    headline = _headline(models, read_json(oof_ensemble), ens) if oof_ensemble else []
-    lines = [
-        "# detfold run summary",
-        "",
-        *headline,
-        "## Audit",
-        "",
-        "| split | images | boxes before | boxes after |",
-        "|---|---|---|---|",
-    ]
-    for split, s in aud["splits"].items():
-        lines.append(f"| {split} | {s['images_after']} | {s['boxes_before']} | {s['boxes_after']} |")
-    lines += [
-        "",
-        "Findings per check: "
-        + (
-            ", ".join(
-                f"{check} {entry['total']} ({', '.join(f'{a} {n}' for a, n in entry['by_action'].items())})"
-                for check, entry in aud["findings_per_check"].items()
-            )
-            or "none"
-        ),
-        "",
-    ]
+    selection = read_json(selection_json)
+    test = read_json(test_metrics) if test_metrics else None
     sizes = table.fold.value_counts().sort_index()
-    lines += ["## Folds", "", f"K = {len(sizes)}; images per fold: " + ", ".join(str(n) for n in sizes), ""]
-    if balance:
-        lines += [
-            f"Method {balance['method']}, seed {balance['seed']}, group_by {balance['group_by']} "
-            f"({balance['groups_of_several_images']} groups of several images). Max deviation from 1/K: "
-            f"box share {balance['max_box_share_deviation']:.4f}, "
-            f"image share {balance['max_image_share_deviation']:.4f}.",
-            "",
-        ]
-    lines += ["## Cross-validated mAP (out-of-fold)", "", "| model | fold | mAP | mAP50 |", "|---|---|---|---|"]
-    for name, m in models.items():
-        for f in m["folds"]:
-            lines.append(f"| {name} | {f['fold']} | {_fmt(f['mAP'])} | {_fmt(f['mAP50'])} |")
-        cv = m["cv"]
-        lines.append(
-            f"| {name} | mean +- std | {_fmt(cv['mAP']['mean'])} +- {_fmt(cv['mAP']['std'])} "
-            f"| {_fmt(cv['mAP50']['mean'])} +- {_fmt(cv['mAP50']['std'])} |"
-        )
-        lines.append(
-            f"| {name} | **pooled OOF** | **{_fmt(m['pooled_oof']['mAP'])}** | **{_fmt(m['pooled_oof']['mAP50'])}** |"
-        )
-    lines += ["", "Per-class AP (pooled OOF):", "", "| model | class | AP | AP50 | GT boxes |", "|---|---|---|---|---|"]
-    for name, m in models.items():
-        for cls, c in m["pooled_oof"]["per_class"].items():
-            lines.append(f"| {name} | {cls} | {_fmt(c['AP'])} | {_fmt(c['AP50'])} | {c['n_gt']} |")
-    if oof_ensemble:
-        oof = read_json(oof_ensemble)
-        lines += ["", "## Ensemble, chosen on out-of-fold predictions", ""]
-        lines += [
-            f"{oof['combinations_tried']} parameter combinations scored on pooled OOF {oof['metric']}; "
-            f"best: {oof['best_params']}.",
-            "",
-            "| OOF predictions | mAP | mAP50 |",
-            "|---|---|---|",
-        ]
-        for member, m in oof["single"].items():
-            lines.append(f"| {member} | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |")
-        lines.append(
-            f"| default fusion {oof['default_params']} | {_fmt(oof['default']['mAP'])} "
-            f"| {_fmt(oof['default']['mAP50'])} |"
-        )
-        lines.append(f"| **tuned fusion** | **{_fmt(oof['tuned']['mAP'])}** | **{_fmt(oof['tuned']['mAP50'])}** |")
-    lines += ["", "## Test set", ""]
-    if "ensemble" in ens:
-        lines += ["| predictions | mAP | mAP50 |", "|---|---|---|"]
-        for member, m in ens["single"].items():
-            lines.append(f"| {member} | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |")
-        for member, m in ens["fold_ensemble"].items():
-            lines.append(
-                f"| {member}: fold ensemble ({ens['fold_fusion']['method']}) | {_fmt(m['mAP'])} | {_fmt(m['mAP50'])} |"
-            )
-        lines.append(
-            f"| untuned ensemble {ens['default_params']} | {_fmt(ens['default']['mAP'])} "
-            f"| {_fmt(ens['default']['mAP50'])} |"
-        )
-        e = ens["ensemble"]
-        lines.append(
-            f"| **OOF-tuned ensemble** {ens['tuned_params']} | **{_fmt(e['mAP'])}** | **{_fmt(e['mAP50'])}** |"
-        )
-    else:
-        lines.append(f"Test set unlabelled: {ens['n_predictions']} fused predictions written, not scored.")
-    write_text(out_md, "\n".join(lines) + "\n")
+    write_text(out_md, summary_markdown(aud, sizes.tolist(), balance, models, selection, test))
     write_json(
         out_json,
         {
@@ -510,14 +488,20 @@ def run_summary(
             "fold_sizes": {int(k): int(v) for k, v in sizes.items()},
             "fold_balance": balance,
             "models": {
-                n: {"cv": m["cv"], "pooled_oof": {k: m["pooled_oof"][k] for k in ("mAP", "mAP50")}}
+                n: {
+                    "cv": m["cv"],
+                    "pooled_oof": {k: m["pooled_oof"][k] for k in ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")},
+                }
                 for n, m in models.items()
             },
-            "test": {
-                name: {n: {"mAP": m["mAP"], "mAP50": m["mAP50"]} for n, m in ens.get(name, {}).items()}
-                for name in ("single", "fold_ensemble")
-            }
-            | {name: {k: ens[name][k] for k in ("mAP", "mAP50")} for name in ("default", "ensemble") if name in ens},
+            "delivered": selection["delivered"],
+            "test": None
+            if test is None
+            else {
+                "delivered": {k: test["delivered"].get(k) for k in ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")},
+                "single": {n: _mm(m) for n, m in test.get("single", {}).items()},
+                "candidates": {n: _mm(m) for n, m in test.get("candidates", {}).items()},
+            },
             "stat_names": list(STAT_NAMES),
         },
     )

@@ -13,11 +13,13 @@ every model's ``--folds`` fold models. At the defaults that is 10 M out-of-fold 
 test boxes.
 
 Then detfold's real stage functions run on those files as the rule scripts call them
-(scripts/evaluate.py, ensemble_oof.py, ensemble.py), with the ``ensemble`` settings of
+(scripts/evaluate.py, ensemble_select.py, ensemble.py), with the ``ensemble`` settings of
 config/config.yaml completed by the schema defaults: ``run_evaluate`` for one model (per-fold
-and pooled OOF metrics, test metrics per fold; the workflow runs one such job per model),
-``run_ensemble_oof`` (the search over the settings' grid on the pooled OOF predictions of all
-models) and ``run_ensemble_test`` (fold fusion, then model fusion). Each runs in a fresh
+and pooled OOF metrics with bootstrap intervals, test metrics per fold; the workflow runs one
+such job per model), ``run_ensemble_select`` (both fusion steps searched on the blend split,
+1 / (K + 1) of the training images predicted by every fold model of every model, with nested
+selection and bootstrap intervals) and ``run_ensemble_test`` (the chosen plan on the test set,
+every candidate scored, intervals). Each runs in a fresh
 Python process; the table gives its wall time, its CPU time (user + system: the honest number
 on a busy machine) and its peak resident memory (``wait4``'s ``ru_maxrss``). A stage whose
 resident memory passes ``--stop-gb`` is killed (the machine is shared). ``--search small``
@@ -145,8 +147,14 @@ def generate(root: Path, args: argparse.Namespace) -> dict[str, Any]:
     train, test = ground_truth(args.images, rng), ground_truth(args.test_images, rng)
     write_json(root / "annotations.json", coco_gt(train, train_ids))
     write_json(root / "test.json", coco_gt(test, test_ids))
-    fold_of = rng.permutation(args.images) % args.folds
-    files: dict[str, Any] = {"sizes": sizes, "val": [], "oof": {m: [] for m in models}, "test": {m: [] for m in models}}
+    fold_of = rng.permutation(args.images) % (args.folds + 1)  # fold K: the blend split (1 / (K + 1))
+    blend = np.flatnonzero(fold_of == args.folds)
+    write_json(root / "blend.json", coco_gt(train, train_ids, blend))
+    files: dict[str, Any] = {
+        "sizes": sizes,
+        "val": [],
+        **{s: {m: [] for m in models} for s in ("oof", "test", "blend")},
+    }
     for fold in range(args.folds):
         val = np.flatnonzero(fold_of == fold)
         files["val"].append(str(root / f"fold{fold}/val.json"))
@@ -154,12 +162,14 @@ def generate(root: Path, args: argparse.Namespace) -> dict[str, Any]:
         for m in models:
             for split, gt, ids, positions in (
                 ("oof", train, train_ids, val),
+                ("blend", train, train_ids, blend),
                 ("test", test, test_ids, np.arange(args.test_images)),
             ):
                 path = root / f"predict/{m}/fold{fold}/{split}.json"
                 write_json(path, predictions(gt, ids, positions, args.boxes, rng))
                 files[split][m].append(str(path))
     files["n_gt"] = len(train["image"])
+    files["n_blend"] = len(blend)
     write_json(root / "files.json", files)
     return files
 
@@ -251,6 +261,7 @@ def main() -> None:
         n_oof, n_test = args.images * args.boxes, args.test_images * args.boxes
         test_json = str(root / "inputs/test.json")
         combos = len(grid(settings["search"], args.models)) + 1  # the default first
+        n_blend = files["n_blend"] * args.boxes
         stages = [
             (
                 "run_evaluate",
@@ -267,17 +278,19 @@ def main() -> None:
                 },
             ),
             (
-                "run_ensemble_oof",
-                f"{args.models} models x {args.images:,} images OOF ({args.models * n_oof:,} boxes), "
-                f"{combos} combinations",
+                "run_ensemble_select",
+                f"{args.models} models x {args.folds} folds x {files['n_blend']:,} blend images "
+                f"({args.models * args.folds * n_blend:,} boxes), {combos} combinations per step, nested",
                 {
-                    "gt_json": str(root / "inputs/annotations.json"),
-                    "model_oof": files["oof"],
+                    "blend_json": str(root / "inputs/blend.json"),
+                    "train_json": str(root / "inputs/annotations.json"),
+                    "model_blend": files["blend"],
                     "settings": settings,
+                    "seed": 42,
                     "out_search": str(out / "ensemble/search.csv"),
                     "out_best": str(out / "ensemble/best.json"),
-                    "out_oof": str(out / "ensemble/oof.json"),
-                    "out_metrics": str(out / "ensemble/oof_metrics.json"),
+                    "out_selection": str(out / "ensemble/selection.json"),
+                    "out_blend": str(out / "ensemble/blend.json"),
                 },
             ),
             (
@@ -289,8 +302,9 @@ def main() -> None:
                     "model_test": files["test"],
                     "settings": settings,
                     "best_json": str(out / "ensemble/best.json"),
+                    "selection_json": str(out / "ensemble/selection.json"),
+                    "seed": 42,
                     "out_preds": str(out / "ensemble/test.json"),
-                    "out_default": str(out / "ensemble/test_default.json"),
                     "out_metrics": str(out / "ensemble/metrics.json"),
                     "out_submission": str(out / "ensemble/submission.csv"),
                 },

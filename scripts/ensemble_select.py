@@ -1,0 +1,17 @@
+"""Rule ensemble_select: choose the delivered candidate on the blend split, with honest estimates."""
+
+from detfold.logs import log_to
+from detfold.stages import files_by_model, run_ensemble_select
+
+log_to(snakemake.log[0])
+run_ensemble_select(
+    blend_json=snakemake.input.blend,
+    train_json=snakemake.input.train,
+    model_blend=files_by_model(snakemake.params.models, snakemake.input.predictions),
+    settings=dict(snakemake.params.settings),
+    seed=snakemake.params.seed,
+    out_search=snakemake.output.search,
+    out_best=snakemake.output.best,
+    out_selection=snakemake.output.selection,
+    out_blend=snakemake.output.blend,
+)
