@@ -45,4 +45,4 @@ def test_dry_run_lists_k_training_jobs(repo):
     config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
     k, models = config["folds"]["k"], len(config["models"])
     assert int(counts["train"]) == k * models
-    assert int(counts["predict"]) == 2 * k * models
+    assert int(counts["predict"]) == 3 * k * models  # oof, blend and test predictions of every fold model
