@@ -242,10 +242,10 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
     while fusing: snakemake fails, the log names the output, nothing half-written remains under
     the final name; the rerun without the limit gives the original bytes."""
     fused = second_clean_run / "results/ensemble/test.json"
-    assert fused.stat().st_size > 16_000
+    assert fused.stat().st_size > 64_000
 
     def limit():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
     command = [*base(repo, second_clean_run), "--forcerun", "ensemble", "--resources", "gpu=2"]
     result = subprocess.run(

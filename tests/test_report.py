@@ -143,7 +143,7 @@ def test_benchmarks_give_one_row_per_job(tiny_run):
     root = tiny_run / "benchmarks"
     bench = report.read_benchmarks([str(p) for p in sorted(root.rglob("*.tsv"))], str(root))
     counts = bench.rule.value_counts()
-    assert counts["train"] == 6 and counts["predict"] == 12 and counts["audit"] == 1
+    assert counts["train"] == 6 and counts["predict"] == 18 and counts["audit"] == 1
     assert (bench.s >= 0).all() and set(bench[bench.rule == "train"].job) == {
         f"{m}/fold{k}" for m in ("tiny", "frcnn") for k in range(3)
     }

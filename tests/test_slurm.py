@@ -221,6 +221,7 @@ def test_rerun_after_the_fix_completes_without_redoing_finished_jobs(slurm_runs)
         oof = json.loads((workdir / "results" / "predict" / "tiny" / f"fold{fold}" / "oof.json").read_text())
         assert {p["image_id"] for p in oof} <= set(val.image_ids)
         oof_ids |= set(val.image_ids)
-    assert oof_ids == set(clean.image_ids)
+    blend = load_coco(workdir / "results" / "folds" / "blend.json")
+    assert oof_ids | set(blend.image_ids) == set(clean.image_ids) and not oof_ids & set(blend.image_ids)
     dry = slurm_runs["dry"]
     assert dry.returncode == 0 and "Nothing to be done" in output(dry), output(dry)[-3000:]

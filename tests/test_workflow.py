@@ -230,7 +230,7 @@ def test_voc_input_is_imported_and_audited(repo, bccd_dir, tmp_path):
             "test_annotations": str(tmp_path / "test_xml"),
             "test_images": str(bccd_dir / "images"),
         },
-        "folds": {"k": 2},
+        "folds": {"k": 2, "blend_share": 0.25},  # 5 of the 20 images: one per nested part
         "models": {"tiny": {"config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py")}},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))

@@ -51,7 +51,7 @@ rule audit:
         runtime=lookup(dpath="resources/runtime", within=config),
     params:
         train_images=lookup(dpath="data/train_images", within=config),
-        test_images=lookup(dpath="data/test_images", within=config),
+        test_images=lookup(dpath="data/test_images", within=config, default=None),
         settings=lookup(dpath="audit", within=config),
     script:
         "../scripts/audit.py"
