@@ -27,10 +27,7 @@ def perfect(gt):
 
 
 def matched_of(gt, preds):
-    ev = BboxEvaluator(gt.data)
-    img, cat = ev.positions(np.array([p["image_id"] for p in preds]), np.array([p["category_id"] for p in preds]))
-    boxes = np.array([p["bbox"] for p in preds], dtype=float).reshape(-1, 4)
-    return ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=float))
+    return BboxEvaluator(gt.data).match_results(preds)
 
 
 def test_weighted_scores_equal_a_plain_evaluation_of_the_subset(bccd_test):

@@ -132,6 +132,15 @@ class BboxEvaluator:
         )
         return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
 
+    def match_results(self, predictions: list[dict[str, Any]]) -> Matched:
+        """:meth:`match` of COCO results (ids of this ground truth)."""
+        img, cat = self.positions(
+            np.array([p["image_id"] for p in predictions], dtype=np.int64),
+            np.array([p["category_id"] for p in predictions], dtype=np.int64),
+        )
+        boxes = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
+        return self.match(img, cat, boxes, np.array([p["score"] for p in predictions], dtype=np.float64))
+
     def match(self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray) -> Matched:
         """Detections matched once (area all, 100 per image and class), to be scored on any
         weighting of the images: subsets, bootstrap resamples (:meth:`Matched.scores`)."""

@@ -328,9 +328,9 @@ class BlendSelector:
         self.singles: dict[str, Matched] = {}
         for m in self.models:
             for k, preds in enumerate(fold_preds[m]):
-                self.singles[f"{m}/fold{k}"] = self._match_coco(preds)
+                self.singles[f"{m}/fold{k}"] = self.evaluator.match_results(preds)
         for name, preds in self.external.items():
-            self.singles[name] = self._match_coco(preds)
+            self.singles[name] = self.evaluator.match_results(preds)
         self._arrays = {m: ResultArrays(fold_preds[m], gt.images) for m in self.models}
         self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
         self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
@@ -347,15 +347,6 @@ class BlendSelector:
         return kinds + (["ensemble"] if len(self.models) + len(self.external) > 1 else [])
 
     # fused and matched prediction sets, cached ------------------------------------------
-    def _match_coco(self, preds: list[dict[str, Any]]) -> Matched:
-        ev = self.evaluator
-        img, cat = ev.positions(
-            np.array([p["image_id"] for p in preds], dtype=np.int64),
-            np.array([p["category_id"] for p in preds], dtype=np.int64),
-        )
-        boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
-        return ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
-
     def _match_columns(self, columns: tuple[np.ndarray, ...]) -> Matched:
         images, labels, xywh, scores = columns
         _, cat = self.evaluator.positions(self.evaluator.img_ids[images], labels)

@@ -255,13 +255,7 @@ def _pooled_intervals(gt: Coco, preds: list[dict[str, Any]], seed: int) -> dict[
     from detfold import ensemble
     from detfold.cocoeval import BboxEvaluator
 
-    ev = BboxEvaluator(gt.data)
-    img, cat = ev.positions(
-        np.array([p["image_id"] for p in preds], dtype=np.int64),
-        np.array([p["category_id"] for p in preds], dtype=np.int64),
-    )
-    boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
-    matched = ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
+    matched = BboxEvaluator(gt.data).match_results(preds)
     counts = ensemble.bootstrap_counts(len(gt.images), ensemble.BOOTSTRAP_SAMPLES, seed)
     boot = ensemble.bootstrap_scores(matched, counts)
     return {
@@ -443,13 +437,7 @@ def _test_intervals(
     single_preds = external[best_single] if best_single in external else fold_preds[model][int(fold)]
     boot = {}
     for name, preds in (("delivered", delivered), ("single", single_preds)):
-        img, cat = ev.positions(
-            np.array([p["image_id"] for p in preds], dtype=np.int64),
-            np.array([p["category_id"] for p in preds], dtype=np.int64),
-        )
-        boxes = np.array([p["bbox"] for p in preds], dtype=np.float64).reshape(-1, 4)
-        matched = ev.match(img, cat, boxes, np.array([p["score"] for p in preds], dtype=np.float64))
-        boot[name] = ensemble.bootstrap_scores(matched, counts)
+        boot[name] = ensemble.bootstrap_scores(ev.match_results(preds), counts)
     diff = boot["delivered"] - boot["single"]
     return {
         "mAP_ci95": ensemble.interval(boot["delivered"][:, 0]),
