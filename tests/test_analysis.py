@@ -91,3 +91,45 @@ def test_review_finds_a_box_labelled_twice_and_a_swapped_class():
     kinds = {(r["check"], r["ann_id"]) for r in rows}
     assert ("possibly_wrong_class", swapped["id"]) in kinds
     assert ("possibly_duplicate", 999) in kinds or ("possibly_duplicate", first["id"]) in kinds
+
+
+def test_detfold_analyze_writes_every_file(tmp_path, capsys):
+    """The CLI on the bundled BCCD test set, with its own boxes (shifted 2 px) as predictions."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from detfold.cli import main
+
+    gt_path = Path(__file__).parent / "data" / "bccd" / "test.json"
+    gt = json.loads(gt_path.read_text())
+    preds = [
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": [a["bbox"][0] + 2, *a["bbox"][1:]],
+            "score": 0.9,
+        }
+        for a in gt["annotations"]
+        if a["bbox"][2] > 0 and a["bbox"][3] > 0
+    ]
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    assert (
+        main(["analyze", "--gt", str(gt_path), "--pred", str(tmp_path / "pred.json"), "--out", str(tmp_path / "a")])
+        == 0
+    )
+    assert "TIDE mAP50" in capsys.readouterr().out
+    tide = json.loads((tmp_path / "a" / "tide.json").read_text())
+    assert tide["mAP"] > 0.99 and set(tide["main"]) == set(analysis.ERROR_TYPES)
+    thresholds = json.loads((tmp_path / "a" / "thresholds.json").read_text())
+    assert {"RBC", "WBC", "Platelets"} <= set(thresholds)
+    rows = list(csv.reader((tmp_path / "a" / "confusion.csv").open()))
+    assert rows[0][-1] == "background" and len(rows) == len(gt["categories"]) + 2
+    with (tmp_path / "a" / "review.csv").open() as handle:
+        review = list(csv.DictReader(handle))
+    # the test set's duplicated RBC pair (ann 244 ~ 252, IoU 0.83) is a review candidate
+    assert {r["ann_id"] for r in review if r["check"] == "possibly_duplicate"} & {"244", "252"}
+    assert (
+        main(["analyze", "--gt", str(gt_path), "--pred", str(tmp_path / "missing.json"), "--out", str(tmp_path / "b")])
+        == 2
+    )

@@ -5,6 +5,7 @@
     detfold split ANNOTATIONS --k 5 --seed 42 --method balanced [--group-by auto --images DIR] --out folds.csv
     detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
     detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
+    detfold analyze --gt GT.json --pred PRED.json --out DIR
 
 Bad input ends with one ``detfold: error: ...`` line naming the file and value (exit 2).
 """
@@ -131,6 +132,19 @@ def _ensemble(args: argparse.Namespace) -> None:
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from detfold.analysis import ERROR_TYPES, write_analysis
+    from detfold.coco import load_coco, load_results
+    from detfold.metrics import check_predictions
+
+    gt = load_coco(args.gt)
+    preds = load_results(args.pred)
+    check_predictions(gt, preds, args.pred)
+    result = write_analysis(gt.data, preds, args.out)
+    print(f"TIDE mAP50 {result['mAP']:.4f}; dAP " + " ".join(f"{k} {result['main'][k]:.4f}" for k in ERROR_TYPES))
+    print(f"wrote {args.out}/ (tide.json, thresholds.json, confusion.csv, review.csv)")
+
+
 def check_fusion_args(args: argparse.Namespace) -> None:
     """Raise ValueError naming the option whose value cannot make sense for a fusion."""
     if args.max_per_img < 1:
@@ -202,6 +216,12 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
     f.add_argument("--out", required=True)
     f.set_defaults(func=_ensemble)
+
+    n = sub.add_parser("analyze", help="TIDE error breakdown, best-F1 thresholds, confusion matrix, label review")
+    n.add_argument("--gt", required=True)
+    n.add_argument("--pred", required=True, help="COCO results JSON (out-of-fold predictions, of any tool)")
+    n.add_argument("--out", required=True, help="folder for tide.json, thresholds.json, confusion.csv, review.csv")
+    n.set_defaults(func=_analyze)
     return p
 
 
