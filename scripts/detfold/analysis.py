@@ -387,15 +387,6 @@ def confusion_matrix(
     return [*names, "background"], cm
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return float(inter / (a[2] * a[3] + b[2] * b[3] - inter))
-
-
 def review_candidates(
     gt: Mapping[str, Any],
     predictions: Sequence[Mapping[str, Any]],
@@ -461,7 +452,7 @@ def review_candidates(
     cand = cand[np.lexsort((cand, -a.d_score[cand], a.d_img[cand]))]
     kept: list[int] = []
     for d in cand:
-        if any(a.d_img[x] == a.d_img[d] and _box_iou(a.d_box[x], a.d_box[d]) >= POS_IOU for x in kept[-50:]):
+        if any(a.d_img[x] == a.d_img[d] and k._iou(a.d_box[x], a.d_box[d], False) >= POS_IOU for x in kept[-50:]):
             continue
         kept.append(int(d))
     found = {kind: [] for kind in REVIEW_KINDS}
@@ -481,7 +472,7 @@ def review_candidates(
     for g in np.flatnonzero((other >= 0) & ~a.g_crowd):
         d = int(other[g])
         if a.d_score[d] > own[g]:
-            iou = round(_box_iou(a.d_box[d], a.g_box[g]), 4)
+            iou = round(float(k._iou(a.d_box[d], a.g_box[g], False)), 4)
             found["possibly_wrong_class"].append(
                 row("possibly_wrong_class", int(a.g_img[g]), int(g), d, a.d_score[d] - own[g], POS_IOU, iou=iou)
             )
@@ -499,7 +490,7 @@ def review_candidates(
             continue
         seen.add((min(g, h), max(g, h)))
         # the box the shared detection covers less is the likely extra label
-        if _box_iou(a.d_box[d], a.g_box[g]) > _box_iou(a.d_box[d], a.g_box[h]):
+        if k._iou(a.d_box[d], a.g_box[g], False) > k._iou(a.d_box[d], a.g_box[h], False):
             g, h = h, int(g)
         margin = a.d_score[d] - max(same_2nd[g], same_2nd[h], 0.0)
         found["possibly_duplicate"].append(
