@@ -128,14 +128,15 @@ def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_
 
 
 @njit(cache=True)
-def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr):  # type: ignore[no-untyped-def]
+def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr):  # type: ignore[no-untyped-def]
     """Per ground-truth box (crowd boxes skipped): the highest-scoring same-class detection at
     IoU >= ``pos_thr`` (index, -1: none) and the second-best score there (-1: none); the
     highest-scoring other-class detection at IoU >= ``pos_thr`` (index); the highest-scoring
-    unmatched same-class detection whose closest same-class box it is, at IoU in [``bg_thr``,
+    unmatched same-class detection whose closest unmatched same-class box it is, at IoU in [``bg_thr``,
     ``pos_thr``) (index) and that IoU; the best score of any detection at IoU >= ``bg_thr`` (-1:
     none); the same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is
-    the same one (index, -1: none) and their IoU."""
+    the same one (index, -1: none) and their IoU. Per detection: its best IoU with a box no
+    detection matched (``g_used`` false)."""
     n_g = g_box.shape[0]
     same_best = -np.ones(n_g, dtype=np.int64)
     same_2nd = -np.ones(n_g)
@@ -145,6 +146,7 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, 
     any_hi = -np.ones(n_g)
     twin = -np.ones(n_g, dtype=np.int64)
     twin_iou = np.zeros(n_g)
+    free_iou = np.zeros(d_box.shape[0])
     for i in range(g_start.shape[0]):
         gs, ge, ds, de = g_start[i], g_end[i], d_start[i], d_end[i]
         for d in range(ds, de):
@@ -155,6 +157,8 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, 
                 v = _iou(d_box[d], g_box[g], False)
                 if v <= 0:
                     continue
+                if not g_used[g] and v > free_iou[d]:
+                    free_iou[d] = v
                 if v >= bg_thr and d_score[d] > any_hi[g]:
                     any_hi[g] = d_score[d]
                 if g_cls[g] == d_cls[d]:
@@ -165,7 +169,7 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, 
                             same_best[g] = d
                         elif d_score[d] > same_2nd[g]:
                             same_2nd[g] = d_score[d]
-                    if v > closest_iou:
+                    if not g_used[g] and v > closest_iou:
                         closest, closest_iou = g, v
                 elif v >= pos_thr and (other[g] == -1 or d_score[d] > d_score[other[g]]):
                     other[g] = d
@@ -181,4 +185,76 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, 
                 v = _iou(g_box[g], g_box[h], False)
                 if v >= pos_thr and v > twin_iou[g]:
                     twin[g], twin_iou[g] = h, v
-    return same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou
+    return same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou, free_iou
+
+
+@njit(cache=True)
+def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_box, d_idx, keep, iou_thr, n_cls):  # type: ignore[no-untyped-def]
+    """Per image (detections by score descending; ``g_idx`` / ``d_idx``: class index 0..n-1):
+    the kept detections matched first within their class (score order, the best free box at IoU
+    >= ``iou_thr``, one to one, as COCO), then the leftovers across classes by IoU descending
+    (ties: detection, then box, in order), one to one. Returns the (n+1) x (n+1) matrix (rows:
+    true class + background, columns: predicted class + background; crowd boxes left out) and
+    per image its false positives, missed boxes and class confusions."""
+    cm = np.zeros((n_cls + 1, n_cls + 1), dtype=np.int64)
+    n_img = g_start.shape[0]
+    per_image = np.zeros((n_img, 3), dtype=np.int64)
+    for i in range(n_img):
+        gs, ge, ds, de = g_start[i], g_end[i], d_start[i], d_end[i]
+        n_g = ge - gs
+        n_d = de - ds
+        ious = np.zeros((n_d, n_g))
+        for x in range(n_d):
+            if not keep[ds + x]:
+                continue
+            for y in range(n_g):
+                if not g_crowd[gs + y]:
+                    ious[x, y] = _iou(d_box[ds + x], g_box[gs + y], False)
+        g_free = np.ones(n_g, dtype=np.bool_)
+        d_free = np.ones(n_d, dtype=np.bool_)
+        for y in range(n_g):
+            if g_crowd[gs + y]:
+                g_free[y] = False
+        for x in range(n_d):
+            if not keep[ds + x]:
+                d_free[x] = False
+                continue
+            best, arg = -1.0, -1
+            for y in range(n_g):
+                if g_free[y] and g_idx[gs + y] == d_idx[ds + x] and ious[x, y] >= iou_thr and ious[x, y] > best:
+                    best, arg = ious[x, y], y
+            if arg > -1:
+                g_free[arg] = False
+                d_free[x] = False
+                cm[g_idx[gs + arg], d_idx[ds + x]] += 1
+        n_pairs = 0
+        for x in range(n_d):
+            for y in range(n_g):
+                if d_free[x] and g_free[y] and ious[x, y] >= iou_thr:
+                    n_pairs += 1
+        if n_pairs:
+            px = np.empty(n_pairs, dtype=np.int64)
+            py = np.empty(n_pairs, dtype=np.int64)
+            pv = np.empty(n_pairs)
+            k = 0
+            for x in range(n_d):
+                for y in range(n_g):
+                    if d_free[x] and g_free[y] and ious[x, y] >= iou_thr:
+                        px[k], py[k], pv[k] = x, y, -ious[x, y]
+                        k += 1
+            for k in np.argsort(pv, kind="mergesort"):
+                x, y = px[k], py[k]
+                if d_free[x] and g_free[y]:
+                    d_free[x] = False
+                    g_free[y] = False
+                    cm[g_idx[gs + y], d_idx[ds + x]] += 1
+                    per_image[i, 2] += 1
+        for y in range(n_g):
+            if g_free[y]:
+                cm[g_idx[gs + y], n_cls] += 1
+                per_image[i, 1] += 1
+        for x in range(n_d):
+            if d_free[x] and keep[ds + x]:
+                cm[n_cls, d_idx[ds + x]] += 1
+                per_image[i, 0] += 1
+    return cm, per_image

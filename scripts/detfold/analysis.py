@@ -40,7 +40,8 @@ REVIEW_KINDS = (
     "possibly_spurious",
 )
 REVIEW_EXTRA_FIELDS = ("rank", "score", "iou", "predicted_category", "bbox", "pred_bbox")
-#: a high-scoring prediction with no box of any class at this IoU or more is a possibly missing box
+#: an unmatched prediction that meets no unmatched box at this IoU or more (nor any box at 0.5) is a
+#: possibly missing box: the boxes it overlaps are already found by other detections
 MISSING_NEAR_IOU = 0.3
 #: a box that no prediction of any class meets at IoU >= 0.1 with this score or more is possibly spurious
 SPURIOUS_BELOW_SCORE = 0.1
@@ -331,60 +332,38 @@ def confusion_matrix(
     predictions: Sequence[Mapping[str, Any]],
     score_thr: Mapping[str, float | None] | float,
     iou_thr: float = POS_IOU,
-) -> tuple[list[str], np.ndarray]:
+    arrays: Arrays | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Rows: true class (+ ``background`` last: false positives); columns: predicted class (+
     ``background``: missed boxes). Detections at or above their class's ``score_thr`` (a float
     for all classes; None: the class is left out of the predictions); per image first matched
     within their class (score order, best IoU >= ``iou_thr``, one to one, as COCO), then the
     leftovers across classes by IoU descending, one to one (what supervision's and YOLO's
-    matrices count as confusion). Crowd boxes are left out."""
-    from detfold._analysis_kernels import _iou
+    matrices count as confusion). Crowd boxes are left out. Also returns, per image of the
+    ground truth (file order), its false positives, missed boxes and class confusions.
+
+    faster-coco-eval's ``PreviewResults.compute_confusion_matrix`` matches class-agnostically in
+    one greedy pass (score order, best IoU whatever the class), so where boxes of two classes
+    overlap it can pair a detection with the wrong-class box although its own class's box is
+    free; detfold counts the same-class match first, as the COCO metric does. Where no two
+    boxes of different classes compete the two are equal (tests/test_analysis.py)."""
+    from detfold._analysis_kernels import confusion_images
 
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in cats]
-    pos = {c["id"]: i for i, c in enumerate(cats)}
+    index = {c["id"]: i for i, c in enumerate(cats)}
     thr = {n: score_thr for n in names} if isinstance(score_thr, float | int) else dict(score_thr)
-    bg = len(names)
-    cm = np.zeros((bg + 1, bg + 1), dtype=np.int64)
-    arrays = prepare(gt, predictions)
-    keep = np.array(
-        [
-            thr.get(names[pos[c]]) is not None and s >= thr[names[pos[c]]]
-            for c, s in zip(arrays.d_cls, arrays.d_score, strict=True)
-        ],
-        dtype=np.bool_,
+    a = arrays if arrays is not None else prepare(gt, predictions)
+    # per class index: its threshold (inf: the class is left out)
+    cls_thr = np.array([np.inf if thr.get(n) is None else float(thr[n]) for n in names])
+    g_idx = np.array([index[c] for c in a.g_cls.tolist()], dtype=np.int64)
+    d_idx = np.array([index[c] for c in a.d_cls.tolist()], dtype=np.int64)
+    keep = a.d_score >= cls_thr[d_idx] if len(d_idx) else np.zeros(0, dtype=np.bool_)
+    gs, ge, ds, de = a.bounds()
+    cm, per_image = confusion_images(
+        gs, ge, ds, de, a.g_box, g_idx, a.g_crowd, a.d_box, d_idx, keep, iou_thr, len(names)
     )
-    gs, ge, ds, de = arrays.bounds()
-    for i in range(len(arrays.image_ids)):
-        g = np.arange(gs[i], ge[i])
-        g = g[~arrays.g_crowd[g]]
-        d = np.arange(ds[i], de[i])
-        d = d[keep[d]]
-        g_free = np.ones(len(g), dtype=np.bool_)
-        d_free = np.ones(len(d), dtype=np.bool_)
-        ious = np.array([[_iou(arrays.d_box[x], arrays.g_box[y], False) for y in g] for x in d]).reshape(len(d), len(g))
-        same = arrays.d_cls[d][:, None] == arrays.g_cls[g][None, :]
-        for x in range(len(d)):  # within the class, by score (d is score-sorted)
-            cand = np.where(same[x] & g_free, ious[x], -1.0)
-            if len(cand) and cand.max() >= iou_thr:
-                y = int(np.argmax(cand))
-                g_free[y], d_free[x] = False, False
-                cm[pos[arrays.g_cls[g[y]]], pos[arrays.d_cls[d[x]]]] += 1
-        pairs = [
-            (ious[x, y], x, y)
-            for x in range(len(d))
-            for y in range(len(g))
-            if ious[x, y] >= iou_thr and d_free[x] and g_free[y]
-        ]
-        for _, x, y in sorted(pairs, key=lambda t: (-t[0], t[1], t[2])):
-            if d_free[x] and g_free[y]:
-                d_free[x], g_free[y] = False, False
-                cm[pos[arrays.g_cls[g[y]]], pos[arrays.d_cls[d[x]]]] += 1
-        for y in np.flatnonzero(g_free):
-            cm[pos[arrays.g_cls[g[y]]], bg] += 1
-        for x in np.flatnonzero(d_free):
-            cm[bg, pos[arrays.d_cls[d[x]]]] += 1
-    return [*names, "background"], cm
+    return [*names, "background"], cm, per_image
 
 
 def review_candidates(
@@ -398,14 +377,15 @@ def review_candidates(
     (:data:`detfold.audit.FINDING_FIELDS`, action ``flag``) plus :data:`REVIEW_EXTRA_FIELDS`;
     ranked within each kind by ``value`` (largest first), at most ``limit`` per kind:
 
-    - ``possibly_missing``: an unmatched prediction with no box of any class at IoU >=
-      :data:`MISSING_NEAR_IOU` (value: its score; one per object: overlapping candidates of an
-      image at IoU >= 0.5 keep the highest score);
+    - ``possibly_missing``: an unmatched prediction with no box of any class at IoU >= 0.5 and
+      no unmatched box (one that no detection found) at IoU >= :data:`MISSING_NEAR_IOU`: what it
+      overlaps is already explained by other detections (value: its score; one per object:
+      overlapping candidates of an image at IoU >= 0.5 keep the highest score);
     - ``possibly_wrong_class``: a box that a prediction of another class covers at IoU >= 0.5 with
       a higher score than any prediction of the box's own class there (value: the score margin);
-    - ``possibly_misplaced``: a box whose own-class prediction, unmatched and closest to it, meets
-      it only at IoU in [0.1, 0.5), with a higher score than any own-class prediction at IoU >= 0.5
-      (value: the score margin);
+    - ``possibly_misplaced``: an unmatched box whose own-class prediction (unmatched, and closest
+      to it of the unmatched boxes) meets it only at IoU in [0.1, 0.5), with a higher score than
+      any own-class prediction at IoU >= 0.5 (value: the score margin);
     - ``possibly_duplicate``: two boxes of a class at IoU >= 0.5 whose best own-class prediction
       is one and the same: one object labelled twice (value: that prediction's score minus the
       next own-class score there; ``ann_id``: the box it covers less; ``related_ann_id``: the other);
@@ -420,8 +400,8 @@ def review_candidates(
     a = m.arrays
     names = {c["id"]: c["name"] for c in gt["categories"]}
     gs, ge, ds, de = a.bounds()
-    same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou = k.review_images(
-        gs, ge, ds, de, a.g_box, a.g_cls, a.g_crowd, a.d_box, a.d_cls, a.d_score, m.tp, POS_IOU, BG_IOU
+    same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou, free_iou = k.review_images(
+        gs, ge, ds, de, a.g_box, a.g_cls, a.g_crowd, m.g_used, a.d_box, a.d_cls, a.d_score, m.tp, POS_IOU, BG_IOU
     )
     rows: list[dict[str, Any]] = []
 
@@ -448,7 +428,7 @@ def review_candidates(
         }
 
     # possibly missing: one candidate per object
-    cand = np.flatnonzero(~m.tp & ~m.ignored & (m.iou_any < MISSING_NEAR_IOU))
+    cand = np.flatnonzero(~m.tp & ~m.ignored & (m.iou_any < POS_IOU) & (free_iou < MISSING_NEAR_IOU))
     cand = cand[np.lexsort((cand, -a.d_score[cand], a.d_img[cand]))]
     kept: list[int] = []
     for d in cand:
@@ -527,12 +507,222 @@ def review_candidates(
     return rows
 
 
+def scores_at_thresholds(
+    gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], score_thr: Mapping[str, float | None]
+) -> dict[str, dict[str, Any]]:
+    """Per class (name): precision, recall, f1, tp, fp, fn of the detections at or above
+    ``score_thr[name]`` (thresholds chosen elsewhere: measured here on other images) under the
+    same matching as :func:`best_f1_thresholds`."""
+    from detfold.cocoeval import BboxEvaluator
+
+    ev = BboxEvaluator(dict(gt))
+    matched = ev.match_results(list(predictions))
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    npos = matched.gt_counts.sum(0)
+    hit = (matched.matched & 1).astype(bool)
+    ignored = (matched.ignored & 1).astype(bool)
+    out: dict[str, dict[str, Any]] = {}
+    for k, cat_id in enumerate(ev.cat_ids):
+        name = names[cat_id]
+        thr = score_thr.get(name)
+        sel = (matched.cat == k) & ~ignored
+        if thr is not None:
+            sel &= matched.score >= thr
+        else:
+            sel &= False
+        tp, fp, n = int(hit[sel].sum()), int((~hit[sel]).sum()), int(npos[k])
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / n if n else 0.0
+        out[name] = {
+            "precision": p,
+            "recall": r,
+            "f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "tp": tp,
+            "fp": fp,
+            "fn": n - tp,
+        }
+    return out
+
+
+GALLERY_TILE = 160  #: px, square tile per item
+GALLERY_COLUMNS = 6
+GALLERY_MAX = 36  #: items per gallery (the CSV and JSON files have them all)
+WORST_IMAGES = 12  #: images in the worst-images gallery
+GT_COLOUR = (0, 190, 0)  #: ground truth: green
+PRED_COLOUR = (255, 40, 0)  #: prediction: red
+RELATED_COLOUR = (0, 200, 255)  #: the other box of a pair (possibly_duplicate): cyan
+
+
+@dataclass
+class Tile:
+    """One gallery item: an image (position in the ground truth), its boxes (``xywh_abs``), the
+    box to crop around (None: the whole image) and a two-line caption."""
+
+    image: int
+    gt: list[Sequence[float]]
+    pred: list[Sequence[float]]
+    caption: tuple[str, str]
+    focus: Sequence[float] | None = None
+    related: list[Sequence[float]] | None = None
+
+
+def _contact_sheet(tiles: Sequence[Tile], file_names: Sequence[str], images_dir: str, path: Any) -> None:
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw, ImageOps
+
+    from detfold.io import atomic_open
+
+    caption_h = 24
+    rows = max(1, (len(tiles) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS)
+    sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
+    pen = ImageDraw.Draw(sheet)
+    if not tiles:
+        pen.text((4, 4), "nothing of this kind", fill="black")
+    for n, t in enumerate(tiles):
+        source = Path(images_dir) / file_names[t.image]
+        try:
+            with Image.open(source) as handle:
+                img = handle.convert("RGB")
+        except OSError as err:
+            raise ValueError(f"gallery: cannot read image {source}: {err}") from err
+        draw = ImageDraw.Draw(img)
+        for boxes, colour in ((t.related or [], RELATED_COLOUR), (t.gt, GT_COLOUR), (t.pred, PRED_COLOUR)):
+            for x, y, w, h in boxes:
+                draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=colour, width=2)
+        crop = (0, 0, img.width, img.height)
+        if t.focus is not None:
+            x, y, w, h = t.focus
+            margin = max(w, h, 20)
+            crop = (
+                max(0, int(x - margin)),
+                max(0, int(y - margin)),
+                min(img.width, int(x + w + margin) + 1),
+                min(img.height, int(y + h + margin) + 1),
+            )
+        tile = ImageOps.contain(img.crop(crop), (GALLERY_TILE, GALLERY_TILE))
+        col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
+        top = row * (GALLERY_TILE + caption_h)
+        sheet.paste(tile, (col * GALLERY_TILE, top))
+        for line, text in enumerate(t.caption):
+            pen.text((col * GALLERY_TILE + 2, top + GALLERY_TILE + 1 + 11 * line), text[:26], fill="black")
+    with atomic_open(path, "wb") as handle:
+        sheet.save(handle, format="PNG")
+
+
+def _union(boxes: Sequence[Sequence[float]]) -> list[float]:
+    x0 = min(b[0] for b in boxes)
+    y0 = min(b[1] for b in boxes)
+    x1 = max(b[0] + b[2] for b in boxes)
+    y1 = max(b[1] + b[3] for b in boxes)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def review_tiles(match: TideMatch, gt: Mapping[str, Any], review: Sequence[Mapping[str, Any]]) -> dict[str, list[Tile]]:
+    """The review galleries' items, by file stem ``review_<kind>``: the top candidates of each
+    kind, the box in green, the prediction in red, the other box of a pair in cyan."""
+    a = match.arrays
+    pos = {int(i): p for p, i in enumerate(a.image_ids)}
+    ann_box = {int(i): a.g_box[n].tolist() for n, i in enumerate(a.g_ann_id)}
+    out: dict[str, list[Tile]] = {}
+    for kind in REVIEW_KINDS:
+        tiles = []
+        for r in [r for r in review if r["check"] == kind][:GALLERY_MAX]:
+            gt_boxes = [r["bbox"]] if r["bbox"] is not None else []
+            pred = [r["pred_bbox"]] if r["pred_bbox"] is not None else []
+            related = [ann_box[r["related_ann_id"]]] if r.get("related_ann_id") is not None else []
+            label = f"{r['ann_id'] if r['ann_id'] is not None else 'img ' + str(r['image_id'])} {r['category']}"
+            if r["predicted_category"] and r["predicted_category"] != r["category"]:
+                label += f">{r['predicted_category']}"
+            values = [
+                f"{short}{r[key]:.2f}" for key, short in (("score", "s"), ("iou", "iou")) if r.get(key) is not None
+            ]
+            detail = " ".join(values) or f"v{r['value']:.2f}"
+            focus = _union([*gt_boxes, *pred, *related])
+            tiles.append(Tile(pos[r["image_id"]], gt_boxes, pred, (f"#{r['rank']} {label}", detail), focus, related))
+        out[f"review_{kind}"] = tiles
+    return out
+
+
+def error_tiles(
+    match: TideMatch, gt: Mapping[str, Any], per_image: np.ndarray, keep: np.ndarray
+) -> dict[str, list[Tile]]:
+    """The error galleries' items, by file stem: ``error_<type>`` (TIDE's errors of each type,
+    highest score first, with the box they were tested against; Miss: the largest missed boxes)
+    and ``worst_images`` (the images with the most errors at the best-F1 thresholds: false
+    positives + missed boxes + class confusions, ``per_image`` of :func:`confusion_matrix`;
+    ``keep``: the detections at or above them, drawn)."""
+    from detfold import _analysis_kernels as k
+
+    a = match.arrays
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    out: dict[str, list[Tile]] = {}
+    code = {"Cls": k.CLS, "Loc": k.LOC, "Both": k.BOTH, "Dupe": k.DUPE, "Bkg": k.BKG}
+    for kind in ERROR_TYPES:
+        tiles = []
+        if kind == "Miss":
+            missed = np.flatnonzero(match.missed)
+            area = a.g_box[missed, 2] * a.g_box[missed, 3]
+            for g in missed[np.argsort(-area, kind="stable")][:GALLERY_MAX]:
+                box = a.g_box[g].tolist()
+                caption = (f"{a.g_ann_id[g]} {names.get(int(a.g_cls[g]), '')}", "missed")
+                tiles.append(Tile(int(a.g_img[g]), [box], [], caption, box))
+        else:
+            dets = np.flatnonzero(match.error == code[kind])
+            for d in dets[np.argsort(-a.d_score[dets], kind="stable")][:GALLERY_MAX]:
+                pred = a.d_box[d].tolist()
+                g = int(match.error_gt[d])
+                gt_boxes = [a.g_box[g].tolist()] if g >= 0 else []
+                label = names.get(int(a.d_cls[d]), "")
+                if kind == "Cls" and g >= 0:
+                    label = f"{names.get(int(a.g_cls[g]), '')}>{label}"
+                caption = (label, f"s{a.d_score[d]:.2f} iou{match.iou_any[d]:.2f}")
+                tiles.append(Tile(int(a.d_img[d]), gt_boxes, [pred], caption, _union([pred, *gt_boxes])))
+        out[f"error_{kind}"] = tiles
+    gs, ge, ds, de = a.bounds()
+    total = per_image.sum(1)
+    worst = [int(i) for i in np.argsort(-total, kind="stable")[:WORST_IMAGES] if total[i] > 0]
+    out["worst_images"] = [
+        Tile(
+            i,
+            [a.g_box[g].tolist() for g in range(gs[i], ge[i]) if not a.g_crowd[g]],
+            [a.d_box[d].tolist() for d in range(ds[i], de[i]) if keep[d]],
+            (a.file_names[i][-26:], f"fp{per_image[i, 0]} fn{per_image[i, 1]} cls{per_image[i, 2]}"),
+        )
+        for i in worst
+    ]
+    return out
+
+
+def merge_splits(
+    parts: Sequence[tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Several (ground truth, predictions) of one dataset's disjoint image sets as one."""
+    first = parts[0][0]
+    gt = {
+        **first,
+        "images": [im for g, _ in parts for im in g["images"]],
+        "annotations": [a for g, _ in parts for a in g.get("annotations", [])],
+    }
+    return gt, [p for _, preds in parts for p in preds]
+
+
 def write_analysis(
-    gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], out_dir: str, split: str = "train"
+    gt: Mapping[str, Any],
+    predictions: Sequence[Mapping[str, Any]],
+    out_dir: str,
+    split: str = "train",
+    images_dir: str | None = None,
+    holdout: tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]] | None = None,
+    gallery_dir: str | None = None,
 ) -> dict[str, Any]:
     """The breakdown (``tide.json``), the best-F1 thresholds (``thresholds.json``), the confusion
-    matrix at them (``confusion.csv``) and the review candidates (``review.csv``) in ``out_dir``;
-    each file written atomically. Returns the TIDE result."""
+    matrix at them (``confusion.csv``), the review candidates (``review.csv``) and, with
+    ``images_dir``, the galleries (``gallery/*.png``, or ``gallery_dir``) in ``out_dir``; each
+    file written atomically. ``holdout``: (ground truth, predictions) of other images of the
+    dataset (the blend split): the thresholds chosen on ``gt`` are measured there too (an honest
+    estimate of their precision and recall), and their boxes join the review. Returns the
+    TIDE result."""
     import csv
     from pathlib import Path
 
@@ -541,11 +731,29 @@ def write_analysis(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    match = tide_match(prepare(gt, predictions))
+    arrays = prepare(gt, predictions)
+    match = tide_match(arrays)
     result = tide(gt, predictions, match=match)
-    thresholds = best_f1_thresholds(gt, predictions)
-    names, cm = confusion_matrix(gt, predictions, {n: t["score_thr"] for n, t in thresholds.items()})
-    rows = review_candidates(gt, predictions, split=split, match=match)
+    per_class = best_f1_thresholds(gt, predictions)
+    score_thr = {n: t["score_thr"] for n, t in per_class.items()}
+    names, cm, per_image = confusion_matrix(gt, predictions, score_thr, arrays=arrays)
+    thresholds: dict[str, Any] = {
+        "score_thr": score_thr,
+        "iou_thr": POS_IOU,
+        "chosen_on": f"{len(gt['images'])} images (best F1 per class)",
+        "per_class": per_class,
+    }
+    review_match = match
+    review_gt: Mapping[str, Any] = gt
+    review_preds: Sequence[Mapping[str, Any]] = predictions
+    if holdout is not None:
+        thresholds["holdout"] = {
+            "images": len(holdout[0]["images"]),
+            "per_class": scores_at_thresholds(holdout[0], holdout[1], score_thr),
+        }
+        review_gt, review_preds = merge_splits([(gt, predictions), holdout])
+        review_match = tide_match(prepare(review_gt, review_preds))
+    rows = review_candidates(review_gt, review_preds, split=split, match=review_match)
     write_json(out / "tide.json", result)
     write_json(out / "thresholds.json", thresholds)
     with atomic_open(out / "confusion.csv") as handle:
@@ -558,5 +766,19 @@ def write_analysis(
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+    if images_dir is not None:
+        cls_thr = np.array([np.inf if score_thr.get(n) is None else score_thr[n] for n in names[:-1]])
+        index = {c["id"]: i for i, c in enumerate(sorted(gt["categories"], key=lambda c: c["id"]))}
+        keep = arrays.d_score >= cls_thr[[index[c] for c in arrays.d_cls.tolist()]] if len(arrays.d_cls) else []
+        tiles = {
+            **error_tiles(match, gt, per_image, np.asarray(keep, dtype=np.bool_)),
+            **review_tiles(review_match, review_gt, rows),
+        }
+        gallery = Path(gallery_dir) if gallery_dir else out / "gallery"
+        gallery.mkdir(parents=True, exist_ok=True)
+        for stem, items in tiles.items():
+            files = review_match.arrays.file_names if stem.startswith("review_") else arrays.file_names
+            _contact_sheet(items, files, images_dir, gallery / f"{stem}.png")
+        log.info("analysis: %d galleries in %s", len(tiles), gallery)
     log.info("analysis: TIDE mAP50 %.4f; %d review candidates; wrote %s", result["mAP"], len(rows), out)
     return result

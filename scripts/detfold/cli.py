@@ -5,7 +5,7 @@
     detfold split ANNOTATIONS --k 5 --seed 42 --method balanced [--group-by auto --images DIR] --out folds.csv
     detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
     detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
-    detfold analyze --gt GT.json --pred PRED.json --out DIR
+    detfold analyze --gt GT.json --pred PRED.json [--images DIR] --out DIR
 
 Bad input ends with one ``detfold: error: ...`` line naming the file and value (exit 2).
 """
@@ -140,9 +140,12 @@ def _analyze(args: argparse.Namespace) -> None:
     gt = load_coco(args.gt)
     preds = load_results(args.pred)
     check_predictions(gt, preds, args.pred)
-    result = write_analysis(gt.data, preds, args.out)
+    if args.images is not None and not Path(args.images).is_dir():
+        raise ValueError(f"--images {args.images}: no such folder")
+    result = write_analysis(gt.data, preds, args.out, images_dir=args.images)
     print(f"TIDE mAP50 {result['mAP']:.4f}; dAP " + " ".join(f"{k} {result['main'][k]:.4f}" for k in ERROR_TYPES))
-    print(f"wrote {args.out}/ (tide.json, thresholds.json, confusion.csv, review.csv)")
+    galleries = ", gallery/" if args.images is not None else ""
+    print(f"wrote {args.out}/ (tide.json, thresholds.json, confusion.csv, review.csv{galleries})")
 
 
 def check_fusion_args(args: argparse.Namespace) -> None:
@@ -220,6 +223,7 @@ def parser() -> argparse.ArgumentParser:
     n = sub.add_parser("analyze", help="TIDE error breakdown, best-F1 thresholds, confusion matrix, label review")
     n.add_argument("--gt", required=True)
     n.add_argument("--pred", required=True, help="COCO results JSON (out-of-fold predictions, of any tool)")
+    n.add_argument("--images", help="folder the file_name entries are relative to: galleries in OUT/gallery/")
     n.add_argument("--out", required=True, help="folder for tide.json, thresholds.json, confusion.csv, review.csv")
     n.set_defaults(func=_analyze)
     return p
