@@ -35,6 +35,7 @@ include: "workflow/train.smk"
 include: "workflow/predict.smk"
 include: "workflow/evaluate.smk"
 include: "workflow/ensemble.smk"
+include: "workflow/analyze.smk"
 include: "workflow/report.smk"
 
 

@@ -34,7 +34,16 @@ pytestmark = pytest.mark.workflow
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "report"
-CATEGORIES = ["1. Fold balance", "2. Audit", "3. Training", "4. CV results", "5. Ensemble", "6. Run facts"]
+CATEGORIES = [
+    "1. Fold balance",
+    "2. Audit",
+    "3. Training",
+    "4. CV results",
+    "5. Ensemble",
+    "6. Error analysis",
+    "7. Run facts",
+]
+ANALYSES = ["frcnn", "oof_ensemble", "tiny"]  # each model, and the models fused
 PLOTS = [
     "results/folds/balance.png",
     "results/report/folds/sizes.png",
@@ -44,6 +53,8 @@ PLOTS = [
     "results/report/cv/per_class_ap.png",
     "results/report/cv/pr_curves.png",
     "results/report/ensemble/comparison.png",
+    "results/report/analysis/breakdown.png",
+    "results/report/analysis/confusion.png",
 ]
 TABLES = {  # each HTML page of the report and text it must show
     "results/report/audit/counts.html": ["duplicate", "size_outlier", "boxes_after", "train", "test"],
@@ -56,6 +67,17 @@ TABLES = {  # each HTML page of the report and text it must show
         "test mAP50",
     ],
     "results/report/ensemble/search.html": ["wbf", "iou_thr", "mAP50"],
+    "results/report/analysis/thresholds.html": [
+        "score_thr",
+        "OOF F1 (in-sample)",
+        "blend F1",
+        "RBC",
+        "Platelets",
+        "TIDE breakdown",
+        "Miss",
+        "FalsePos",
+        *ANALYSES,
+    ],
     "results/report/run_facts.html": ["seed", "torch", "mmdet", "mmcv", "snakemake", "train", "rtmdet_tiny_cpu.py"],
 }
 
@@ -222,7 +244,13 @@ def browser():
 def expected_results(run: Path) -> set[str]:
     gallery = {f"results/audit/gallery/{p.name}" for p in (run / "results" / "audit" / "gallery").glob("*.png")}
     assert gallery, "the tiny run's audit found nothing to show"
-    return {*PLOTS, *TABLES, *gallery}
+    analysis = {
+        f"results/analysis/{name}/gallery/{p.name}"
+        for name in ANALYSES
+        for p in (run / "results" / "analysis" / name / "gallery").glob("*.png")
+    }
+    assert len(analysis) == 12 * len(ANALYSES), sorted(analysis)  # 5 review kinds, 6 error types, worst images
+    return {*PLOTS, *TABLES, *gallery, *analysis}
 
 
 def not_blank(png: bytes) -> float:

@@ -190,6 +190,9 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
         "report_training": 1,
         "report_cv": 1,
         "report_ensemble": 1,
+        "analyze": 1,  # frcnn's error analysis
+        "analyze_ensemble": 1,  # the models fused
+        "report_analysis": 1,
         "run_facts": 1,
         "all": 1,
     }, result.stdout

@@ -10,6 +10,10 @@ MODELS = sorted(config["models"])
 for path in age_incomplete_products("results"):
     logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
 FOLDS = list(range(config["folds"]["k"]))
+# The error analysis of the models fused (several models only); check_feasible refuses a model
+# of this name.
+OOF_ENSEMBLE = "oof_ensemble"
+ANALYSES = MODELS + ([OOF_ENSEMBLE] if len(MODELS) > 1 else [])
 
 
 wildcard_constraints:
@@ -90,6 +94,14 @@ def ensemble_test_settings():
     return {k: config["ensemble"].get(k) for k in keys}
 
 
+def analysis_fusion_settings():
+    """The untuned model fusion (ensemble.method, iou_thr, ...; equal weights) with which the
+    error analysis fuses several predictions of an image: the fold models' on the blend split,
+    and the models' for the OOF ensemble."""
+    keys = ("method", "iou_thr", "skip_box_thr", "conf_type", "class_agnostic", "max_per_img")
+    return {k: config["ensemble"].get(k) for k in keys}
+
+
 def external_files(split):
     """Prediction files of external models (ensemble.external) for 'oof' or 'test'."""
     specs = config["ensemble"].get("external") or []
@@ -111,6 +123,7 @@ def benchmark_files(wildcards):
         rules.report_audit.benchmark,
         rules.report_cv.benchmark,
         rules.report_ensemble.benchmark,
+        rules.report_analysis.benchmark,
     ]
     if config["data"]["format"] != "coco":
         imported = [s for s in ("train", "test") if "results/import" in "".join(audit_input(s))]
@@ -121,4 +134,7 @@ def benchmark_files(wildcards):
     files += expand(rules.predict.benchmark, model=MODELS, fold=FOLDS, split=splits)
     files += expand(rules.evaluate.benchmark, model=MODELS)
     files += expand(rules.report_training.benchmark, model=MODELS)
+    files += expand(rules.analyze.benchmark, model=MODELS)
+    if len(MODELS) > 1:
+        files.append(rules.analyze_ensemble.benchmark)
     return files

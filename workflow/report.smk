@@ -188,7 +188,7 @@ rule run_facts:
         facts=report(
             "results/report/run_facts.html",
             caption="report/run_facts.rst",
-            category="6. Run facts",
+            category="7. Run facts",
             labels={"figure": "versions, machine, run times, config"},
         ),
     log:
@@ -204,3 +204,45 @@ rule run_facts:
         config=config,
     script:
         "../scripts/run_facts.py"
+
+
+rule report_analysis:
+    input:
+        tide=expand("results/analysis/{name}/tide.json", name=ANALYSES),
+        thresholds=expand("results/analysis/{name}/thresholds.json", name=ANALYSES),
+        confusion=expand("results/analysis/{name}/confusion.csv", name=ANALYSES),
+    output:
+        breakdown=report(
+            "results/report/analysis/breakdown.png",
+            caption="report/analysis_breakdown.rst",
+            category="6. Error analysis",
+            subcategory="breakdown",
+            labels={"figure": "TIDE error breakdown"},
+        ),
+        confusion=report(
+            "results/report/analysis/confusion.png",
+            caption="report/analysis_confusion.rst",
+            category="6. Error analysis",
+            subcategory="breakdown",
+            labels={"figure": "confusion matrix"},
+        ),
+        thresholds=report(
+            "results/report/analysis/thresholds.html",
+            caption="report/analysis_thresholds.rst",
+            category="6. Error analysis",
+            subcategory="breakdown",
+            labels={"figure": "best-F1 thresholds (table)"},
+        ),
+    log:
+        "logs/report/analysis.log",
+    benchmark:
+        "benchmarks/report_analysis.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    params:
+        names=ANALYSES,
+    script:
+        "../scripts/report_analysis.py"

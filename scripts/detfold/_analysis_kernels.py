@@ -128,13 +128,15 @@ def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_
 
 
 @njit(cache=True)
-def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr):  # type: ignore[no-untyped-def]
+def review_images(
+    g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr
+):  # type: ignore[no-untyped-def]
     """Per ground-truth box (crowd boxes skipped): the highest-scoring same-class detection at
     IoU >= ``pos_thr`` (index, -1: none) and the second-best score there (-1: none); the
     highest-scoring other-class detection at IoU >= ``pos_thr`` (index); the highest-scoring
     unmatched same-class detection whose closest unmatched same-class box it is, at IoU in [``bg_thr``,
-    ``pos_thr``) (index) and that IoU; the best score of any detection at IoU >= ``bg_thr`` (-1:
-    none); the same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is
+    ``pos_thr``) (index) and that IoU; the best score of a same-class detection at IoU >=
+    ``bg_thr`` (-1: none); the same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is
     the same one (index, -1: none) and their IoU. Per detection: its best IoU with a box no
     detection matched (``g_used`` false)."""
     n_g = g_box.shape[0]
@@ -143,7 +145,7 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used,
     other = -np.ones(n_g, dtype=np.int64)
     loc = -np.ones(n_g, dtype=np.int64)
     loc_iou = np.zeros(n_g)
-    any_hi = -np.ones(n_g)
+    own_hi = -np.ones(n_g)
     twin = -np.ones(n_g, dtype=np.int64)
     twin_iou = np.zeros(n_g)
     free_iou = np.zeros(d_box.shape[0])
@@ -159,8 +161,8 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used,
                     continue
                 if not g_used[g] and v > free_iou[d]:
                     free_iou[d] = v
-                if v >= bg_thr and d_score[d] > any_hi[g]:
-                    any_hi[g] = d_score[d]
+                if v >= bg_thr and g_cls[g] == d_cls[d] and d_score[d] > own_hi[g]:
+                    own_hi[g] = d_score[d]
                 if g_cls[g] == d_cls[d]:
                     if v >= pos_thr:
                         if same_best[g] == -1 or d_score[d] > d_score[same_best[g]]:
@@ -185,7 +187,7 @@ def review_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used,
                 v = _iou(g_box[g], g_box[h], False)
                 if v >= pos_thr and v > twin_iou[g]:
                     twin[g], twin_iou[g] = h, v
-    return same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou, free_iou
+    return same_best, same_2nd, other, loc, loc_iou, own_hi, twin, twin_iou, free_iou
 
 
 @njit(cache=True)
@@ -258,3 +260,30 @@ def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_bo
                 cm[n_cls, d_idx[ds + x]] += 1
                 per_image[i, 0] += 1
     return cm, per_image
+
+
+@njit(cache=True)
+def pair_iou(g_box, d_box, g, d):  # type: ignore[no-untyped-def]
+    """IoU of each pair (box ``g[i]``, detection ``d[i]``)."""
+    out = np.zeros(g.shape[0])
+    for i in range(g.shape[0]):
+        out[i] = _iou(d_box[d[i]], g_box[g[i]], False)
+    return out
+
+
+@njit(cache=True)
+def first_per_object(cand, d_img, d_box, iou_thr):  # type: ignore[no-untyped-def]
+    """``cand``: detections sorted by image, then score descending. True for each that overlaps
+    no earlier kept one of its image at IoU >= ``iou_thr`` (one candidate per object)."""
+    keep = np.zeros(cand.shape[0], dtype=np.bool_)
+    start = 0
+    for i in range(cand.shape[0]):
+        if i > 0 and d_img[cand[i]] != d_img[cand[i - 1]]:
+            start = i
+        ok = True
+        for j in range(start, i):
+            if keep[j] and _iou(d_box[cand[j]], d_box[cand[i]], False) >= iou_thr:
+                ok = False
+                break
+        keep[i] = ok
+    return keep

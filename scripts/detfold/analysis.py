@@ -43,7 +43,7 @@ REVIEW_EXTRA_FIELDS = ("rank", "score", "iou", "predicted_category", "bbox", "pr
 #: an unmatched prediction that meets no unmatched box at this IoU or more (nor any box at 0.5) is a
 #: possibly missing box: the boxes it overlaps are already found by other detections
 MISSING_NEAR_IOU = 0.3
-#: a box that no prediction of any class meets at IoU >= 0.1 with this score or more is possibly spurious
+#: a box that no prediction of its class meets at IoU >= 0.1 with this score or more is possibly spurious
 SPURIOUS_BELOW_SCORE = 0.1
 _RECALL_POINTS = np.array([x / 100 for x in range(101)])  # tidecv's, bit for bit
 
@@ -281,7 +281,8 @@ def tide(
 
 def best_f1_thresholds(gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per class (name): the score threshold with the best F1 at IoU 0.5 (COCO's matching), with
-    precision, recall, f1, tp, fp, fn there. ``score_thr`` None: no detection of the class."""
+    precision, recall, f1, tp, fp, fn there. ``score_thr`` None: no detection of the class is a
+    true positive (every threshold gives F1 0: the class is best left out)."""
     from detfold.cocoeval import BboxEvaluator
 
     ev = BboxEvaluator(dict(gt))
@@ -306,7 +307,7 @@ def best_f1_thresholds(gt: Mapping[str, Any], predictions: Sequence[Mapping[str,
             "fp": 0,
             "fn": n,
         }
-        if len(score) and n:
+        if len(score) and n and h.any():
             tp = np.cumsum(h)
             fp = np.cumsum(~h)
             last = np.r_[score[1:] != score[:-1], True]  # a threshold keeps every tie
@@ -389,10 +390,11 @@ def review_candidates(
     - ``possibly_duplicate``: two boxes of a class at IoU >= 0.5 whose best own-class prediction
       is one and the same: one object labelled twice (value: that prediction's score minus the
       next own-class score there; ``ann_id``: the box it covers less; ``related_ann_id``: the other);
-    - ``possibly_spurious``: a box that no prediction of any class meets at IoU >= 0.1 with a score
-      of :data:`SPURIOUS_BELOW_SCORE` or more, in a class the model does find: (1 minus the best
-      such score) times the share of the class's boxes the model matches (a box of a class the
-      model never finds says nothing about the label).
+    - ``possibly_spurious``: a box that no prediction of its class meets at IoU >= 0.1 with a
+      score of :data:`SPURIOUS_BELOW_SCORE` or more (and none of another class at IoU >= 0.5:
+      that is a possibly wrong class), in a class the model does find: (1 minus the best such
+      score) times the share of the class's boxes the model matches (a box of a class the model
+      never finds says nothing about the label; one of a class it finds nearly always, much).
     """
     from detfold import _analysis_kernels as k
 
@@ -400,146 +402,125 @@ def review_candidates(
     a = m.arrays
     names = {c["id"]: c["name"] for c in gt["categories"]}
     gs, ge, ds, de = a.bounds()
-    same_best, same_2nd, other, loc, loc_iou, any_hi, twin, twin_iou, free_iou = k.review_images(
+    same_best, same_2nd, other, loc, loc_iou, own_hi, twin, twin_iou, free_iou = k.review_images(
         gs, ge, ds, de, a.g_box, a.g_cls, a.g_crowd, m.g_used, a.d_box, a.d_cls, a.d_score, m.tp, POS_IOU, BG_IOU
     )
     rows: list[dict[str, Any]] = []
-
-    def row(
-        kind: str, img: int, g: int | None, d: int | None, value: float, threshold: float, **extra: Any
-    ) -> dict[str, Any]:
-        return {
-            "split": split,
-            "image_id": int(a.image_ids[img]),
-            "ann_id": None if g is None else int(a.g_ann_id[g]),
-            "file_name": a.file_names[img],
-            "category": names.get(int(a.g_cls[g] if g is not None else a.d_cls[d]), ""),
-            "check": kind,
-            "value": round(float(value), 6),
-            "threshold": threshold,
-            "action": "flag",
-            "related_ann_id": extra.pop("related", None),
-            "iou": extra.pop("iou", None),
-            "score": None if d is None else round(float(a.d_score[d]), 6),
-            "predicted_category": None if d is None else names.get(int(a.d_cls[d]), ""),
-            "bbox": None if g is None else [round(float(v), 2) for v in a.g_box[g]],
-            "pred_bbox": None if d is None else [round(float(v), 2) for v in a.d_box[d]],
-            **extra,
-        }
-
+    n_g = len(a.g_box)
+    iou_gd = np.zeros(n_g)  # per box: the IoU of the detection its candidate is about
+    iou_gd[(other >= 0)] = k.pair_iou(a.g_box, a.d_box, np.flatnonzero(other >= 0), other[other >= 0])
+    own = np.where(same_best >= 0, a.d_score[np.maximum(same_best, 0)], 0.0)
+    real = ~a.g_crowd
+    # each kind: (box index or -1, detection index or -1, value, iou, related box or -1)
+    found: dict[str, tuple[np.ndarray, ...]] = {}
     # possibly missing: one candidate per object
     cand = np.flatnonzero(~m.tp & ~m.ignored & (m.iou_any < POS_IOU) & (free_iou < MISSING_NEAR_IOU))
     cand = cand[np.lexsort((cand, -a.d_score[cand], a.d_img[cand]))]
-    kept: list[int] = []
-    for d in cand:
-        if any(a.d_img[x] == a.d_img[d] and k._iou(a.d_box[x], a.d_box[d], False) >= POS_IOU for x in kept[-50:]):
-            continue
-        kept.append(int(d))
-    found = {kind: [] for kind in REVIEW_KINDS}
-    for d in kept:
-        found["possibly_missing"].append(
-            row(
-                "possibly_missing",
-                int(a.d_img[d]),
-                None,
-                d,
-                a.d_score[d],
-                MISSING_NEAR_IOU,
-                iou=round(float(m.iou_any[d]), 4),
-            )
-        )
-    own = np.where(same_best >= 0, a.d_score[np.maximum(same_best, 0)], 0.0)
-    for g in np.flatnonzero((other >= 0) & ~a.g_crowd):
-        d = int(other[g])
-        if a.d_score[d] > own[g]:
-            iou = round(float(k._iou(a.d_box[d], a.g_box[g], False)), 4)
-            found["possibly_wrong_class"].append(
-                row("possibly_wrong_class", int(a.g_img[g]), int(g), d, a.d_score[d] - own[g], POS_IOU, iou=iou)
-            )
-    for g in np.flatnonzero((loc >= 0) & ~a.g_crowd):
-        d = int(loc[g])
-        if a.d_score[d] > own[g]:
-            iou = round(float(loc_iou[g]), 4)
-            found["possibly_misplaced"].append(
-                row("possibly_misplaced", int(a.g_img[g]), int(g), d, a.d_score[d] - own[g], POS_IOU, iou=iou)
-            )
-    seen: set[tuple[int, int]] = set()
-    for g in np.flatnonzero(twin >= 0):
-        h, d = int(twin[g]), int(same_best[g])
-        if (min(g, h), max(g, h)) in seen:
-            continue
-        seen.add((min(g, h), max(g, h)))
-        # the box the shared detection covers less is the likely extra label
-        if k._iou(a.d_box[d], a.g_box[g], False) > k._iou(a.d_box[d], a.g_box[h], False):
-            g, h = h, int(g)
-        margin = a.d_score[d] - max(same_2nd[g], same_2nd[h], 0.0)
-        found["possibly_duplicate"].append(
-            row(
-                "possibly_duplicate",
-                int(a.g_img[g]),
-                int(g),
-                d,
-                margin,
-                POS_IOU,
-                iou=round(float(twin_iou[g]), 4),
-                related=int(a.g_ann_id[h]),
-            )
-        )
-    recall = {}  # per class: the share of its boxes the model matches (how often it finds a real one)
-    for c in np.unique(a.g_cls[~a.g_crowd]):
-        sel = ~a.g_crowd & (a.g_cls == c)
-        recall[int(c)] = float(m.g_used[sel].mean())
-    for g in np.flatnonzero(~a.g_crowd & (any_hi < SPURIOUS_BELOW_SCORE)):
-        value = (1.0 - max(any_hi[g], 0.0)) * recall[int(a.g_cls[g])]
-        if value > 0:
-            found["possibly_spurious"].append(row("possibly_spurious", int(a.g_img[g]), int(g), None, value, BG_IOU))
+    cand = cand[k.first_per_object(cand, a.d_img, a.d_box, POS_IOU)]
+    found["possibly_missing"] = (-np.ones(len(cand), np.int64), cand, a.d_score[cand], m.iou_any[cand], None)
+    g = np.flatnonzero((other >= 0) & real)
+    g = g[a.d_score[other[g]] > own[g]]
+    found["possibly_wrong_class"] = (g, other[g], a.d_score[other[g]] - own[g], iou_gd[g], None)
+    g = np.flatnonzero((loc >= 0) & real)
+    g = g[a.d_score[loc[g]] > own[g]]
+    found["possibly_misplaced"] = (g, loc[g], a.d_score[loc[g]] - own[g], loc_iou[g], None)
+    # possibly duplicate: each pair once; the box the shared detection covers less is the likely extra label
+    g = np.flatnonzero(twin >= 0)
+    h = twin[g]
+    first = (g < h) | (twin[h] != g)  # a pair whose twin points back is seen from its lower index
+    g, h = g[first], h[first]
+    shared = same_best[g]
+    swap = k.pair_iou(a.g_box, a.d_box, g, shared) > k.pair_iou(a.g_box, a.d_box, h, shared)
+    g, h = np.where(swap, h, g), np.where(swap, g, h)
+    margin = a.d_score[shared] - np.maximum(np.maximum(same_2nd[g], same_2nd[h]), 0.0)
+    found["possibly_duplicate"] = (g, shared, margin, twin_iou[g], h)
+    recall = np.zeros(int(a.g_cls.max()) + 1 if n_g else 1)  # per class: the share of its boxes matched
+    for c in np.unique(a.g_cls[real]):
+        recall[c] = float(m.g_used[real & (a.g_cls == c)].mean())
+    g = np.flatnonzero(real & (own_hi < SPURIOUS_BELOW_SCORE) & (other < 0))
+    value = (1.0 - np.maximum(own_hi[g], 0.0)) * recall[a.g_cls[g]] if len(g) else np.zeros(0)
+    keep = value > 0
+    found["possibly_spurious"] = (g[keep], -np.ones(int(keep.sum()), np.int64), value[keep], None, None)
+    threshold = {
+        "possibly_missing": MISSING_NEAR_IOU,
+        "possibly_wrong_class": POS_IOU,
+        "possibly_misplaced": POS_IOU,
+        "possibly_duplicate": POS_IOU,
+        "possibly_spurious": BG_IOU,
+    }
     for kind in REVIEW_KINDS:
-        items = sorted(found[kind], key=lambda r: (-r["value"], r["image_id"], r["ann_id"] or 0))
+        g, d, value, iou, related = found[kind]
+        value = np.round(value.astype(np.float64), 6)
+        img = np.where(g >= 0, a.g_img[np.maximum(g, 0)], a.d_img[np.maximum(d, 0)]) if len(g) else g
+        ann = np.where(g >= 0, a.g_ann_id[np.maximum(g, 0)], 0) if len(g) else g
+        order = np.lexsort((ann, a.image_ids[img] if len(img) else img, -value))
         log.info(
             "review: %d %s candidates%s",
-            len(items),
+            len(order),
             kind,
-            f" (the top {limit} kept)" if limit and len(items) > limit else "",
+            f" (the top {limit} kept)" if limit and len(order) > limit else "",
         )
-        for n, r in enumerate(items[:limit] if limit else items, start=1):
-            r["rank"] = n
-            rows.append(r)
+        for n, i in enumerate(order[:limit] if limit else order, start=1):
+            gi, di = int(g[i]), int(d[i])
+            rows.append(
+                {
+                    "split": split,
+                    "image_id": int(a.image_ids[img[i]]),
+                    "ann_id": None if gi < 0 else int(a.g_ann_id[gi]),
+                    "file_name": a.file_names[img[i]],
+                    "category": names.get(int(a.g_cls[gi] if gi >= 0 else a.d_cls[di]), ""),
+                    "check": kind,
+                    "value": float(value[i]),
+                    "threshold": threshold[kind],
+                    "action": "flag",
+                    "related_ann_id": None if related is None else int(a.g_ann_id[related[i]]),
+                    "rank": n,
+                    "score": None if di < 0 else round(float(a.d_score[di]), 6),
+                    "iou": None if iou is None else round(float(iou[i]), 4),
+                    "predicted_category": None if di < 0 else names.get(int(a.d_cls[di]), ""),
+                    "bbox": None if gi < 0 else [round(float(v), 2) for v in a.g_box[gi]],
+                    "pred_bbox": None if di < 0 else [round(float(v), 2) for v in a.d_box[di]],
+                }
+            )
     return rows
 
 
 def scores_at_thresholds(
-    gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], score_thr: Mapping[str, float | None]
+    gt: Mapping[str, Any],
+    prediction_sets: Sequence[Sequence[Mapping[str, Any]]],
+    score_thr: Mapping[str, float | None],
 ) -> dict[str, dict[str, Any]]:
     """Per class (name): precision, recall, f1, tp, fp, fn of the detections at or above
     ``score_thr[name]`` (thresholds chosen elsewhere: measured here on other images) under the
-    same matching as :func:`best_f1_thresholds`."""
+    same matching as :func:`best_f1_thresholds`; with several prediction sets of the same images
+    (each fold model's), their counts are summed: how one such model does at the threshold."""
     from detfold.cocoeval import BboxEvaluator
 
     ev = BboxEvaluator(dict(gt))
-    matched = ev.match_results(list(predictions))
     names = {c["id"]: c["name"] for c in gt["categories"]}
-    npos = matched.gt_counts.sum(0)
-    hit = (matched.matched & 1).astype(bool)
-    ignored = (matched.ignored & 1).astype(bool)
+    tp = np.zeros(len(ev.cat_ids), dtype=np.int64)
+    fp = np.zeros(len(ev.cat_ids), dtype=np.int64)
+    npos = np.zeros(len(ev.cat_ids), dtype=np.int64)
+    cls_thr = np.array([np.inf if score_thr.get(names[c]) is None else score_thr[names[c]] for c in ev.cat_ids])
+    for predictions in prediction_sets:
+        matched = ev.match_results(list(predictions))
+        hit = (matched.matched & 1).astype(bool)
+        sel = ~(matched.ignored & 1).astype(bool) & (matched.score >= cls_thr[matched.cat])
+        tp += np.bincount(matched.cat[sel & hit], minlength=len(ev.cat_ids))
+        fp += np.bincount(matched.cat[sel & ~hit], minlength=len(ev.cat_ids))
+        npos += matched.gt_counts.sum(0).astype(np.int64)
     out: dict[str, dict[str, Any]] = {}
     for k, cat_id in enumerate(ev.cat_ids):
-        name = names[cat_id]
-        thr = score_thr.get(name)
-        sel = (matched.cat == k) & ~ignored
-        if thr is not None:
-            sel &= matched.score >= thr
-        else:
-            sel &= False
-        tp, fp, n = int(hit[sel].sum()), int((~hit[sel]).sum()), int(npos[k])
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / n if n else 0.0
-        out[name] = {
+        t, f, n = int(tp[k]), int(fp[k]), int(npos[k])
+        p = t / (t + f) if t + f else 0.0
+        r = t / n if n else 0.0
+        out[names[cat_id]] = {
             "precision": p,
             "recall": r,
             "f1": 2 * p * r / (p + r) if p + r else 0.0,
-            "tp": tp,
-            "fp": fp,
-            "fn": n - tp,
+            "tp": t,
+            "fp": f,
+            "fn": n - t,
         }
     return out
 
@@ -577,8 +558,9 @@ def _contact_sheet(tiles: Sequence[Tile], file_names: Sequence[str], images_dir:
     rows = max(1, (len(tiles) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS)
     sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
     pen = ImageDraw.Draw(sheet)
-    if not tiles:
-        pen.text((4, 4), "nothing of this kind", fill="black")
+    if not tiles:  # an empty gallery says so (a blank picture would look like a failed one)
+        pen.rectangle([0, 0, 2 * GALLERY_TILE - 1, GALLERY_TILE - 1], fill=(225, 225, 225), outline="black")
+        pen.text((8, GALLERY_TILE // 2 - 6), f"nothing of this kind ({Path(path).stem})", fill="black")
     for n, t in enumerate(tiles):
         source = Path(images_dir) / file_names[t.image]
         try:
@@ -714,15 +696,18 @@ def write_analysis(
     split: str = "train",
     images_dir: str | None = None,
     holdout: tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]] | None = None,
+    holdout_sets: Sequence[Sequence[Mapping[str, Any]]] | None = None,
     gallery_dir: str | None = None,
 ) -> dict[str, Any]:
     """The breakdown (``tide.json``), the best-F1 thresholds (``thresholds.json``), the confusion
     matrix at them (``confusion.csv``), the review candidates (``review.csv``) and, with
     ``images_dir``, the galleries (``gallery/*.png``, or ``gallery_dir``) in ``out_dir``; each
     file written atomically. ``holdout``: (ground truth, predictions) of other images of the
-    dataset (the blend split): the thresholds chosen on ``gt`` are measured there too (an honest
-    estimate of their precision and recall), and their boxes join the review. Returns the
-    TIDE result."""
+    dataset (the blend split), whose boxes join the review; the thresholds chosen on ``gt`` are
+    measured there too (an honest estimate of their precision and recall), on ``holdout_sets``
+    (default: the holdout's predictions) with their counts summed: predictions of the kind the
+    thresholds were chosen on (each fold model's, not their fusion, whose scores differ).
+    Returns the TIDE result."""
     import csv
     from pathlib import Path
 
@@ -747,9 +732,11 @@ def write_analysis(
     review_gt: Mapping[str, Any] = gt
     review_preds: Sequence[Mapping[str, Any]] = predictions
     if holdout is not None:
+        sets = holdout_sets if holdout_sets is not None else [holdout[1]]
         thresholds["holdout"] = {
             "images": len(holdout[0]["images"]),
-            "per_class": scores_at_thresholds(holdout[0], holdout[1], score_thr),
+            "prediction_sets": len(sets),
+            "per_class": scores_at_thresholds(holdout[0], sets, score_thr),
         }
         review_gt, review_preds = merge_splits([(gt, predictions), holdout])
         review_match = tide_match(prepare(review_gt, review_preds))

@@ -213,6 +213,10 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
             problems.append(f"{key} = {value!r}: {what} not found{extra}")
             missing.add(key)
     for model, settings in (config.get("models") or {}).items():
+        if model == "oof_ensemble":
+            problems.append(
+                "models.oof_ensemble: this name is taken by the error analysis of the models fused; rename it"
+            )
         name = str(settings.get("config", ""))
         if name.startswith("mmdet::"):
             path = mmdet_config_path(name)

@@ -369,6 +369,108 @@ def report_cv(
 
 
 # ---------------------------------------------------------------------------------------------
+# error analysis
+
+
+def report_analysis(
+    analyses: Mapping[str, Mapping[str, str]], out_breakdown: str, out_confusion: str, out_thresholds: str
+) -> None:
+    """Per analysis (a model, or the OOF ensemble; files ``tide``, ``thresholds``, ``confusion``
+    of detfold.analysis.write_analysis): TIDE's dAP per error type, overall and per class (PNG
+    bars); the confusion matrix at the best-F1 thresholds (PNG heatmaps, counts, each row's
+    share as colour); the per-class thresholds with precision, recall and F1 on the pooled OOF
+    predictions where they were chosen and on the blend split where they were not (HTML)."""
+    from detfold.analysis import ERROR_TYPES, SPECIAL_TYPES
+
+    names = sorted(analyses)
+    tides = {n: read_json(analyses[n]["tide"]) for n in names}
+    thresholds = {n: read_json(analyses[n]["thresholds"]) for n in names}
+    confusions = {n: pd.read_csv(analyses[n]["confusion"], index_col=0) for n in names}
+    plt = _pyplot()
+    classes = list(dict.fromkeys(c for t in tides.values() for c in t["per_class"]))
+    panels = ["all classes", *classes]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.8), squeeze=False)
+    width = 0.8 / len(names)
+    kinds = [*ERROR_TYPES, *SPECIAL_TYPES]
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, name in enumerate(names):
+            t = tides[name]
+            if panel == "all classes":
+                values = [t["main"][k] for k in ERROR_TYPES] + [t["special"][k] for k in SPECIAL_TYPES]
+                title = "all classes"
+            else:
+                pc = t["per_class"].get(panel) or {"dAP": {}, "AP": None}
+                values = [pc["dAP"].get(k) for k in ERROR_TYPES] + [np.nan] * len(SPECIAL_TYPES)
+                title = panel
+            heights = [np.nan if v is None else 100 * v for v in values]
+            x = np.arange(len(kinds)) + (i - (len(names) - 1) / 2) * width
+            bars = ax.bar(x, heights, width, label=f"{name} (mAP50 {100 * t['mAP']:.1f})")
+            ax.bar_label(bars, labels=["" if np.isnan(h) else f"{h:.1f}" for h in heights], fontsize=6)
+        ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"dAP50 by error type: {title}", fontsize=9)
+        ax.set_ylabel("mAP50 points gained if fixed")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out_breakdown)
+
+    fig, axes = plt.subplots(
+        1,
+        len(names),
+        figsize=(max(4.5, 1.0 + 0.9 * (len(classes) + 1)) * len(names), 1.5 + 0.8 * (len(classes) + 1)),
+        squeeze=False,
+    )
+    for ax, name in zip(axes[0], names, strict=True):
+        cm = confusions[name]
+        counts = cm.to_numpy()
+        share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(counts):
+            ax.text(c, r, str(v), ha="center", va="center", fontsize=8, color="white" if share[r, c] > 0.6 else "black")
+        ax.set_xticks(range(len(cm.columns)), list(cm.columns), rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(cm.index)), list(cm.index), fontsize=8)
+        ax.set_xlabel("predicted (background: missed)")
+        ax.set_ylabel("true (background: false positive)")
+        ax.set_title(f"{name}: confusion at IoU 0.5, best-F1 thresholds", fontsize=9)
+    fig.tight_layout()
+    _save(fig, out_confusion)
+
+    body = _note(
+        "Per class the score threshold of the best F1 at IoU 0.5, chosen on the pooled out-of-fold "
+        "predictions (their precision, recall and F1 there are in-sample: the threshold was picked on them), "
+        "and the same threshold on the blend split, images no fold model trained on and where nothing was "
+        "chosen (each fold model's predictions there, counts summed): the honest estimate. The file "
+        "results/analysis/<model>/thresholds.json holds them for a deployment (key score_thr)."
+    )
+    for name in names:
+        th = thresholds[name]
+        rows = []
+        for cls, v in th["per_class"].items():
+            held = (th.get("holdout") or {}).get("per_class", {}).get(cls, {})
+            rows.append(
+                {
+                    "class": cls,
+                    "score_thr": v["score_thr"],
+                    "OOF precision": v["precision"],
+                    "OOF recall": v["recall"],
+                    "OOF F1 (in-sample)": v["f1"],
+                    "TP": v["tp"],
+                    "FP": v["fp"],
+                    "FN": v["fn"],
+                    "blend precision": held.get("precision"),
+                    "blend recall": held.get("recall"),
+                    "blend F1": held.get("f1"),
+                }
+            )
+        t = tides[name]
+        body += _h(f"{name}: best-F1 thresholds") + _table(pd.DataFrame(rows), digits=3)
+        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES] + [
+            {"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES
+        ]
+        body += _h(f"{name}: TIDE breakdown (mAP50 {t['mAP']:.4f}, pooled OOF)") + _table(pd.DataFrame(breakdown))
+    write_text(out_thresholds, _page("Error analysis: thresholds and breakdown", body))
+
+
+# ---------------------------------------------------------------------------------------------
 # ensemble
 
 

@@ -1,0 +1,20 @@
+"""Rules analyze / analyze_ensemble: TIDE breakdown, best-F1 thresholds, confusion matrix, label
+review and galleries of the pooled out-of-fold predictions (one model, or the models fused)."""
+
+from detfold.logs import log_to
+from detfold.stages import files_by_model, run_analyze
+
+log_to(snakemake.log[0])
+models = snakemake.params.get("models") or [snakemake.wildcards.model]
+run_analyze(
+    name=snakemake.wildcards.get("model", "oof_ensemble"),
+    val_jsons=list(snakemake.input.val),
+    oof_preds=list(files_by_model(models, list(snakemake.input.oof)).values()),
+    blend_json=snakemake.input.blend,
+    blend_preds=list(files_by_model(models, list(snakemake.input.blend_preds)).values()),
+    images_dir=snakemake.params.images,
+    out_dir=snakemake.output.tide.rsplit("/", 1)[0],
+    gallery_dir=snakemake.output.gallery,
+    fusion=dict(snakemake.params.fusion),
+    max_per_img=snakemake.params.fusion["max_per_img"],
+)
