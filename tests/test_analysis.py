@@ -406,3 +406,25 @@ def test_review_of_the_demos_oof_lists_the_known_label_errors(demo_oof, tmp_path
     thresholds = json.loads((tmp_path / "thresholds.json").read_text())
     assert thresholds["holdout"]["images"] == len(holdout[0]["images"])
     assert set(thresholds["holdout"]["per_class"]) == set(thresholds["score_thr"]) == {"RBC", "WBC", "Platelets"}
+
+
+def test_analysis_of_a_model_that_predicts_little_or_nothing(tmp_path):
+    """A one-epoch model may predict nothing, or nothing of a class: every file is still written,
+    with zeros (tidecv too gives AP 0 to a class with boxes and no detection)."""
+    gt, preds = random_case(5, n_img=10)
+    only_c0 = [p for p in preds if p["category_id"] == 1]
+    ap, main, _, _ = run_tidecv(gt, only_c0)
+    ours = analysis.tide(gt, only_c0)
+    assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
+    assert all(ours["main"][k] * 100 == pytest.approx(main[k], abs=1e-9) for k in analysis.ERROR_TYPES)
+    for case in (only_c0, []):
+        result = analysis.write_analysis(gt, case, str(tmp_path / str(len(case))), holdout=(gt, case))
+        assert 0 <= result["mAP"] < 1
+    assert analysis.tide(gt, [])["mAP"] == 0.0
+    assert analysis.best_f1_thresholds(gt, [])["c0"]["score_thr"] is None
+    import json
+
+    bccd = Path(__file__).parent / "data" / "bccd"
+    real = json.loads((bccd / "test.json").read_text())
+    analysis.write_analysis(real, [], str(tmp_path / "bccd"), images_dir=str(bccd / "images"))
+    assert len(list((tmp_path / "bccd" / "gallery").glob("*.png"))) == 12

@@ -146,7 +146,7 @@ def tide_match(arrays: Arrays, pos_thr: float = POS_IOU, bg_thr: float = BG_IOU)
 
 def _ap(score: np.ndarray, tp: np.ndarray, group: np.ndarray, npos: int) -> float:
     """tidecv's APDataObject.get_ap (fraction): sorted by score descending, ties in push order."""
-    if npos == 0:
+    if npos == 0 or len(score) == 0:
         return 0.0
     order = np.lexsort((group, -score))
     hits = tp[order]
@@ -409,7 +409,10 @@ def review_candidates(
     n_g = len(a.g_box)
     iou_gd = np.zeros(n_g)  # per box: the IoU of the detection its candidate is about
     iou_gd[(other >= 0)] = k.pair_iou(a.g_box, a.d_box, np.flatnonzero(other >= 0), other[other >= 0])
-    own = np.where(same_best >= 0, a.d_score[np.maximum(same_best, 0)], 0.0)
+    # padded with one element so that index -1 (none) is valid even without any box or detection
+    d_score_pad, d_img_pad = np.append(a.d_score, 0.0), np.append(a.d_img, 0)
+    g_img_pad, g_ann_pad = np.append(a.g_img, 0), np.append(a.g_ann_id, 0)
+    own = np.where(same_best >= 0, d_score_pad[same_best], 0.0)
     real = ~a.g_crowd
     # each kind: (box index or -1, detection index or -1, value, iou, related box or -1)
     found: dict[str, tuple[np.ndarray, ...]] = {}
@@ -451,8 +454,8 @@ def review_candidates(
     for kind in REVIEW_KINDS:
         g, d, value, iou, related = found[kind]
         value = np.round(value.astype(np.float64), 6)
-        img = np.where(g >= 0, a.g_img[np.maximum(g, 0)], a.d_img[np.maximum(d, 0)]) if len(g) else g
-        ann = np.where(g >= 0, a.g_ann_id[np.maximum(g, 0)], 0) if len(g) else g
+        img = np.where(g >= 0, g_img_pad[g], d_img_pad[d])
+        ann = np.where(g >= 0, g_ann_pad[g], 0)
         order = np.lexsort((ann, a.image_ids[img] if len(img) else img, -value))
         log.info(
             "review: %d %s candidates%s",
