@@ -60,14 +60,7 @@ def run_tidecv(gt, preds):
     return run.ap, t.get_main_errors()["pred"], t.get_special_errors()["pred"], counts
 
 
-@pytest.mark.parametrize(
-    ("seed", "crowd", "ties"),
-    [(0, False, False), (1, True, False), (2, False, False), (3, True, True), (4, False, True)],
-)
-def test_tide_equals_tidecv(seed, crowd, ties):
-    """Every number tidecv prints (percent) equals ours (fractions) to float rounding (tidecv
-    sums in another order), and the error counts are equal; ties and > 100 detections included."""
-    gt, preds = random_case(seed, n_img=8 if ties else 30, crowd=crowd, ties=ties)
+def assert_equals_tidecv(gt, preds):
     ap, main, special, counts = run_tidecv(gt, preds)
     ours = analysis.tide(gt, preds)
     assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
@@ -76,6 +69,17 @@ def test_tide_equals_tidecv(seed, crowd, ties):
     for kind in analysis.SPECIAL_TYPES:
         assert ours["special"][kind] * 100 == pytest.approx(special[kind], abs=1e-9), kind
     assert ours["counts"] == counts
+
+
+@pytest.mark.parametrize(
+    ("seed", "crowd", "ties"),
+    [(0, False, False), (1, True, False), (2, False, False), (3, True, True), (4, False, True)],
+)
+def test_tide_equals_tidecv(seed, crowd, ties):
+    """Every number tidecv prints (percent) equals ours (fractions) to float rounding (tidecv
+    sums in another order), and the error counts are equal; ties and > 100 detections included."""
+    gt, preds = random_case(seed, n_img=8 if ties else 30, crowd=crowd, ties=ties)
+    assert_equals_tidecv(gt, preds)
 
 
 def test_review_finds_a_box_labelled_twice_and_a_swapped_class():
@@ -364,14 +368,7 @@ def demo_oof():
 
 def test_tide_equals_tidecv_on_the_demos_real_oof_predictions(demo_oof):
     (gt, preds), _ = demo_oof
-    ap, main, special, counts = run_tidecv(gt, preds)
-    ours = analysis.tide(gt, preds)
-    assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
-    for kind in analysis.ERROR_TYPES:
-        assert ours["main"][kind] * 100 == pytest.approx(main[kind], abs=1e-9), kind
-    for kind in analysis.SPECIAL_TYPES:
-        assert ours["special"][kind] * 100 == pytest.approx(special[kind], abs=1e-9), kind
-    assert ours["counts"] == counts
+    assert_equals_tidecv(gt, preds)
 
 
 def test_review_of_the_demos_oof_lists_the_known_label_errors(demo_oof, tmp_path):
@@ -413,10 +410,7 @@ def test_analysis_of_a_model_that_predicts_little_or_nothing(tmp_path):
     with zeros (tidecv too gives AP 0 to a class with boxes and no detection)."""
     gt, preds = random_case(5, n_img=10)
     only_c0 = [p for p in preds if p["category_id"] == 1]
-    ap, main, _, _ = run_tidecv(gt, only_c0)
-    ours = analysis.tide(gt, only_c0)
-    assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
-    assert all(ours["main"][k] * 100 == pytest.approx(main[k], abs=1e-9) for k in analysis.ERROR_TYPES)
+    assert_equals_tidecv(gt, only_c0)
     for case in (only_c0, []):
         result = analysis.write_analysis(gt, case, str(tmp_path / str(len(case))), holdout=(gt, case))
         assert 0 <= result["mAP"] < 1

@@ -555,6 +555,7 @@ def _contact_sheet(tiles: Sequence[Tile], file_names: Sequence[str], images_dir:
 
     from PIL import Image, ImageDraw, ImageOps
 
+    from detfold.audit import crop_around
     from detfold.io import atomic_open
 
     caption_h = 24
@@ -575,16 +576,7 @@ def _contact_sheet(tiles: Sequence[Tile], file_names: Sequence[str], images_dir:
         for boxes, colour in ((t.related or [], RELATED_COLOUR), (t.gt, GT_COLOUR), (t.pred, PRED_COLOUR)):
             for x, y, w, h in boxes:
                 draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=colour, width=2)
-        crop = (0, 0, img.width, img.height)
-        if t.focus is not None:
-            x, y, w, h = t.focus
-            margin = max(w, h, 20)
-            crop = (
-                max(0, int(x - margin)),
-                max(0, int(y - margin)),
-                min(img.width, int(x + w + margin) + 1),
-                min(img.height, int(y + h + margin) + 1),
-            )
+        crop = (0, 0, img.width, img.height) if t.focus is None else crop_around(t.focus, img.width, img.height)
         tile = ImageOps.contain(img.crop(crop), (GALLERY_TILE, GALLERY_TILE))
         col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
         top = row * (GALLERY_TILE + caption_h)

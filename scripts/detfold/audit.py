@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -455,6 +456,19 @@ BOX_COLOUR = (255, 0, 0)  # the offending box
 RELATED_COLOUR = (0, 200, 255)  # the other box of a pair (duplicate, cross-class overlap)
 
 
+def crop_around(box_xywh: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The gallery's crop around a box: its longer side (at least 20 px) on every side, within
+    the image; (left, upper, right, lower) as PIL's ``crop`` takes it."""
+    x, y, w, h = box_xywh
+    margin = max(w, h, 20)
+    return (
+        max(0, int(x - margin)),
+        max(0, int(y - margin)),
+        min(width, int(x + w + margin) + 1),
+        min(height, int(y + h + margin) + 1),
+    )
+
+
 def write_gallery(
     findings: list[Finding], cocos: dict[str, Coco], images_dirs: dict[str, str | Path], out_dir: str | Path
 ) -> list[Path]:
@@ -487,13 +501,7 @@ def write_gallery(
                     rx, ry, rw, rh = anns[f.split][f.related_ann_id]["bbox"]
                     draw.rectangle([rx, ry, rx + max(rw, 1), ry + max(rh, 1)], outline=RELATED_COLOUR, width=2)
                 draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=BOX_COLOUR, width=2)
-                margin = max(w, h, 20)
-                crop = (
-                    max(0, int(x - margin)),
-                    max(0, int(y - margin)),
-                    min(img.width, int(x + w + margin) + 1),
-                    min(img.height, int(y + h + margin) + 1),
-                )
+                crop = crop_around((x, y, w, h), img.width, img.height)
             tile = img.crop(crop)
             tile.thumbnail((GALLERY_TILE, GALLERY_TILE))
             col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import io
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
+from bench_eval import run_pycocotools  # the same reference run as the evaluation benchmark
 from detfold import analysis
 from detfold.cocoeval import evaluate_bbox
 
@@ -60,21 +60,6 @@ def synthetic(n_images: int, seed: int = 0) -> tuple[dict, list[dict]]:
             )
     cats = [{"id": c, "name": f"c{c}"} for c in range(1, 11)]
     return {"images": images, "annotations": anns, "categories": cats}, preds
-
-
-def run_pycocotools(gt: dict, preds: list[dict]) -> np.ndarray:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        api = COCO()
-        api.dataset = copy.deepcopy(gt)
-        api.createIndex()
-        ev = COCOeval(api, api.loadRes(copy.deepcopy(preds)), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return np.asarray(ev.stats)
 
 
 def run_tidecv(gt: dict, preds: list[dict]) -> dict:
@@ -115,7 +100,9 @@ def main() -> None:
         out[name] = run()
         rows.append((name, time.perf_counter() - t))
 
-    timed("pycocotools evaluate + accumulate + summarize (reference)", lambda: run_pycocotools(gt, preds))
+    timed(
+        "pycocotools evaluate + accumulate + summarize (reference)", lambda: run_pycocotools(gt, preds, "pycocotools")
+    )
     timed("detfold COCO evaluation (evaluate_bbox)", lambda: evaluate_bbox(gt, preds).stats)
     timed("detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)", lambda: analysis.tide(gt, preds))
     timed("detfold label review (review_candidates, its own match)", lambda: analysis.review_candidates(gt, preds))
