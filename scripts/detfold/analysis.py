@@ -144,31 +144,34 @@ def tide_match(arrays: Arrays, pos_thr: float = POS_IOU, bg_thr: float = BG_IOU)
     return TideMatch(arrays, tp, ign, err, err_gt, iou_same, iou_any, g_used, best_fix, missed)
 
 
-def _ap(score: np.ndarray, tp: np.ndarray, group: np.ndarray, npos: int) -> float:
-    """tidecv's APDataObject.get_ap (fraction): sorted by score descending, ties in push order."""
-    if npos == 0 or len(score) == 0:
+def _ap_sorted(hits: np.ndarray, npos: int) -> float:
+    """tidecv's APDataObject.get_ap (fraction) of one class's detections, ``hits`` already in
+    its order: score descending, ties in push order."""
+    if npos == 0 or len(hits) == 0:
         return 0.0
-    order = np.lexsort((group, -score))
-    hits = tp[order]
     n_true = np.cumsum(hits)
     precision = n_true / np.arange(1, len(hits) + 1)
     recall = n_true / npos
     precision = np.maximum.accumulate(precision[::-1])[::-1]
     idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
-    y = np.where(idx < len(precision), precision[np.minimum(idx, max(len(precision) - 1, 0))], 0.0)
+    y = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
     return sum(y.tolist()) / len(y)
 
 
 def _scenario_aps(
     classes: list[int], cls: np.ndarray, score: np.ndarray, tp: np.ndarray, group: np.ndarray, npos: dict[int, int]
 ) -> dict[int, float]:
-    """AP per non-empty class (tidecv: detections or ground truth)."""
+    """AP per non-empty class (tidecv: detections or ground truth); one sort for all classes."""
+    order = np.lexsort((group, -score, cls))  # by class, then tidecv's order within it
+    cls_sorted, hits = cls[order], tp[order]
+    keys = np.asarray(classes, dtype=cls_sorted.dtype if len(cls_sorted) else np.int64)
+    lo = np.searchsorted(cls_sorted, keys, side="left")
+    hi = np.searchsorted(cls_sorted, keys, side="right")
     out = {}
-    for c in classes:
-        sel = cls == c
-        if not sel.any() and npos.get(c, 0) == 0:
+    for c, start, end in zip(classes, lo.tolist(), hi.tolist(), strict=True):
+        if end == start and npos.get(c, 0) == 0:
             continue
-        out[c] = _ap(score[sel], tp[sel], group[sel], npos.get(c, 0))
+        out[c] = _ap_sorted(hits[start:end], npos.get(c, 0))
     return out
 
 
