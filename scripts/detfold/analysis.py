@@ -331,6 +331,16 @@ def best_f1_thresholds(gt: Mapping[str, Any], predictions: Sequence[Mapping[str,
     return out
 
 
+def kept_detections(gt: Mapping[str, Any], arrays: Arrays, score_thr: Mapping[str, float | None] | float) -> np.ndarray:
+    """Per detection of ``arrays``: at or above its class's ``score_thr`` (by class name; a float
+    for all classes; None: the class is left out)."""
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    thr = {n: score_thr for n in names.values()} if isinstance(score_thr, float | int) else dict(score_thr)
+    by_id = {c: np.inf if thr.get(n) is None else float(thr[n]) for c, n in names.items()}
+    cls_thr = np.array([by_id[c] for c in arrays.d_cls.tolist()], dtype=np.float64)
+    return arrays.d_score >= cls_thr
+
+
 def confusion_matrix(
     gt: Mapping[str, Any],
     predictions: Sequence[Mapping[str, Any]],
@@ -356,13 +366,10 @@ def confusion_matrix(
     cats = sorted(gt["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in cats]
     index = {c["id"]: i for i, c in enumerate(cats)}
-    thr = {n: score_thr for n in names} if isinstance(score_thr, float | int) else dict(score_thr)
     a = arrays if arrays is not None else prepare(gt, predictions)
-    # per class index: its threshold (inf: the class is left out)
-    cls_thr = np.array([np.inf if thr.get(n) is None else float(thr[n]) for n in names])
     g_idx = np.array([index[c] for c in a.g_cls.tolist()], dtype=np.int64)
     d_idx = np.array([index[c] for c in a.d_cls.tolist()], dtype=np.int64)
-    keep = a.d_score >= cls_thr[d_idx] if len(d_idx) else np.zeros(0, dtype=np.bool_)
+    keep = kept_detections(gt, a, score_thr)
     gs, ge, ds, de = a.bounds()
     cm, per_image = confusion_images(
         gs, ge, ds, de, a.g_box, g_idx, a.g_crowd, a.d_box, d_idx, keep, iou_thr, len(names)
@@ -752,11 +759,8 @@ def write_analysis(
         for r in rows:
             writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
     if images_dir is not None:
-        cls_thr = np.array([np.inf if score_thr.get(n) is None else score_thr[n] for n in names[:-1]])
-        index = {c["id"]: i for i, c in enumerate(sorted(gt["categories"], key=lambda c: c["id"]))}
-        keep = arrays.d_score >= cls_thr[[index[c] for c in arrays.d_cls.tolist()]] if len(arrays.d_cls) else []
         tiles = {
-            **error_tiles(match, gt, per_image, np.asarray(keep, dtype=np.bool_)),
+            **error_tiles(match, gt, per_image, kept_detections(gt, arrays, score_thr)),
             **review_tiles(review_match, review_gt, rows),
         }
         gallery = Path(gallery_dir) if gallery_dir else out / "gallery"
