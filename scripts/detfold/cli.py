@@ -89,11 +89,11 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.coco import load_coco, load_results
+    from detfold.coco import load_coco, load_detections
     from detfold.io import write_json
     from detfold.metrics import evaluate_coco
 
-    result = evaluate_coco(load_coco(args.gt), load_results(args.pred), args.pred)
+    result = evaluate_coco(load_coco(args.gt), load_detections(args.pred), args.pred)
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
@@ -102,24 +102,28 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from detfold.coco import load_coco, load_results
-    from detfold.fusion import fuse_coco_predictions
+    import numpy as np
+
+    from detfold.coco import load_coco, load_detections
+    from detfold.fusion import fuse_detections
     from detfold.io import write_json
 
     check_fusion_args(args)
     coco = load_coco(args.images, require_annotations=False)
-    members = [load_results(p) for p in args.pred]
-    image_ids, category_ids = set(coco.image_ids), set(coco.category_ids)
+    members = [load_detections(p) for p in args.pred]
+    image_ids, category_ids = np.array(coco.image_ids, dtype=np.int64), np.array(coco.category_ids, dtype=np.int64)
     for path, member in zip(args.pred, members, strict=True):
-        for i, pred in enumerate(member):
-            if pred["image_id"] not in image_ids:
-                raise ValueError(f"{path}[{i}].image_id {pred['image_id']} is not an image of {args.images}")
-            if category_ids and pred["category_id"] not in category_ids:
-                raise ValueError(f"{path}[{i}].category_id {pred['category_id']} is not a category of {args.images}")
-    images = coco.images
-    fused = fuse_coco_predictions(
+        unknown = ~np.isin(member.image_id, image_ids)
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            raise ValueError(f"{path}[{i}].image_id {int(member.image_id[i])} is not an image of {args.images}")
+        unknown = ~np.isin(member.category_id, category_ids)
+        if len(category_ids) and unknown.any():
+            i = int(np.argmax(unknown))
+            raise ValueError(f"{path}[{i}].category_id {int(member.category_id[i])} is not a category of {args.images}")
+    fused = fuse_detections(
         members,
-        images,
+        coco.images,
         method=args.method,
         weights=args.weights,
         iou_thr=args.iou_thr,
@@ -128,7 +132,7 @@ def _ensemble(args: argparse.Namespace) -> None:
         max_per_image=args.max_per_img,
         class_agnostic=args.class_agnostic,
     )
-    write_json(args.out, fused)
+    write_json(args.out, fused.to_results())
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
 
 

@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from detfold.coco import Detections
 
 log = logging.getLogger(__name__)
 
@@ -356,3 +359,24 @@ def fuse_coco_predictions(
         }
         for i, label, box, score in zip(img, labels, xywh, scores, strict=True)
     ]
+
+
+def fuse_detections(
+    members: Sequence[Detections],
+    images: Sequence[dict[str, Any]],
+    method: str = "wbf",
+    weights: Sequence[float] | None = None,
+    max_per_image: int = 100,
+    **kwargs: Any,
+) -> Detections:
+    """:func:`fuse_coco_predictions` on columns (:class:`detfold.coco.Detections`, e.g. from
+    :func:`detfold.coco.load_detections`): no dict per box on the way in or out. The image ids
+    must be those of ``images``."""
+    from detfold.coco import Detections
+
+    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
+    wh = np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)
+    sets = [(np.searchsorted(ids, d.image_id), d.category_id, d.bbox_xywh, d.score) for d in members]
+    img, labels, xywh, scores = ResultArrays.from_columns(ids, wh, sets).fuse(method, weights, max_per_image, **kwargs)
+    return Detections(ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
+
+import orjson
 
 
 @contextmanager
@@ -55,18 +58,67 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         handle.write(text)
 
 
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)  # type: ignore[arg-type]
+
+
+JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps_json(data: Any) -> bytes:
+    """``data`` as UTF-8 JSON bytes, formatted stably (orjson: indent 2, keys in insertion order,
+    shortest round-trip floats, a final newline): the same data always gives the same bytes.
+    NaN and infinities are refused with ``ValueError`` (orjson alone would write ``null``)."""
+    text = orjson.dumps(data, option=JSON_OPTIONS)
+    if b"null" in text:  # rare in detfold's outputs: only then look for a non-finite number
+        where = _non_finite(data, "$")
+        if where is not None:
+            raise ValueError(f"cannot write JSON: {where} is not a finite number")
+    return text
+
+
+def _non_finite(data: Any, where: str) -> str | None:
+    if isinstance(data, float):
+        return None if math.isfinite(data) else f"{where} = {data}"
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list | tuple):
+        items = enumerate(data)
+    else:
+        import numpy as np
+
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+            return f"{where} (an array) = {data.ravel()[~np.isfinite(data.ravel())][0]}"
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as JSON atomically, with stable formatting (indent 1, keys in insertion
-    order, NaN/inf refused)."""
-    write_text(path, json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+    """Write ``data`` as JSON atomically (:func:`dumps_json`: byte-for-byte reproducible; the
+    last line is the closing bracket alone, which :func:`looks_complete` checks)."""
+    write_bytes(path, dumps_json(data))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; raise ``ValueError`` naming the file and position when it is not JSON."""
+    """Read a JSON file (orjson); raise ``ValueError`` naming the file and position when it is
+    not JSON. A file orjson refuses is read again by Python's ``json`` for its error message
+    (and its leniency: a NaN in a user's file is then refused by the checks that follow, by name)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not text.strip():

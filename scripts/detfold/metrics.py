@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from detfold.coco import Coco, check_results
-from detfold.cocoeval import REC_THRS, evaluate_bbox
+from detfold.coco import Coco, Detections, check_results
+from detfold.cocoeval import REC_THRS, evaluate_columns
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +53,37 @@ def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str =
             )
 
 
+def check_detection_ids(gt: Coco, detections: Detections, source: str = "predictions") -> None:
+    """:func:`check_predictions`' id checks on columns: ``ValueError`` naming the first row whose
+    image or category id is not in ``gt``."""
+    for key, column, known in (
+        ("image_id", detections.image_id, gt.image_ids),
+        ("category_id", detections.category_id, gt.category_ids),
+    ):
+        unknown = ~np.isin(column, np.asarray(known, dtype=np.int64))
+        if unknown.any():
+            i = int(np.argmax(unknown))
+            what = "is not in the ground truth" if key == "image_id" else "is not a category of"
+            known_text = f" (known: {sorted(known)})" if key == "category_id" else ""
+            raise ValueError(f"{source}[{i}]: {key} {int(column[i])!r} {what} {gt.path}{known_text}")
+
+
 def evaluate_coco(
-    gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions", pr_curves: bool = False
+    gt: Coco, predictions: list[dict[str, Any]] | Detections, source: str = "predictions", pr_curves: bool = False
 ) -> dict[str, Any]:
     """Score ``predictions`` against ``gt``: 12 COCO stats, mAP50 and per-class AP/AP50/AR100.
 
     With ``pr_curves`` each class also gets its precision at the 101 recall points (area all,
     100 detections), at IoU 0.5 and averaged over IoU 0.5:0.95 (-1 where undefined)."""
-    check_predictions(gt, predictions, source)
-    result = evaluate_bbox(gt.data, predictions)
+    if isinstance(predictions, Detections):  # checked for values when loaded (load_detections)
+        check_detection_ids(gt, predictions, source)
+        detections = predictions
+    else:
+        check_predictions(gt, predictions, source)
+        detections = Detections.from_results(predictions)
+    result = evaluate_columns(
+        gt.data, detections.image_id, detections.category_id, detections.bbox_xywh, detections.score
+    )
     stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
     names = {cat["id"]: cat["name"] for cat in gt.categories}
     n_gt: dict[int, int] = {}
