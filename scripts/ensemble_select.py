@@ -14,4 +14,5 @@ run_ensemble_select(
     out_best=snakemake.output.best,
     out_selection=snakemake.output.selection,
     out_blend=snakemake.output.blend,
+    processes=snakemake.threads,
 )

@@ -128,6 +128,20 @@ def test_selection_records_disjoint_parts_and_is_byte_reproducible(bccd_test):
     assert sorted(flat) == sorted(gt.image_ids) and len(flat) == len(set(flat))
 
 
+def test_search_on_two_processes_equals_the_serial_search(bccd_test):
+    """The combinations fused and matched on 2 forked processes give the serial results:
+    the same selection (byte for byte) and the same search table, for two models (so the model
+    step's combinations run in the workers too)."""
+    gt = clean(bccd_test)
+    folds = {"a": [noisy_member(gt, s) for s in range(3)], "b": [noisy_member(gt, s + 10) for s in range(3)]}
+    out = {}
+    for processes in (1, 2):
+        selector = ensemble.BlendSelector(gt, folds, {}, SETTINGS, seed=5, processes=processes)
+        out[processes] = (json.dumps(ensemble.select_on_blend(selector, 50, 5)), selector.search_table())
+    assert out[1][0] == out[2][0]
+    assert out[1][1].equals(out[2][1])
+
+
 def test_fusion_of_independent_fold_models_is_delivered_and_beats_each(bccd_test):
     gt = clean(bccd_test)
     folds = {"a": [noisy_member(gt, s, drop=0.35, jitter=3.0) for s in range(3)]}

@@ -15,6 +15,7 @@ rule ensemble_select:
         "benchmarks/ensemble_select.tsv"
     conda:
         "../envs/light.yaml"
+    threads: 2  # the search's combinations on two processes (as many as Snakemake grants)
     resources:
         mem_mb=lookup(dpath="resources/mem_mb", within=config),
         runtime=lookup(dpath="resources/runtime", within=config),

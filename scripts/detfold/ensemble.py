@@ -294,6 +294,39 @@ def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:
     return (m_ap50, m_ap) if metric == "mAP50" else (m_ap, m_ap50)
 
 
+_SELECTOR: BlendSelector | None = None  # the selector a forked worker process computes for
+
+
+def _combination(key: tuple[Any, ...]) -> Matched:
+    assert _SELECTOR is not None
+    if key[0] == "fold":
+        return _SELECTOR._fold_matched(key[1], key[2])
+    return _SELECTOR._ensemble_matched(key[1], key[2])
+
+
+def _map_combinations(selector: BlendSelector, keys: list[tuple[Any, ...]], processes: int) -> list[Matched]:
+    """Fuse and match the parameter combinations ``keys`` (("fold", model, i) or ("ensemble",
+    fold choice, j)), on ``processes`` forked worker processes, each with its share of the
+    combinations in order. Fusion and matching are deterministic, so the results are those of
+    the serial loop, in the same order (tests/test_selection.py compares them)."""
+    global _SELECTOR
+    if processes <= 1 or len(keys) <= 1:
+        _SELECTOR = selector
+        try:
+            return [_combination(key) for key in keys]
+        finally:
+            _SELECTOR = None
+    import multiprocessing
+
+    _SELECTOR = selector  # inherited by the forked workers (copy on write), nothing pickled
+    try:
+        with multiprocessing.get_context("fork").Pool(min(processes, len(keys))) as pool:
+            chunk = math.ceil(len(keys) / min(processes, len(keys)))
+            return pool.map(_combination, keys, chunksize=chunk)
+    finally:
+        _SELECTOR = None
+
+
 class BlendSelector:
     """Every candidate, scored on the blend split (images no fold model trained on).
 
@@ -312,6 +345,7 @@ class BlendSelector:
         settings: dict[str, Any],
         seed: int = 42,
         parts: int = NESTED_PARTS,
+        processes: int = 1,
     ) -> None:
         self.gt = gt
         self.metric = (settings.get("search") or {}).get("metric", "mAP50")
@@ -336,9 +370,11 @@ class BlendSelector:
         self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
         self._matched: dict[tuple[Any, ...], Matched] = {}
         self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self.processes = max(1, int(processes))
+        keys = [("fold", m, i) for m in self.models for i in range(len(self.fold_grid))]
+        for key, matched in zip(keys, _map_combinations(self, keys, processes), strict=True):
+            self._matched[key] = matched
         for m in self.models:
-            for i in range(len(self.fold_grid)):
-                self._fold_matched(m, i)
             log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
 
     @property
@@ -414,6 +450,14 @@ class BlendSelector:
         choice = tuple(
             self._best([(i, self._fold_score(m, i, weights)) for i in range(len(self.fold_grid))]) for m in self.models
         )
+        missing = [
+            ("ensemble", choice, j) for j in range(len(self.model_grid)) if ("ensemble", choice, j) not in self._matched
+        ]
+        if missing:  # the chosen fold ensembles fused here once, then inherited by the workers
+            for m, i in zip(self.models, choice, strict=True):
+                self._fold_fused(m, i)
+        for key, matched in zip(missing, _map_combinations(self, missing, self.processes), strict=True):
+            self._matched[key] = matched
         j = self._best(
             [
                 (j, self._score(("ensemble", choice, j), self._ensemble_matched(choice, j), weights))

@@ -316,6 +316,7 @@ def run_ensemble_select(
     out_best: str,
     out_selection: str,
     out_blend: str,
+    processes: int = 1,
 ) -> None:
     """Choose what is delivered, on the blend split (images no fold model trained on).
 
@@ -323,13 +324,14 @@ def run_ensemble_select(
     (fold fusion tuned), and the model ensemble of the fold ensembles (model fusion tuned too).
     Each is scored in-sample and by nested selection with bootstrap intervals; the kind with
     the best nested estimate is delivered (``out_best``), its whole choice nested once more
-    for its honest estimate (``out_selection``)."""
+    for its honest estimate (``out_selection``). The search's fusion and matching run on
+    ``processes`` processes, with the serial results."""
     from detfold import ensemble
 
     gt = load_coco(blend_json)
     fold_preds = _fold_predictions(gt, model_blend)
     external, _ = _externals(settings, "oof", gt, load_coco(train_json))
-    selector = ensemble.BlendSelector(gt, fold_preds, external, settings, seed=seed)
+    selector = ensemble.BlendSelector(gt, fold_preds, external, settings, seed=seed, processes=processes)
     selection = ensemble.select_on_blend(
         selector, samples=int(settings.get("bootstrap_samples", ensemble.BOOTSTRAP_SAMPLES)), seed=seed
     )

@@ -242,6 +242,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-images", type=int, default=4000)
     parser.add_argument("--search", choices=("config", "small"), default="config", help="the search grid")
+    parser.add_argument("--processes", type=int, default=2, help="processes of the ensemble search (rule: threads)")
     parser.add_argument("--stop-gb", type=float, default=14.0, help="kill a stage whose RSS passes this")
     parser.add_argument("--limit-gb", type=float, default=24.0, help="the memory budget of the verdict")
     parser.add_argument(
@@ -291,6 +292,7 @@ def main() -> None:
                     "out_best": str(out / "ensemble/best.json"),
                     "out_selection": str(out / "ensemble/selection.json"),
                     "out_blend": str(out / "ensemble/blend.json"),
+                    "processes": args.processes,
                 },
             ),
             (
