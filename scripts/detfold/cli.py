@@ -102,8 +102,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    import numpy as np
-
     from detfold.coco import load_coco, load_detections
     from detfold.fusion import fuse_detections
     from detfold.io import write_json
@@ -111,15 +109,12 @@ def _ensemble(args: argparse.Namespace) -> None:
     check_fusion_args(args)
     coco = load_coco(args.images, require_annotations=False)
     members = [load_detections(p) for p in args.pred]
-    image_ids, category_ids = np.array(coco.image_ids, dtype=np.int64), np.array(coco.category_ids, dtype=np.int64)
     for path, member in zip(args.pred, members, strict=True):
-        unknown = ~np.isin(member.image_id, image_ids)
-        if unknown.any():
-            i = int(np.argmax(unknown))
+        i = member.first_unknown("image_id", coco.image_ids)
+        if i is not None:
             raise ValueError(f"{path}[{i}].image_id {int(member.image_id[i])} is not an image of {args.images}")
-        unknown = ~np.isin(member.category_id, category_ids)
-        if len(category_ids) and unknown.any():
-            i = int(np.argmax(unknown))
+        i = member.first_unknown("category_id", coco.category_ids) if coco.category_ids else None
+        if i is not None:
             raise ValueError(f"{path}[{i}].category_id {int(member.category_id[i])} is not a category of {args.images}")
     fused = fuse_detections(
         members,

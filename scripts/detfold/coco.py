@@ -165,8 +165,6 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
         if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
             problems.append(f"{_ann_where(path, i, ann)}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
     if boxes:
-        import numpy as np
-
         finite = np.isfinite(np.array(boxes, dtype=np.float64)).all(axis=1)
         for row in np.flatnonzero(~finite):
             i = box_rows[row]
@@ -256,6 +254,12 @@ class Detections:
         keys = ("image_id", "category_id", "bbox", "score")
         columns = (self.image_id.tolist(), self.category_id.tolist(), self.bbox_xywh.tolist(), self.score.tolist())
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+
+    def first_unknown(self, column: str, known: Iterable[int]) -> int | None:
+        """Index of the first row whose ``column`` ('image_id' or 'category_id') is not in
+        ``known``, or None."""
+        unknown = ~np.isin(getattr(self, column), np.fromiter(known, dtype=np.int64))
+        return int(np.argmax(unknown)) if unknown.any() else None
 
     def first_bad_row(self) -> int | None:
         """Index of the first row that :func:`results_problems` would refuse (a non-finite box

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from detfold.coco import Detections
+
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 AREA_RANGES = np.array([[0, 1e5**2], [0, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64)
@@ -134,14 +136,11 @@ class BboxEvaluator:
         )
         return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
 
-    def match_results(self, predictions: list[dict[str, Any]]) -> Matched:
-        """:meth:`match` of COCO results (ids of this ground truth)."""
-        img, cat = self.positions(
-            np.array([p["image_id"] for p in predictions], dtype=np.int64),
-            np.array([p["category_id"] for p in predictions], dtype=np.int64),
-        )
-        boxes = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
-        return self.match(img, cat, boxes, np.array([p["score"] for p in predictions], dtype=np.float64))
+    def match_results(self, predictions: list[dict[str, Any]] | Detections) -> Matched:
+        """:meth:`match` of COCO results or :class:`Detections` (ids of this ground truth)."""
+        d = predictions if isinstance(predictions, Detections) else Detections.from_results(predictions)
+        img, cat = self.positions(d.image_id, d.category_id)
+        return self.match(img, cat, d.bbox_xywh, d.score)
 
     def match(self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray) -> Matched:
         """Detections matched once (area all, 100 per image and class), to be scored on any
@@ -234,13 +233,8 @@ class Matched:
 
 def evaluate_bbox(gt: dict[str, Any], predictions: list[dict[str, Any]]) -> CocoEvalResult:
     """Evaluate COCO results against a COCO ground-truth dict (images, annotations, categories)."""
-    return evaluate_columns(
-        gt,
-        np.array([p["image_id"] for p in predictions], dtype=np.int64),
-        np.array([p["category_id"] for p in predictions], dtype=np.int64),
-        np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4),
-        np.array([p["score"] for p in predictions], dtype=np.float64),
-    )
+    d = Detections.from_results(predictions)
+    return evaluate_columns(gt, d.image_id, d.category_id, d.bbox_xywh, d.score)
 
 
 def evaluate_columns(

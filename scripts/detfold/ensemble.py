@@ -297,11 +297,16 @@ def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:
 _SELECTOR: BlendSelector | None = None  # the selector a forked worker process computes for
 
 
-def _combination(key: tuple[Any, ...]) -> Matched:
-    assert _SELECTOR is not None
+def _key_matched(selector: BlendSelector, key: tuple[Any, ...]) -> Matched:
+    """The matched prediction set of one combination key of ``selector``."""
     if key[0] == "fold":
-        return _SELECTOR._fold_matched(key[1], key[2])
-    return _SELECTOR._ensemble_matched(key[1], key[2])
+        return selector._fold_matched(key[1], key[2])
+    return selector._ensemble_matched(key[1], key[2])
+
+
+def _combination(key: tuple[Any, ...]) -> Matched:  # in a forked worker
+    assert _SELECTOR is not None
+    return _key_matched(_SELECTOR, key)
 
 
 def _map_combinations(selector: BlendSelector, keys: list[tuple[Any, ...]], processes: int) -> list[Matched]:
@@ -310,19 +315,15 @@ def _map_combinations(selector: BlendSelector, keys: list[tuple[Any, ...]], proc
     combinations in order. Fusion and matching are deterministic, so the results are those of
     the serial loop, in the same order (tests/test_selection.py compares them)."""
     global _SELECTOR
-    if processes <= 1 or len(keys) <= 1:
-        _SELECTOR = selector
-        try:
-            return [_combination(key) for key in keys]
-        finally:
-            _SELECTOR = None
+    processes = min(processes, len(keys))
+    if processes <= 1:
+        return [_key_matched(selector, key) for key in keys]
     import multiprocessing
 
     _SELECTOR = selector  # inherited by the forked workers (copy on write), nothing pickled
     try:
-        with multiprocessing.get_context("fork").Pool(min(processes, len(keys))) as pool:
-            chunk = math.ceil(len(keys) / min(processes, len(keys)))
-            return pool.map(_combination, keys, chunksize=chunk)
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            return pool.map(_combination, keys, chunksize=math.ceil(len(keys) / processes))
     finally:
         _SELECTOR = None
 
@@ -372,7 +373,7 @@ class BlendSelector:
         self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
         self.processes = max(1, int(processes))
         keys = [("fold", m, i) for m in self.models for i in range(len(self.fold_grid))]
-        for key, matched in zip(keys, _map_combinations(self, keys, processes), strict=True):
+        for key, matched in zip(keys, _map_combinations(self, keys, self.processes), strict=True):
             self._matched[key] = matched
         for m in self.models:
             log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))

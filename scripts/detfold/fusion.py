@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from detfold.coco import Detections
+from detfold.coco import Detections
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +258,13 @@ def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou
     return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
 
 
+def _image_sizes(images: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted image ids and their (width, height) in px, [N, 2]."""
+    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
+    return ids, np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)
+
+
 class ResultArrays:
     """COCO result lists of several models on one image set, as the flat arrays fusion works on.
 
@@ -267,32 +273,20 @@ class ResultArrays:
     ``images`` raises. Image positions index the sorted image ids (``self.ids``).
     """
 
-    def __init__(self, prediction_sets: Sequence[list[dict[str, Any]]], images: Sequence[dict[str, Any]]) -> None:
-        self.ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
-        size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-        self.wh = np.array([size[int(i)] for i in self.ids]).reshape(-1, 2)
-        self.n_models = len(prediction_sets)
-        parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
+    def __init__(
+        self, prediction_sets: Sequence[list[dict[str, Any]] | Detections], images: Sequence[dict[str, Any]]
+    ) -> None:
+        ids, wh = _image_sizes(images)
+        sets = []
         for m, preds in enumerate(prediction_sets):
-            image_ids = np.array([p["image_id"] for p in preds], dtype=np.int64)
-            img = np.searchsorted(self.ids, image_ids)
-            unknown = (img >= len(self.ids)) | (self.ids[np.minimum(img, len(self.ids) - 1)] != image_ids)
+            d = preds if isinstance(preds, Detections) else Detections.from_results(preds)
+            img = np.searchsorted(ids, d.image_id)
+            unknown = (img >= len(ids)) | (ids[np.minimum(img, len(ids) - 1)] != d.image_id)
             if unknown.any():
                 i = int(np.argmax(unknown))
-                raise ValueError(
-                    f"prediction set {m}, item {i}: image_id {preds[i]['image_id']!r} is not a known image"
-                )
-            xywh = np.array([p["bbox"] for p in preds], dtype=float).reshape(-1, 4)
-            wh = np.hstack([self.wh[img], self.wh[img]])
-            parts["box"].append(np.clip(np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]) / wh, 0.0, 1.0))
-            parts["score"].append(np.array([p["score"] for p in preds], dtype=float))
-            parts["label"].append(np.array([p["category_id"] for p in preds], dtype=np.int64))
-            parts["model"].append(np.full(len(preds), m, dtype=np.int64))
-            parts["image"].append(img.astype(np.int64))
-        empty = {"box": np.zeros((0, 4)), "score": np.zeros(0)}
-        self.arrays = {
-            k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
-        }
+                raise ValueError(f"prediction set {m}, item {i}: image_id {int(d.image_id[i])!r} is not a known image")
+            sets.append((img, d.category_id, d.bbox_xywh, d.score))
+        self._set_columns(ids, wh, sets)
 
     @classmethod
     def from_columns(
@@ -301,17 +295,26 @@ class ResultArrays:
         """Prediction sets already as columns (image position in ``ids``, category id,
         xywh_abs, score), e.g. the output of :meth:`fuse`, on the images ``ids`` / ``wh``."""
         self = cls.__new__(cls)
+        self._set_columns(ids, wh, sets)
+        return self
+
+    def _set_columns(
+        self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> None:
         self.ids, self.wh, self.n_models = ids, wh, len(sets)
         parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
         for m, (img, labels, xywh, scores) in enumerate(sets):
+            xywh = np.asarray(xywh, dtype=float).reshape(-1, 4)
             scale = np.hstack([wh[img], wh[img]])
             parts["box"].append(np.clip(np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]) / scale, 0.0, 1.0))
             parts["score"].append(np.asarray(scores, dtype=float))
             parts["label"].append(np.asarray(labels, dtype=np.int64))
             parts["model"].append(np.full(len(img), m, dtype=np.int64))
             parts["image"].append(np.asarray(img, dtype=np.int64))
-        self.arrays = {k: np.concatenate(v) for k, v in parts.items()}
-        return self
+        empty = {"box": np.zeros((0, 4)), "score": np.zeros(0)}
+        self.arrays = {
+            k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
+        }
 
     def fuse(
         self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
@@ -346,23 +349,21 @@ def fuse_coco_predictions(
     boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so files are
     byte-reproducible.
     """
-    arrays = ResultArrays(prediction_sets, images)
-    img, labels, xywh, scores = arrays.fuse(
-        method, weights, max_per_image, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type, **kwargs
-    )
-    return [
-        {
-            "image_id": int(arrays.ids[i]),
-            "category_id": int(label),
-            "bbox": [float(v) for v in box],  # rounded by fuse: 0.001 px, scores 1e-6
-            "score": float(score),
-        }
-        for i, label, box, score in zip(img, labels, xywh, scores, strict=True)
-    ]
+    return fuse_detections(
+        prediction_sets,
+        images,
+        method,
+        weights,
+        max_per_image,
+        iou_thr=iou_thr,
+        skip_box_thr=skip_box_thr,
+        conf_type=conf_type,
+        **kwargs,
+    ).to_results()
 
 
 def fuse_detections(
-    members: Sequence[Detections],
+    members: Sequence[Detections | list[dict[str, Any]]],
     images: Sequence[dict[str, Any]],
     method: str = "wbf",
     weights: Sequence[float] | None = None,
@@ -370,13 +371,8 @@ def fuse_detections(
     **kwargs: Any,
 ) -> Detections:
     """:func:`fuse_coco_predictions` on columns (:class:`detfold.coco.Detections`, e.g. from
-    :func:`detfold.coco.load_detections`): no dict per box on the way in or out. The image ids
-    must be those of ``images``."""
-    from detfold.coco import Detections
-
-    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
-    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-    wh = np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)
-    sets = [(np.searchsorted(ids, d.image_id), d.category_id, d.bbox_xywh, d.score) for d in members]
-    img, labels, xywh, scores = ResultArrays.from_columns(ids, wh, sets).fuse(method, weights, max_per_image, **kwargs)
-    return Detections(ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)
+    :func:`detfold.coco.load_detections`): no dict per box on the way in or out. An image id
+    outside ``images`` raises."""
+    arrays = ResultArrays(members, images)
+    img, labels, xywh, scores = arrays.fuse(method, weights, max_per_image, **kwargs)
+    return Detections(arrays.ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

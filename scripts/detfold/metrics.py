@@ -56,16 +56,12 @@ def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str =
 def check_detection_ids(gt: Coco, detections: Detections, source: str = "predictions") -> None:
     """:func:`check_predictions`' id checks on columns: ``ValueError`` naming the first row whose
     image or category id is not in ``gt``."""
-    for key, column, known in (
-        ("image_id", detections.image_id, gt.image_ids),
-        ("category_id", detections.category_id, gt.category_ids),
-    ):
-        unknown = ~np.isin(column, np.asarray(known, dtype=np.int64))
-        if unknown.any():
-            i = int(np.argmax(unknown))
+    for key, known in (("image_id", gt.image_ids), ("category_id", gt.category_ids)):
+        i = detections.first_unknown(key, known)
+        if i is not None:
             what = "is not in the ground truth" if key == "image_id" else "is not a category of"
             known_text = f" (known: {sorted(known)})" if key == "category_id" else ""
-            raise ValueError(f"{source}[{i}]: {key} {int(column[i])!r} {what} {gt.path}{known_text}")
+            raise ValueError(f"{source}[{i}]: {key} {int(getattr(detections, key)[i])!r} {what} {gt.path}{known_text}")
 
 
 def evaluate_coco(
