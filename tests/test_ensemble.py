@@ -86,7 +86,7 @@ def test_external_coco_with_id_source_and_csv(bccd_test, tmp_path):
     (tmp_path / "other_gt.json").write_text(json.dumps({"images": other_images, "categories": other_cats}))
     spec = {"name": "d2", "test": str(tmp_path / "other.json"), "id_source": str(tmp_path / "other_gt.json")}
     mapped = ensemble.load_external(spec, "test", gt)
-    assert mapped == noisy_member(gt, 1)
+    assert mapped.to_results() == noisy_member(gt, 1)
     # the same predictions as a competition CSV, labels by class index
     ensemble.write_submission(mapped, gt, tmp_path / "sub.csv", "index")
     spec_csv = {"name": "yolo", "test": str(tmp_path / "sub.csv"), "format": "csv"}

@@ -65,12 +65,12 @@ def test_one_member_fusion_returns_its_input_unchanged(bccd_test):
     gt = clean(bccd_test)
     preds = noisy_member(gt, 2)
     for params in ({"method": "wbf", "iou_thr": 0.55, "conf_type": "avg"}, {"method": "nms", "iou_thr": 0.5}):
-        assert ensemble.fuse_members([preds], gt.images, params, 100) == preds
+        assert ensemble.fuse_members([preds], gt.images, params, 100).to_results() == preds
     plan = ensemble.Plan(
         "ensemble", fold_params={"a": {"method": "nms", "iou_thr": 0.5}}, model_params={"method": "wbf"}
     )
     one_fold = {"a": [preds]}
-    assert ensemble.apply_plan(plan, one_fold, {}, gt.images) == preds
+    assert ensemble.apply_plan(plan, one_fold, {}, gt.images).to_results() == preds
 
 
 def test_nested_selection_fits_on_other_images_than_it_scores(bccd_test, monkeypatch):
@@ -177,7 +177,7 @@ def test_a_single_model_is_delivered_when_fusing_only_loses(bccd_test):
     delivered = ensemble.apply_plan(
         ensemble.Plan.from_dict(result["delivered"]["plan"]), {"a": [junk, good, junk]}, {}, gt.images
     )
-    assert delivered == good
+    assert delivered.to_results() == good
 
 
 def test_fixed_fold_fusion_is_the_only_one_tried():

@@ -133,3 +133,54 @@ def accumulate(cat_start, rank, matched, ignored, n_thr, npig, max_dets, rec_thr
                             i += 1
                         precision[t, r, k, a, mi] = pr[t, i] if i < n else 0.0
     return precision, recall
+
+
+@njit(cache=True, nogil=True)
+def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_thr, npig, rec_thrs):  # type: ignore[no-untyped-def]
+    """:func:`accumulate` (one area range, every detection within the limit) of detections whose
+    image is counted ``image_weights[img]`` times (0: left out; bootstrap counts): the numbers of
+    the detections repeated that often, without making the copies. ``npig`` [K] counts the
+    weighted ground truth; returns precision [T, R, K]."""
+    n_cat, n_rec = npig.shape[0], rec_thrs.shape[0]
+    precision = -np.ones((n_thr, n_rec, n_cat))
+    most = 1 if npig.size == 0 else max(1, npig.max())
+    rc, pr = np.empty((n_thr, most)), np.empty((n_thr, most))
+    tp, fp = np.empty(n_thr, dtype=np.int64), np.empty(n_thr, dtype=np.int64)
+    eps = np.spacing(1.0)
+    for k in range(n_cat):
+        n_pos = npig[k]
+        if n_pos == 0:
+            continue
+        tp[:] = 0
+        fp[:] = 0
+        fp_all = 0
+        for j in range(cat_start[k], cat_start[k + 1]):
+            copies = image_weights[det_img[j]]
+            if copies == 0:
+                continue
+            m, ig = matched[j], ignored[j]
+            if m == 0 and ig == 0:
+                fp_all += copies
+                continue
+            for _ in range(copies):
+                for t in range(n_thr):
+                    if ig >> t & 1:
+                        continue
+                    if m >> t & 1:
+                        n = tp[t] + 1
+                        rc[t, n - 1] = float(n) / n_pos
+                        pr[t, n - 1] = float(n) / (float(fp[t] + fp_all) + float(n) + eps)
+                        tp[t] = n
+                    else:
+                        fp[t] += 1
+        for t in range(n_thr):
+            n = tp[t]
+            for i in range(n - 1, 0, -1):
+                if pr[t, i] > pr[t, i - 1]:
+                    pr[t, i - 1] = pr[t, i]
+            i = 0
+            for r in range(n_rec):
+                while i < n and rc[t, i] < rec_thrs[r]:
+                    i += 1
+                precision[t, r, k] = pr[t, i] if i < n else 0.0
+    return precision

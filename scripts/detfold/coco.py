@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter
@@ -249,6 +249,22 @@ class Detections:
             np.array([p["score"] for p in results], dtype=np.float64),
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Detections]) -> Detections:
+        """The rows of ``parts``, one after the other (no parts: no rows)."""
+        if not parts:
+            return cls.from_results([])
+        return cls(
+            np.concatenate([d.image_id for d in parts]),
+            np.concatenate([d.category_id for d in parts]),
+            np.concatenate([d.bbox_xywh for d in parts]).reshape(-1, 4),
+            np.concatenate([d.score for d in parts]),
+        )
+
+    def take(self, rows: np.ndarray) -> Detections:
+        """The rows ``rows`` (a boolean mask or indices), in that order."""
+        return Detections(self.image_id[rows], self.category_id[rows], self.bbox_xywh[rows], self.score[rows])
+
     def to_results(self) -> list[dict[str, Any]]:
         """The COCO results list (``image_id, category_id, bbox, score``), in row order."""
         keys = ("image_id", "category_id", "bbox", "score")
@@ -276,14 +292,16 @@ class _ResultRow(msgspec.Struct, gc=False):  # no GC tracking: 2x faster decodin
     score: float
 
 
-def load_detections(path: str | Path) -> Detections:
+def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_json) -> Detections:
     """Read and check a COCO results JSON file straight into :class:`Detections`: msgspec
     decodes it into typed rows (no dict per box), numpy checks the values. A file that fails
-    either is read again by :func:`load_results`, whose message names the first bad entry."""
+    either is read again by ``read`` and :func:`check_results`, whose message names the first
+    bad entry (``read``: :func:`detfold.io.read_json`, or :func:`detfold.io.read_product` for a
+    file an earlier job wrote, deleted when corrupt)."""
     try:
         rows = msgspec.json.decode(Path(path).read_bytes(), type=list[_ResultRow])
     except (msgspec.DecodeError, OSError):
-        return Detections.from_results(load_results(path))
+        return Detections.from_results(check_results(read(path), str(path)))
     n = len(rows)
     detections = Detections(
         np.fromiter(map(attrgetter("image_id"), rows), dtype=np.int64, count=n),
@@ -292,7 +310,7 @@ def load_detections(path: str | Path) -> Detections:
         np.fromiter(map(attrgetter("score"), rows), dtype=np.float64, count=n),
     )
     if detections.first_bad_row() is not None:
-        return Detections.from_results(load_results(path))  # raises, naming the row and value
+        return Detections.from_results(check_results(read(path), str(path)))  # raises, naming the row
     return detections
 
 

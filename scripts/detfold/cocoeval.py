@@ -184,8 +184,7 @@ class Matched:
     matched: np.ndarray
     ignored: np.ndarray
     gt_counts: np.ndarray
-    _by_class: np.ndarray | None = field(default=None, repr=False)
-    _img_by_class: np.ndarray | None = field(default=None, repr=False)
+    _by_class: tuple[np.ndarray, ...] | None = field(default=None, repr=False)  # sorted by class, score
 
     def restrict(self, image_mask: np.ndarray) -> Matched:
         """The detections of the images where ``image_mask`` is true (the ground truth kept)."""
@@ -205,29 +204,21 @@ class Matched:
     def scores(self, image_weights: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP@[.5:.95], mAP50) with each image counted ``image_weights`` times (0: left out;
         bootstrap counts); None = every image once, which equals :meth:`BboxEvaluator.evaluate`."""
-        from detfold._cocoeval_kernels import accumulate
+        from detfold._cocoeval_kernels import accumulate_weighted
 
         n_img, n_cat = self.gt_counts.shape
         w = np.ones(n_img, dtype=np.int64) if image_weights is None else np.asarray(image_weights, dtype=np.int64)
         if self._by_class is None:  # sorted once: a subset or resample keeps the order
-            self._by_class = _order(self.cat, self.score)  # ties keep (image, rank) order, as pycocotools
-            self._img_by_class = self.img[self._by_class]
-        idx = np.repeat(self._by_class, w[self._img_by_class])
-        cat = self.cat[idx]
-        cat_start = np.searchsorted(cat, np.arange(n_cat + 1), side="left")
-        npig = (w[:, None] * self.gt_counts).sum(0)[:, None]
-        rank = np.zeros(len(idx), dtype=np.int64)  # at most 100 per image and class already
-        precision, _ = accumulate(
-            cat_start,
-            rank,
-            self.matched[idx][None, :],
-            self.ignored[idx][None, :],
-            len(IOU_THRS),
-            npig,
-            np.array(MAX_DETS[-1:], dtype=np.int64),
-            REC_THRS,
-        )
-        p = precision[:, :, :, 0, 0]
+            order = _order(self.cat, self.score)  # ties keep (image, rank) order, as pycocotools
+            self._by_class = (
+                np.searchsorted(self.cat[order], np.arange(n_cat + 1), side="left"),
+                self.img[order],
+                self.matched[order],
+                self.ignored[order],
+            )
+        cat_start, img, matched, ignored = self._by_class
+        npig = (w[:, None] * self.gt_counts).sum(0)
+        p = accumulate_weighted(cat_start, img, matched, ignored, w, len(IOU_THRS), npig, REC_THRS)
         return _mean_defined(p), _mean_defined(p[0])
 
 

@@ -2,9 +2,10 @@
 split (candidates, nested selection, bootstrap intervals), foreign prediction files, and the
 submission CSV.
 
-Members are COCO result lists (``image_id, category_id, bbox xywh_abs, score``) on the same
-images. Everything is chosen on the blend split, images that no fold model trained on, so
-every fold model's predictions there are clean; the choice is then applied to the test set.
+Members are detections (:class:`detfold.coco.Detections`, columns; a COCO result list
+``image_id, category_id, bbox xywh_abs, score`` is accepted too) on the same images.
+Everything is chosen on the blend split, images that no fold model trained on, so every fold
+model's predictions there are clean; the choice is then applied to the test set.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detfold.coco import Coco, load_results
+from detfold.coco import Coco, Detections, load_results
 from detfold.cocoeval import BboxEvaluator, Matched
-from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_coco_predictions
+from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_detections
 from detfold.io import atomic_open, read_json
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
     return combos
 
 
-def load_external(spec: dict[str, Any], split: str, coco: Coco) -> list[dict[str, Any]]:
+def load_external(spec: dict[str, Any], split: str, coco: Coco) -> Detections:
     """Foreign predictions for ``split`` ('oof' or 'test') mapped onto ``coco``'s ids.
 
     ``format: coco``: a COCO results JSON; with ``images``/``categories`` files of the other
@@ -136,35 +137,44 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> list[dict[str
     else:
         raise ValueError(f"ensemble.external {spec.get('name')!r}: format must be coco or csv, got {fmt!r}")
     log.info("external %s (%s): %d predictions from %s", spec.get("name"), split, len(results), path)
-    return results
+    return Detections.from_results(results)
+
+
+Member = Detections | list[dict[str, Any]]
+
+
+def as_detections(member: Member) -> Detections:
+    """``member`` as columns (a COCO result list is converted)."""
+    return member if isinstance(member, Detections) else Detections.from_results(member)
 
 
 def fuse_members(
-    members: Sequence[list[dict[str, Any]]],
-    images: Sequence[dict[str, Any]],
-    params: dict[str, Any],
-    max_per_image: int,
-) -> list[dict[str, Any]]:
+    members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_image: int
+) -> Detections:
     """Fuse the members; one member is returned as it is (a one-member fusion is the identity:
     re-fusing a model with itself only changes its boxes and scores for the worse)."""
     if len(members) == 1:
-        return list(members[0])
-    return fuse_coco_predictions(members, images, max_per_image=max_per_image, **params)
+        return as_detections(members[0])
+    return fuse_detections(members, images, max_per_image=max_per_image, **params)
 
 
-def write_submission(results: list[dict[str, Any]], coco: Coco, path: str | Path, label: str = "index") -> None:
+def write_submission(results: Member, coco: Coco, path: str | Path, label: str = "index") -> None:
     """Competition CSV: ``PredictionString,image_id`` with "label score xmin ymin xmax ymax ..."
     per image (every image listed, empty string when nothing was found); label is the 0-based
     class index, the category id or the class name."""
     if label not in ("index", "category_id", "name"):
         raise ValueError(f"ensemble.submission_label must be index, category_id or name, got {label!r}")
+    d = as_detections(results)
     index = {c["id"]: i for i, c in enumerate(coco.categories)}
     names = {c["id"]: c["name"] for c in coco.categories}
+    tags = {"index": index, "category_id": {c: c for c in index}, "name": names}[label]
     per_image: dict[int, list[str]] = {im["id"]: [] for im in coco.images}
-    for r in sorted(results, key=lambda r: (r["image_id"], -r["score"])):
-        x, y, w, h = r["bbox"]
-        tag = {"index": index, "category_id": {c: c for c in index}, "name": names}[label][r["category_id"]]
-        per_image[r["image_id"]].append(f"{tag} {r['score']:.6f} {x:.3f} {y:.3f} {x + w:.3f} {y + h:.3f}")
+    order = np.lexsort((-d.score, d.image_id))  # by image, then score descending (stable)
+    x, y, w, h = d.bbox_xywh[order].T.tolist()
+    for image_id, cat, score, x1, y1, bw, bh in zip(
+        d.image_id[order].tolist(), d.category_id[order].tolist(), d.score[order].tolist(), x, y, w, h, strict=True
+    ):
+        per_image[image_id].append(f"{tags[cat]} {score:.6f} {x1:.3f} {y1:.3f} {x1 + bw:.3f} {y1 + bh:.3f}")
     with atomic_open(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["PredictionString", "image_id"])
@@ -341,8 +351,8 @@ class BlendSelector:
     def __init__(
         self,
         gt: Coco,
-        fold_preds: dict[str, list[list[dict[str, Any]]]],
-        external: dict[str, list[dict[str, Any]]],
+        fold_preds: dict[str, list[Member]],
+        external: dict[str, Member],
         settings: dict[str, Any],
         seed: int = 42,
         parts: int = NESTED_PARTS,
@@ -355,7 +365,7 @@ class BlendSelector:
         self.max_per_img = int(settings.get("max_per_img", 100))
         self.evaluator = BboxEvaluator(gt.data)
         self.models = sorted(fold_preds)
-        self.external = dict(external)
+        self.external = {name: as_detections(preds) for name, preds in external.items()}
         self.fold_grid = fold_grid(settings)
         self.model_grid = model_grid(settings, len(self.models) + len(self.external))
         self.part = nested_parts(self.evaluator.img_ids.tolist(), parts, seed)
@@ -366,7 +376,7 @@ class BlendSelector:
                 self.singles[f"{m}/fold{k}"] = self.evaluator.match_results(preds)
         for name, preds in self.external.items():
             self.singles[name] = self.evaluator.match_results(preds)
-        self._arrays = {m: ResultArrays(fold_preds[m], gt.images) for m in self.models}
+        self._arrays = {m: ResultArrays([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
         self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
         self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
         self._matched: dict[tuple[Any, ...], Matched] = {}
@@ -617,25 +627,27 @@ def select_on_blend(selector: BlendSelector, samples: int = BOOTSTRAP_SAMPLES, s
 
 def apply_plan(
     plan: Plan,
-    fold_preds: dict[str, list[list[dict[str, Any]]]],
-    external: dict[str, list[dict[str, Any]]],
+    fold_preds: dict[str, list[Member]],
+    external: dict[str, Member],
     images: Sequence[dict[str, Any]],
     max_per_image: int = 100,
-    untuned_external: dict[str, list[dict[str, Any]]] | None = None,
-) -> list[dict[str, Any]]:
+    untuned_external: dict[str, Member] | None = None,
+) -> Detections:
     """The plan's predictions on other images (the test set): the same members, the same
     parameters. External models without blend predictions (``untuned_external``) join the
     model ensemble only, with weight 1."""
     if plan.kind == "single":
         name = str(plan.member)
         if name in external:
-            return list(external[name])
+            return as_detections(external[name])
         model, _, fold = name.rpartition("/fold")
-        return list(fold_preds[model][int(fold)])
+        return as_detections(fold_preds[model][int(fold)])
     if plan.kind == "fold_ensemble":
         model = str(plan.model)
         return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_image)
-    members = [fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_image) for m in sorted(fold_preds)]
+    members: list[Member] = [
+        fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_image) for m in sorted(fold_preds)
+    ]
     members += [external[name] for name in external]
     params = dict(plan.model_params or {})
     extra = list((untuned_external or {}).values())

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from detfold import audit, folds
-from detfold.coco import Coco, load_coco, write_coco
+from detfold.coco import Coco, Detections, load_coco, load_detections, write_coco
 from detfold.io import atomic_open, read_json, read_product, write_json, write_text
-from detfold.metrics import STAT_NAMES, check_predictions, evaluate_coco, mean_std
+from detfold.metrics import STAT_NAMES, check_detection_ids, evaluate_coco, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,14 @@ def run_evaluate(
     """Per-fold OOF metrics, mean +- std (ddof 1) over folds, pooled OOF metrics with bootstrap
     95 % intervals over the images (and per-class PR curves, also as CSV), and per-fold test
     metrics when there is a labelled test set."""
-    per_fold, pooled_preds, pooled_gt = [], [], None
+    per_fold, parts, pooled_gt = [], [], None
     for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
-        gt, preds = load_coco(val_json), read_product(pred_json)
+        gt = load_coco(val_json)
+        preds = read_detections(gt, pred_json)
         per_fold.append({"fold": fold, **evaluate_coco(gt, preds, pred_json)})
-        pooled_preds += preds
+        parts.append(preds)
         pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
+    pooled_preds = Detections.concat(parts)
     result: dict[str, Any] = {"model": model, "folds": per_fold}
     result["cv"] = {name: mean_std([f[name] for f in per_fold]) for name in ("mAP", "mAP50")}
     pooled = evaluate_coco(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, "pooled OOF", pr_curves=True)
@@ -244,13 +246,14 @@ def run_evaluate(
     test = load_coco(test_json, require_annotations=False) if test_json else None
     if test is not None and is_labelled(test):
         result["test"] = [
-            {"fold": fold, **evaluate_coco(test, read_product(path), path)} for fold, path in enumerate(test_preds)
+            {"fold": fold, **evaluate_coco(test, read_detections(test, path), path)}
+            for fold, path in enumerate(test_preds)
         ]
     write_json(out, result)
     log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
 
 
-def _pooled_intervals(gt: Coco, preds: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+def _pooled_intervals(gt: Coco, preds: Detections, seed: int) -> dict[str, Any]:
     """Bootstrap (over images, seeded) 95 % intervals of mAP and mAP50."""
     from detfold import ensemble
     from detfold.cocoeval import BboxEvaluator
@@ -277,18 +280,22 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
     return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
 
 
-def _fold_predictions(gt: Coco, model_files: dict[str, list[str]]) -> dict[str, list[list[dict[str, Any]]]]:
-    out = {}
-    for name in sorted(model_files):
-        out[name] = [read_product(path) for path in model_files[name]]
-        for path, preds in zip(model_files[name], out[name], strict=True):
-            check_predictions(gt, preds, path)
-    return out
+def read_detections(gt: Coco, path: str) -> Detections:
+    """A predictions file an earlier job wrote, as columns, checked (values, and ids against
+    ``gt``); a corrupt file is deleted so that the next run redoes its job
+    (:func:`detfold.io.read_product`)."""
+    detections = load_detections(path, read=read_product)
+    check_detection_ids(gt, detections, path)
+    return detections
+
+
+def _fold_predictions(gt: Coco, model_files: dict[str, list[str]]) -> dict[str, list[Detections]]:
+    return {name: [read_detections(gt, path) for path in model_files[name]] for name in sorted(model_files)}
 
 
 def _externals(
     settings: dict[str, Any], split: str, coco: Coco, id_coco: Coco | None = None
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[dict[str, Any]]]]:
+) -> tuple[dict[str, Detections], dict[str, Detections]]:
     """External models' predictions on ``coco``'s images: (those with OOF predictions, which
     take part in the choice, and the others, which join the model ensemble untuned). For the
     blend split (``split`` oof) their OOF files are read against ``id_coco`` (all training
@@ -296,12 +303,12 @@ def _externals(
     from detfold import ensemble
 
     chosen, untuned = {}, {}
-    keep = set(coco.image_ids)
+    keep = np.asarray(coco.image_ids, dtype=np.int64)
     for spec in settings.get("external") or []:
         if split == "oof" and not spec.get("oof"):
             continue
         preds = ensemble.load_external(spec, split, id_coco or coco)
-        preds = [p for p in preds if p["image_id"] in keep]
+        preds = preds.take(np.isin(preds.image_id, keep))
         (chosen if spec.get("oof") else untuned)[spec["name"]] = preds
     return chosen, untuned
 
@@ -339,7 +346,7 @@ def run_ensemble_select(
     fused = ensemble.apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
     with atomic_open(out_search) as handle:
         selector.search_table().to_csv(handle, index=False, lineterminator="\n")
-    write_json(out_blend, fused)
+    write_json(out_blend, fused.to_results())
     write_json(out_selection, selection)
     write_json(out_best, {"plan": plan.to_dict(), "kind": selection["delivered"]["kind"], "metric": selector.metric})
     d = selection["delivered"]
@@ -380,7 +387,7 @@ def run_ensemble_test(
     best = read_json(best_json)
     plan = ensemble.Plan.from_dict(best["plan"])
     delivered = ensemble.apply_plan(plan, fold_preds, external, test.images, max_per_img, untuned)
-    write_json(out_preds, delivered)
+    write_json(out_preds, delivered.to_results())
     ensemble.write_submission(delivered, test, out_submission, settings.get("submission_label", "index"))
     metrics: dict[str, Any] = {
         "delivered": {"kind": best["kind"], "plan": plan.to_dict(), "description": plan.describe()},
@@ -420,10 +427,10 @@ def _mm(result: dict[str, Any]) -> dict[str, Any]:
 
 def _test_intervals(
     test: Coco,
-    delivered: list[dict[str, Any]],
+    delivered: Detections,
     singles: dict[str, dict[str, Any]],
-    fold_preds: dict[str, list[list[dict[str, Any]]]],
-    external: dict[str, list[dict[str, Any]]],
+    fold_preds: dict[str, list[Detections]],
+    external: dict[str, Detections],
     seed: int,
     samples: int,
 ) -> dict[str, Any]:
@@ -527,27 +534,22 @@ def run_analyze(
     parts = []
     for fold, val_json in enumerate(val_jsons):
         gt = load_coco(val_json)
-        members = [read_product(files[fold]) for files in oof_preds]
-        for files, preds in zip(oof_preds, members, strict=True):
-            check_predictions(gt, preds, files[fold])
-        parts.append((gt.data, ensemble.fuse_members(members, gt.images, params, max_per_img)))
+        members = [read_detections(gt, files[fold]) for files in oof_preds]
+        parts.append((gt.data, ensemble.fuse_members(members, gt.images, params, max_per_img).to_results()))
         log.info("%s: fold %d: %d images, %d predictions", name, fold, len(gt.images), len(parts[-1][1]))
     pooled_gt, pooled = analysis.merge_splits(parts)
     holdout, holdout_sets = None, None
     if blend_json is not None and blend_preds:
         blend = load_coco(blend_json)
-        members = [[read_product(path) for path in files] for files in blend_preds]  # member x fold
-        for files, sets in zip(blend_preds, members, strict=True):
-            for path, preds in zip(files, sets, strict=True):
-                check_predictions(blend, preds, path)
+        members = [[read_detections(blend, path) for path in files] for files in blend_preds]  # member x fold
         # the thresholds are measured on what they were chosen on: per fold, the members fused
         holdout_sets = [
-            ensemble.fuse_members([m[fold] for m in members], blend.images, params, max_per_img)
+            ensemble.fuse_members([m[fold] for m in members], blend.images, params, max_per_img).to_results()
             for fold in range(len(val_jsons))
         ]
         # the review looks at the best prediction there is: every fold model of every member fused
         every = [preds for sets in members for preds in sets]
-        holdout = (blend.data, ensemble.fuse_members(every, blend.images, params, max_per_img))
+        holdout = (blend.data, ensemble.fuse_members(every, blend.images, params, max_per_img).to_results())
         log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     analysis.write_analysis(
         pooled_gt,
