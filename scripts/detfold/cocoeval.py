@@ -17,7 +17,7 @@ Unknown image or category ids in the detections are rejected by the caller
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
 from typing import Any
@@ -169,14 +169,18 @@ class BboxEvaluator:
         gt_counts = np.zeros((len(self.img_ids), n_cat), dtype=np.int64)
         np.add.at(gt_counts, (self.g_key[counted] // n_cat, self.g_cat[counted]), 1)
         img, cat = (d_key // n_cat).astype(np.int32), (d_key % n_cat).astype(np.int32)  # compact: kept per combination
-        return Matched(img, cat, d_score, matched[0], ignored[0], gt_counts)
+        return Matched.sorted(img, cat, d_score, matched[0], ignored[0], gt_counts)
 
 
 @dataclass
 class Matched:
     """Matched detections of one prediction set (area all, at most 100 per image and class):
     image and category positions, score, the matched / ignored bit masks per IoU threshold, and
-    the counted ground truth per image and category [n_images, n_categories]."""
+    the counted ground truth per image and category [n_images, n_categories].
+
+    The detections are kept in the order the scores need: by category, then score descending,
+    ties in (image, rank) order as pycocotools (:meth:`sorted`); any subset keeps that order, so
+    no prediction set is held twice."""
 
     img: np.ndarray
     cat: np.ndarray
@@ -184,7 +188,20 @@ class Matched:
     matched: np.ndarray
     ignored: np.ndarray
     gt_counts: np.ndarray
-    _by_class: tuple[np.ndarray, ...] | None = field(default=None, repr=False)  # sorted by class, score
+
+    @classmethod
+    def sorted(
+        cls,
+        img: np.ndarray,
+        cat: np.ndarray,
+        score: np.ndarray,
+        matched: np.ndarray,
+        ignored: np.ndarray,
+        gt_counts: np.ndarray,
+    ) -> Matched:
+        """Detections in any order, put in the class order (stable)."""
+        order = _order(cat, score)
+        return cls(img[order], cat[order], score[order], matched[order], ignored[order], gt_counts)
 
     def restrict(self, image_mask: np.ndarray) -> Matched:
         """The detections of the images where ``image_mask`` is true (the ground truth kept)."""
@@ -196,7 +213,7 @@ class Matched:
     @staticmethod
     def pool(parts: Sequence[Matched]) -> Matched:
         """Detections of several sets on disjoint images (e.g. each restricted to its own part)."""
-        return Matched(
+        return Matched.sorted(
             *(np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")),
             parts[0].gt_counts,
         )
@@ -208,17 +225,9 @@ class Matched:
 
         n_img, n_cat = self.gt_counts.shape
         w = np.ones(n_img, dtype=np.int64) if image_weights is None else np.asarray(image_weights, dtype=np.int64)
-        if self._by_class is None:  # sorted once: a subset or resample keeps the order
-            order = _order(self.cat, self.score)  # ties keep (image, rank) order, as pycocotools
-            self._by_class = (
-                np.searchsorted(self.cat[order], np.arange(n_cat + 1), side="left"),
-                self.img[order],
-                self.matched[order],
-                self.ignored[order],
-            )
-        cat_start, img, matched, ignored = self._by_class
+        cat_start = np.searchsorted(self.cat, np.arange(n_cat + 1), side="left")
         npig = (w[:, None] * self.gt_counts).sum(0)
-        p = accumulate_weighted(cat_start, img, matched, ignored, w, len(IOU_THRS), npig, REC_THRS)
+        p = accumulate_weighted(cat_start, self.img, self.matched, self.ignored, w, len(IOU_THRS), npig, REC_THRS)
         return _mean_defined(p), _mean_defined(p[0])
 
 
