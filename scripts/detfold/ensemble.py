@@ -379,10 +379,15 @@ class BlendSelector:
         self._arrays = {m: ResultArrays([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
         self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
         self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
+        self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
         self._matched: dict[tuple[Any, ...], Matched] = {}
         self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
         self.processes = max(1, int(processes))
-        keys = [("fold", m, i) for m in self.models for i in range(len(self.fold_grid))]
+        # by model, then skip_box_thr: consecutive combinations share fusion's filtered, sorted boxes
+        keys = sorted(
+            (("fold", m, i) for m in self.models for i in range(len(self.fold_grid))),
+            key=lambda k: (k[1], self.fold_grid[k[2]].get("skip_box_thr", 0.0)),
+        )
         for key, matched in zip(keys, _map_combinations(self, keys, self.processes), strict=True):
             self._matched[key] = matched
         for m in self.models:
@@ -414,9 +419,10 @@ class BlendSelector:
             self._matched[key] = self._match_columns(fused)
         return self._matched[key]
 
-    def _ensemble_matched(self, fold_choice: tuple[int, ...], j: int) -> Matched:
-        key = ("ensemble", fold_choice, j)
-        if key not in self._matched:
+    def _ensemble_arrays(self, fold_choice: tuple[int, ...]) -> ResultArrays:
+        """The model step's members (the chosen fold ensembles, the external models) as one
+        :class:`ResultArrays`, kept for the latest fold choice."""
+        if self._members_of is None or self._members_of[0] != fold_choice:
             sets = [self._fold_fused(m, i) for m, i in zip(self.models, fold_choice, strict=True)]
             if self._external_arrays is not None:
                 a = self._external_arrays.arrays
@@ -426,6 +432,13 @@ class BlendSelector:
                     xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
                     sets.append((a["image"][sel], a["label"][sel], xywh, a["score"][sel]))
             arrays = ResultArrays.from_columns(self.evaluator.img_ids, self._arrays[self.models[0]].wh, sets)
+            self._members_of = (fold_choice, arrays)
+        return self._members_of[1]
+
+    def _ensemble_matched(self, fold_choice: tuple[int, ...], j: int) -> Matched:
+        key = ("ensemble", fold_choice, j)
+        if key not in self._matched:
+            arrays = self._ensemble_arrays(fold_choice)
             self._matched[key] = self._match_columns(arrays.fuse(max_per_image=self.max_per_img, **self.model_grid[j]))
         return self._matched[key]
 
@@ -461,12 +474,16 @@ class BlendSelector:
         choice = tuple(
             self._best([(i, self._fold_score(m, i, weights)) for i in range(len(self.fold_grid))]) for m in self.models
         )
-        missing = [
-            ("ensemble", choice, j) for j in range(len(self.model_grid)) if ("ensemble", choice, j) not in self._matched
-        ]
+        missing = sorted(  # by skip_box_thr and weights: consecutive ones share fusion's sorted boxes
+            (
+                ("ensemble", choice, j)
+                for j in range(len(self.model_grid))
+                if ("ensemble", choice, j) not in self._matched
+            ),
+            key=lambda k: (self.model_grid[k[2]].get("skip_box_thr", 0.0), repr(self.model_grid[k[2]].get("weights"))),
+        )
         if missing:  # the chosen fold ensembles fused here once, then inherited by the workers
-            for m, i in zip(self.models, choice, strict=True):
-                self._fold_fused(m, i)
+            self._ensemble_arrays(choice)
         for key, matched in zip(missing, _map_combinations(self, missing, self.processes), strict=True):
             self._matched[key] = matched
         j = self._best(

@@ -124,10 +124,14 @@ def fuse_arrays(
     rescore: bool = True,
     class_agnostic: bool = False,
     max_per_image: int | None = None,
+    prepared: dict[tuple[Any, ...], _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
     model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable), the first ``max_per_image`` of each image (all when None)."""
+    image, then score descending (stable), the first ``max_per_image`` of each image (all when None).
+    ``prepared``: a cache (one entry, owned by the caller, for the same input arrays) of the
+    filtered, weighted and group-sorted boxes, which depend on ``skip_box_thr``, the weights and
+    ``class_agnostic`` only: a search over the other parameters sorts once."""
     if method not in METHODS:
         raise ValueError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
     if conf_type not in CONF_TYPES:
@@ -145,7 +149,14 @@ def fuse_arrays(
         w = w / w.sum() if weights is not None else w
     from detfold import _fusion_kernels as kernels
 
-    prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
+    key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
+    if prepared is not None and key in prepared:
+        prep = prepared[key]
+    else:
+        prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
+        if prepared is not None:  # one entry: the memory of one sorted copy
+            prepared.clear()
+            prepared[key] = prep
     if method == "wbf":
         out_box, out_score, _, first = kernels.wbf_groups(
             prep.order,
@@ -302,6 +313,7 @@ class ResultArrays:
         self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
     ) -> None:
         self.ids, self.wh, self.n_models = ids, wh, len(sets)
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}  # fuse_arrays' sort, reused by a search
         parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
         for m, (img, labels, xywh, scores) in enumerate(sets):
             xywh = np.asarray(xywh, dtype=float).reshape(-1, 4)
@@ -324,7 +336,7 @@ class ResultArrays:
         a = self.arrays
         columns = (a[k] for k in ("box", "score", "label", "model", "image"))
         boxes, scores, labels, images = fuse_arrays(
-            *columns, self.n_models, method, weights, max_per_image=max_per_image, **kwargs
+            *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
         )
         xyxy = boxes * np.hstack([self.wh[images], self.wh[images]])
         xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])

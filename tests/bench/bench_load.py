@@ -20,9 +20,11 @@ such job per model), ``run_ensemble_select`` (both fusion steps searched on the 
 1 / (K + 1) of the training images predicted by every fold model of every model, with nested
 selection and bootstrap intervals) and ``run_ensemble_test`` (the chosen plan on the test set,
 every candidate scored, intervals). Each runs in a fresh
-Python process; the table gives its wall time, its CPU time (user + system: the honest number
-on a busy machine) and its peak resident memory (``wait4``'s ``ru_maxrss``). A stage whose
-resident memory passes ``--stop-gb`` is killed (the machine is shared). ``--search small``
+Python process; the table gives its wall time, its CPU time (user + system, its worker
+processes included: the honest number on a busy machine) and its peak memory: the
+proportional set size (PSS) of the stage and its forked workers together, sampled twice a
+second (pages the workers share copy-on-write counted once; the sum of their RSS would count
+them per process). A stage whose memory passes ``--stop-gb`` is killed (the machine is shared). ``--search small``
 replaces the grid by 4 combinations. The numba kernels are compiled (or loaded from their disk
 cache) before timing, as after a workflow's first job. With ``--workdir`` the files stay, and a
 later run of the same sizes reuses the inputs.
@@ -200,25 +202,44 @@ def warm_kernels() -> None:
         fuse_coco_predictions([preds, preds], data["images"], method=method)
 
 
+def _tree_pss_kb(pid: int) -> int:
+    """Proportional set size (KiB) of ``pid`` and all its descendants (forked workers share
+    pages copy-on-write: the sum of their RSS would count those pages once per process)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in rollup if line.startswith("Pss:")), 0)
+    return total
+
+
 def run_stage(name: str, kwargs: dict[str, Any], log: Path, stop_gb: float) -> tuple[float, float, float, str]:
-    """Run ``detfold.stages.<name>(**kwargs)`` in a new process: (wall s, CPU s, peak RSS GB, status)."""
+    """Run ``detfold.stages.<name>(**kwargs)`` in a new process: (wall s, CPU s of it and its
+    workers, peak memory GB (PSS of it and its workers, sampled twice a second), status)."""
     t = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(REPO / "scripts"), name, str(log), json.dumps(kwargs)],
         stderr=subprocess.DEVNULL,
     )
     stopped = threading.Event()
+    peak_kb = [0]
 
-    def watch() -> None:  # resident memory, twice a second; kill past the limit
-        status = Path(f"/proc/{proc.pid}/status")
+    def watch() -> None:  # memory of the process tree, twice a second; kill past the limit
         while proc.returncode is None:
-            try:
-                rss_kb = next(
-                    int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS")
-                )
-            except (OSError, StopIteration):
-                return
-            if rss_kb > stop_gb * 1024**2:
+            kb = _tree_pss_kb(proc.pid)
+            peak_kb[0] = max(peak_kb[0], kb)
+            if kb > stop_gb * 1024**2:
                 stopped.set()
                 proc.kill()
                 return
@@ -228,7 +249,8 @@ def run_stage(name: str, kwargs: dict[str, Any], log: Path, stop_gb: float) -> t
     _, code, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(code)
     wall = time.perf_counter() - t
-    cpu, peak = usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024**2  # KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # the workers it waited for included
+    peak = max(peak_kb[0], usage.ru_maxrss) / 1024**2  # KiB on Linux
     if stopped.is_set():
         return wall, cpu, peak, f"stopped above {stop_gb:g} GB"
     return wall, cpu, peak, "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode}, see {log})"
@@ -327,7 +349,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU cores, {mem_gb:.1f} GB RAM, load average at the end {load} (1/5/15 min)")
     print(f"input files generated or reused in {generated:.0f} s (not counted)")
     print()
-    print("| stage | inputs | wall s | CPU s | peak RSS GB | status |")
+    print("| stage | inputs | wall s | CPU s | peak memory GB (PSS, with workers) | status |")
     print("|---|---|---|---|---|---|")
     for name, inputs, wall, cpu, peak, status in rows:
         print(f"| {name} | {inputs} | {wall:.1f} | {cpu:.1f} | {peak:.2f} | {status} |")
