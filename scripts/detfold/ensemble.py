@@ -307,27 +307,24 @@ def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:
 _SELECTOR: BlendSelector | None = None  # the selector a forked worker process computes for
 
 
-def _key_matched(selector: BlendSelector, key: tuple[Any, ...]) -> Matched:
-    """The matched prediction set of one combination key of ``selector``."""
-    if key[0] == "fold":
-        return selector._fold_matched(key[1], key[2])
-    return selector._ensemble_matched(key[1], key[2])
-
-
-def _combination(key: tuple[Any, ...]) -> Matched:  # in a forked worker
+def _combination(key: tuple[Any, ...]) -> dict[bytes, tuple[float, float]]:  # in a forked worker
     assert _SELECTOR is not None
-    return _key_matched(_SELECTOR, key)
+    return _SELECTOR._summary(key)
 
 
-def _map_combinations(selector: BlendSelector, keys: list[tuple[Any, ...]], processes: int) -> list[Matched]:
+def _map_combinations(
+    selector: BlendSelector, keys: list[tuple[Any, ...]], processes: int
+) -> list[dict[bytes, tuple[float, float]]]:
     """Fuse and match the parameter combinations ``keys`` (("fold", model, i) or ("ensemble",
-    fold choice, j)), on ``processes`` forked worker processes, each with its share of the
-    combinations in order. Fusion and matching are deterministic, so the results are those of
-    the serial loop, in the same order (tests/test_selection.py compares them)."""
+    fold choice, j)) and score each under the image weights of the selection
+    (:meth:`BlendSelector._summary`), on ``processes`` forked worker processes, each with its
+    share of the combinations in order; only the scores come back. Fusion, matching and scoring
+    are deterministic, so the results are those of the serial loop, in the same order
+    (tests/test_selection.py compares them)."""
     global _SELECTOR
     processes = min(processes, len(keys))
     if processes <= 1:
-        return [_key_matched(selector, key) for key in keys]
+        return [selector._summary(key) for key in keys]
     import multiprocessing
 
     _SELECTOR = selector  # inherited by the forked workers (copy on write), nothing pickled
@@ -336,6 +333,16 @@ def _map_combinations(selector: BlendSelector, keys: list[tuple[Any, ...]], proc
             return pool.map(_combination, keys, chunksize=math.ceil(len(keys) / processes))
     finally:
         _SELECTOR = None
+
+
+def selection_weights(part: np.ndarray) -> list[np.ndarray]:
+    """The image weights selection fits on (:func:`select_on_blend`): all images, every part
+    left out, every two parts left out (the nested selection of the whole procedure)."""
+    n_parts = int(part.max()) + 1 if len(part) else 0
+    out = [np.ones(len(part), dtype=np.int64)]
+    for left_out in [(p,) for p in range(n_parts)] + list(itertools.combinations(range(n_parts), 2)):
+        out.append(np.where(np.isin(part, left_out), 0, 1).astype(np.int64))
+    return out
 
 
 class BlendSelector:
@@ -382,14 +389,15 @@ class BlendSelector:
         self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
         self._matched: dict[tuple[Any, ...], Matched] = {}
         self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
+        self._summarized: set[tuple[Any, ...]] = set()
         self.processes = max(1, int(processes))
+        self._weights = selection_weights(self.part)
         # by model, then skip_box_thr: consecutive combinations share fusion's filtered, sorted boxes
         keys = sorted(
             (("fold", m, i) for m in self.models for i in range(len(self.fold_grid))),
             key=lambda k: (k[1], self.fold_grid[k[2]].get("skip_box_thr", 0.0)),
         )
-        for key, matched in zip(keys, _map_combinations(self, keys, self.processes), strict=True):
-            self._matched[key] = matched
+        self._summarize(keys)
         for m in self.models:
             log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
 
@@ -410,15 +418,6 @@ class BlendSelector:
             self._fused[key] = self._arrays[model].fuse(max_per_image=self.max_per_img, **self.fold_grid[i])
         return self._fused[key]
 
-    def _fold_matched(self, model: str, i: int) -> Matched:
-        key = ("fold", model, i)
-        if key not in self._matched:  # the fused boxes are not kept: only those the model step uses
-            fused = self._fused.get(key) or self._arrays[model].fuse(
-                max_per_image=self.max_per_img, **self.fold_grid[i]
-            )
-            self._matched[key] = self._match_columns(fused)
-        return self._matched[key]
-
     def _ensemble_arrays(self, fold_choice: tuple[int, ...]) -> ResultArrays:
         """The model step's members (the chosen fold ensembles, the external models) as one
         :class:`ResultArrays`, kept for the latest fold choice."""
@@ -435,23 +434,53 @@ class BlendSelector:
             self._members_of = (fold_choice, arrays)
         return self._members_of[1]
 
-    def _ensemble_matched(self, fold_choice: tuple[int, ...], j: int) -> Matched:
-        key = ("ensemble", fold_choice, j)
+    def _compute(self, key: tuple[Any, ...]) -> Matched:
+        """The matched prediction set of a combination key, computed (not kept)."""
+        if key[0] == "single":
+            return self.singles[key[1]]
+        if key[0] == "fold":
+            model, i = key[1], key[2]
+            fused = self._fused.get(key) or self._arrays[model].fuse(
+                max_per_image=self.max_per_img, **self.fold_grid[i]
+            )
+            return self._match_columns(fused)
+        arrays = self._ensemble_arrays(key[1])
+        return self._match_columns(arrays.fuse(max_per_image=self.max_per_img, **self.model_grid[key[2]]))
+
+    def _matched_of(self, key: tuple[Any, ...]) -> Matched:
+        """:meth:`_compute`, kept: only the sets a fit returns are (each is a few bytes per
+        detection; all combinations' sets together would not fit in memory at scale)."""
         if key not in self._matched:
-            arrays = self._ensemble_arrays(fold_choice)
-            self._matched[key] = self._match_columns(arrays.fuse(max_per_image=self.max_per_img, **self.model_grid[j]))
+            self._matched[key] = self._compute(key)
         return self._matched[key]
 
-    def _score(self, key: tuple[Any, ...], matched: Matched, weights: np.ndarray) -> tuple[float, float]:
-        """``matched.scores(weights)``, cached: nested selection asks for the same image subsets
-        of the same prediction set many times."""
-        cache_key = (key, weights.tobytes())
-        if cache_key not in self._scores:
-            self._scores[cache_key] = matched.scores(weights)
-        return self._scores[cache_key]
+    def _fold_matched(self, model: str, i: int) -> Matched:
+        return self._matched_of(("fold", model, i))
 
-    def _fold_score(self, model: str, i: int, weights: np.ndarray) -> tuple[float, float]:
-        return self._score(("fold", model, i), self._fold_matched(model, i), weights)
+    def _ensemble_matched(self, fold_choice: tuple[int, ...], j: int) -> Matched:
+        return self._matched_of(("ensemble", fold_choice, j))
+
+    def _summary(self, key: tuple[Any, ...]) -> dict[bytes, tuple[float, float]]:
+        """The scores of one combination under every weighting of :func:`selection_weights`."""
+        matched = self._compute(key)
+        return {w.tobytes(): matched.scores(w) for w in self._weights}
+
+    def _summarize(self, keys: list[tuple[Any, ...]]) -> None:
+        """Score the combinations ``keys`` under the selection's weightings, on the worker
+        processes; the scores are kept, the matched sets are not."""
+        for key, summary in zip(keys, _map_combinations(self, keys, self.processes), strict=True):
+            for weights, scores in summary.items():
+                self._scores[(key, weights)] = scores
+            self._summarized.add(key)
+
+    def _score(self, key: tuple[Any, ...], weights: np.ndarray) -> tuple[float, float]:
+        """The scores of combination ``key`` with the images weighted ``weights``, cached:
+        nested selection asks for the same image subsets of the same prediction set many
+        times."""
+        cache_key = (key, np.asarray(weights, dtype=np.int64).tobytes())
+        if cache_key not in self._scores:
+            self._scores[cache_key] = self._matched_of(key).scores(weights)
+        return self._scores[cache_key]
 
     # fitting a kind of candidate on weighted images -------------------------------------
     def _best(self, scored: list[tuple[Any, tuple[float, float]]]) -> Any:
@@ -461,37 +490,32 @@ class BlendSelector:
     def fit(self, kind: str, weights: np.ndarray) -> tuple[Plan, Matched]:
         """The candidate of ``kind`` chosen on the images with weight > 0 (weights = counts)."""
         if kind == "single":
-            name = self._best([(n, self._score(("single", n), m, weights)) for n, m in self.singles.items()])
+            name = self._best([(n, self._score(("single", n), weights)) for n in self.singles])
             return Plan("single", member=name), self.singles[name]
         if kind.startswith("fold_ensemble:"):
             model = kind.split(":", 1)[1]
-            i = self._best([(i, self._fold_score(model, i, weights)) for i in range(len(self.fold_grid))])
+            i = self._best([(i, self._score(("fold", model, i), weights)) for i in range(len(self.fold_grid))])
             return Plan("fold_ensemble", model=model, fold_params={model: self.fold_grid[i]}), self._fold_matched(
                 model, i
             )
         if kind != "ensemble":
             raise ValueError(f"unknown candidate kind {kind!r}")
         choice = tuple(
-            self._best([(i, self._fold_score(m, i, weights)) for i in range(len(self.fold_grid))]) for m in self.models
+            self._best([(i, self._score(("fold", m, i), weights)) for i in range(len(self.fold_grid))])
+            for m in self.models
         )
         missing = sorted(  # by skip_box_thr and weights: consecutive ones share fusion's sorted boxes
             (
                 ("ensemble", choice, j)
                 for j in range(len(self.model_grid))
-                if ("ensemble", choice, j) not in self._matched
+                if ("ensemble", choice, j) not in self._summarized
             ),
             key=lambda k: (self.model_grid[k[2]].get("skip_box_thr", 0.0), repr(self.model_grid[k[2]].get("weights"))),
         )
         if missing:  # the chosen fold ensembles fused here once, then inherited by the workers
             self._ensemble_arrays(choice)
-        for key, matched in zip(missing, _map_combinations(self, missing, self.processes), strict=True):
-            self._matched[key] = matched
-        j = self._best(
-            [
-                (j, self._score(("ensemble", choice, j), self._ensemble_matched(choice, j), weights))
-                for j in range(len(self.model_grid))
-            ]
-        )
+        self._summarize(missing)
+        j = self._best([(j, self._score(("ensemble", choice, j), weights)) for j in range(len(self.model_grid))])
         plan = Plan(
             "ensemble",
             fold_params={m: self.fold_grid[i] for m, i in zip(self.models, choice, strict=True)},
@@ -540,12 +564,13 @@ class BlendSelector:
         rows = []
         for m in self.models:
             for i, params in enumerate(self.fold_grid):
-                rows.append({"step": "fold fusion", "model": m, **_row(params), **_scores(self._fold_matched(m, i))})
+                scores = _rounded(self._score(("fold", m, i), ones))
+                rows.append({"step": "fold fusion", "model": m, **_row(params), **scores})
         if "ensemble" in self.kinds:
             plan, _ = self.fit("ensemble", ones)
             choice = tuple(self.fold_grid.index(plan.fold_params[m]) for m in self.models)
             for j, params in enumerate(self.model_grid):
-                scores = _scores(self._ensemble_matched(choice, j))
+                scores = _rounded(self._score(("ensemble", choice, j), ones))
                 rows.append({"step": "model fusion", "model": "", **_row(params), **scores})
         table = pd.DataFrame(rows)
         other = "mAP" if self.metric == "mAP50" else "mAP50"
@@ -560,7 +585,11 @@ def _row(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _scores(matched: Matched, weights: np.ndarray | None = None) -> dict[str, float]:
-    m_ap, m_ap50 = matched.scores(weights)
+    return _rounded(matched.scores(weights))
+
+
+def _rounded(scores: tuple[float, float]) -> dict[str, float]:
+    m_ap, m_ap50 = scores
     return {"mAP": round(m_ap, 6), "mAP50": round(m_ap50, 6)}
 
 
