@@ -1,7 +1,7 @@
 """Benchmark: evaluation and fusion at full load, each workflow stage in its own process.
 
     .venv/bin/python tests/bench/bench_load.py [--images 20000] [--models 5] [--boxes 100] [--folds 5]
-        [--test-images 4000] [--search config|small] [--stop-gb 14] [--workdir DIR]
+        [--test-images 4000] [--search config|small] [--stop-gb 14] [--workdir DIR] [--stages NAME ...]
 
 Synthetic but realistic files, written once (not timed) as the workflow writes them
 (``detfold.io.write_json``): a 640x480 training set of ``--images`` images with 5-15 ground-truth
@@ -268,6 +268,12 @@ def main() -> None:
     parser.add_argument("--stop-gb", type=float, default=14.0, help="kill a stage whose RSS passes this")
     parser.add_argument("--limit-gb", type=float, default=24.0, help="the memory budget of the verdict")
     parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=("run_evaluate", "run_ensemble_select", "run_ensemble_test"),
+        help="run only these stages (run_ensemble_test needs run_ensemble_select's outputs in --workdir)",
+    )
+    parser.add_argument(
         "--workdir", help="keep the files here, reuse inputs of the same sizes (default: a temporary folder)"
     )
     args = parser.parse_args()
@@ -335,6 +341,7 @@ def main() -> None:
             ),
         ]
         rows = []
+        stages = [s for s in stages if not args.stages or s[0] in args.stages]
         for name, inputs, kwargs in stages:
             wall, cpu, peak, status = run_stage(name, kwargs, logs / f"{name}.log", args.stop_gb)
             rows.append((name, inputs, wall, cpu, peak, status))
