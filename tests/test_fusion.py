@@ -99,3 +99,67 @@ def test_class_agnostic_fusion_merges_across_labels():
         np.vstack([a, b]), np.array([0.9, 0.6]), np.array([3, 7]), np.array([0, 1]), np.array([0, 0]), 2
     )
     assert len(boxes) == 2
+
+
+def random_groups(seed, n=3000, images=40, labels=4, ties=True):
+    """Random xyxy_norm boxes of 5 models on ``images`` images, scores with many ties."""
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0, 0.8, (n, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(0.01, 0.2, (n, 2))])
+    scores = np.round(rng.uniform(0.05, 1, n), 1 if ties else 9)
+    return boxes, scores, rng.integers(0, labels, n), rng.integers(0, 5, n), np.sort(rng.integers(0, images, n))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_nms_kernel_equals_the_soft_nms_kernel_in_hard_mode(seed):
+    """The hard-NMS kernel (greedy, suppressed boxes skipped) keeps the boxes, in the order,
+    that the general soft-NMS kernel keeps with its hard rule (every step selecting the best)."""
+    from detfold import _fusion_kernels as kernels
+
+    boxes, scores, labels, _, images = random_groups(seed)
+    order, starts = kernels.sort_groups(images * 4 + labels, -scores)
+    for iou_thr in (0.0, 0.3, 0.55, 0.9):
+        keep = kernels.nms_groups(order, starts, boxes, iou_thr)
+        reference, _ = kernels.soft_nms_groups(order, starts, boxes, scores, iou_thr, 0.5, -np.inf, 3)
+        assert keep.tolist() == reference.tolist()
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("cut", [-1, 1, 7, 100])
+def test_order_within_images_is_a_stable_sort_cut_per_image(seed, cut):
+    from detfold import _fusion_kernels as kernels
+
+    _, scores, _, _, images = random_groups(seed, n=2000, images=30)
+    order = kernels.order_within_images(images, -scores, cut)
+    expected = np.lexsort((np.arange(len(images)), -scores, images))
+    if cut >= 0:
+        rank = np.arange(len(images)) - np.searchsorted(images, images)
+        expected = expected[rank < cut]
+    assert order.tolist() == expected.tolist()
+
+
+def test_searches_fuse_alike_combinations_alike():
+    """Parameters a method ignores do not change its output (effective_params), and a search
+    reusing the sorted boxes and WBF's clustering (the cache) fuses what a cold call fuses."""
+    from detfold.fusion import effective_params
+
+    boxes, scores, labels, models, images = random_groups(0)
+    args = (boxes, scores, labels, models, images, 5)
+    cache: dict = {}
+    combos = [
+        {"method": m, "iou_thr": t, "skip_box_thr": s, **({"conf_type": c} if m == "wbf" else {})}
+        for m in ("wbf", "soft_nms", "nms", "nmw")
+        for s in (0.0, 0.3)
+        for t in (0.4, 0.6)
+        for c in ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
+    ]
+    outputs = {}
+    for params in combos:
+        cold = fuse_arrays(*args, **params)
+        warm = fuse_arrays(*args, prepared=cache, **params)
+        assert all(np.array_equal(a, b) for a, b in zip(cold, warm, strict=True)), params
+        alike = repr(sorted(effective_params(params).items()))
+        if alike in outputs:
+            assert all(np.array_equal(a, b) for a, b in zip(outputs[alike], cold, strict=True)), params
+        outputs[alike] = cold
+    assert len(outputs) == 2 * 2 * 4 + 2 + 2 * 2 * 2  # wbf: skip x iou x conf; soft-NMS: skip; nms, nmw

@@ -57,20 +57,41 @@ def sort_groups(group, neg_score):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def order_within_images(images, neg_score):  # type: ignore[no-untyped-def]
+def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-untyped-def]
     """Order of rows already grouped by (non-decreasing) image: by image, then by -score,
-    ties in row order (a stable sort within each image)."""
+    ties in row order (a stable sort within each image); the first ``max_per_image`` rows of
+    each image (all when negative). Where an image has more rows, only those that make its
+    first ``max_per_image`` are sorted (selected around the cut value, O(n))."""
     n = images.shape[0]
-    order = np.arange(n)
+    order = np.empty(n, dtype=np.int64)
+    k = 0
     i = 0
     while i < n:
         j = i + 1
         while j < n and images[j] == images[i]:
             j += 1
-        if j - i > 1:
-            order[i:j] = i + np.argsort(neg_score[i:j], kind="mergesort")
+        m = j - i
+        take = m if max_per_image < 0 else min(m, max_per_image)
+        if m == 1:
+            order[k] = i
+        elif take < m:
+            seg = neg_score[i:j]
+            cut = np.partition(seg, take - 1)[take - 1]
+            ties = take - np.sum(seg < cut)  # rows at the cut value kept, the first ones
+            sel = np.empty(take, dtype=np.int64)
+            c = 0
+            for r in range(m):
+                if seg[r] < cut or (seg[r] == cut and ties > 0):
+                    if seg[r] == cut:
+                        ties -= 1
+                    sel[c] = r
+                    c += 1
+            order[k : k + take] = i + sel[np.argsort(seg[sel], kind="mergesort")]
+        else:
+            order[k : k + take] = i + np.argsort(neg_score[i:j], kind="mergesort")
+        k += take
         i = j
-    return order
+    return order[:k]
 
 
 @njit(cache=True, inline="always")
@@ -81,13 +102,15 @@ def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, conf_code, allows_overflow):  # type: ignore[no-untyped-def]
+def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, allows_overflow):  # type: ignore[no-untyped-def]
     """WBF over groups of boxes sorted by score (descending) within each group.
 
-    Returns, per output box: coords, score, group and the index of its first (best) member."""
+    Returns, per output box: coords, its score under each conf_type [k, 4] (avg, max,
+    box_and_model_avg, absent_model_aware_avg: the clusters do not depend on it, so a search
+    over conf_type clusters once), group and the index of its first (best) member."""
     n = boxes.shape[0]
     out_box = np.zeros((n, 4))
-    out_score = np.zeros(n)
+    out_score = np.zeros((n, 4))
     out_group = np.zeros(n, dtype=np.int64)
     out_first = np.zeros(n, dtype=np.int64)
     largest = 0
@@ -142,23 +165,17 @@ def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr,
         for c in range(c0, k):
             i = c - c0
             conf = sum_s[i] / count[i]
-            if conf_code == 0:  # avg
-                n_eff = count[i] if allows_overflow else min(n_models, count[i])
-                out_score[c] = conf * n_eff / w_sum_all
-            elif conf_code == 1:  # max
-                out_score[c] = max_s[i] / w_max
-            elif conf_code == 2:  # box_and_model_avg
-                present = 0.0
-                for m in range(n_models):
-                    if member_models[i, m]:
-                        present += weights[m]
-                out_score[c] = conf * count[i] / w_in[i] * present / w_sum_all
-            else:  # absent_model_aware_avg
-                absent = 0.0
-                for m in range(n_models):
-                    if not member_models[i, m]:
-                        absent += weights[m]
-                out_score[c] = conf * count[i] / (w_in[i] + absent)
+            n_eff = count[i] if allows_overflow else min(n_models, count[i])
+            out_score[c, 0] = conf * n_eff / w_sum_all  # avg
+            out_score[c, 1] = max_s[i] / w_max  # max
+            present, absent = 0.0, 0.0  # summed in model order, as before
+            for m in range(n_models):
+                if member_models[i, m]:
+                    present += weights[m]
+                else:
+                    absent += weights[m]
+            out_score[c, 2] = conf * count[i] / w_in[i] * present / w_sum_all  # box_and_model_avg
+            out_score[c, 3] = conf * count[i] / (w_in[i] + absent)  # absent_model_aware_avg
     return out_box[:k], out_score[:k], out_group[:k], out_first[:k]
 
 
@@ -210,6 +227,43 @@ def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untype
             for q in range(4):
                 out_box[c, q] = sum_xy[c, q] / sum_w[c]
     return out_box[:k], out_score[:k], out_group[:k], out_first[:k]
+
+
+@njit(cache=True, nogil=True)
+def nms_groups(order, starts, boxes, iou_thr):  # type: ignore[no-untyped-def]
+    """Hard NMS per group, greedy in the group's (score descending) order: a box is kept unless
+    it overlaps an already kept box by more than ``iou_thr``. Returns the kept input indices in
+    that order: what :func:`soft_nms_groups` with method 3 returns, without its O(m^2) passes
+    over the suppressed boxes."""
+    n = boxes.shape[0]
+    keep = np.empty(n, dtype=np.int64)
+    suppressed = np.zeros(n, dtype=np.bool_)  # by position in ``order``
+    k = 0
+    for g in range(starts.shape[0] - 1):
+        s, e = starts[g], starts[g + 1]
+        for ii in range(s, e):
+            if suppressed[ii]:
+                continue
+            a = order[ii]
+            keep[k] = a
+            k += 1
+            for jj in range(ii + 1, e):
+                if suppressed[jj]:
+                    continue
+                b = order[jj]
+                ovr = _iou(
+                    boxes[a, 0],
+                    boxes[a, 1],
+                    boxes[a, 2],
+                    boxes[a, 3],
+                    boxes[b, 0],
+                    boxes[b, 1],
+                    boxes[b, 2],
+                    boxes[b, 3],
+                )
+                if ovr > iou_thr:
+                    suppressed[jj] = True
+    return keep[:k]
 
 
 @njit(cache=True, nogil=True)

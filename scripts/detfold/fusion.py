@@ -58,6 +58,8 @@ class _Prepared:
             low = int(labels.min())
             group = images.astype(np.int64) * (int(labels.max()) - low + 1) + (labels - low)
         self.order, self.starts = kernels.sort_groups(group, -self.scores)
+        # the latest WBF clustering ((iou_thr, allows_overflow), kernel output): conf_type only rescores it
+        self.wbf: tuple[tuple[float, bool], tuple[np.ndarray, ...]] | None = None
 
 
 def _check(
@@ -158,37 +160,53 @@ def fuse_arrays(
             prepared.clear()
             prepared[key] = prep
     if method == "wbf":
-        out_box, out_score, _, first = kernels.wbf_groups(
-            prep.order,
-            prep.starts,
-            prep.boxes,
-            prep.scores,
-            prep.models,
-            w,
-            n_models,
-            float(iou_thr),
-            _CONF_CODE[conf_type],
-            allows_overflow,
-        )
+        clustering = (float(iou_thr), bool(allows_overflow))
+        if prep.wbf is None or prep.wbf[0] != clustering:
+            result = kernels.wbf_groups(
+                prep.order, prep.starts, prep.boxes, prep.scores, prep.models, w, n_models, *clustering
+            )
+            prep.wbf = (clustering, result) if prepared is not None else None
+        else:
+            result = prep.wbf[1]
+        out_box, out_scores, _, first = result
+        out_score = out_scores[:, _CONF_CODE[conf_type]]
     elif method == "nmw":
+        prep.wbf = None  # a search tries each method's combinations in a row: no longer needed
         out_box, out_score, _, first = kernels.nmw_groups(
             prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr)
         )
+    elif method == "nms":  # hard NMS keeps every unsuppressed box, with its score
+        prep.wbf = None
+        first = kernels.nms_groups(prep.order, prep.starts, prep.boxes, float(iou_thr))
+        out_box, out_score = prep.boxes[first], prep.scores[first]
     else:
-        code = 3 if method == "nms" else (1 if soft_method == "linear" else 2)
-        floor = float(thresh) if code != 3 else -np.inf  # hard NMS keeps every unsuppressed box
-        keep, decayed = kernels.soft_nms_groups(
-            prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), floor, code
+        prep.wbf = None
+        code = 1 if soft_method == "linear" else 2
+        first, decayed = kernels.soft_nms_groups(
+            prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), float(thresh), code
         )
-        out_box = prep.boxes[keep]
-        out_score = decayed if (rescore and method == "soft_nms") else prep.scores[keep]
-        first = keep
+        out_box = prep.boxes[first]
+        out_score = decayed if rescore else prep.scores[first]
     out_label, out_image = prep.labels[first], prep.images[first]
-    order = kernels.order_within_images(out_image, -out_score)  # groups come image by image
-    if max_per_image is not None:  # cut before gathering the rest
-        rank = np.arange(len(order)) - np.searchsorted(out_image, out_image, side="left")
-        order = order[rank < max_per_image]
+    # groups come image by image; the first max_per_image of each image kept before gathering the rest
+    order = kernels.order_within_images(out_image, -out_score, -1 if max_per_image is None else int(max_per_image))
     return out_box[order], out_score[order], out_label[order], out_image[order]
+
+
+def effective_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`fuse_arrays` in ``params`` that can change its output:
+    ``conf_type`` and ``allows_overflow`` are WBF's only; ``sigma``, ``thresh``, ``soft_method``
+    and ``rescore`` soft-NMS's only; gaussian soft-NMS ignores ``iou_thr`` too. Parameter sets
+    with equal effective parameters fuse to the same boxes (a search fuses them once)."""
+    method = params.get("method", "wbf")
+    unused = {"conf_type", "allows_overflow", "sigma", "thresh", "soft_method", "rescore"}
+    if method == "wbf":
+        unused -= {"conf_type", "allows_overflow"}
+    elif method == "soft_nms":
+        unused -= {"sigma", "thresh", "soft_method", "rescore"}
+        if params.get("soft_method", "gaussian") == "gaussian":
+            unused.add("iou_thr")
+    return {k: v for k, v in params.items() if k not in unused}
 
 
 def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs):  # type: ignore[no-untyped-def]
@@ -327,6 +345,10 @@ class ResultArrays:
         self.arrays = {
             k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
         }
+
+    def drop_cache(self) -> None:
+        """Forget the sorted boxes (and clustering) kept from the previous :meth:`fuse`."""
+        self._prepared.clear()
 
     def fuse(
         self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
