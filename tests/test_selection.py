@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from detfold import ensemble
 from detfold.cocoeval import BboxEvaluator, evaluate_bbox
+from detfold.fusion import ResultArrays
 from detfold.stages import _pooled_intervals
 from test_ensemble import clean, noisy_member
 
@@ -188,3 +189,32 @@ def test_fixed_fold_fusion_is_the_only_one_tried():
     assert grid[0] == ensemble.DEFAULT_FOLD_FUSION and len(grid) == 1 + 2 * 2 + 2  # default, wbf x 4, nms x 2
     search = {**SETTINGS["search"], "iou_thr": [0.55]}
     assert len(ensemble.fold_grid({"search": search})) == 2 + 1  # the default is also in the grid: once
+
+
+def test_alike_combinations_are_fused_once_and_scored_alike(bccd_test):
+    """Gaussian soft-NMS ignores iou_thr: its combinations that differ only there are fused and
+    matched once, and the search table reports each with the same scores."""
+    gt = clean(bccd_test)
+    folds = {"a": [noisy_member(gt, s) for s in range(3)]}
+    settings = {**SETTINGS, "search": {"metric": "mAP50", "method": ["soft_nms", "nms"], "iou_thr": [0.5, 0.7]}}
+    selector = ensemble.BlendSelector(gt, folds, {}, settings, seed=5)
+    computed = {key[2] for key in selector._summarized}
+    assert len(selector.fold_grid) == 5 and len(computed) == 4  # default wbf, soft-NMS once, nms twice
+    table = selector.search_table()
+    soft = table[(table.step == "fold fusion") & (table.method == "soft_nms")]
+    assert len(soft) == 2 and soft[["mAP", "mAP50"]].nunique().max() == 1
+
+
+def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_test):
+    gt = clean(bccd_test)
+    members = [noisy_member(gt, s) for s in range(3)]
+    arrays = ResultArrays([ensemble.as_detections(m) for m in members], gt.images)
+    images, labels, xywh, scores = arrays.fuse(method="wbf", iou_thr=0.55)
+    evaluator = BboxEvaluator(gt.data)
+    _, cat = evaluator.positions(evaluator.img_ids[images], labels)
+    plain = evaluator.match(images, cat, xywh, scores)
+    presorted = evaluator.match(images, cat, xywh, scores, by_image_and_score=True)
+    for field in ("img", "cat", "score", "matched", "ignored", "gt_counts"):
+        assert np.array_equal(getattr(plain, field), getattr(presorted, field)), field
+    counts = ensemble.bootstrap_counts(len(gt.images), 64, 3)
+    assert np.array_equal(ensemble.bootstrap_scores(plain, counts), ensemble.bootstrap_scores(plain, counts, 2))

@@ -144,7 +144,7 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
     n_cat, n_rec = npig.shape[0], rec_thrs.shape[0]
     precision = -np.ones((n_thr, n_rec, n_cat))
     most = 1 if npig.size == 0 else max(1, npig.max())
-    rc, pr = np.empty((n_thr, most)), np.empty((n_thr, most))
+    pr = np.empty((n_thr, most))  # recall at the n-th true positive is n / n_pos: not stored
     tp, fp = np.empty(n_thr, dtype=np.int64), np.empty(n_thr, dtype=np.int64)
     eps = np.spacing(1.0)
     for k in range(n_cat):
@@ -168,7 +168,6 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
                         continue
                     if m >> t & 1:
                         n = tp[t] + 1
-                        rc[t, n - 1] = float(n) / n_pos
                         pr[t, n - 1] = float(n) / (float(fp[t] + fp_all) + float(n) + eps)
                         tp[t] = n
                     else:
@@ -180,7 +179,7 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
                     pr[t, i - 1] = pr[t, i]
             i = 0
             for r in range(n_rec):
-                while i < n and rc[t, i] < rec_thrs[r]:
+                while i < n and float(i + 1) / n_pos < rec_thrs[r]:  # the recall accumulate stores
                     i += 1
                 precision[t, r, k] = pr[t, i] if i < n else 0.0
     return precision

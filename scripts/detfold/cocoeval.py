@@ -16,6 +16,7 @@ Unknown image or category ids in the detections are rejected by the caller
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -47,9 +48,21 @@ class CocoEvalResult:
 def _order(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Row order by (key, score descending, row index); keys are non-negative integers."""
     by_score = np.argsort(-scores, kind="stable")
+    return by_score[_stable_by_key(keys[by_score])]
+
+
+def _stable_by_key(keys: np.ndarray) -> np.ndarray:
+    """Row order by key, ties in row order; keys are non-negative integers."""
     if len(keys) and keys.max() < 2**16:
         keys = keys.astype(np.uint16)  # numpy sorts these stably by radix
-    return by_score[np.argsort(keys[by_score], kind="stable")]
+    return np.argsort(keys, kind="stable")
+
+
+def _runs(keys_sorted: np.ndarray) -> np.ndarray:
+    """Start of every run of equal values of a sorted array, and its length at the end."""
+    if len(keys_sorted) == 0:
+        return np.zeros(1, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1], True])
 
 
 def _group_bounds(keys_sorted: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,9 +155,18 @@ class BboxEvaluator:
         img, cat = self.positions(d.image_id, d.category_id)
         return self.match(img, cat, d.bbox_xywh, d.score)
 
-    def match(self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray) -> Matched:
+    def match(
+        self,
+        img_pos: np.ndarray,
+        cat_pos: np.ndarray,
+        boxes_xywh: np.ndarray,
+        scores: np.ndarray,
+        by_image_and_score: bool = False,
+    ) -> Matched:
         """Detections matched once (area all, 100 per image and class), to be scored on any
-        weighting of the images: subsets, bootstrap resamples (:meth:`Matched.scores`)."""
+        weighting of the images: subsets, bootstrap resamples (:meth:`Matched.scores`).
+        ``by_image_and_score``: the rows are already by image, then score descending, ties in
+        row order (as fusion returns them), so only the category order is sorted here."""
         from detfold._cocoeval_kernels import match_groups
 
         n_cat = self.n_cat
@@ -152,14 +174,17 @@ class BboxEvaluator:
         d_score = np.asarray(scores, dtype=np.float64)
         d_img = np.asarray(img_pos, dtype=np.int64)
         d_key = d_img * n_cat + np.asarray(cat_pos, dtype=np.int64)
-        d_order = _order(d_key, d_score)
+        d_order = _stable_by_key(d_key) if by_image_and_score else _order(d_key, d_score)
         d_key, d_box, d_score = d_key[d_order], d_box[d_order], d_score[d_order]
-        d_rank = np.arange(len(d_key)) - np.searchsorted(d_key, d_key, side="left")
+        bounds = _runs(d_key)
+        d_rank = np.arange(len(d_key)) - np.repeat(bounds[:-1], np.diff(bounds))
         keep = d_rank < MAX_DETS[-1]
-        d_key, d_box, d_score = d_key[keep], d_box[keep], d_score[keep]
-        groups = np.union1d(self.g_key, d_key)
-        gs, ge = _group_bounds(self.g_key, groups)
-        ds, de = _group_bounds(d_key, groups)
+        if not keep.all():
+            d_key, d_box, d_score = d_key[keep], d_box[keep], d_score[keep]
+            bounds = _runs(d_key)
+        # only the (image, category) groups with detections: the others match nothing
+        ds, de = bounds[:-1], bounds[1:]
+        gs, ge = _group_bounds(self.g_key, d_key[ds])
         area_all = AREA_RANGES[:1]
         d_area = d_box[:, 2] * d_box[:, 3]
         matched, ignored = match_groups(
@@ -203,6 +228,11 @@ class Matched:
         order = _order(cat, score)
         return cls(img[order], cat[order], score[order], matched[order], ignored[order], gt_counts)
 
+    @functools.cached_property
+    def _cat_start(self) -> np.ndarray:
+        """Where each category's detections start (and the end)."""
+        return np.searchsorted(self.cat, np.arange(self.gt_counts.shape[1] + 1), side="left")
+
     def restrict(self, image_mask: np.ndarray) -> Matched:
         """The detections of the images where ``image_mask`` is true (the ground truth kept)."""
         keep = image_mask[self.img]
@@ -223,11 +253,10 @@ class Matched:
         bootstrap counts); None = every image once, which equals :meth:`BboxEvaluator.evaluate`."""
         from detfold._cocoeval_kernels import accumulate_weighted
 
-        n_img, n_cat = self.gt_counts.shape
+        n_img = self.gt_counts.shape[0]
         w = np.ones(n_img, dtype=np.int64) if image_weights is None else np.asarray(image_weights, dtype=np.int64)
-        cat_start = np.searchsorted(self.cat, np.arange(n_cat + 1), side="left")
         npig = (w[:, None] * self.gt_counts).sum(0)
-        p = accumulate_weighted(cat_start, self.img, self.matched, self.ignored, w, len(IOU_THRS), npig, REC_THRS)
+        p = accumulate_weighted(self._cat_start, self.img, self.matched, self.ignored, w, len(IOU_THRS), npig, REC_THRS)
         return _mean_defined(p), _mean_defined(p[0])
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from detfold.coco import Coco, Detections, load_results
 from detfold.cocoeval import BboxEvaluator, Matched
-from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, fuse_detections
+from detfold.fusion import CONF_TYPES, METHODS, ResultArrays, effective_params, fuse_detections
 from detfold.io import atomic_open, read_json
 
 log = logging.getLogger(__name__)
@@ -294,9 +294,15 @@ def interval(values: np.ndarray) -> list[float]:
     return [round(float(lo), 6), round(float(hi), 6)]
 
 
-def bootstrap_scores(matched: Matched, counts: np.ndarray) -> np.ndarray:
-    """[samples, 2] (mAP, mAP50) of ``matched`` under each resample's image counts."""
-    return np.array([matched.scores(c) for c in counts])
+def bootstrap_scores(matched: Matched, counts: np.ndarray, threads: int = 1) -> np.ndarray:
+    """[samples, 2] (mAP, mAP50) of ``matched`` under each resample's image counts, on
+    ``threads`` threads (the scoring kernel releases the GIL); the same numbers in any case."""
+    if threads <= 1 or len(counts) < 2:
+        return np.array([matched.scores(c) for c in counts]).reshape(-1, 2)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return np.array(list(pool.map(matched.scores, counts))).reshape(-1, 2)
 
 
 def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:
@@ -387,15 +393,19 @@ class BlendSelector:
         self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
         self._fused: dict[tuple[Any, ...], tuple[np.ndarray, ...]] = {}
         self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
+        self._sorted_of: ResultArrays | None = None  # the member set whose sorted boxes are kept
         self._matched: dict[tuple[Any, ...], Matched] = {}
         self._scores: dict[tuple[Any, ...], tuple[float, float]] = {}
         self._summarized: set[tuple[Any, ...]] = set()
         self.processes = max(1, int(processes))
         self._weights = selection_weights(self.part)
+        # combinations that fuse alike (e.g. gaussian soft-NMS at every iou_thr) computed once
+        self._fold_same = _first_alike(self.fold_grid)
+        self._model_same = _first_alike(self.model_grid)
         # by model, then skip_box_thr: consecutive combinations share fusion's filtered, sorted boxes
         keys = sorted(
-            (("fold", m, i) for m in self.models for i in range(len(self.fold_grid))),
-            key=lambda k: (k[1], self.fold_grid[k[2]].get("skip_box_thr", 0.0)),
+            {self._same(("fold", m, i)) for m in self.models for i in range(len(self.fold_grid))},
+            key=lambda k: (k[1], self.fold_grid[k[2]].get("skip_box_thr", 0.0), k[2]),
         )
         self._summarize(keys)
         for m in self.models:
@@ -407,20 +417,38 @@ class BlendSelector:
         return kinds + (["ensemble"] if len(self.models) + len(self.external) > 1 else [])
 
     # fused and matched prediction sets, cached ------------------------------------------
+    def _same(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The key of the first combination that fuses like ``key`` (its results are shared)."""
+        if key[0] == "fold":
+            return ("fold", key[1], self._fold_same[key[2]])
+        if key[0] == "ensemble":
+            return ("ensemble", tuple(self._fold_same[i] for i in key[1]), self._model_same[key[2]])
+        return key
+
     def _match_columns(self, columns: tuple[np.ndarray, ...]) -> Matched:
         images, labels, xywh, scores = columns
         _, cat = self.evaluator.positions(self.evaluator.img_ids[images], labels)
-        return self.evaluator.match(images, cat, xywh, scores)
+        return self.evaluator.match(images, cat, xywh, scores, by_image_and_score=True)  # as fusion returns them
+
+    def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> tuple[np.ndarray, ...]:
+        """``arrays`` fused with ``params``, reusing its sorted boxes from the previous call;
+        the member set fused before drops its own (one sorted copy per process, not one per
+        model: each is as large as the member set)."""
+        if self._sorted_of is not None and self._sorted_of is not arrays:
+            self._sorted_of.drop_cache()
+        self._sorted_of = arrays
+        return arrays.fuse(max_per_image=self.max_per_img, **params)
 
     def _fold_fused(self, model: str, i: int) -> tuple[np.ndarray, ...]:
-        key = ("fold", model, i)
+        key = self._same(("fold", model, i))
         if key not in self._fused:
-            self._fused[key] = self._arrays[model].fuse(max_per_image=self.max_per_img, **self.fold_grid[i])
+            self._fused[key] = self._fuse(self._arrays[model], self.fold_grid[key[2]])
         return self._fused[key]
 
     def _ensemble_arrays(self, fold_choice: tuple[int, ...]) -> ResultArrays:
         """The model step's members (the chosen fold ensembles, the external models) as one
         :class:`ResultArrays`, kept for the latest fold choice."""
+        fold_choice = tuple(self._fold_same[i] for i in fold_choice)
         if self._members_of is None or self._members_of[0] != fold_choice:
             sets = [self._fold_fused(m, i) for m, i in zip(self.models, fold_choice, strict=True)]
             if self._external_arrays is not None:
@@ -440,16 +468,15 @@ class BlendSelector:
             return self.singles[key[1]]
         if key[0] == "fold":
             model, i = key[1], key[2]
-            fused = self._fused.get(key) or self._arrays[model].fuse(
-                max_per_image=self.max_per_img, **self.fold_grid[i]
-            )
+            fused = self._fused.get(key) or self._fuse(self._arrays[model], self.fold_grid[i])
             return self._match_columns(fused)
         arrays = self._ensemble_arrays(key[1])
-        return self._match_columns(arrays.fuse(max_per_image=self.max_per_img, **self.model_grid[key[2]]))
+        return self._match_columns(self._fuse(arrays, self.model_grid[key[2]]))
 
     def _matched_of(self, key: tuple[Any, ...]) -> Matched:
         """:meth:`_compute`, kept: only the sets a fit returns are (each is a few bytes per
         detection; all combinations' sets together would not fit in memory at scale)."""
+        key = self._same(key)
         if key not in self._matched:
             self._matched[key] = self._compute(key)
         return self._matched[key]
@@ -477,6 +504,7 @@ class BlendSelector:
         """The scores of combination ``key`` with the images weighted ``weights``, cached:
         nested selection asks for the same image subsets of the same prediction set many
         times."""
+        key = self._same(key)
         cache_key = (key, np.asarray(weights, dtype=np.int64).tobytes())
         if cache_key not in self._scores:
             self._scores[cache_key] = self._matched_of(key).scores(weights)
@@ -505,12 +533,12 @@ class BlendSelector:
             for m in self.models
         )
         missing = sorted(  # by skip_box_thr and weights: consecutive ones share fusion's sorted boxes
-            (
-                ("ensemble", choice, j)
-                for j in range(len(self.model_grid))
-                if ("ensemble", choice, j) not in self._summarized
+            {self._same(("ensemble", choice, j)) for j in range(len(self.model_grid))} - self._summarized,
+            key=lambda k: (
+                self.model_grid[k[2]].get("skip_box_thr", 0.0),
+                repr(self.model_grid[k[2]].get("weights")),
+                k[2],
             ),
-            key=lambda k: (self.model_grid[k[2]].get("skip_box_thr", 0.0), repr(self.model_grid[k[2]].get("weights"))),
         )
         if missing:  # the chosen fold ensembles fused here once, then inherited by the workers
             self._ensemble_arrays(choice)
@@ -580,6 +608,12 @@ class BlendSelector:
         return table.iloc[order].reset_index(drop=True)
 
 
+def _first_alike(combos: list[dict[str, Any]]) -> list[int]:
+    """Per combination, the index of the first one with the same effective fusion parameters."""
+    first: dict[str, int] = {}
+    return [first.setdefault(repr(sorted(effective_params(c).items())), i) for i, c in enumerate(combos)]
+
+
 def _row(params: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if k == "weights" else v for k, v in params.items()}
 
@@ -612,7 +646,7 @@ def select_on_blend(selector: BlendSelector, samples: int = BOOTSTRAP_SAMPLES, s
     for kind in selector.kinds:
         plan, matched = selector.fit(kind, ones)
         pooled, plans = selector.nested(kind, ones)
-        boot = bootstrap_scores(pooled, counts)
+        boot = bootstrap_scores(pooled, counts, selector.processes)
         nested_boot[kind] = boot
         candidates[kind] = {
             "label": kind_label(kind),
@@ -633,7 +667,7 @@ def select_on_blend(selector: BlendSelector, samples: int = BOOTSTRAP_SAMPLES, s
             {k: candidates[kind]["nested"][k] for k in ("mAP", "mAP50")},
         )
     procedure, kinds_per_part = selector.procedure_nested()
-    proc_boot = bootstrap_scores(procedure, counts)
+    proc_boot = bootstrap_scores(procedure, counts, selector.processes)
     diff = proc_boot - nested_boot["single"]
     single = candidates["single"]["nested"]
     proc = _scores(procedure)
