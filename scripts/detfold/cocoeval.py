@@ -296,14 +296,8 @@ def evaluate_columns(
         area=np.fromiter((a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns), dtype=np.float64, count=n),
         iscrowd=np.fromiter((int(bool(a.get("iscrowd", 0))) for a in anns), dtype=np.int64, count=n),
     )
-    rows = np.column_stack(
-        [
-            np.asarray(image_ids, dtype=np.float64),
-            np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4),
-            np.asarray(scores, dtype=np.float64),
-            np.asarray(category_ids, dtype=np.float64),
-        ]
-    )
+    rows = np.empty((len(scores), 7))  # load_res's rows: image_id, x, y, w, h, score, category_id
+    rows[:, 0], rows[:, 1:5], rows[:, 5], rows[:, 6] = image_ids, np.reshape(boxes_xywh, (-1, 4)), scores, category_ids
     with contextlib.redirect_stdout(io.StringIO()):  # its summary table; detfold logs its own
         ev = hotcoco.COCOeval(coco_gt, coco_gt.load_res(rows), "bbox")
         ev.evaluate()
