@@ -163,3 +163,17 @@ def test_searches_fuse_alike_combinations_alike():
             assert all(np.array_equal(a, b) for a, b in zip(outputs[alike], cold, strict=True)), params
         outputs[alike] = cold
     assert len(outputs) == 2 * 2 * 4 + 2 + 2 * 2 * 2  # wbf: skip x iou x conf; soft-NMS: skip; nms, nmw
+
+
+@pytest.mark.parametrize("method", ["wbf", "nmw", "nms", "soft_nms"])
+def test_boxes_with_score_zero_fuse_without_dividing_by_zero(method):
+    """A score of 0 is a valid COCO result: such a box carries no weight in a weighted mean,
+    and a cluster of zero scores only keeps its first box (ensemble-boxes returns NaN)."""
+    boxes = np.array([[0.1, 0.1, 0.3, 0.3], [0.11, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8], [0.61, 0.6, 0.8, 0.8]])
+    scores = np.array([0.8, 0.0, 0.0, 0.0])
+    out_box, out_score, _, _ = fuse_arrays(
+        boxes, scores, np.zeros(4, dtype=np.int64), np.array([0, 1, 0, 1]), np.zeros(4, dtype=np.int64), 2, method
+    )
+    assert np.isfinite(out_box).all() and np.isfinite(out_score).all()
+    if method in ("wbf", "nmw"):
+        assert np.allclose(out_box, [[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8]], rtol=0, atol=1e-12)

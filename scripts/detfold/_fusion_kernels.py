@@ -160,8 +160,11 @@ def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr,
             count[i] += 1
             w_in[i] += weights[models[j]]
             member_models[i, models[j]] = True
-            for q in range(4):
-                out_box[best, q] = sum_xy[i, q] / sum_s[i]
+            if sum_s[i] > 0:  # score-weighted mean; a cluster of zero scores only keeps its first box
+                for q in range(4):
+                    out_box[best, q] = sum_xy[i, q] / sum_s[i]
+            elif count[i] == 1:
+                out_box[best, 0], out_box[best, 1], out_box[best, 2], out_box[best, 3] = x1, y1, x2, y2
         for c in range(c0, k):
             i = c - c0
             conf = sum_s[i] / count[i]
@@ -224,8 +227,9 @@ def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untype
                 sum_xy[best, q] += wgt * boxes[j, q]
             sum_w[best] += wgt
         for c in range(c0, k):
-            for q in range(4):
-                out_box[c, q] = sum_xy[c, q] / sum_w[c]
+            f = out_first[c]
+            for q in range(4):  # weighted mean; weights all zero (zero scores or IoU): the first box
+                out_box[c, q] = sum_xy[c, q] / sum_w[c] if sum_w[c] > 0 else boxes[f, q]
     return out_box[:k], out_score[:k], out_group[:k], out_first[:k]
 
 
