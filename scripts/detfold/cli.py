@@ -112,12 +112,14 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
+    from detfold._aot import use_compiled
     from detfold.coco import load_coco, load_detections
     from detfold.fusion import fuse_detections
     from detfold.io import write_json
 
     check_fusion_args(args)
     _short_lived()
+    use_compiled()  # the kernels built ahead of time: no numba start-up in a process this short
     coco = load_coco(args.images, require_annotations=False)
     members = [load_detections(p) for p in args.pred]
     for path, member in zip(args.pred, members, strict=True):

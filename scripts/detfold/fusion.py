@@ -44,8 +44,12 @@ class _Prepared:
         skip_box_thr: float,
         class_agnostic: bool,
     ) -> None:
-        from detfold import _fusion_kernels as kernels
+        from detfold._aot import fusion_kernels
 
+        kernels = fusion_kernels()
+        # the kernels' one signature (the compiled ones take nothing else): int64 indices, float64 values
+        boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+        labels, models, images = (np.asarray(x, dtype=np.int64) for x in (labels, models, images))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = (scores >= skip_box_thr) & (area > 0)
         if not keep.all():
@@ -149,8 +153,9 @@ def fuse_arrays(
         w = w / w.max()
     if method in ("nms", "soft_nms"):
         w = w / w.sum() if weights is not None else w
-    from detfold import _fusion_kernels as kernels
+    from detfold._aot import fusion_kernels
 
+    kernels = fusion_kernels()
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
     if prepared is not None and key in prepared:
         prep = prepared[key]
@@ -163,7 +168,7 @@ def fuse_arrays(
         clustering = (float(iou_thr), bool(allows_overflow))
         if prep.wbf is None or prep.wbf[0] != clustering:
             result = kernels.wbf_groups(
-                prep.order, prep.starts, prep.boxes, prep.scores, prep.models, w, n_models, *clustering
+                prep.order, prep.starts, prep.boxes, prep.scores, prep.models, w, int(n_models), *clustering
             )
             prep.wbf = (clustering, result) if prepared is not None else None
         else:
