@@ -101,6 +101,12 @@ def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
     return inter / union if union > 0 else 0.0
 
 
+@njit(cache=True, inline="always")
+def _iou_rows(boxes, a, b):  # type: ignore[no-untyped-def]
+    """:func:`_iou` of rows ``a`` and ``b`` of ``boxes``."""
+    return _iou(boxes[a, 0], boxes[a, 1], boxes[a, 2], boxes[a, 3], boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3])
+
+
 @njit(cache=True, nogil=True)
 def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, allows_overflow):  # type: ignore[no-untyped-def]
     """WBF over groups of boxes sorted by score (descending) within each group.
@@ -201,16 +207,7 @@ def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untype
             best, best_iou = -1, iou_thr
             for c in range(c0, k):
                 f = out_first[c]
-                iou = _iou(
-                    boxes[f, 0],
-                    boxes[f, 1],
-                    boxes[f, 2],
-                    boxes[f, 3],
-                    boxes[j, 0],
-                    boxes[j, 1],
-                    boxes[j, 2],
-                    boxes[j, 3],
-                )
+                iou = _iou_rows(boxes, f, j)
                 if iou > best_iou:
                     best, best_iou = c, iou
             if best < 0:
@@ -220,9 +217,7 @@ def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untype
                 out_score[k] = scores[j]
                 k += 1
             f = out_first[best]
-            wgt = scores[j] * _iou(
-                boxes[j, 0], boxes[j, 1], boxes[j, 2], boxes[j, 3], boxes[f, 0], boxes[f, 1], boxes[f, 2], boxes[f, 3]
-            )
+            wgt = scores[j] * _iou_rows(boxes, j, f)
             for q in range(4):
                 sum_xy[best, q] += wgt * boxes[j, q]
             sum_w[best] += wgt
@@ -255,16 +250,7 @@ def nms_groups(order, starts, boxes, iou_thr):  # type: ignore[no-untyped-def]
                 if suppressed[jj]:
                     continue
                 b = order[jj]
-                ovr = _iou(
-                    boxes[a, 0],
-                    boxes[a, 1],
-                    boxes[a, 2],
-                    boxes[a, 3],
-                    boxes[b, 0],
-                    boxes[b, 1],
-                    boxes[b, 2],
-                    boxes[b, 3],
-                )
+                ovr = _iou_rows(boxes, a, b)
                 if ovr > iou_thr:
                     suppressed[jj] = True
     return keep[:k]
@@ -296,16 +282,7 @@ def soft_nms_groups(order, starts, boxes, scores, iou_thr, sigma, thresh, method
             a = idx[i]
             for j in range(i + 1, m):
                 b = idx[j]
-                ovr = _iou(
-                    boxes[a, 0],
-                    boxes[a, 1],
-                    boxes[a, 2],
-                    boxes[a, 3],
-                    boxes[b, 0],
-                    boxes[b, 1],
-                    boxes[b, 2],
-                    boxes[b, 3],
-                )
+                ovr = _iou_rows(boxes, a, b)
                 if method_code == 1:
                     if ovr > iou_thr:
                         sc[j] *= 1.0 - ovr

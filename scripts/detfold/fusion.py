@@ -57,10 +57,10 @@ class _Prepared:
         self.boxes, self.labels, self.models, self.images = boxes, labels, models, images
         self.scores = scores * weights[models]
         if class_agnostic or not len(labels):
-            group = images.astype(np.int64)
+            group = images
         else:  # (image, label) as one integer key
             low = int(labels.min())
-            group = images.astype(np.int64) * (int(labels.max()) - low + 1) + (labels - low)
+            group = images * (int(labels.max()) - low + 1) + (labels - low)
         self.order, self.starts = kernels.sort_groups(group, -self.scores)
         # the latest WBF clustering ((iou_thr, allows_overflow), kernel output): conf_type only rescores it
         self.wbf: tuple[tuple[float, bool], tuple[np.ndarray, ...]] | None = None
@@ -176,22 +176,21 @@ def fuse_arrays(
         out_box, out_scores, _, first = result
         out_score = out_scores[:, _CONF_CODE[conf_type]]
     elif method == "nmw":
-        prep.wbf = None  # a search tries each method's combinations in a row: no longer needed
         out_box, out_score, _, first = kernels.nmw_groups(
             prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr)
         )
     elif method == "nms":  # hard NMS keeps every unsuppressed box, with its score
-        prep.wbf = None
         first = kernels.nms_groups(prep.order, prep.starts, prep.boxes, float(iou_thr))
         out_box, out_score = prep.boxes[first], prep.scores[first]
     else:
-        prep.wbf = None
         code = 1 if soft_method == "linear" else 2
         first, decayed = kernels.soft_nms_groups(
             prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), float(thresh), code
         )
         out_box = prep.boxes[first]
         out_score = decayed if rescore else prep.scores[first]
+    if method != "wbf":  # a search tries each method's combinations in a row: WBF's clustering is done with
+        prep.wbf = None
     out_label, out_image = prep.labels[first], prep.images[first]
     # groups come image by image; the first max_per_image of each image kept before gathering the rest
     order = kernels.order_within_images(out_image, -out_score, -1 if max_per_image is None else int(max_per_image))
