@@ -96,3 +96,20 @@ def test_deliberate_differences():
     }
     result = evaluate_bbox(one, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}])
     assert result.stats[0] == pytest.approx(1.0)  # area missing: w * h is used
+
+
+@pytest.mark.parametrize("decimals", [6, 2, None])
+def test_the_packed_sort_of_rounded_scores_is_the_stable_sort(decimals):
+    """Detections by (key, score descending, row index): scores rounded to 1e-6 (as fused and
+    written) are sorted as one packed integer; others by the stable float sort. Both orders
+    equal numpy's stable lexsort, ties (many, at 2 decimals) in row order."""
+    from detfold.cocoeval import _order, _order_of_rounded
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 7, 5000):
+        scores = rng.random(n) * 3
+        if decimals is not None:
+            scores = np.round(scores, decimals)
+        keys = rng.integers(0, 40, n)
+        assert (_order_of_rounded(keys, scores) is None) == (decimals is None and n > 1)
+        assert np.array_equal(_order(keys, scores), np.lexsort((np.arange(n), -scores, keys)))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from detfold.coco import Detections
+from detfold.coco import Detections, take_rows
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
@@ -47,8 +47,36 @@ class CocoEvalResult:
 
 def _order(keys: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """Row order by (key, score descending, row index); keys are non-negative integers."""
+    order = _order_of_rounded(keys, scores)
+    if order is not None:
+        return order
     by_score = np.argsort(-scores, kind="stable")
     return by_score[_stable_by_key(keys[by_score])]
+
+
+SCORE_DECIMALS = 6  # fused and written scores are rounded to this (detfold.fusion.ResultArrays.fuse)
+
+
+def _order_of_rounded(keys: np.ndarray, scores: np.ndarray) -> np.ndarray | None:
+    """:func:`_order` of scores that are rounded to ``SCORE_DECIMALS`` (``np.round`` leaves
+    each unchanged), else None. Such a score is ``k / 10**6`` for one integer ``k``, in the
+    same order and with the same ties, so (key, -k, row index) packed into one int64 gives
+    every row a distinct value whose plain sort (numpy's SIMD sort) is the stable order:
+    about 3x faster than a stable sort of the floats."""
+    n = len(scores)
+    if n < 2:
+        return np.arange(n)
+    scale = 10.0**SCORE_DECIMALS
+    k = np.rint(scores * scale)
+    if not np.array_equal(k / scale, scores) or k.min() < 0 or k.max() >= 2**31:
+        return None
+    k = k.astype(np.int64)
+    span = int(k.max()) + 1
+    n_keys = int(keys.max()) + 1
+    if n_keys * span * n >= 2**62:  # would not fit
+        return None
+    packed = (np.asarray(keys, dtype=np.int64) * span + (span - 1 - k)) * n + np.arange(n)
+    return np.argsort(packed)
 
 
 def _stable_by_key(keys: np.ndarray) -> np.ndarray:
@@ -86,7 +114,7 @@ class BboxEvaluator:
         g_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_)
         order = np.lexsort((np.arange(len(anns)), g_cat, g_img))
         self.g_key = (g_img * self.n_cat + g_cat)[order]
-        self.g_box, self.g_area, self.g_crowd = g_box[order], g_area[order], g_crowd[order]
+        self.g_box, self.g_area, self.g_crowd = take_rows(g_box, order), g_area[order], g_crowd[order]
         self.g_cat = g_cat[order]
 
     def positions(self, image_ids: np.ndarray, category_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -106,11 +134,17 @@ class BboxEvaluator:
         d_key = img_pos * n_cat + cat_pos
         d_order = _order(d_key, d_score)
         d_key = d_key[d_order]
-        d_box, d_score, d_cat = d_box[d_order], d_score[d_order], cat_pos[d_order]
+        d_box, d_score, d_cat = take_rows(d_box, d_order), d_score[d_order], cat_pos[d_order]
         starts = np.searchsorted(d_key, d_key, side="left")
         d_rank = np.arange(len(d_key)) - starts
         keep = d_rank < MAX_DETS[-1]  # per (image, category), as pycocotools
-        d_key, d_box, d_score, d_cat, d_rank = d_key[keep], d_box[keep], d_score[keep], d_cat[keep], d_rank[keep]
+        d_key, d_box, d_score, d_cat, d_rank = (
+            d_key[keep],
+            take_rows(d_box, keep),
+            d_score[keep],
+            d_cat[keep],
+            d_rank[keep],
+        )
         d_area = d_box[:, 2] * d_box[:, 3]
 
         groups = np.union1d(self.g_key, d_key)
@@ -175,12 +209,12 @@ class BboxEvaluator:
         d_img = np.asarray(img_pos, dtype=np.int64)
         d_key = d_img * n_cat + np.asarray(cat_pos, dtype=np.int64)
         d_order = _stable_by_key(d_key) if by_image_and_score else _order(d_key, d_score)
-        d_key, d_box, d_score = d_key[d_order], d_box[d_order], d_score[d_order]
+        d_key, d_box, d_score = d_key[d_order], take_rows(d_box, d_order), d_score[d_order]
         bounds = _runs(d_key)
         d_rank = np.arange(len(d_key)) - np.repeat(bounds[:-1], np.diff(bounds))
         keep = d_rank < MAX_DETS[-1]
         if not keep.all():
-            d_key, d_box, d_score = d_key[keep], d_box[keep], d_score[keep]
+            d_key, d_box, d_score = d_key[keep], take_rows(d_box, keep), d_score[keep]
             bounds = _runs(d_key)
         # only the (image, category) groups with detections: the others match nothing
         ds, de = bounds[:-1], bounds[1:]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from detfold.coco import Detections
+from detfold.coco import Detections, take_rows
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,9 @@ class _Prepared:
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = (scores >= skip_box_thr) & (area > 0)
         if not keep.all():
-            boxes, scores, labels, models, images = (x[keep] for x in (boxes, scores, labels, models, images))
+            boxes, scores, labels, models, images = (
+                take_rows(x, keep) for x in (boxes, scores, labels, models, images)
+            )
         self.boxes, self.labels, self.models, self.images = boxes, labels, models, images
         self.scores = scores * weights[models]
         if class_agnostic or not len(labels):
@@ -181,20 +183,21 @@ def fuse_arrays(
         )
     elif method == "nms":  # hard NMS keeps every unsuppressed box, with its score
         first = kernels.nms_groups(prep.order, prep.starts, prep.boxes, float(iou_thr))
-        out_box, out_score = prep.boxes[first], prep.scores[first]
+        out_box, out_score = None, prep.scores[first]
     else:
         code = 1 if soft_method == "linear" else 2
         first, decayed = kernels.soft_nms_groups(
             prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr), float(sigma), float(thresh), code
         )
-        out_box = prep.boxes[first]
-        out_score = decayed if rescore else prep.scores[first]
+        out_box, out_score = None, decayed if rescore else prep.scores[first]
     if method != "wbf":  # a search tries each method's combinations in a row: WBF's clustering is done with
         prep.wbf = None
-    out_label, out_image = prep.labels[first], prep.images[first]
+    out_image = prep.images[first]
     # groups come image by image; the first max_per_image of each image kept before gathering the rest
     order = kernels.order_within_images(out_image, -out_score, -1 if max_per_image is None else int(max_per_image))
-    return out_box[order], out_score[order], out_label[order], out_image[order]
+    kept = first[order]  # rows of the kept boxes (NMS: the boxes themselves) in the prepared arrays
+    out_box = take_rows(prep.boxes if out_box is None else out_box, kept if out_box is None else order)
+    return out_box, out_score[order], prep.labels[kept], out_image[order]
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -339,8 +342,9 @@ class ResultArrays:
         parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
         for m, (img, labels, xywh, scores) in enumerate(sets):
             xywh = np.asarray(xywh, dtype=float).reshape(-1, 4)
-            scale = np.hstack([wh[img], wh[img]])
-            parts["box"].append(np.clip(np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]]) / scale, 0.0, 1.0))
+            size = take_rows(wh, img)
+            xyxy_norm = np.hstack([xywh[:, :2] / size, (xywh[:, :2] + xywh[:, 2:]) / size])
+            parts["box"].append(np.clip(xyxy_norm, 0.0, 1.0))
             parts["score"].append(np.asarray(scores, dtype=float))
             parts["label"].append(np.asarray(labels, dtype=np.int64))
             parts["model"].append(np.full(len(img), m, dtype=np.int64))
@@ -364,8 +368,9 @@ class ResultArrays:
         boxes, scores, labels, images = fuse_arrays(
             *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
         )
-        xyxy = boxes * np.hstack([self.wh[images], self.wh[images]])
-        xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+        size = take_rows(self.wh, images)
+        xy1, xy2 = boxes[:, :2] * size, boxes[:, 2:] * size
+        xywh = np.hstack([xy1, xy2 - xy1])
         # rounded here, as the written files hold them, so the search scores what is written
         return images, labels, np.round(xywh, 3), np.round(scores, 6)
 
