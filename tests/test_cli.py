@@ -71,3 +71,22 @@ def test_errors_are_one_clear_line(bccd_dir, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("detfold: error:") and message in err
     assert "Traceback" not in err
+
+
+def test_evaluate_of_a_large_file_decoded_on_two_cores(bccd_dir, tmp_path):
+    """The demo's real OOF predictions (3.5 MB: the command decodes them on both cores, the
+    ground truth read beside them): the metrics of the library called on one core."""
+    import gzip
+    from pathlib import Path
+
+    from detfold.coco import load_coco, load_detections
+    from detfold.io import write_json
+    from detfold.metrics import evaluate_coco
+
+    with gzip.open(Path(__file__).parent / "data" / "bccd_oof" / "predictions.json.gz", "rt") as handle:
+        write_json(tmp_path / "oof.json", json.load(handle)["oof"])
+    gt = bccd_dir / "train.json"
+    result = detfold("evaluate", "--gt", gt, "--pred", tmp_path / "oof.json", "--json", tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr
+    expected = evaluate_coco(load_coco(gt), load_detections(tmp_path / "oof.json"), str(tmp_path / "oof.json"))
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(expected))
