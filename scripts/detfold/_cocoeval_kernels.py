@@ -146,6 +146,7 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
     most = 1 if npig.size == 0 else max(1, npig.max())
     pr = np.empty((n_thr, most))  # recall at the n-th true positive is n / n_pos: not stored
     tp, fp = np.empty(n_thr, dtype=np.int64), np.empty(n_thr, dtype=np.int64)
+    first_at = np.empty(n_rec, dtype=np.int64)
     eps = np.spacing(1.0)
     for k in range(n_cat):
         n_pos = npig[k]
@@ -155,14 +156,11 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
         fp[:] = 0
         fp_all = 0
         for j in range(cat_start[k], cat_start[k + 1]):
-            copies = image_weights[det_img[j]]
-            if copies == 0:
-                continue
             m, ig = matched[j], ignored[j]
-            if m == 0 and ig == 0:
-                fp_all += copies
+            if m == 0 and ig == 0:  # a false positive at every threshold (most detections)
+                fp_all += image_weights[det_img[j]]
                 continue
-            for _ in range(copies):
+            for _ in range(image_weights[det_img[j]]):
                 for t in range(n_thr):
                     if ig >> t & 1:
                         continue
@@ -172,14 +170,22 @@ def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_t
                         tp[t] = n
                     else:
                         fp[t] += 1
+        # the first true positive reaching each recall point (the recall accumulate stores is
+        # (i + 1) / n_pos): the same for every threshold
+        i = 0
+        for r in range(n_rec):
+            while i < most and float(i + 1) / n_pos < rec_thrs[r]:
+                i += 1
+            first_at[r] = i
         for t in range(n_thr):
             n = tp[t]
-            for i in range(n - 1, 0, -1):
-                if pr[t, i] > pr[t, i - 1]:
-                    pr[t, i - 1] = pr[t, i]
-            i = 0
-            for r in range(n_rec):
-                while i < n and float(i + 1) / n_pos < rec_thrs[r]:  # the recall accumulate stores
-                    i += 1
-                precision[t, r, k] = pr[t, i] if i < n else 0.0
+            best, i = 0.0, n  # precision made non-increasing: the best at or after each point
+            for r in range(n_rec - 1, -1, -1):
+                if first_at[r] >= n:
+                    precision[t, r, k] = 0.0
+                    continue
+                while i > first_at[r]:
+                    i -= 1
+                    best = max(best, pr[t, i])
+                precision[t, r, k] = best
     return precision
