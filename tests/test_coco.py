@@ -176,7 +176,7 @@ def test_a_cut_inside_a_nested_value_falls_back_to_one_core(demo_oof_file, tmp_p
     whole = coco_module.load_detections(path)
     calls = []
     one_core = coco_module.load_detections
-    monkeypatch.setattr(coco_module, "load_detections", lambda p: calls.append(p) or one_core(p))
+    monkeypatch.setattr(coco_module, "load_detections", lambda p, read: calls.append(p) or one_core(p, read))
     detections, _ = coco_module.load_detections_beside(path, lambda: None)
     assert calls == [path] and _same_detections(detections, whole)
 
@@ -191,3 +191,19 @@ def test_work_that_fails_stops_the_forked_decoder(demo_oof_file):
         load_detections_beside(demo_oof_file[0], work)
     with pytest.raises(ChildProcessError):  # no forked process left behind
         os.waitpid(-1, os.WNOHANG)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_cut_short_product_read_on_two_cores_is_deleted(demo_oof_file, bccd, tmp_path, processes):
+    """A predictions file an earlier job left cut short: read on one core or two, the message
+    names the file and it is deleted, so that the next run redoes its job."""
+    from detfold.stages import read_detections
+
+    text = demo_oof_file[0].read_bytes()
+    path = tmp_path / "oof.json"
+    path.write_bytes(text[: int(len(text) * 0.9)])
+    with pytest.raises(ValueError, match="deleted it"):
+        read_detections(bccd, str(path), processes)
+    assert not path.exists()
+    path.write_bytes(text)
+    assert len(read_detections(bccd, str(path), processes)) == len(demo_oof_file[1])

@@ -218,3 +218,21 @@ def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_
         assert np.array_equal(getattr(plain, field), getattr(presorted, field)), field
     counts = ensemble.bootstrap_counts(len(gt.images), 64, 3)
     assert np.array_equal(ensemble.bootstrap_scores(plain, counts), ensemble.bootstrap_scores(plain, counts, 2))
+
+
+def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_test):
+    """run_ensemble_select writes the delivered plan's blend predictions from the search's own
+    fusions: for every kind of candidate they are apply_plan's, value for value."""
+    gt = clean(bccd_test)
+    folds = {"a": [noisy_member(gt, s) for s in range(3)], "b": [noisy_member(gt, s + 10) for s in range(3)]}
+    selector = ensemble.BlendSelector(gt, folds, {}, SETTINGS, seed=5)
+    result = ensemble.select_on_blend(selector, 20, 5)
+    assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "ensemble"}
+    for kind, candidate in result["candidates"].items():
+        plan = ensemble.Plan.from_dict(candidate["plan"])
+        kept = selector.plan_predictions(plan)
+        if kind == "single":
+            assert kept is None
+            continue
+        again = ensemble.apply_plan(plan, folds, {}, gt.images, selector.max_per_img)
+        assert kept.to_results() == again.to_results() and len(again) > 0

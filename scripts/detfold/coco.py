@@ -412,14 +412,17 @@ def _shared_columns(shared: mmap.mmap, capacity: int) -> tuple[np.ndarray, list[
     return header, columns
 
 
-def load_detections_beside(path: str | Path, work: Callable[[], T], share: float = 0.5) -> tuple[Detections, T]:
+def load_detections_beside(
+    path: str | Path, work: Callable[[], T], share: float = 0.5, read: Callable[[str | Path], Any] = read_json
+) -> tuple[Detections, T]:
     """:func:`load_detections` on two cores while this process also runs ``work`` (e.g.
     loading the ground truth): the file is cut between two rows after ``share`` of its bytes;
     a forked process decodes the first rows into shared memory while this one runs ``work``
     and decodes the rest. Both parts decode only if the cut fell between two rows of the array
     itself (inside a string or a nested value a part is unbalanced), so the rows are exactly
     the file's, in order. Anything else (a part that does not decode, a bad value, no
-    ``os.fork``, a small file) goes to :func:`load_detections`, whose message names the entry."""
+    ``os.fork``, a small file) goes to :func:`load_detections` (with ``read``), whose message
+    names the entry."""
     try:
         data = _mapped(path)
     except OSError:
@@ -429,7 +432,7 @@ def load_detections_beside(path: str | Path, work: Callable[[], T], share: float
         found = _ROW_BOUNDARY.search(data, int(len(data) * share))
     if found is None:
         result = work()
-        return load_detections(path), result
+        return load_detections(path, read), result
     end_first, start_rest = found.start() + 1, found.end() - 2  # "]" ends the first rows, "[" starts the rest
     capacity = end_first // _MIN_ROW_BYTES + 1
     shared = mmap.mmap(-1, 16 + 8 * capacity * sum(width for _, width in _WIRE))  # anonymous: shared on fork
@@ -457,12 +460,12 @@ def load_detections_beside(path: str | Path, work: Callable[[], T], share: float
     finally:
         os.waitpid(pid, 0)
     if header[0] != 1 or tail is None:
-        return load_detections(path), result
+        return load_detections(path, read), result
     n = int(header[1])
     head = Detections(columns[0][:n], columns[1][:n], columns[2][: 4 * n].reshape(n, 4), columns[3][:n])
     detections = Detections.concat([head, tail])  # copies: nothing refers to the shared memory after
     if detections.first_bad_row() is not None:
-        return load_detections(path), result  # raises, naming the entry
+        return load_detections(path, read), result  # raises, naming the entry
     return detections, result
 
 

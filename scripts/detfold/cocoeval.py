@@ -120,9 +120,20 @@ class BboxEvaluator:
     def positions(self, image_ids: np.ndarray, category_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Dataset image ids / category ids -> positions in the sorted id lists."""
         img = np.searchsorted(self.img_ids, image_ids)
-        cats = np.asarray(self.cat_ids, dtype=np.int64)
-        cat = np.searchsorted(cats, category_ids)
-        return img.astype(np.int64), cat.astype(np.int64)
+        return img.astype(np.int64), self.category_positions(category_ids)
+
+    def category_positions(self, category_ids: np.ndarray) -> np.ndarray:
+        """Dataset category ids (of this ground truth) -> positions in the sorted id list."""
+        return np.searchsorted(np.asarray(self.cat_ids, dtype=np.int64), category_ids).astype(np.int64)
+
+    @functools.cached_property
+    def _gt_counts(self) -> np.ndarray:
+        """The counted ground truth (not crowd, area all) per image and category position."""
+        area_all = AREA_RANGES[0]
+        counted = ~self.g_crowd & ~((self.g_area < area_all[0]) | (self.g_area > area_all[1]))
+        gt_counts = np.zeros((len(self.img_ids), self.n_cat), dtype=np.int64)
+        np.add.at(gt_counts, (self.g_key[counted] // self.n_cat, self.g_cat[counted]), 1)
+        return gt_counts
 
     def evaluate(
         self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray
@@ -224,11 +235,8 @@ class BboxEvaluator:
         matched, ignored = match_groups(
             gs, ge, ds, de, self.g_box, self.g_area, self.g_crowd, d_box, d_area, IOU_THRS.astype(np.float64), area_all
         )
-        counted = ~self.g_crowd & ~((self.g_area < area_all[0, 0]) | (self.g_area > area_all[0, 1]))
-        gt_counts = np.zeros((len(self.img_ids), n_cat), dtype=np.int64)
-        np.add.at(gt_counts, (self.g_key[counted] // n_cat, self.g_cat[counted]), 1)
         img, cat = (d_key // n_cat).astype(np.int32), (d_key % n_cat).astype(np.int32)  # compact: kept per combination
-        return Matched.sorted(img, cat, d_score, matched[0], ignored[0], gt_counts)
+        return Matched.sorted(img, cat, d_score, matched[0], ignored[0], self._gt_counts)
 
 
 @dataclass

@@ -427,7 +427,7 @@ class BlendSelector:
 
     def _match_columns(self, columns: tuple[np.ndarray, ...]) -> Matched:
         images, labels, xywh, scores = columns
-        _, cat = self.evaluator.positions(self.evaluator.img_ids[images], labels)
+        cat = self.evaluator.category_positions(labels)
         return self.evaluator.match(images, cat, xywh, scores, by_image_and_score=True)  # as fusion returns them
 
     def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> tuple[np.ndarray, ...]:
@@ -461,6 +461,21 @@ class BlendSelector:
             arrays = ResultArrays.from_columns(self.evaluator.img_ids, self._arrays[self.models[0]].wh, sets)
             self._members_of = (fold_choice, arrays)
         return self._members_of[1]
+
+    def plan_predictions(self, plan: Plan) -> Detections | None:
+        """What :func:`apply_plan` gives for ``plan`` on the blend images, from the fusions the
+        search keeps (the fold ensembles; the model ensemble fused once more) instead of
+        fusing every step again; None for a single model, or a fold ensemble of one fold."""
+        if plan.kind == "single" or any(self._arrays[m].n_models < 2 for m in self.models):
+            return None
+        if plan.kind == "fold_ensemble":
+            model = str(plan.model)
+            fused = self._fold_fused(model, self.fold_grid.index(plan.fold_params[model]))
+        else:
+            choice = tuple(self.fold_grid.index(plan.fold_params[m]) for m in self.models)
+            fused = self._fuse(self._ensemble_arrays(choice), self.model_grid[self.model_grid.index(plan.model_params)])
+        images, labels, xywh, scores = fused
+        return Detections(self.evaluator.img_ids[images], np.asarray(labels, dtype=np.int64), xywh, scores)
 
     def _compute(self, key: tuple[Any, ...]) -> Matched:
         """The matched prediction set of a combination key, computed (not kept)."""

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from detfold import audit, folds
-from detfold.coco import Coco, Detections, load_coco, load_detections, write_coco
+from detfold.coco import Coco, Detections, load_coco, load_detections, load_detections_beside, write_coco
 from detfold.io import atomic_open, read_json, read_product, write_json, write_text
 from detfold.metrics import STAT_NAMES, check_detection_ids, evaluate_coco, mean_std
 
@@ -280,17 +280,21 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
     return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
 
 
-def read_detections(gt: Coco, path: str) -> Detections:
+def read_detections(gt: Coco, path: str, processes: int = 1) -> Detections:
     """A predictions file an earlier job wrote, as columns, checked (values, and ids against
     ``gt``); a corrupt file is deleted so that the next run redoes its job
-    (:func:`detfold.io.read_product`)."""
-    detections = load_detections(path, read=read_product)
+    (:func:`detfold.io.read_product`). With ``processes`` > 1 it is decoded on two cores
+    (:func:`detfold.coco.load_detections_beside`)."""
+    if processes > 1:
+        detections, _ = load_detections_beside(path, lambda: None, read=read_product)
+    else:
+        detections = load_detections(path, read=read_product)
     check_detection_ids(gt, detections, path)
     return detections
 
 
-def _fold_predictions(gt: Coco, model_files: dict[str, list[str]]) -> dict[str, list[Detections]]:
-    return {name: [read_detections(gt, path) for path in model_files[name]] for name in sorted(model_files)}
+def _fold_predictions(gt: Coco, model_files: dict[str, list[str]], processes: int = 1) -> dict[str, list[Detections]]:
+    return {name: [read_detections(gt, path, processes) for path in model_files[name]] for name in sorted(model_files)}
 
 
 def _externals(
@@ -336,14 +340,17 @@ def run_ensemble_select(
     from detfold import ensemble
 
     gt = load_coco(blend_json)
-    fold_preds = _fold_predictions(gt, model_blend)
-    external, _ = _externals(settings, "oof", gt, load_coco(train_json))
+    fold_preds = _fold_predictions(gt, model_blend, processes)
+    oof_external = any(spec.get("oof") for spec in settings.get("external") or [])
+    external, _ = _externals(settings, "oof", gt, load_coco(train_json) if oof_external else None)
     selector = ensemble.BlendSelector(gt, fold_preds, external, settings, seed=seed, processes=processes)
     selection = ensemble.select_on_blend(
         selector, samples=int(settings.get("bootstrap_samples", ensemble.BOOTSTRAP_SAMPLES)), seed=seed
     )
     plan = ensemble.Plan.from_dict(selection["delivered"]["plan"])
-    fused = ensemble.apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
+    fused = selector.plan_predictions(plan)  # the search's own fusions: what apply_plan gives (test)
+    if fused is None:
+        fused = ensemble.apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
     with atomic_open(out_search) as handle:
         selector.search_table().to_csv(handle, index=False, lineterminator="\n")
     write_json(out_blend, fused.to_results())
