@@ -200,9 +200,27 @@ def test_kernels_compiled_ahead_of_time_equal_the_jit_kernels(tmp_path):
         "nmw_groups": (order, starts, boxes, scores, 0.5),
         "nms_groups": (order, starts, boxes, 0.5),
         "soft_nms_groups": (order, starts, boxes, scores, 0.5, 0.5, 0.001, 2),
+        "to_xywh_abs": (boxes, images, np.full((images.max() + 1, 2), 640.0), scores, 3, 6),
     }
     assert set(calls) == set(_aot.SIGNATURES)
     for name, args in calls.items():
         ours, theirs = getattr(compiled, name)(*args), getattr(jit, name)(*args)
         ours, theirs = (x if isinstance(x, tuple) else (x,) for x in (ours, theirs))
         assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)), name
+
+
+def test_fused_boxes_in_pixels_are_numpy_s_rounding_bit_for_bit():
+    """to_xywh_abs (one pass) gives what numpy's expressions give: x1 * w, (x2 * w) - (x1 * w),
+    np.round to 3 decimals; scores np.round to 6."""
+    from detfold import _fusion_kernels as kernels
+
+    rng = np.random.default_rng(0)
+    boxes = np.sort(rng.random((50000, 2, 2)), axis=1).transpose(0, 2, 1).reshape(-1, 4)  # x1 <= x2, y1 <= y2
+    images = np.sort(rng.integers(0, 40, len(boxes)))
+    wh = rng.integers(100, 5000, (40, 2)).astype(float)
+    scores = rng.random(len(boxes)) * 2
+    xywh, rounded = kernels.to_xywh_abs(boxes, images, wh, scores, 3, 6)
+    size = wh[images]
+    xy1, xy2 = boxes[:, :2] * size, boxes[:, 2:] * size
+    assert np.array_equal(xywh, np.round(np.hstack([xy1, xy2 - xy1]), 3))
+    assert np.array_equal(rounded, np.round(scores, 6))

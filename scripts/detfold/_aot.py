@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 SIGNATURES = {
     "sort_groups": "Tuple((i8[:], i8[:]))(i8[:], f8[:])",
     "order_within_images": "i8[:](i8[:], f8[:], i8)",
+    "to_xywh_abs": "Tuple((f8[:,:], f8[:]))(f8[:,:], i8[:], f8[:,:], f8[:], i8, i8)",
     "wbf_groups": "Tuple((f8[:,:], f8[:,:], i8[:], i8[:]))(i8[:], i8[:], f8[:,:], f8[:], i8[:], f8[:], i8, f8, b1)",
     "nmw_groups": "Tuple((f8[:,:], f8[:], i8[:], i8[:]))(i8[:], i8[:], f8[:,:], f8[:], f8)",
     "nms_groups": "i8[:](i8[:], i8[:], f8[:,:], f8)",

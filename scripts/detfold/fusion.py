@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 
 from detfold.coco import Detections, take_rows
+from detfold.cocoeval import SCORE_DECIMALS
 
 log = logging.getLogger(__name__)
 
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 METHODS = ("wbf", "nms", "soft_nms", "nmw")
 _CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
+BOX_DECIMALS = 3  # fused boxes are rounded to 0.001 px (scores to SCORE_DECIMALS), as written: byte-reproducible
 
 
 class _Prepared:
@@ -368,11 +370,11 @@ class ResultArrays:
         boxes, scores, labels, images = fuse_arrays(
             *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
         )
-        size = take_rows(self.wh, images)
-        xy1, xy2 = boxes[:, :2] * size, boxes[:, 2:] * size
-        xywh = np.hstack([xy1, xy2 - xy1])
+        from detfold._aot import fusion_kernels
+
         # rounded here, as the written files hold them, so the search scores what is written
-        return images, labels, np.round(xywh, 3), np.round(scores, 6)
+        xywh, scores = fusion_kernels().to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
+        return images, labels, xywh, scores
 
 
 def fuse_coco_predictions(
