@@ -431,6 +431,8 @@ def load_detections_beside(
     if data is not None and len(data) > 1 << 20 and hasattr(os, "fork"):
         found = _ROW_BOUNDARY.search(data, int(len(data) * share))
     if found is None:
+        if data is not None:
+            data.close()
         result = work()
         return load_detections(path, read), result
     end_first, start_rest = found.start() + 1, found.end() - 2  # "]" ends the first rows, "[" starts the rest
@@ -453,12 +455,12 @@ def load_detections_beside(
         result = work()
         data[start_rest] = ord("[")
         tail = _columns_of(data, start_rest, len(data))
-        data.close()
     except BaseException:  # stop the forked process, whatever it is doing
         os.kill(pid, signal.SIGKILL)
         raise
     finally:
         os.waitpid(pid, 0)
+        data.close()
     if header[0] != 1 or tail is None:
         return load_detections(path, read), result
     n = int(header[1])
