@@ -6,7 +6,7 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 sys.path.insert(0, f"{workflow.basedir}/scripts")
-from detfold.config import check_feasible, check_schema, drop_disabled_models, warn_merged_config
+from detfold.core.config import check_feasible, check_schema, drop_disabled_models, warn_merged_config
 
 
 configfile: "config/config.yaml"

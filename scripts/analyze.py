@@ -1,8 +1,9 @@
 """Rules analyze / analyze_ensemble: TIDE breakdown, best-F1 thresholds, confusion matrix, label
 review and galleries of the pooled out-of-fold predictions (one model, or the models fused)."""
 
-from detfold.logs import log_to
-from detfold.stages import files_by_model, run_analyze
+from detfold.analyze.stage import run_analyze
+from detfold.core.io import files_by_model
+from detfold.core.logs import log_to
 
 log_to(snakemake.log[0])
 models = snakemake.params.get("models") or [snakemake.wildcards.model]

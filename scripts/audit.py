@@ -1,7 +1,7 @@
 """Rule audit: validate both splits, run the checks, apply policy and overrides, report."""
 
-from detfold.logs import log_to
-from detfold.stages import run_audit
+from detfold.audit.checks.stage import run_audit
+from detfold.core.logs import log_to
 
 log_to(snakemake.log[0])
 run_audit(

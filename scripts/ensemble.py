@@ -1,7 +1,8 @@
 """Rule ensemble: the candidate chosen on the blend split, applied to the test predictions."""
 
-from detfold.logs import log_to
-from detfold.stages import files_by_model, run_ensemble_test
+from detfold.core.io import files_by_model
+from detfold.core.logs import log_to
+from detfold.ensemble.selection.stage import run_ensemble_test
 
 log_to(snakemake.log[0])
 run_ensemble_test(

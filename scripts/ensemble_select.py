@@ -1,7 +1,8 @@
 """Rule ensemble_select: choose the delivered candidate on the blend split, with honest estimates."""
 
-from detfold.logs import log_to
-from detfold.stages import files_by_model, run_ensemble_select
+from detfold.core.io import files_by_model
+from detfold.core.logs import log_to
+from detfold.ensemble.selection.stage import run_ensemble_select
 
 log_to(snakemake.log[0])
 run_ensemble_select(

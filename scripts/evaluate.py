@@ -1,7 +1,7 @@
 """Rule evaluate: COCO metrics per fold, pooled out-of-fold (with bootstrap intervals), and on the test set."""
 
-from detfold.logs import log_to
-from detfold.stages import run_evaluate
+from detfold.core.logs import log_to
+from detfold.evaluate.stage import run_evaluate
 
 log_to(snakemake.log[0])
 run_evaluate(

@@ -1,7 +1,7 @@
 """Rule import_annotations: Pascal VOC XML or YOLO txt labels -> COCO."""
 
-from detfold.logs import log_to
-from detfold.stages import run_import
+from detfold.audit.checks.stage import run_import
+from detfold.core.logs import log_to
 
 log_to(snakemake.log[0])
 run_import(

@@ -1,7 +1,7 @@
 """Rule predict: one fold model on its out-of-fold images or on the test images."""
 
-from detfold.logs import log_to
-from detfold.stages import run_predict
+from detfold.core.logs import log_to
+from detfold.predict.stage import run_predict
 
 log_to(snakemake.log[0])
 run_predict(

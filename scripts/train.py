@@ -1,7 +1,7 @@
 """Rule train: one model on one fold through MMDetection's Runner."""
 
-from detfold.logs import log_to
-from detfold.mmdet_train import train_fold
+from detfold.core.logs import log_to
+from detfold.train.mmdet_train import train_fold
 
 log_to(snakemake.log[0])
 train_fold(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from detfold.coco import Coco, load_coco
-from workflow_run import snakemake, tiny_config
+from detfold.core.coco import Coco, load_coco
+from helpers.workflow_run import snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 BCCD = REPO / "tests" / "data" / "bccd"

@@ -1,4 +1,4 @@
-# Error analysis and label review of the pooled out-of-fold predictions (detfold.analysis):
+# Error analysis and label review of the pooled out-of-fold predictions (detfold.analyze.analysis):
 # per model, and for the OOF ensemble when there are several models. Label-review candidates go
 # into review.csv in the audit's findings.csv columns: a person copies the ones to act on into
 # config/audit_overrides.csv.

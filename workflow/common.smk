@@ -1,7 +1,7 @@
 # Shared input functions and wildcard constraints.
 import re
 
-from detfold.io import age_incomplete_products
+from detfold.core.io import age_incomplete_products
 
 MODELS = sorted(config["models"])
 

@@ -1,8 +1,9 @@
 """detfold: K-fold cross-validation orchestration for object detection.
 
-The library behind the Snakemake workflow and the ``detfold`` command. Light modules
-(coco, audit, folds, metrics, fusion) import only numpy/pandas; the MMDetection parts
-(:mod:`detfold.mmdet_train`, :mod:`detfold.mmdet_predict`) import torch lazily.
+The library behind the Snakemake workflow and the ``detfold`` command: one package per stage
+(``workflow/<stage>.smk`` -> ``detfold.<stage>``, whose ``stage`` module holds what the rule
+scripts call) and a small core (:mod:`detfold.core`: COCO files and predictions, file I/O, the
+config gate, logging). Only the train and predict packages import torch and mmdet, lazily.
 """
 
 __version__ = "0.1.0"

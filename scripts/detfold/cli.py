@@ -23,19 +23,19 @@ log = logging.getLogger("detfold")
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from detfold import audit
-    from detfold.coco import load_coco, write_coco
+    from detfold.audit import checks
+    from detfold.core.coco import load_coco, write_coco
 
     coco = load_coco(args.annotations)
-    audit.check_image_files(coco, args.images)
-    policy = audit.AuditPolicy.from_config(_parse_checks(args.check))
-    overrides = audit.read_overrides(args.overrides)
-    clean, findings = audit.audit_coco(coco, policy, split="train", overrides=overrides)
+    checks.check_image_files(coco, args.images)
+    policy = checks.AuditPolicy.from_config(_parse_checks(args.check))
+    overrides = checks.read_overrides(args.overrides)
+    clean, findings = checks.audit_coco(coco, policy, split="train", overrides=overrides)
     out = Path(args.out)
     write_coco(clean, out / "annotations.json")
-    audit.write_findings(findings, out / "findings.csv")
-    audit.write_summary(audit.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    audit.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
+    checks.write_findings(findings, out / "findings.csv")
+    checks.write_summary(checks.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
+    checks.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
     dropped = len(coco.annotations) - len(clean.annotations)
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 
@@ -59,7 +59,7 @@ def _parse_checks(specs: list[str] | None) -> dict[str, dict[str, str | float]]:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from detfold.stages import run_import
+    from detfold.audit.checks.stage import run_import
 
     if args.format == "yolo" and not (args.images and args.classes):
         raise ValueError("import yolo needs --images DIR and --classes FILE")
@@ -68,7 +68,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from detfold.stages import run_split
+    from detfold.folds.assign.stage import run_split
 
     out = Path(args.out)
     summary = run_split(
@@ -97,11 +97,11 @@ def _short_lived() -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.coco import load_coco, load_detections_beside
+    from detfold.core.coco import load_coco, load_detections_beside
 
     _short_lived()
-    from detfold.io import write_json
-    from detfold.metrics import evaluate_coco
+    from detfold.core.io import write_json
+    from detfold.evaluate.metrics import evaluate_coco
 
     # the detections decoded on both cores, the ground truth read beside them: the forked
     # process takes the larger share, as this one reads the ground truth first
@@ -129,10 +129,10 @@ def _share(gt: str, pred: str) -> float:
 
 
 def _ensemble(args: argparse.Namespace) -> None:
-    from detfold._aot import use_compiled
-    from detfold.coco import load_coco, load_detections
-    from detfold.fusion import fuse_detections
-    from detfold.io import write_json
+    from detfold.core.coco import load_coco, load_detections
+    from detfold.core.io import write_json
+    from detfold.ensemble._aot import use_compiled
+    from detfold.ensemble.fusion import fuse_detections
 
     check_fusion_args(args)
     _short_lived()
@@ -162,9 +162,9 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from detfold.analysis import ERROR_TYPES, write_analysis
-    from detfold.coco import load_coco, load_results
-    from detfold.metrics import check_predictions
+    from detfold.analyze.analysis import ERROR_TYPES, write_analysis
+    from detfold.core.coco import load_coco, load_results
+    from detfold.evaluate.metrics import check_predictions
 
     gt = load_coco(args.gt)
     preds = load_results(args.pred)

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench_eval import run_pycocotools  # the same reference run as the evaluation benchmark
-from detfold import analysis
-from detfold.cocoeval import evaluate_bbox
+from detfold.analyze import analysis
+from detfold.evaluate.cocoeval import evaluate_bbox
 
 
 def synthetic(n_images: int, seed: int = 0) -> tuple[dict, list[dict]]:

@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from detfold import audit
-from detfold.coco import Coco, load_coco, write_coco
+from detfold.audit import checks
+from detfold.core.coco import Coco, load_coco, write_coco
 
 
 def synthetic(n_images: int, per_image: int, seed: int = 0) -> dict:
@@ -81,17 +81,17 @@ def main() -> None:
         coco = load_coco(tmp_path / "ann.json")
         rows.append(("load + validate COCO", time.perf_counter() - t0))
         t = time.perf_counter()
-        audit.check_image_files(coco, tmp_path)
+        checks.check_image_files(coco, tmp_path)
         rows.append(("read every image header", time.perf_counter() - t))
         t = time.perf_counter()
-        clean, findings = audit.audit_coco(coco, audit.AuditPolicy(), "train")
+        clean, findings = checks.audit_coco(coco, checks.AuditPolicy(), "train")
         rows.append(("all checks + policy", time.perf_counter() - t))
         t = time.perf_counter()
-        audit.write_findings(findings, tmp_path / "findings.csv")
+        checks.write_findings(findings, tmp_path / "findings.csv")
         write_coco(Coco(clean.data), tmp_path / "clean.json")
         rows.append(("write findings + cleaned COCO", time.perf_counter() - t))
         t = time.perf_counter()
-        audit.write_gallery(findings, {"train": coco}, {"train": tmp_path}, tmp_path / "gallery")
+        checks.write_gallery(findings, {"train": coco}, {"train": tmp_path}, tmp_path / "gallery")
         rows.append(("gallery PNGs", time.perf_counter() - t))
         total = time.perf_counter() - t0
 

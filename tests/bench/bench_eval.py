@@ -67,8 +67,8 @@ print(json.dumps({{"seconds": time.perf_counter() - start, "stats": [float(v).he
 DETFOLD_IN_PROCESS = """
 import json, sys, time
 start = time.perf_counter()
-from detfold.coco import load_coco, load_detections
-from detfold.cocoeval import evaluate_columns
+from detfold.core.coco import load_coco, load_detections
+from detfold.evaluate.cocoeval import evaluate_columns
 gt, det = load_coco(sys.argv[1]), load_detections(sys.argv[2])
 result = evaluate_columns(gt.data, det.image_id, det.category_id, det.bbox_xywh, det.score)
 print(json.dumps({"seconds": time.perf_counter() - start, "stats": [float(v).hex() for v in result.stats]}))

@@ -19,8 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from detfold.coco import Coco, load_coco
-from detfold.folds import METHODS, assign_folds, balance_summary
+from detfold.core.coco import Coco, load_coco
+from detfold.folds.assign import METHODS, assign_folds, balance_summary
 
 SHARES = np.array([35, 20, 12, 9, 7, 6, 4, 3, 2, 2], dtype=float)
 

@@ -4,7 +4,7 @@
 
 Random but clustered inputs (each model detects shared objects with jitter, plus false
 positives), normalised xyxy. ensemble-boxes is called once per image, as it is used;
-detfold fuses all images in one call of :func:`detfold.fusion.fuse_arrays` (its numba kernels
+detfold fuses all images in one call of :func:`detfold.ensemble.fusion.fuse_arrays` (its numba kernels
 compiled before timing, as they are cached on disk after the first use). The table gives
 images per second, the speed-up, and whether the outputs agree within 1e-6 on every image.
 """
@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from detfold import fusion
+from detfold.ensemble import fusion
 
 
 def make(n_images: int, n_models: int, n_boxes: int, seed: int = 0) -> list[tuple[list, list, list]]:

@@ -4,7 +4,7 @@
         [--test-images 4000] [--search config|small] [--stop-gb 14] [--workdir DIR] [--stages NAME ...]
 
 Synthetic but realistic files, written once (not timed) as the workflow writes them
-(``detfold.io.write_json``): a 640x480 training set of ``--images`` images with 5-15 ground-truth
+(``detfold.core.io.write_json``): a 640x480 training set of ``--images`` images with 5-15 ground-truth
 boxes each (10 classes), split into ``--folds`` val.json files; per model and fold its
 out-of-fold predictions (``--boxes`` per image: each object found about three times with
 jitter, a few with the wrong class, the rest false positives; scores >= 0.05, sorted, rounded
@@ -49,18 +49,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from detfold.ensemble import grid  # noqa: E402
-from detfold.io import read_json, write_json  # noqa: E402
+from detfold.core.io import read_json, write_json  # noqa: E402
+from detfold.ensemble.selection import grid  # noqa: E402
 
 WIDTH, HEIGHT, N_CLASSES = 640, 480, 10
 SMALL_SEARCH = {"method": ["wbf", "nms"], "iou_thr": [0.5, 0.6], "skip_box_thr": [0.0], "conf_type": ["avg"]}
 CHILD = (
     "import json, sys\n"
     "sys.path.insert(0, sys.argv[1])\n"
-    "from detfold import stages\n"
-    "from detfold.logs import log_to\n"
+    "import importlib\n"
+    "from detfold.core.logs import log_to\n"
     "log_to(sys.argv[3])\n"
-    "getattr(stages, sys.argv[2])(**json.loads(sys.argv[4]))\n"
+    "name = sys.argv[2]  # run_<stage>[_...], in detfold.<stage>.stage\n"
+    "stage = importlib.import_module('detfold.' + name.split('_')[1] + '.stage')\n"
+    "getattr(stage, name)(**json.loads(sys.argv[4]))\n"
 )
 
 
@@ -191,8 +193,8 @@ def ensemble_settings(search: str) -> dict[str, Any]:
 
 def warm_kernels() -> None:
     """Compile (or load from numba's disk cache) the fusion and matching kernels."""
-    from detfold.cocoeval import evaluate_bbox
-    from detfold.fusion import METHODS, fuse_coco_predictions
+    from detfold.ensemble.fusion import METHODS, fuse_coco_predictions
+    from detfold.evaluate.cocoeval import evaluate_bbox
 
     gt = ground_truth(3, np.random.default_rng(1))
     ids = np.arange(1, 4)
@@ -225,7 +227,7 @@ def _tree_pss_kb(pid: int) -> int:
 
 
 def run_stage(name: str, kwargs: dict[str, Any], log: Path, stop_gb: float) -> tuple[float, float, float, str]:
-    """Run ``detfold.stages.<name>(**kwargs)`` in a new process: (wall s, CPU s of it and its
+    """Run ``detfold.<stage>.stage.<name>(**kwargs)``  in a new process: (wall s, CPU s of it and its
     workers, peak memory GB (PSS of it and its workers, sampled twice a second), status)."""
     t = time.perf_counter()
     proc = subprocess.Popen(

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
-from detfold.coco import load_coco, write_coco  # noqa: E402
-from detfold.mmdet_train import train_fold  # noqa: E402
+from detfold.core.coco import load_coco, write_coco  # noqa: E402
+from detfold.train.mmdet_train import train_fold  # noqa: E402
 
 
 def iteration_times(work_dir: Path) -> list[float]:

@@ -1,0 +1,1 @@
+"""Stage analyze (workflow/analyze.smk): error breakdown, thresholds, confusion and label review."""

@@ -1,0 +1,517 @@
+"""Ground-truth audit: find bad boxes and images, apply the configured policy, report findings.
+
+Boxes are COCO ``xywh_abs``. Each check has a threshold and an action:
+``flag`` (keep, report), ``drop_box``, ``drop_image`` (the whole image leaves the dataset) or
+``clip`` (``outside_image`` only: the box is cut to the image and the finding says by how
+much). A person's decisions in an overrides CSV (``keep`` / ``drop``) win over the policy.
+Every finding is one row of ``findings.csv``; nothing is changed without a row saying so.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from detfold.core.coco import Coco
+from detfold.core.io import atomic_open, write_json
+
+log = logging.getLogger(__name__)
+
+FINDING_FIELDS = (
+    "split",
+    "image_id",
+    "ann_id",
+    "file_name",
+    "category",
+    "check",
+    "value",
+    "threshold",
+    "action",
+    "related_ann_id",
+)
+ACTIONS = ("flag", "drop_box", "drop_image", "clip")
+
+#: check -> (what the threshold means, default threshold, default action, allowed actions)
+CHECKS: dict[str, tuple[str, float, str, tuple[str, ...]]] = {
+    "degenerate": ("w or h <= threshold px", 0.0, "drop_box", ("flag", "drop_box", "drop_image")),
+    "outside_image": ("px past the border > threshold", 0.0, "clip", ACTIONS),
+    "tiny": ("shorter side < threshold px", 2.0, "flag", ("flag", "drop_box", "drop_image")),
+    "whole_image": ("box area / image area >= threshold", 0.9, "flag", ("flag", "drop_box", "drop_image")),
+    "extreme_aspect": ("max(w/h, h/w) >= threshold", 8.0, "flag", ("flag", "drop_box", "drop_image")),
+    "duplicate": ("same-class IoU >= threshold", 0.8, "flag", ("flag", "drop_box", "drop_image")),
+    "cross_class_overlap": ("other-class IoU >= threshold", 0.8, "flag", ("flag", "drop_box", "drop_image")),
+    "empty_image": ("image has no box left", 0.0, "flag", ("flag", "drop_image")),
+    "size_outlier": (
+        "|robust z| of log area in its class >= threshold",
+        6.0,
+        "flag",
+        ("flag", "drop_box", "drop_image"),
+    ),
+}
+#: classes with fewer boxes than this get no size-outlier check (no distribution to compare to)
+MIN_BOXES_FOR_SIZE_STATS = 10
+
+
+@dataclass(frozen=True)
+class Finding:
+    split: str
+    image_id: int
+    ann_id: int | None
+    file_name: str
+    category: str
+    check: str
+    value: float
+    threshold: float
+    action: str
+    related_ann_id: int | None = None
+
+
+@dataclass(frozen=True)
+class CheckRule:
+    threshold: float
+    action: str
+
+
+@dataclass
+class AuditPolicy:
+    """Threshold and action per check (defaults in :data:`CHECKS`)."""
+
+    rules: dict[str, CheckRule] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, (_, threshold, action, _) in CHECKS.items():
+            self.rules.setdefault(name, CheckRule(threshold, action))
+
+    @classmethod
+    def from_config(cls, checks: dict[str, dict[str, Any]] | None) -> AuditPolicy:
+        """Build from ``{check: {threshold, action}}``; raise naming an unknown check or action."""
+        rules = {}
+        for name, spec in (checks or {}).items():
+            if name not in CHECKS:
+                raise ValueError(f"audit.checks: unknown check {name!r}; known: {list(CHECKS)}")
+            _meaning, threshold, action, allowed = CHECKS[name]
+            unknown = set(spec) - {"threshold", "action"}
+            if unknown:
+                raise ValueError(f"audit.checks.{name}: unknown key(s) {sorted(unknown)}; allowed: threshold, action")
+            action = spec.get("action", action)
+            if action not in allowed:
+                raise ValueError(f"audit.checks.{name}.action: {action!r} is not one of {list(allowed)}")
+            rules[name] = CheckRule(float(spec.get("threshold", threshold)), action)
+        return cls(rules)
+
+
+@dataclass(frozen=True)
+class Override:
+    """A person's decision: ``keep`` a box whatever the checks say, or ``drop`` a box or image."""
+
+    decision: str
+    ann_id: int | None
+    image_id: int | None
+    note: str = ""
+
+
+#: float noise allowed past the border before a box counts as outside_image (normalised
+#: coordinates exported with 6 decimals land up to ~0.0005 px past the edge of a 1000 px image)
+OUTSIDE_TOLERANCE_PX = 0.01
+
+
+class ImageFileError(ValueError):
+    """An image listed in a COCO file is missing, unreadable or of another size."""
+
+
+#: EXIF orientations under which mmcv (OpenCV) loads an image rotated or mirrored
+EXIF_TURNED = {2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "transposed", 6: "rotated 90", 7: "transversed"}
+EXIF_TURNED[8] = "rotated 270"
+
+
+def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
+    """Check every image file, decoded in full (a truncated or corrupt file fails here, not in
+    training); raise one error listing those missing, unreadable, mis-sized or carrying an EXIF
+    orientation. mmcv applies EXIF orientation when it loads an image (OpenCV does), so such an
+    image would be trained rotated against boxes drawn on its stored pixels: it is refused,
+    with the fix in the message, rather than normalised behind the user's back.
+
+    Images without ``width``/``height`` get them from the file; the returned notes say so.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    problems, notes = [], []
+    for im in coco.images:
+        path = Path(images_dir) / im["file_name"]
+        try:
+            with Image.open(path) as handle:
+                size = handle.size
+                orientation = handle.getexif().get(0x0112, 1)
+                handle.load()  # decode every pixel: truncated files raise here
+        except FileNotFoundError:
+            problems.append(f"{path}: image file missing (image id {im['id']} in {coco.path})")
+            continue
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            problems.append(f"{path}: image file unreadable ({err})")
+            continue
+        if orientation in EXIF_TURNED:
+            problems.append(
+                f"{path}: EXIF orientation {orientation} ({EXIF_TURNED[orientation]}): mmcv would load it turned, "
+                "against boxes on the stored pixels; save it upright (PIL.ImageOps.exif_transpose) with its "
+                "boxes in that frame, or remove the tag"
+            )
+            continue
+        if "width" not in im or "height" not in im:
+            im["width"], im["height"] = size
+            notes.append(f"{coco.path}: image id {im['id']} had no width/height; read {size[0]}x{size[1]} from {path}")
+        elif (im["width"], im["height"]) != size:
+            problems.append(
+                f"{path}: size on disk {size[0]}x{size[1]} differs from {coco.path} "
+                f"width/height {im['width']}x{im['height']} (image id {im['id']})"
+            )
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ImageFileError("\n".join(shown))
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+def coco_from_image_list(path: str | Path, images_dir: str | Path | None, categories: list[dict[str, Any]]) -> Coco:
+    """An unlabelled test set given as a text file of image file names (one per line, relative to
+    ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
+    their sizes are read from the files by :func:`check_image_files`."""
+    names, seen = [], {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+        name = line.strip()
+        if not name or name.startswith("#"):
+            continue
+        if name in seen:
+            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {seen[name]})")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"{path}: line {n}: {name!r} must be relative to data.test_images, without '..'")
+        seen[name] = n
+        names.append(name)
+    if not names:
+        raise ValueError(f"{path}: lists no image file name (one per line)")
+    if images_dir is None:
+        raise ValueError("data.test_images is needed with a test image list")
+    images = [{"id": i, "file_name": name} for i, name in enumerate(names, start=1)]
+    return Coco({"images": images, "annotations": [], "categories": categories}, path=str(path))
+
+
+def iou_matrix_xywh(boxes_xywh: np.ndarray) -> np.ndarray:
+    """(n, 4) xywh boxes -> (n, n) pairwise IoU (0 where the union is empty)."""
+    x1, y1 = boxes_xywh[:, 0], boxes_xywh[:, 1]
+    x2, y2 = x1 + boxes_xywh[:, 2], y1 + boxes_xywh[:, 3]
+    iw = np.clip(np.minimum(x2[:, None], x2[None]) - np.maximum(x1[:, None], x1[None]), 0, None)
+    ih = np.clip(np.minimum(y2[:, None], y2[None]) - np.maximum(y1[:, None], y1[None]), 0, None)
+    inter = iw * ih
+    area = np.clip(boxes_xywh[:, 2], 0, None) * np.clip(boxes_xywh[:, 3], 0, None)
+    union = area[:, None] + area[None] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """Robust z-score: 0.6745 (x - median) / MAD; zeros when the MAD is 0."""
+    median = np.median(values)
+    mad = np.median(np.abs(values - median))
+    if mad == 0:
+        return np.zeros_like(values)
+    return 0.6745 * (values - median) / mad
+
+
+def audit_coco(
+    coco: Coco, policy: AuditPolicy | None = None, split: str = "train", overrides: list[Override] | None = None
+) -> tuple[Coco, list[Finding]]:
+    """Run every check on ``coco``; return the cleaned copy and the findings (original ids kept).
+
+    Degenerate boxes are excluded from the later checks; clipped boxes are checked as clipped.
+    """
+    policy = policy or AuditPolicy()
+    names = {cat["id"]: cat["name"] for cat in coco.categories}
+    keep_anns = {o.ann_id for o in overrides or [] if o.decision == "keep" and o.ann_id is not None}
+    drop_anns = {o.ann_id for o in overrides or [] if o.decision == "drop" and o.ann_id is not None}
+    drop_images_manual = {o.image_id for o in overrides or [] if o.decision == "drop" and o.ann_id is None}
+    known_anns = {a["id"] for a in coco.annotations}
+    for o in overrides or []:
+        if o.ann_id is not None and o.ann_id not in known_anns and split == "train":
+            log.warning("override for ann_id %s: no such annotation in %s", o.ann_id, coco.path)
+
+    clean = coco.subset(coco.image_ids)
+    images = {im["id"]: im for im in clean.images}
+    findings: list[Finding] = []
+    dropped_anns: set[int] = set()
+    dropped_images: set[int] = set()
+
+    def add(
+        ann: dict[str, Any] | None, image: dict[str, Any], check: str, value: float, related: int | None = None
+    ) -> str:
+        rule = policy.rules[check]
+        action = rule.action
+        if ann is not None and ann["id"] in keep_anns:
+            action = "keep (override)"
+        findings.append(
+            Finding(
+                split,
+                image["id"],
+                None if ann is None else ann["id"],
+                image["file_name"],
+                "" if ann is None else names[ann["category_id"]],
+                check,
+                round(float(value), 4),
+                rule.threshold,
+                action,
+                related,
+            )
+        )
+        if action == "drop_box" and ann is not None:
+            dropped_anns.add(ann["id"])
+        elif action == "drop_image":
+            dropped_images.add(image["id"])
+        return action
+
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in clean.annotations:
+        by_image[ann["image_id"]].append(ann)
+
+    valid: list[dict[str, Any]] = []
+    for im in clean.images:
+        width, height = im["width"], im["height"]
+        for ann in by_image[im["id"]]:
+            if ann["id"] in drop_anns:
+                findings.append(
+                    Finding(
+                        split,
+                        im["id"],
+                        ann["id"],
+                        im["file_name"],
+                        names[ann["category_id"]],
+                        "manual",
+                        0.0,
+                        0.0,
+                        "drop_box",
+                    )
+                )
+                dropped_anns.add(ann["id"])
+                continue
+            x, y, w, h = ann["bbox"]
+            rule = policy.rules["degenerate"]
+            if w <= rule.threshold or h <= rule.threshold:
+                add(ann, im, "degenerate", min(w, h))
+                continue
+            outside = max(-x, -y, x + w - width, y + h - height)
+            is_outside = outside > policy.rules["outside_image"].threshold + OUTSIDE_TOLERANCE_PX
+            if is_outside and add(ann, im, "outside_image", outside) == "clip":
+                x1, y1 = max(x, 0.0), max(y, 0.0)
+                x2, y2 = min(x + w, width), min(y + h, height)
+                if x2 <= x1 or y2 <= y1:  # nothing of it inside the image: clipping drops it
+                    findings[-1] = replace(findings[-1], action="drop_box (clip left nothing)")
+                    dropped_anns.add(ann["id"])
+                    continue
+                ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+                ann["area"] = (x2 - x1) * (y2 - y1)
+                x, y, w, h = ann["bbox"]
+            if min(w, h) < policy.rules["tiny"].threshold:
+                add(ann, im, "tiny", min(w, h))
+            if w * h / (width * height) >= policy.rules["whole_image"].threshold:
+                add(ann, im, "whole_image", w * h / (width * height))
+            aspect = max(w / h, h / w)
+            if aspect >= policy.rules["extreme_aspect"].threshold:
+                add(ann, im, "extreme_aspect", aspect)
+            valid.append(ann)
+
+    valid_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in valid:
+        valid_by_image[ann["image_id"]].append(ann)
+    dup_thr = policy.rules["duplicate"].threshold
+    cross_thr = policy.rules["cross_class_overlap"].threshold
+    for image_id, anns in valid_by_image.items():
+        if len(anns) < 2:
+            continue
+        iou = np.triu(iou_matrix_xywh(np.array([a["bbox"] for a in anns], dtype=float)), k=1)
+        cats = np.array([a["category_id"] for a in anns])
+        same = cats[:, None] == cats[None]
+        for i, j in np.argwhere((iou >= dup_thr) & same):
+            add(anns[j], images[image_id], "duplicate", iou[i, j], anns[i]["id"])
+        for i, j in np.argwhere((iou >= cross_thr) & ~same):
+            add(anns[j], images[image_id], "cross_class_overlap", iou[i, j], anns[i]["id"])
+
+    by_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in valid:
+        by_class[ann["category_id"]].append(ann)
+    for anns in by_class.values():
+        if len(anns) < MIN_BOXES_FOR_SIZE_STATS:
+            continue
+        z = robust_z(np.log([a["bbox"][2] * a["bbox"][3] for a in anns]))
+        for ann, score in zip(anns, z, strict=True):
+            if abs(score) >= policy.rules["size_outlier"].threshold:
+                add(ann, images[ann["image_id"]], "size_outlier", score)
+
+    for im in clean.images:
+        if im["id"] in drop_images_manual:
+            findings.append(Finding(split, im["id"], None, im["file_name"], "", "manual", 0.0, 0.0, "drop_image"))
+            dropped_images.add(im["id"])
+        elif not any(a["id"] not in dropped_anns for a in by_image[im["id"]]):
+            add(None, im, "empty_image", 0)
+
+    clean.data["images"] = [im for im in clean.images if im["id"] not in dropped_images]
+    clean.data["annotations"] = [
+        a for a in clean.annotations if a["id"] not in dropped_anns and a["image_id"] not in dropped_images
+    ]
+    for ann in clean.annotations:
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
+    log.info(
+        "%s: %d images, %d boxes -> %d images, %d boxes; %d findings",
+        split,
+        len(coco.images),
+        len(coco.annotations),
+        len(clean.images),
+        len(clean.annotations),
+        len(findings),
+    )
+    return Coco(clean.data, path=coco.path), findings
+
+
+def read_overrides(path: str | Path | None) -> list[Override]:
+    """Read a person's decisions: CSV with columns ann_id, image_id, decision (keep|drop), note.
+
+    ``keep`` needs an ann_id; ``drop`` takes an ann_id (that box) or only an image_id (the image).
+    """
+    if not path:
+        return []
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"overrides file {str(path)!r} not found")
+    overrides = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is fine
+        rows = [r for r in csv.DictReader(line for line in handle if not line.lstrip().startswith("#"))]
+    for n, row in enumerate(rows, start=2):
+        where = f"{path}: row {n}"
+        decision = (row.get("decision") or "").strip()
+        if decision not in ("keep", "drop"):
+            raise ValueError(f"{where}: decision must be 'keep' or 'drop', got {decision!r}")
+
+        ann_id, image_id = _csv_int(row, "ann_id", where), _csv_int(row, "image_id", where)
+        if ann_id is None and (decision == "keep" or image_id is None):
+            raise ValueError(
+                f"{where}: '{decision}' needs an ann_id" + ("" if decision == "keep" else " or an image_id")
+            )
+        overrides.append(Override(decision, ann_id, image_id, (row.get("note") or "").strip()))
+    return overrides
+
+
+def _csv_int(row: dict[str, str], key: str, where: str) -> int | None:
+    text = (row.get(key) or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{where}: {key} must be an integer, got {text!r}") from None
+
+
+def write_findings(findings: list[Finding], path: str | Path) -> None:
+    """One CSV row per finding (the header is always written, so 'no findings' is explicit)."""
+    with atomic_open(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=FINDING_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for finding in findings:
+            writer.writerow(asdict(finding))
+
+
+def summarise(before: dict[str, Coco], after: dict[str, Coco], findings: list[Finding]) -> dict[str, Any]:
+    """Counts per check (by action and by class), and images/boxes before and after, per split."""
+    per_check: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        entry = per_check.setdefault(f.check, {"total": 0, "by_action": {}, "by_class": {}, "by_split": {}})
+        entry["total"] += 1
+        for key, value in (("by_action", f.action), ("by_class", f.category or "(image)"), ("by_split", f.split)):
+            entry[key][value] = entry[key].get(value, 0) + 1
+    return {
+        "splits": {
+            split: {
+                "images_before": len(before[split].images),
+                "images_after": len(after[split].images),
+                "boxes_before": len(before[split].annotations),
+                "boxes_after": len(after[split].annotations),
+            }
+            for split in before
+        },
+        "findings_per_check": dict(sorted(per_check.items())),
+        "checks": {name: meaning for name, (meaning, *_rest) in CHECKS.items()},
+    }
+
+
+def write_summary(summary: dict[str, Any], path: str | Path) -> None:
+    write_json(path, summary)
+
+
+GALLERY_TILE = 160  # px, square tile per finding
+GALLERY_COLUMNS = 6
+GALLERY_MAX = 36  # findings shown per check (the CSV has them all)
+BOX_COLOUR = (255, 0, 0)  # the offending box
+RELATED_COLOUR = (0, 200, 255)  # the other box of a pair (duplicate, cross-class overlap)
+
+
+def crop_around(box_xywh: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The gallery's crop around a box: its longer side (at least 20 px) on every side, within
+    the image; (left, upper, right, lower) as PIL's ``crop`` takes it."""
+    x, y, w, h = box_xywh
+    margin = max(w, h, 20)
+    return (
+        max(0, int(x - margin)),
+        max(0, int(y - margin)),
+        min(width, int(x + w + margin) + 1),
+        min(height, int(y + h + margin) + 1),
+    )
+
+
+def write_gallery(
+    findings: list[Finding], cocos: dict[str, Coco], images_dirs: dict[str, str | Path], out_dir: str | Path
+) -> list[Path]:
+    """One PNG per check: a grid of crops around each finding with its box drawn in red (the
+    related box of a pair in cyan) and a caption. Returns the written files."""
+    from PIL import Image, ImageDraw
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    anns = {split: {a["id"]: a for a in c.annotations} for split, c in cocos.items()}
+    by_check: dict[str, list[Finding]] = defaultdict(list)
+    for f in findings:
+        by_check[f.check].append(f)
+    written = []
+    for check, items in sorted(by_check.items()):
+        shown = items[:GALLERY_MAX]
+        rows = (len(shown) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS
+        caption_h = 14
+        sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
+        draw_sheet = ImageDraw.Draw(sheet)
+        for n, f in enumerate(shown):
+            with Image.open(Path(images_dirs[f.split]) / f.file_name) as handle:
+                img = handle.convert("RGB")
+            draw = ImageDraw.Draw(img)
+            crop = (0, 0, img.width, img.height)
+            if f.ann_id is not None:
+                ann = anns[f.split][f.ann_id]
+                x, y, w, h = ann["bbox"]
+                if f.related_ann_id is not None:
+                    rx, ry, rw, rh = anns[f.split][f.related_ann_id]["bbox"]
+                    draw.rectangle([rx, ry, rx + max(rw, 1), ry + max(rh, 1)], outline=RELATED_COLOUR, width=2)
+                draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=BOX_COLOUR, width=2)
+                crop = crop_around((x, y, w, h), img.width, img.height)
+            tile = img.crop(crop)
+            tile.thumbnail((GALLERY_TILE, GALLERY_TILE))
+            col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
+            sheet.paste(tile, (col * GALLERY_TILE, row * (GALLERY_TILE + caption_h)))
+            label = f"{f.ann_id if f.ann_id is not None else 'img ' + str(f.image_id)} {f.category} {f.value:g}"
+            draw_sheet.text(
+                (col * GALLERY_TILE + 2, row * (GALLERY_TILE + caption_h) + GALLERY_TILE), label, fill="black"
+            )
+        path = out / f"{check}.png"
+        with atomic_open(path, "wb") as handle:
+            sheet.save(handle, format="PNG")
+        written.append(path)
+    return written

@@ -1,0 +1,88 @@
+"""Stage audit (workflow/audit.smk): what its rule scripts call (read inputs, call the library, write outputs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from detfold.audit import checks
+from detfold.core.coco import (
+    Coco,
+    is_labelled,
+    load_coco,
+    write_coco,
+)
+
+log = logging.getLogger(__name__)
+
+
+def run_audit(
+    train_annotations: str,
+    train_images: str,
+    test_annotations: str | None,
+    test_images: str | None,
+    settings: dict[str, Any],
+    overrides: str | None,
+    out_train: str,
+    out_test: str,
+    out_findings: str,
+    out_summary: str,
+    out_gallery: str,
+) -> None:
+    """Validate both splits (structure and image files), run the checks, apply the policy and a
+    person's overrides, and write the cleaned files, findings, summary and gallery.
+
+    An unlabelled test set (a COCO file without annotations, or a text file of image file
+    names) only has its image files checked; without a test set the test file lists no image.
+    """
+    policy = checks.AuditPolicy.from_config(settings.get("checks"))
+    decisions = checks.read_overrides(overrides)
+    train = load_coco(train_annotations)
+    if test_annotations is None:
+        test = Coco({"images": [], "annotations": [], "categories": train.categories}, path="no test set")
+    elif str(test_annotations).endswith(".txt"):
+        test = checks.coco_from_image_list(test_annotations, test_images, train.categories)
+    else:
+        test = load_coco(test_annotations, require_annotations=False)
+    before = {"train": train, "test": test}
+    checks.check_image_files(before["train"], train_images)
+    checks.check_image_files(before["test"], test_images)
+    if before["train"].class_names != before["test"].class_names and is_labelled(before["test"]):
+        raise ValueError(
+            f"{test_annotations}: categories {before['test'].class_names} differ from "
+            f"{train_annotations}: {before['train'].class_names}"
+        )
+    after: dict[str, Coco] = {}
+    findings: list[checks.Finding] = []
+    for split, coco in before.items():
+        if split == "test" and not is_labelled(coco):
+            after[split] = coco.subset(coco.image_ids)
+            continue
+        after[split], found = checks.audit_coco(coco, policy, split, decisions)
+        findings += found
+    checks.write_gallery(findings, before, {"train": train_images, "test": test_images}, out_gallery)
+    checks.write_findings(findings, out_findings)
+    checks.write_summary(checks.summarise(before, after, findings), out_summary)
+    write_coco(after["test"], out_test)
+    write_coco(after["train"], out_train)
+
+
+def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
+    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
+    from detfold.audit import convert
+    from detfold.core.coco import validate_coco
+
+    names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
+    if fmt == "voc":
+        data = convert.voc_to_coco(source, images, names)
+    elif fmt == "yolo":
+        if names is None:
+            raise ValueError("data.class_names is needed for YOLO labels (one class name per line)")
+        data = convert.yolo_to_coco(source, images, names)
+    else:
+        raise ValueError(f"data.format must be coco, voc or yolo, got {fmt!r}")
+    problems = validate_coco(data, out)
+    if problems:
+        raise ValueError("\n".join(problems))
+    write_coco(data, out)
+    log.info("imported %s: %d images, %d boxes", source, len(data["images"]), len(data["annotations"]))

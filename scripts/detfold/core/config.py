@@ -1,0 +1,357 @@
+"""The config gate: every problem with ``config.yaml`` is reported before any job starts.
+
+Two steps, both run by the Snakefile: :func:`check_schema` validates against the JSON schema
+and names, for each problem, the key, the bad value and what is allowed (with a "did you
+mean" for near-miss keys and values); :func:`check_feasible` catches what a schema cannot:
+missing files and folders, test images absent, more folds than images, an unknown mmdet
+config, a missing ``load_from`` checkpoint, relative paths that leave the working folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detfold.core.io import read_json
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """One or more problems with the configuration, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the configuration has {len(problems)} problem(s); nothing was run:\n{lines}")
+
+
+def _key(path: Any) -> str:
+    parts = [str(p) for p in path]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def _child(key: str, name: str) -> str:
+    return name if key == "(top level)" else f"{key}.{name}"
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _describe(error: Any) -> list[str]:
+    """jsonschema error -> problem lines naming key, value and what is allowed."""
+    key = _key(error.absolute_path)
+    schema, value, kind = error.schema, error.instance, error.validator
+    if kind == "additionalProperties" and error.validator_value is False:
+        allowed = sorted(schema.get("properties", {}))
+        return [
+            f"unknown key {_child(key, name)!r}{_suggest(name, allowed)} (allowed under {key}: {', '.join(allowed)})"
+            for name in sorted(set(value) - set(allowed))
+        ]
+    if kind in ("oneOf", "anyOf") and error.context:  # e.g. fold_fusion: 'search' or fusion settings
+        deeper = [e for e in error.context if e.validator not in ("const", "type")]
+        if deeper:  # the value has the shape of one branch: what is wrong inside it
+            return [line for e in deeper for line in _describe(e)]
+        return [f"{key} = {value!r} is not allowed: {schema.get('description', error.message)}"]
+    if kind == "required":
+        return [f"{key}: required key {name!r} is missing" for name in error.validator_value if name not in value]
+    if kind == "enum":
+        allowed = list(error.validator_value)
+        hint = _suggest(value, allowed) if isinstance(value, str) else ""
+        return [f"{key} = {value!r} is not allowed{hint} (allowed values: {', '.join(map(str, allowed))})"]
+    if kind == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [f"{key} = {value!r} has the wrong type: expected {expected}"]
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if kind in bounds:
+        return [f"{key} = {value!r} is out of range: must be {bounds[kind]} {error.validator_value}"]
+    if kind in ("minItems", "maxItems"):
+        word = "at least" if kind == "minItems" else "at most"
+        return [f"{key} = {value!r} must have {word} {error.validator_value} item(s)"]
+    if kind == "minProperties":
+        return [f"{key} needs at least {error.validator_value} entry (got none)"]
+    if kind == "pattern":
+        what = schema.get("description", "")
+        return [f"{key} = {value!r} does not match {error.validator_value!r}" + (f" ({what})" if what else "")]
+    return [f"{key} = {value!r}: {error.message}"]
+
+
+def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """Every schema violation of ``config`` as one readable line, in key order."""
+    import jsonschema
+
+    base = jsonschema.validators.validator_for(schema)
+    # an integer is written as one: 5.0 would pass JSON schema's "integer" and break range(k) later
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool)
+    )
+    validator = jsonschema.validators.extend(base, type_checker=checker)(schema)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
+        if "propertyNames" in error.schema_path:  # a bad name (of a model): reported on its parent
+            rule = error.schema.get("description") or f"match {error.validator_value!r}"
+            problems.append(f"{_key(error.absolute_path)}: name {error.instance!r} must be {rule}")
+            continue
+        problems += _describe(error)
+    return list(dict.fromkeys(problems))
+
+
+def check_schema(
+    config: dict[str, Any], schema_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = "."
+) -> None:
+    """Raise :class:`ConfigError` listing every schema violation of ``config``, and with them
+    the feasibility problems that can already be seen (missing files, ...), so that one try
+    shows them all."""
+    with open(schema_path, encoding="utf-8") as handle:
+        schema = yaml.safe_load(handle)
+    problems = schema_problems(config, schema)
+    if problems:
+        with contextlib.suppress(Exception):  # a config too broken to look further shows its schema problems
+            problems += [p for p in feasibility_problems(config, workdir) if p not in problems]
+        raise ConfigError(problems)
+
+
+def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """(key, path) of every file or folder the config names."""
+    data = config.get("data", {})
+    for name in ("train_annotations", "train_images", "test_annotations", "test_images", "class_names"):
+        if data.get(name):
+            yield f"data.{name}", data[name]
+    if config.get("audit", {}).get("overrides"):
+        yield "audit.overrides", config["audit"]["overrides"]
+    group_by = config.get("folds", {}).get("group_by") or ""
+    if group_by.startswith("csv:"):
+        yield "folds.group_by", group_by[4:]
+    for model, settings in (config.get("models") or {}).items():
+        if not str(settings.get("config", "")).startswith("mmdet::"):
+            yield f"models.{model}.config", settings["config"]
+        for key in ("load_from", "backbone_weights"):
+            if isinstance(settings.get(key), str):
+                yield f"models.{model}.{key}", settings[key]
+    for i, spec in enumerate(config.get("ensemble", {}).get("external") or []):
+        for name in ("oof", "test", "id_source"):
+            if spec.get(name):
+                yield f"ensemble.external[{i}].{name}", spec[name]
+
+
+def mmdet_config_path(config: str) -> Path | None:
+    """Where ``mmdet::family/name.py`` lives in the installed mmdet (found without importing
+    it); None when mmdet is not installed in this environment."""
+    spec = importlib.util.find_spec("mmdet")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / ".mim" / "configs" / config[len("mmdet::") :]
+
+
+def _coco_images(path: str | os.PathLike[str]) -> list[Any]:
+    """The ``images`` list of a COCO file; ValueError when it is not JSON or has none."""
+    coco = read_json(path)
+    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
+        raise ValueError(f"{path}: not a COCO detection file (no 'images' list)")
+    return coco["images"]
+
+
+def _count_train_images(data: dict[str, Any], path: Path) -> int:
+    if data.get("format", "coco") == "coco":
+        return len(_coco_images(path))
+    suffix = ".xml" if data.get("format") == "voc" else ".txt"
+    return sum(1 for p in path.iterdir() if p.suffix == suffix)
+
+
+def _missing_test_images(data: dict[str, Any]) -> list[str]:
+    listed = str(data["test_annotations"]).endswith(".txt")
+    if data.get("format", "coco") != "coco" and not listed:
+        return []
+    root = Path(data["test_images"])
+    if listed:
+        lines = Path(data["test_annotations"]).read_text(encoding="utf-8-sig").splitlines()
+        names = [n.strip() for n in lines if n.strip() and not n.strip().startswith("#")]
+    else:
+        names = [
+            str(image.get("file_name", ""))
+            for image in _coco_images(data["test_annotations"])
+            if isinstance(image, dict)
+        ]
+    return [name for name in names if not (root / name).is_file()]
+
+
+def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> list[str]:
+    """What would make the run fail later although the config is schema-valid."""
+    problems: list[str] = []
+    root = Path(workdir).resolve()
+    folders = {"data.train_images", "data.test_images"}
+    fmt = config["data"].get("format", "coco")
+    if fmt != "coco":
+        folders.add("data.train_annotations")
+        if not str(config["data"].get("test_annotations", "")).endswith(".txt"):  # an image list is a file
+            folders.add("data.test_annotations")
+    missing: set[str] = set()
+    for key, value in config_paths(config):
+        path = Path(value)
+        if not path.is_absolute() and not (root / path).resolve().is_relative_to(root):
+            problems.append(f"{key} = {value!r} leaves the working folder {root}; give an absolute path if you mean it")
+        want_dir = key in folders
+        if want_dir and not path.is_dir():
+            problems.append(f"{key} = {value!r}: folder not found")
+            missing.add(key)
+        elif not want_dir and not path.is_file():
+            weights = key.endswith(("load_from", "backbone_weights"))
+            what = "checkpoint" if weights else "file"
+            extra = " (weights are never downloaded)" if weights else ""
+            problems.append(f"{key} = {value!r}: {what} not found{extra}")
+            missing.add(key)
+    for model, settings in (config.get("models") or {}).items():
+        if model == "oof_ensemble":
+            problems.append(
+                "models.oof_ensemble: this name is taken by the error analysis of the models fused; rename it"
+            )
+        name = str(settings.get("config", ""))
+        if name.startswith("mmdet::"):
+            path = mmdet_config_path(name)
+            if path is not None and not path.is_file():
+                problems.append(f"models.{model}.config = {name!r}: no such config in the installed mmdet ({path})")
+        elif not name.endswith(".py"):
+            problems.append(f"models.{model}.config = {name!r}: expected an mmdet config file (.py) or mmdet::name.py")
+    problems += _ensemble_problems(config)
+    group_by = str((config.get("folds") or {}).get("group_by") or "")
+    if group_by.startswith("regex:"):
+        try:
+            re.compile(group_by[len("regex:") :])
+        except re.error as err:
+            problems.append(f"folds.group_by = {group_by!r}: not a valid regular expression ({err})")
+    data = config["data"]
+    if not missing & {"data.train_annotations"}:
+        try:
+            n_images = _count_train_images(data, Path(data["train_annotations"]))
+        except ValueError as err:
+            problems.append(f"data.train_annotations: {err}")
+        else:
+            k = config["folds"]["k"]
+            share = float(config["folds"].get("blend_share", 0.2))
+            n_blend = n_images // max(2, round(1 / share))
+            if k > n_images - n_blend:
+                problems.append(
+                    f"folds.k = {k} is more than the {n_images - n_blend} training images of "
+                    f"{data['train_annotations']} left for the folds besides the blend split ({n_blend})"
+                )
+            if n_blend < NESTED_PARTS:
+                problems.append(
+                    f"folds.blend_share = {share} sets aside about {n_blend} of {n_images} training images: nested "
+                    f"selection on the blend split needs at least {NESTED_PARTS}; raise folds.blend_share"
+                )
+    if data.get("test_annotations") and not data.get("test_images"):
+        problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
+    elif data.get("test_annotations") and not missing & {"data.test_annotations", "data.test_images"}:
+        try:
+            absent = _missing_test_images(data)
+        except ValueError as err:
+            problems.append(f"data.test_annotations: {err}")
+        else:
+            if absent:
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                problems.append(
+                    f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
+                )
+    return problems
+
+
+NESTED_PARTS = 5  # as detfold.ensemble.selection.NESTED_PARTS (not imported: the config gate stays light)
+DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
+
+
+def drop_disabled_models(config: dict[str, Any]) -> list[str]:
+    """Remove the models set to null (``models: {rtmdet_tiny: null}``): how a ``--configfile``,
+    which Snakemake merges over config/config.yaml, leaves out a model of that file. Returns
+    their names."""
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return []
+    dropped = sorted(name for name, settings in models.items() if settings is None)
+    for name in dropped:
+        del models[name]
+    return dropped
+
+
+def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[str] = "config/config.yaml") -> list[str]:
+    """What looks like the demo left in a user's config by Snakemake's merge of ``--configfile``
+    over config/config.yaml: the demo's data beside the user's own, or the demo's models with
+    the user's data."""
+    data = config.get("data") or {}
+    paths = {key: value for key, value in data.items() if key != "format" and isinstance(value, str)}
+    demo = sorted(key for key, value in paths.items() if DEMO_DATA in value)
+    if demo and len(demo) == len(paths):
+        return []  # the demo itself
+    warnings = [
+        f"data.{key} is still the bundled demo's ({paths[key]}) while other data keys are your own: Snakemake "
+        "merges --configfile over config/config.yaml (add --replace-workflow-config to use your file alone), "
+        "or set every data key in your file"
+        for key in demo
+    ]
+    if Path(default_config).is_file():
+        with open(default_config, encoding="utf-8") as handle:
+            default_models = (yaml.safe_load(handle) or {}).get("models") or {}
+        for name, settings in sorted((config.get("models") or {}).items()):
+            if name in default_models and (settings or {}).get("config") == (default_models[name] or {}).get("config"):
+                warnings.append(
+                    f"models.{name} is the demo's model from {default_config} and will be trained on your data "
+                    f"too (Snakemake merges --configfile over it): add --replace-workflow-config to use your file "
+                    f"alone, or write `{name}: null` under models to leave it out"
+                )
+    return warnings
+
+
+def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
+    """Log :func:`config_warnings` when a ``--configfile`` was merged over config/config.yaml
+    (``merged``); return them."""
+    warnings = config_warnings(config) if merged else []
+    for line in warnings:
+        log.warning("detfold: %s", line)
+    return warnings
+
+
+def _ensemble_problems(config: dict[str, Any]) -> list[str]:
+    """Ensemble settings that would fail only after every model trained: search weight vectors
+    of the wrong length, external prediction files in another format than stated."""
+    ensemble = config.get("ensemble") or {}
+    external = ensemble.get("external") or []
+    members = len(config.get("models") or {}) + len(external)
+    problems = [
+        f"ensemble.search.weights[{i}] = {w!r} has {len(w)} weights for {members} members "
+        "(the models in name order, then the external ones)"
+        for i, w in enumerate((ensemble.get("search") or {}).get("weights") or [])
+        if isinstance(w, list) and len(w) != members
+    ]
+    for i, spec in enumerate(external):
+        fmt = spec.get("format", "coco")
+        for split in ("oof", "test"):
+            path = spec.get(split)
+            if not path or not Path(path).is_file():
+                continue
+            with open(path, encoding="utf-8-sig", errors="replace") as handle:
+                head = handle.read(4096).lstrip()
+            looks = "coco" if head.startswith("[") else "csv" if "PredictionString" in head.split("\n", 1)[0] else None
+            if looks != fmt:
+                seen = (
+                    f"looks like {looks}" if looks else "is neither a COCO results list nor a CSV with PredictionString"
+                )
+                problems.append(f"ensemble.external[{i}].{split} = {path!r}: format is {fmt} but the file {seen}")
+    return problems
+
+
+def check_feasible(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> None:
+    """Raise :class:`ConfigError` listing every problem :func:`feasibility_problems` finds."""
+    problems = feasibility_problems(config, workdir)
+    if problems:
+        raise ConfigError(problems)

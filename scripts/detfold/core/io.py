@@ -1,0 +1,195 @@
+"""Atomic, deterministic file writing: a crash never leaves a complete-looking output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextIO]:
+    """Open a temporary file beside ``path``; rename it onto ``path`` only on success. A failed
+    write (disk full, file size limit, unwritable folder) raises ``OSError`` naming ``path``;
+    the temporary file is removed and an earlier ``path`` is left as it was."""
+    target = Path(path)
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _hold_for_fault_tests(target)
+        os.replace(tmp, target)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and (err.filename is None or str(target) not in str(err)):
+            reason = err.strerror or str(err)  # say which output failed, once
+            raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
+        raise
+
+
+HOLD_ENV = "DETFOLD_HOLD_BEFORE_RENAME"
+
+
+def _hold_for_fault_tests(target: Path) -> None:
+    """Fault-injection hook of the test suite: with ``DETFOLD_HOLD_BEFORE_RENAME=TEXT`` set, a
+    write whose path contains TEXT waits 120 s between its complete temporary file and the
+    rename, so a test can kill the run at exactly that point. Unset in normal use."""
+    pattern = os.environ.get(HOLD_ENV)
+    if pattern and pattern in str(target):
+        time.sleep(120)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_open(path) as handle:
+        handle.write(text)
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` atomically."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)  # type: ignore[arg-type]
+
+
+JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
+def dumps_json(data: Any) -> bytes:
+    """``data`` as UTF-8 JSON bytes, formatted stably (orjson: indent 2, keys in insertion order,
+    shortest round-trip floats, a final newline): the same data always gives the same bytes.
+    NaN and infinities are refused with ``ValueError`` (orjson alone would write ``null``)."""
+    text = orjson.dumps(data, option=JSON_OPTIONS)
+    if b"null" in text:  # rare in detfold's outputs: only then look for a non-finite number
+        where = _non_finite(data, "$")
+        if where is not None:
+            raise ValueError(f"cannot write JSON: {where} is not a finite number")
+    return text
+
+
+def _non_finite(data: Any, where: str) -> str | None:
+    if isinstance(data, float):
+        return None if math.isfinite(data) else f"{where} = {data}"
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list | tuple):
+        items = enumerate(data)
+    else:
+        import numpy as np
+
+        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+            return f"{where} (an array) = {data.ravel()[~np.isfinite(data.ravel())][0]}"
+        return None
+    for key, value in items:
+        found = _non_finite(value, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as JSON atomically (:func:`dumps_json`: byte-for-byte reproducible; the
+    last line is the closing bracket alone, which :func:`looks_complete` checks)."""
+    write_bytes(path, dumps_json(data))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file (orjson); raise ``ValueError`` naming the file and position when it is
+    not JSON. A file orjson refuses is read again by Python's ``json`` for its error message
+    (and its leniency: a NaN in a user's file is then refused by the checks that follow, by name)."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected JSON")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        stripped = text.rstrip()
+        looks_like_json = stripped.startswith(("{", "["))
+        truncated = looks_like_json and (err.pos >= len(stripped) or not stripped.endswith(("}", "]")))
+        what = "truncated JSON (the file ends early)" if truncated else "not valid JSON"
+        raise ValueError(f"{path}: {what}: {err.msg} at line {err.lineno} column {err.colno}") from None
+
+
+def read_product(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file that an earlier job of this workflow wrote. When it is corrupt (cut
+    short, not JSON), it is not trusted: it is deleted, so that the next ``snakemake`` run
+    redoes the job that wrote it, and ``ValueError`` says so."""
+    try:
+        return read_json(path)
+    except ValueError as err:
+        Path(path).unlink(missing_ok=True)
+        raise ValueError(f"{err}; deleted it: run snakemake again to redo the job that wrote it") from None
+
+
+def looks_complete(path: str | os.PathLike[str]) -> bool:
+    """Cheap check (first and last bytes only, whatever the size) that a file detfold wrote is
+    whole: a ``.json`` from :func:`write_json` starts with ``[``/``{`` and ends with the matching
+    bracket alone on the last line (nested brackets are indented); a ``.pth`` is a complete zip
+    archive (torch.save's format, whose directory sits at the end). Other files: True."""
+    import zipfile
+
+    path = Path(path)
+    if path.suffix == ".pth":
+        return zipfile.is_zipfile(path)
+    if path.suffix != ".json":
+        return True
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(1)
+        handle.seek(max(0, size - 64))
+        tail = handle.read()
+    closer = {b"[": b"]", b"{": b"}"}.get(head)
+    if closer is None or not tail.endswith(b"\n"):
+        return False
+    last_line = tail[:-1].rsplit(b"\n", 1)[-1]
+    return last_line == closer or last_line == head + closer  # "]" / "}", or an empty "[]" / "{}"
+
+
+def age_incomplete_products(results: str | os.PathLike[str] = "results") -> list[Path]:
+    """Find the JSON files and fold checkpoints under ``results`` (mmengine's work dirs aside)
+    that :func:`looks_complete` rejects (a crash of an older version, a bad copy) and set their
+    modification time to 1970: older than their inputs, Snakemake redoes the jobs that write
+    them and everything downstream (a deleted file would not do: Snakemake does not rerun a
+    missing intermediate file whose consumers are up to date). Returns them."""
+    root = Path(results)
+    if not root.is_dir():
+        return []
+    candidates = [p for p in root.rglob("*.json") if "work" not in p.relative_to(root).parts]
+    candidates += list(root.glob("train/*/fold*/model.pth"))
+    aged = []
+    for path in sorted(candidates):
+        if path.is_file() and not looks_complete(path):
+            os.utime(path, (0, 0))
+            aged.append(path)
+    return aged
+
+
+def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, list[str]]:
+    """Split expand()'s model-major file list (each model's K fold files together) by model."""
+    if not models or len(files) % len(models):
+        raise ValueError(f"{len(files)} files cannot be split evenly over models {list(models)}")
+    k = len(files) // len(models)
+    return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}

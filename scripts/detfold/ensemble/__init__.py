@@ -1,0 +1,1 @@
+"""Stage ensemble (workflow/ensemble.smk): box fusion, the blend-split choice, the test-set delivery."""

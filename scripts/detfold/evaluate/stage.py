@@ -1,0 +1,86 @@
+"""Stage evaluate (workflow/evaluate.smk): what its rule scripts call (read inputs, call the library, write outputs)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from detfold.core.coco import (
+    Coco,
+    Detections,
+    is_labelled,
+    load_coco,
+    read_detections,
+)
+from detfold.core.io import atomic_open, write_json
+from detfold.evaluate.metrics import evaluate_coco, mean_std
+
+log = logging.getLogger(__name__)
+
+
+def run_evaluate(
+    model: str,
+    val_jsons: Sequence[str],
+    oof_preds: Sequence[str],
+    test_json: str | None,
+    test_preds: Sequence[str],
+    out: str,
+    out_pr_curves: str | None = None,
+    seed: int = 42,
+) -> None:
+    """Per-fold OOF metrics, mean +- std (ddof 1) over folds, pooled OOF metrics with bootstrap
+    95 % intervals over the images (and per-class PR curves, also as CSV), and per-fold test
+    metrics when there is a labelled test set."""
+    per_fold, parts, pooled_gt = [], [], None
+    for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
+        gt = load_coco(val_json)
+        preds = read_detections(gt, pred_json)
+        per_fold.append({"fold": fold, **evaluate_coco(gt, preds, pred_json)})
+        parts.append(preds)
+        pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
+    pooled_preds = Detections.concat(parts)
+    result: dict[str, Any] = {"model": model, "folds": per_fold}
+    result["cv"] = {name: mean_std([f[name] for f in per_fold]) for name in ("mAP", "mAP50")}
+    pooled = evaluate_coco(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, "pooled OOF", pr_curves=True)
+    if out_pr_curves:
+        rows = [
+            {"class": name, "recall": r, "precision_iou50": p50, "precision_iou50_95": pm}
+            for name, c in pooled["per_class"].items()
+            for r, p50, pm in zip(
+                *(c["pr_curve"][k] for k in ("recall", "precision_iou50", "precision_iou50_95")), strict=True
+            )
+        ]
+        with atomic_open(out_pr_curves) as handle:
+            pd.DataFrame(rows).to_csv(handle, index=False, lineterminator="\n")
+    pooled.update(_pooled_intervals(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, seed))
+    result["pooled_oof"] = pooled
+    test = load_coco(test_json, require_annotations=False) if test_json else None
+    if test is not None and is_labelled(test):
+        result["test"] = [
+            {"fold": fold, **evaluate_coco(test, read_detections(test, path), path)}
+            for fold, path in enumerate(test_preds)
+        ]
+    write_json(out, result)
+    log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
+
+
+def _pooled_intervals(gt: Coco, preds: Detections, seed: int) -> dict[str, Any]:
+    """Bootstrap (over images, seeded) 95 % intervals of mAP and mAP50."""
+    from detfold.ensemble import selection
+    from detfold.evaluate.cocoeval import BboxEvaluator
+
+    matched = BboxEvaluator(gt.data).match_results(preds)
+    counts = selection.bootstrap_counts(len(gt.images), selection.BOOTSTRAP_SAMPLES, seed)
+    boot = selection.bootstrap_scores(matched, counts)
+    return {
+        "mAP_ci95": selection.interval(boot[:, 0]),
+        "mAP50_ci95": selection.interval(boot[:, 1]),
+        "bootstrap": {"samples": selection.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
+    }
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {**a, "images": a["images"] + b["images"], "annotations": a["annotations"] + b["annotations"]}

@@ -1,0 +1,106 @@
+"""Stage folds (workflow/folds.smk): what its rule scripts call (read inputs, call the library, write outputs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detfold.core.coco import (
+    load_coco,
+    write_coco,
+)
+from detfold.core.io import atomic_open, write_json
+from detfold.folds import assign
+
+log = logging.getLogger(__name__)
+
+
+def run_split(
+    annotations: str,
+    k: int,
+    seed: int,
+    out_table: str,
+    method: str = "balanced",
+    group_by: str | None = None,
+    weights: dict[str, float] | None = None,
+    images: str | None = None,
+    near_duplicate_distance: int = 4,
+    out_balance: str | None = None,
+    out_plot: str | None = None,
+    out_summary: str | None = None,
+    out_near_duplicates: str | None = None,
+    blend_share: float = 0.0,
+    out_blend: str | None = None,
+) -> dict[str, Any]:
+    """Assign folds; write the table and (when paths are given) the balance report and the
+    near-duplicate pairs. ``group_by: auto`` keeps near-duplicate images in one fold.
+
+    With ``blend_share`` > 0 a balanced share of the images is first set aside as the blend
+    split (``out_blend``, a COCO file): no fold trains on it, every fold model predicts it,
+    and the ensembles are chosen there; the K folds split the other images."""
+    coco = load_coco(annotations)
+    mapping = None
+    pairs = None
+    if images is not None and (out_near_duplicates or group_by == "auto"):
+        found, pairs = assign.near_duplicate_groups(coco, images, near_duplicate_distance)
+        log.info("near-duplicate image pairs (dHash distance <= %d): %d", near_duplicate_distance, len(pairs))
+        mapping = found if group_by == "auto" else None
+    elif group_by == "auto":
+        raise ValueError("folds.group_by: auto needs the image folder to hash the images")
+    if group_by and group_by.startswith("csv:"):
+        mapping = assign.read_group_csv(group_by[4:])
+    groups = assign.groups_from(coco, group_by, mapping)
+    balance_weights = assign.BalanceWeights.from_config(weights)
+    blend_ids: list[int] = []
+    if blend_share:
+        blend_ids = assign.split_blend(coco, blend_share, seed, method, groups, balance_weights)
+        in_blend = set(blend_ids)
+        keep = np.array([im["id"] not in in_blend for im in coco.images])
+        blend, coco, groups = coco.subset(blend_ids), coco.subset(np.array(coco.image_ids)[keep].tolist()), groups[keep]
+        log.info(
+            "blend split (share %s): %d images, %d boxes that no fold model trains on",
+            blend_share,
+            len(blend.images),
+            len(blend.annotations),
+        )
+        if out_blend:
+            write_coco(blend, out_blend)
+    table = assign.assign_folds(coco, k=k, seed=seed, method=method, groups=groups, weights=balance_weights)
+    summary = {
+        "method": method,
+        "k": k,
+        "seed": seed,
+        "group_by": group_by,
+        "blend_share": blend_share,
+        "blend_images": len(blend_ids),
+        "groups_of_several_images": int(sum(1 for n in pd.Series(groups).value_counts() if n > 1)),
+        "fold_images": table.fold.value_counts().sort_index().astype(int).tolist(),
+        **assign.balance_summary(coco, table),
+    }
+    if pairs is not None and out_near_duplicates:
+        with atomic_open(out_near_duplicates) as handle:
+            pairs.to_csv(handle, index=False, lineterminator="\n")
+    if out_balance or out_plot:
+        balance = assign.balance_table(coco, table)
+        if out_balance:
+            with atomic_open(out_balance) as handle:
+                balance.to_csv(handle, index=False, lineterminator="\n")
+        if out_plot:
+            assign.plot_balance(balance, out_plot)
+    if out_summary:
+        write_json(out_summary, summary)
+    assign.write_folds(table, out_table)
+    log.info("folds (%s, k=%d, seed %d): images per fold %s", method, k, seed, summary["fold_images"])
+    log.info(
+        "max deviation from 1/K: box share %.4f, image share %.4f",
+        summary["max_box_share_deviation"],
+        summary["max_image_share_deviation"],
+    )
+    return summary
+
+
+def run_fold_files(annotations: str, table: str, fold: int, out_train: str, out_val: str) -> None:
+    assign.write_fold_split(load_coco(annotations), assign.read_folds(table), fold, out_train, out_val)

@@ -1,0 +1,1 @@
+"""Stage report (workflow/report.smk): plots, HTML pages, the run summary."""

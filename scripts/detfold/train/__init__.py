@@ -1,0 +1,1 @@
+"""Stage train (workflow/train.smk): zoo configs adapted to a fold and trained with MMDetection."""

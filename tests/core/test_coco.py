@@ -1,0 +1,209 @@
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from detfold.core.coco import CocoFormatError, load_coco
+from detfold.core.io import read_json, write_json
+
+
+def write(tmp_path, data, name="bad.json"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def minimal():
+    return {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 2, 2]}],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+
+
+def test_bundled_data_loads(bccd, bccd_test):
+    assert len(bccd.images) == 291 and len(bccd.annotations) == 3897
+    assert bccd.class_names == ["RBC", "WBC", "Platelets"]
+    assert not set(bccd.image_ids) & set(bccd_test.image_ids)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("images"), "missing top-level key 'images'"),
+        (lambda d: d.update(categories={}), "'categories' must be a list"),
+        (lambda d: d["images"].append(dict(d["images"][0])), "images[1].id 1 is a duplicate"),
+        (lambda d: d["annotations"][0].update(image_id=7), "image_id 7 is not in 'images'"),
+        (lambda d: d["annotations"][0].update(category_id=9), "category_id 9 is not in 'categories'"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "bbox must be 4 finite numbers"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, float("nan"), 3]), "bbox must be 4 finite numbers"),
+        (lambda d: d["annotations"][0].update(id="x"), "annotations[0].id must be an integer"),
+    ],
+)
+def test_structural_errors_name_file_path_and_value(tmp_path, mutate, message):
+    data = minimal()
+    mutate(data)
+    path = write(tmp_path, json.dumps(data, allow_nan=True))
+    with pytest.raises(CocoFormatError) as err:
+        load_coco(path)
+    assert message in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_truncated_and_non_json_files(tmp_path):
+    with pytest.raises(ValueError, match="truncated JSON"):
+        read_json(write(tmp_path, '{"images": [', "cut.json"))
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_json(write(tmp_path, "images,annotations\n1,2\n", "table.json"))
+    with pytest.raises(FileNotFoundError, match=r"nope\.json"):
+        read_json(tmp_path / "nope.json")
+
+
+def test_unlabelled_image_list_is_accepted_when_asked(tmp_path):
+    data = minimal()
+    data.pop("annotations")
+    coco = load_coco(write(tmp_path, data), require_annotations=False)
+    assert coco.annotations == []
+
+
+def test_write_json_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "out.json"
+    write_json(target, {"a": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: None,
+        lambda d: d["annotations"][3].update(bbox=[1, True, 2, 2]),
+        lambda d: d["annotations"][3].update(bbox=[1, 2, 2, float("inf")]),
+        lambda d: d["annotations"][3].update(bbox=(1, 2, 2, 2)),
+        lambda d: d["annotations"][3].update(iscrowd=True),
+        lambda d: d["annotations"][3].update(iscrowd=2),
+        lambda d: d["annotations"][3].update(id=d["annotations"][4]["id"]),
+        lambda d: d["annotations"][3].update(id=False),
+        lambda d: d["annotations"][3].pop("image_id"),
+        lambda d: d["annotations"].append("not an object"),
+        lambda d: d["images"][0].update(file_name="../a.jpg"),
+    ],
+)
+def test_whole_column_checks_find_what_the_per_annotation_loop_finds(bccd, monkeypatch, mutate):
+    """A clean file skips validate_coco's per-annotation loop (checks over whole columns); any
+    problem sends it through the loop: the messages are those of the loop alone."""
+    import copy
+
+    from detfold.core import coco as coco_module
+
+    data = copy.deepcopy(bccd.data)
+    mutate(data)
+    fast = coco_module.validate_coco(copy.deepcopy(data), "x.json")
+    monkeypatch.setattr(coco_module, "_annotations_clean", lambda *a: False)
+    monkeypatch.setattr(coco_module, "_ids_unique", lambda *a: False)
+    assert fast == coco_module.validate_coco(copy.deepcopy(data), "x.json")
+
+
+@pytest.fixture(scope="module")
+def demo_oof_file(tmp_path_factory):
+    """The demo run's real out-of-fold predictions (23,200 boxes, 3.5 MB as the workflow
+    writes them: large enough to be decoded on two cores)."""
+    import gzip
+
+    with gzip.open(Path(__file__).parents[1] / "data" / "bccd_oof" / "predictions.json.gz", "rt") as handle:
+        rows = json.load(handle)["oof"]
+    path = tmp_path_factory.mktemp("oof") / "oof.json"
+    write_json(path, rows)
+    return path, rows
+
+
+def _same_detections(a, b):
+    import numpy as np
+
+    return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("image_id", "category_id", "bbox_xywh", "score"))
+
+
+@pytest.mark.parametrize("share", [0.5, 0.7, 0.9])
+@pytest.mark.parametrize("compact", [False, True])
+def test_detections_decoded_on_two_cores_equal_one(demo_oof_file, tmp_path, monkeypatch, share, compact):
+    import orjson
+    from detfold.core import coco as coco_module
+    from detfold.core.coco import load_detections, load_detections_beside
+
+    path, rows = demo_oof_file
+    if compact:
+        path = tmp_path / "compact.json"
+        path.write_bytes(orjson.dumps(rows))
+    forks = []
+    fork = os.fork
+    monkeypatch.setattr(coco_module.os, "fork", lambda: forks.append(1) or fork())
+    detections, result = load_detections_beside(path, lambda: "ground truth", share=share)
+    assert forks == [1] and result == "ground truth"
+    assert _same_detections(detections, load_detections(path)) and len(detections) == len(rows)
+
+
+@pytest.mark.parametrize("row", [10, 20000])  # in the forked process's part, and in this one's
+def test_a_bad_value_decoded_on_two_cores_is_named_as_on_one(demo_oof_file, tmp_path, row):
+    from detfold.core.coco import load_detections, load_detections_beside
+
+    rows = [dict(r) for r in demo_oof_file[1]]
+    rows[row]["bbox"] = [1.0, 2.0, -3.0, 4.0]
+    path = tmp_path / "bad.json"
+    write_json(path, rows)
+    with pytest.raises(ValueError) as one:
+        load_detections(path)
+    assert f"[{row}]" in str(one.value)
+    with pytest.raises(ValueError, match=re.escape(str(one.value))):
+        load_detections_beside(path, lambda: None)
+
+
+def test_a_cut_inside_a_nested_value_falls_back_to_one_core(demo_oof_file, tmp_path, monkeypatch):
+    """Rows with a nested list of objects: the cut lands inside one, a part does not decode,
+    and the file is read whole, on one core (the same rows)."""
+    from detfold.core import coco as coco_module
+
+    rows = [{**r, "attributes": [{"k": k} for k in range(20)]} for r in demo_oof_file[1]]
+    path = tmp_path / "nested.json"
+    write_json(path, rows)
+    whole = coco_module.load_detections(path)
+    calls = []
+    one_core = coco_module.load_detections
+    monkeypatch.setattr(coco_module, "load_detections", lambda p, read: calls.append(p) or one_core(p, read))
+    detections, _ = coco_module.load_detections_beside(path, lambda: None)
+    assert calls == [path] and _same_detections(detections, whole)
+
+
+def test_work_that_fails_stops_the_forked_decoder(demo_oof_file):
+    from detfold.core.coco import load_detections_beside
+
+    def work():
+        raise CocoFormatError("gt.json: broken")
+
+    with pytest.raises(CocoFormatError, match=r"gt\.json: broken"):
+        load_detections_beside(demo_oof_file[0], work)
+    with pytest.raises(ChildProcessError):  # no forked process left behind
+        os.waitpid(-1, os.WNOHANG)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_cut_short_product_read_on_two_cores_is_deleted(demo_oof_file, bccd, tmp_path, processes):
+    """A predictions file an earlier job left cut short: read on one core or two, the message
+    names the file and it is deleted, so that the next run redoes its job."""
+    from detfold.core.coco import read_detections
+
+    text = demo_oof_file[0].read_bytes()
+    path = tmp_path / "oof.json"
+    path.write_bytes(text[: int(len(text) * 0.9)])
+    with pytest.raises(ValueError, match="deleted it"):
+        read_detections(bccd, str(path), processes)
+    assert not path.exists()
+    path.write_bytes(text)
+    assert len(read_detections(bccd, str(path), processes)) == len(demo_oof_file[1])

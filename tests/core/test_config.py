@@ -1,0 +1,302 @@
+"""The config gate: a bad config.yaml is refused before any job starts, naming the key, the bad
+value and what is allowed; impossible combinations (missing files, k > images, ...) too."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from detfold.core.config import ConfigError, check_feasible, check_schema, feasibility_problems, schema_problems
+
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def edited(**changes):
+    """The demo config with dotted keys set (value None deletes the key)."""
+    config = copy.deepcopy(DEMO)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return config
+
+
+def test_demo_config_passes_both_gates():
+    assert schema_problems(DEMO, SCHEMA) == []
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        filled = copy.deepcopy(DEMO)
+        filled.setdefault("folds", {}).setdefault("k", 5)
+        assert feasibility_problems(filled) == []
+    finally:
+        os.chdir(cwd)
+
+
+SCHEMA_CASES = {
+    "unknown top key": (edited(modles={}), "unknown key 'modles'; did you mean 'models'?"),
+    "unknown folds key": (edited(folds__kk=3), "unknown key 'folds.kk'; did you mean 'k'?"),
+    "unknown model key": (
+        edited(models__rtmdet_tiny__epoch=3),
+        "unknown key 'models.rtmdet_tiny.epoch'; did you mean 'epochs'?",
+    ),
+    "unknown key, no near miss": (edited(predict__zzz=1), "unknown key 'predict.zzz' (allowed under predict:"),
+    "bad enum": (
+        edited(folds__method="balancd"),
+        "folds.method = 'balancd' is not allowed; did you mean 'balanced'? (allowed values: balanced, iterstrat, sgkf,",
+    ),
+    "bad ensemble method": (
+        edited(ensemble__method="wfb"),
+        "ensemble.method = 'wfb' is not allowed; did you mean 'wbf'? (allowed values: wbf, nms, soft_nms, nmw)",
+    ),
+    "wrong type": (edited(seed="42"), "seed = '42' has the wrong type: expected integer"),
+    "k too small": (edited(folds__k=1), "folds.k = 1 is out of range: must be >= 2"),
+    "negative epochs": (
+        edited(models__rtmdet_tiny__epochs=0),
+        "models.rtmdet_tiny.epochs = 0 is out of range: must be >= 1",
+    ),
+    "score_thr above 1": (edited(predict__score_thr=1.5), "predict.score_thr = 1.5 is out of range: must be <= 1"),
+    "lr zero": (edited(models__rtmdet_tiny__lr=0), "models.rtmdet_tiny.lr = 0 is out of range: must be > 0"),
+    "img_scale one number": (
+        edited(models__rtmdet_tiny__img_scale=[320]),
+        "models.rtmdet_tiny.img_scale = [320] must have at least 2 item(s)",
+    ),
+    "model without config": (
+        edited(models__rtmdet_tiny__config=None),
+        "models.rtmdet_tiny: required key 'config' is missing",
+    ),
+    "no models": (edited(models={}), "models needs at least 1 entry (got none)"),
+    "bad model name": (
+        edited(**{"models__my model": {"config": "x.py"}}),
+        "models: name 'my model' must be letters, digits, _ . - (not dots alone",
+    ),
+    "model named ..": (
+        edited(**{"models__..": {"config": "x.py"}}),
+        "models: name '..' must be letters, digits, _ . - (not dots alone: a model's name is a folder",
+    ),
+    "bad group_by": (edited(folds__group_by="regexp:(.*)"), "folds.group_by = 'regexp:(.*)' does not match"),
+    "bad tta merge": (
+        edited(predict__tta={"flip": True, "merge": "mean"}),
+        "predict.tta.merge = 'mean' is not allowed (allowed values: nms, wbf)",
+    ),
+    "fold fusion method unknown": (
+        edited(ensemble__fold_fusion={"method": "vote"}),
+        "ensemble.fold_fusion.method = 'vote' is not allowed (allowed values: wbf, nms, soft_nms, nmw)",
+    ),
+    "fold fusion word unknown": (
+        edited(ensemble__fold_fusion="auto"),
+        "ensemble.fold_fusion = 'auto' is not allowed: How each model's K fold models are fused: search",
+    ),
+    "missing data key": (edited(data__train_images=None), "data: required key 'train_images' is missing"),
+    "k as a float": (edited(folds__k=5.0), "folds.k = 5.0 has the wrong type: expected integer"),
+    "epochs as a float": (
+        edited(models__rtmdet_tiny__epochs=12.0),
+        "models.rtmdet_tiny.epochs = 12.0 has the wrong type: expected integer",
+    ),
+    "external without test file": (
+        edited(ensemble__external=[{"name": "yolo", "oof": "a.json"}]),
+        "ensemble.external.0: required key 'test' is missing",
+    ),
+    "backbone_weights true": (
+        edited(models__rtmdet_tiny__backbone_weights=True),
+        "models.rtmdet_tiny.backbone_weights = True",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SCHEMA_CASES))
+def test_schema_problem_names_key_value_and_allowed(case):
+    config, expected = SCHEMA_CASES[case]
+    problems = schema_problems(config, SCHEMA)
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+
+
+def test_all_problems_are_listed_at_once(tmp_path):
+    config = edited(folds__kk=3, predict__score_thr=2, models__rtmdet_tiny__checkpoint="bst")
+    schema_file = tmp_path / "schema.yaml"
+    schema_file.write_text(yaml.safe_dump(SCHEMA))
+    with pytest.raises(ConfigError) as err:
+        check_schema(config, schema_file)
+    assert len(err.value.problems) == 3
+    assert "3 problem(s); nothing was run" in str(err.value)
+    assert "models.rtmdet_tiny.checkpoint = 'bst' is not allowed; did you mean 'best'?" in str(err.value)
+
+
+@pytest.fixture()
+def workdir(tmp_path, bccd_dir, monkeypatch):
+    """A working folder with a small valid setup: 30 train images, 3 test images."""
+    from detfold.core.coco import load_coco, write_coco
+
+    train, test = load_coco(bccd_dir / "train.json"), load_coco(bccd_dir / "test.json")
+    write_coco(train.subset(train.image_ids[:30]), tmp_path / "train.json")
+    write_coco(test.subset(test.image_ids[:3]), tmp_path / "test.json")
+    (tmp_path / "model.py").write_text("_base_ = []\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def feasible_config(bccd_dir, **changes):
+    config = {
+        "seed": 42,
+        "data": {
+            "format": "coco",
+            "train_annotations": "train.json",
+            "train_images": str(bccd_dir / "images"),
+            "test_annotations": "test.json",
+            "test_images": str(bccd_dir / "images"),
+        },
+        "folds": {"k": 3, "group_by": None},
+        "audit": {},
+        "models": {"m": {"config": "model.py"}},
+        "ensemble": {"external": []},
+    }
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
+
+
+FEASIBILITY_CASES = {
+    "k greater than images": (
+        {"folds__k": 25},
+        "folds.k = 25 is more than the 24 training images of train.json left for the folds besides the blend split (6)",
+    ),
+    "blend split too small": (
+        {"folds__blend_share": 0.05},
+        "folds.blend_share = 0.05 sets aside about 1 of 30 training images: nested selection on the blend split "
+        "needs at least 5; raise folds.blend_share",
+    ),
+    "test annotations without their images": (
+        {"data__test_images": None},
+        "data.test_images: missing; it is needed with data.test_annotations",
+    ),
+    "train file missing": (
+        {"data__train_annotations": "nope.json"},
+        "data.train_annotations = 'nope.json': file not found",
+    ),
+    "train images folder missing": ({"data__train_images": "imgs"}, "data.train_images = 'imgs': folder not found"),
+    "test images absent": ({"data__test_images": "."}, "data.test_images = '.': 3 test image(s) absent: BloodImage_"),
+    "unknown mmdet config": (
+        {"models__m": {"config": "mmdet::rtmdet/rtmdet_nope.py"}},
+        "models.m.config = 'mmdet::rtmdet/rtmdet_nope.py': no such config in the installed mmdet",
+    ),
+    "model config missing": ({"models__m": {"config": "gone.py"}}, "models.m.config = 'gone.py': file not found"),
+    "model config not python": ({"models__m": {"config": "train.json"}}, "expected an mmdet config file (.py)"),
+    "load_from missing": (
+        {"models__m": {"config": "model.py", "load_from": "/ckpt/rtmdet_s.pth"}},
+        "models.m.load_from = '/ckpt/rtmdet_s.pth': checkpoint not found (weights are never downloaded)",
+    ),
+    "path leaves working folder": (
+        {"models__m": {"config": "../elsewhere/model.py"}},
+        "models.m.config = '../elsewhere/model.py' leaves the working folder",
+    ),
+    "overrides missing": (
+        {"audit": {"overrides": "decisions.csv"}},
+        "audit.overrides = 'decisions.csv': file not found",
+    ),
+    "group csv missing": ({"folds__group_by": "csv:groups.csv"}, "folds.group_by = 'groups.csv': file not found"),
+    "external predictions missing": (
+        {"ensemble__external": [{"name": "yolo", "oof": "yolo_oof.json"}]},
+        "ensemble.external[0].oof = 'yolo_oof.json': file not found",
+    ),
+    "search weights of the wrong length": (
+        {"ensemble": {"external": [], "search": {"weights": [[1.0, 2.0]]}}},
+        "ensemble.search.weights[0] = [1.0, 2.0] has 2 weights for 1 members",
+    ),
+    "external in another format": (
+        {"ensemble__external": [{"name": "yolo", "oof": "test.json", "test": "test.json", "format": "csv"}]},
+        "ensemble.external[0].oof = 'test.json': format is csv but the file is neither a COCO results list",
+    ),
+    "group regex invalid": (
+        {"folds__group_by": "regex:(frame"},
+        "folds.group_by = 'regex:(frame': not a valid regular expression (missing ), unterminated subpattern",
+    ),
+    "train file not coco": ({}, "data.train_annotations: train.json: not a COCO detection file (no 'images' list)"),
+    "train file truncated": ({}, "data.train_annotations: train.json: truncated JSON (the file ends early)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FEASIBILITY_CASES))
+def test_impossible_config_is_refused_before_any_job(case, workdir, bccd_dir):
+    changes, expected = FEASIBILITY_CASES[case]
+    if case == "train file not coco":
+        (workdir / "train.json").write_text(json.dumps([{"image_id": 1}]))
+    if case == "train file truncated":
+        (workdir / "train.json").write_text((workdir / "train.json").read_text()[:500])
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(ConfigError) as err:
+        check_feasible(feasible_config(bccd_dir, **changes))
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    assert sorted(p.name for p in workdir.iterdir()) == before  # nothing written, nothing removed
+
+
+def test_schema_and_file_problems_are_reported_together(workdir, bccd_dir, tmp_path):
+    """One try shows both: a schema problem does not hide a missing file."""
+    config = feasible_config(bccd_dir, data__train_annotations="nope.json")
+    config["folds"]["k"] = 3.0
+    schema_file = tmp_path / "schema.yaml"
+    schema_file.write_text(yaml.safe_dump(SCHEMA))
+    with pytest.raises(ConfigError) as err:
+        check_schema(config, schema_file)
+    text = str(err.value)
+    assert "folds.k = 3.0 has the wrong type: expected integer" in text
+    assert "data.train_annotations = 'nope.json': file not found" in text
+
+
+def test_feasible_config_passes(workdir, bccd_dir):
+    assert feasibility_problems(feasible_config(bccd_dir)) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"folds": {"kk": 3}}, "unknown key 'folds.kk'; did you mean 'k'?"),
+        ({"folds": {"k": 500}}, "folds.k = 500 is more than the 233 training images"),
+    ],
+)
+def test_snakemake_refuses_before_any_job(tmp_path, edit, expected):
+    """Through snakemake itself: exit 1, the problem on stderr in one list, no job run, no
+    results folder or log created."""
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(edit))
+    snakemake = Path(sys.executable).parent / "snakemake"
+    cmd = [str(snakemake), "-s", str(REPO / "Snakefile"), "--directory", str(REPO), "--cores", "1"]
+    cmd += ["--configfile", str(REPO / "config" / "config.yaml"), str(tmp_path / "bad.yaml"), "-n"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert expected in output
+    assert "problem(s); nothing was run" in output
+    assert "Job stats" not in output
+
+
+def test_demo_settings_merged_into_a_users_configfile_are_named(tmp_path):
+    """Snakemake merges --configfile over config/config.yaml: the demo's data keys and model
+    left in a user's config are named, with the two ways out; the demo itself gets none."""
+    from detfold.core.config import config_warnings, drop_disabled_models
+
+    default = REPO / "config" / "config.yaml"
+    assert config_warnings(edited(), default) == []  # the demo as it is
+    mine = edited(data__train_annotations="/data/trash/train.json", **{"models__mine": {"config": "m.py"}})
+    warnings = config_warnings(mine, default)
+    assert any(w.startswith("data.test_annotations is still the bundled demo's") for w in warnings)
+    demo_model = [w for w in warnings if w.startswith("models.rtmdet_tiny is the demo's model")]
+    assert demo_model and "--replace-workflow-config" in demo_model[0] and "`rtmdet_tiny: null`" in demo_model[0]
+    mine["models"]["rtmdet_tiny"] = None
+    assert drop_disabled_models(mine) == ["rtmdet_tiny"] and sorted(mine["models"]) == ["mine"]
