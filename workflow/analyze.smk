@@ -8,7 +8,7 @@ rule analyze:
     input:
         val=expand("results/folds/fold{fold}/val.json", fold=FOLDS),
         oof=expand("results/predict/{{model}}/fold{fold}/oof.json", fold=FOLDS),
-        blend="results/folds/blend.json",
+        blend="results/folds/blend_annotations.json",
         blend_preds=expand("results/predict/{{model}}/fold{fold}/blend.json", fold=FOLDS),
     output:
         tide="results/analysis/{model}/tide.json",
@@ -43,7 +43,7 @@ rule analyze_ensemble:
     input:
         val=expand("results/folds/fold{fold}/val.json", fold=FOLDS),
         oof=expand("results/predict/{model}/fold{fold}/oof.json", model=MODELS, fold=FOLDS),
-        blend="results/folds/blend.json",
+        blend="results/folds/blend_annotations.json",
         blend_preds=expand("results/predict/{model}/fold{fold}/blend.json", model=MODELS, fold=FOLDS),
     output:
         tide=f"results/analysis/{OOF_ENSEMBLE}/tide.json",

@@ -73,7 +73,7 @@ def predict_annotations(wildcards):
     if wildcards.split == "oof":
         return f"results/folds/fold{wildcards.fold}/val.json"
     if wildcards.split == "blend":
-        return "results/folds/blend.json"
+        return "results/folds/blend_annotations.json"
     return "results/audit/test.json"
 
 
@@ -117,7 +117,7 @@ def benchmark_files(wildcards):
         rules.audit.benchmark,
         rules.split_folds.benchmark,
         rules.ensemble_select.benchmark,
-        *test_file(rules.ensemble.benchmark),
+        *test_file(rules.ensemble_test.benchmark),
         rules.summary.benchmark,
         rules.report_folds.benchmark,
         rules.report_audit.benchmark,

@@ -1,6 +1,6 @@
 rule ensemble_select:
     input:
-        blend="results/folds/blend.json",
+        blend="results/folds/blend_annotations.json",
         train="results/audit/annotations.json",
         predictions=expand("results/predict/{model}/fold{fold}/blend.json", model=MODELS, fold=FOLDS),
         external=external_files("oof"),
@@ -8,7 +8,7 @@ rule ensemble_select:
         search="results/ensemble/search.csv",
         best="results/ensemble/best.json",
         selection="results/ensemble/selection.json",
-        blend="results/ensemble/blend.json",
+        blend="results/ensemble/blend_predictions.json",
     log:
         "logs/ensemble_select.log",
     benchmark:
@@ -27,7 +27,7 @@ rule ensemble_select:
         "../scripts/ensemble_select.py"
 
 
-rule ensemble:
+rule ensemble_test:
     input:
         test_gt="results/audit/test.json",
         test=expand("results/predict/{model}/fold{fold}/test.json", model=MODELS, fold=FOLDS),
@@ -39,9 +39,9 @@ rule ensemble:
         metrics="results/ensemble/metrics.json",
         submission="results/ensemble/submission.csv",
     log:
-        "logs/ensemble.log",
+        "logs/ensemble_test.log",
     benchmark:
-        "benchmarks/ensemble.tsv"
+        "benchmarks/ensemble_test.tsv"
     conda:
         "../envs/light.yaml"
     resources:
@@ -52,4 +52,4 @@ rule ensemble:
         models=MODELS,
         seed=lookup(dpath="seed", within=config),
     script:
-        "../scripts/ensemble.py"
+        "../scripts/ensemble_test.py"

@@ -13,7 +13,7 @@ rule split_folds:
         ),
         summary="results/folds/balance.json",
         near_duplicates="results/folds/near_duplicates.csv",
-        blend="results/folds/blend.json",
+        blend="results/folds/blend_annotations.json",
     log:
         "logs/split_folds.log",
     benchmark:

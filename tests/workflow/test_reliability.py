@@ -28,7 +28,7 @@ HOLD = "DETFOLD_HOLD_BEFORE_RENAME"  # detfold.core.io's fault-injection hook
 def reproducible_files() -> list[str]:
     """What must be byte-identical between two CPU runs of the same config (under results/)."""
     files = ["audit/annotations.json", "audit/findings.csv", "audit/test.json", "folds/folds.csv", "folds/balance.csv"]
-    files.append("folds/blend.json")
+    files.append("folds/blend_annotations.json")
     files += [f"folds/fold{k}/{split}.json" for k in FOLDS for split in ("train", "val")]
     files += [f"predict/{m}/fold{k}/{split}.json" for m in MODELS for k in FOLDS for split in ("oof", "blend", "test")]
     files += [f"eval/{m}/{name}" for m in MODELS for name in ("metrics.json", "pr_curves.csv")]
@@ -38,7 +38,7 @@ def reproducible_files() -> list[str]:
             "search.csv",
             "best.json",
             "selection.json",
-            "blend.json",
+            "blend_predictions.json",
             "test.json",
             "metrics.json",
             "submission.csv",
@@ -210,9 +210,9 @@ def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo
         config_file.write_text(original)
     assert result.returncode == 0, result.stderr[-3000:]
     rules = planned_rules(result)
-    assert {"ensemble_select", "ensemble"} <= rules
+    assert {"ensemble_select", "ensemble_test"} <= rules
     # the error analysis fuses with the untuned model fusion (ensemble.method, iou_thr, ...)
-    allowed = {"ensemble_select", "ensemble", "summary", "all", "analyze", "analyze_ensemble"} | {
+    allowed = {"ensemble_select", "ensemble_test", "summary", "all", "analyze", "analyze_ensemble"} | {
         r for r in rules if r.startswith(("report", "run_facts"))
     }
     assert rules <= allowed, sorted(rules - allowed)

@@ -171,7 +171,7 @@ def test_failed_job_fails_the_run(slurm_runs):
     # keep-going: every job that does not depend on the failed one ran, and succeeded in SLURM
     ran = rules_run(slurm_runs["first_jobs"])
     assert ran["train"] == 2 and ran["predict"] == 6 and ran["evaluate"] == 1
-    assert "ensemble" not in ran and "summary" not in ran
+    assert "ensemble_test" not in ran and "summary" not in ran
     assert {j["JobState"] for j in slurm_runs["first_jobs"].values() if j["rule"] != "ensemble_select"} == {"COMPLETED"}
 
 
@@ -206,7 +206,7 @@ def test_rerun_after_the_fix_completes_without_redoing_finished_jobs(slurm_runs)
     second = slurm_runs["second"]
     assert second.returncode == 0, output(second)[-5000:]
     ran = rules_run(slurm_runs["second_jobs"])
-    assert ran["ensemble_select"] == 1 and ran["ensemble"] == 1 and ran["summary"] == 1
+    assert ran["ensemble_select"] == 1 and ran["ensemble_test"] == 1 and ran["summary"] == 1
     assert not set(ran) & set(rules_run(slurm_runs["first_jobs"])) - {"ensemble_select"}  # nothing redone
     assert {j["JobState"] for j in slurm_runs["second_jobs"].values()} == {"COMPLETED"}
     assert slurm_runs["second_mtimes"] == slurm_runs["first_mtimes"]  # models, predictions untouched
@@ -221,7 +221,7 @@ def test_rerun_after_the_fix_completes_without_redoing_finished_jobs(slurm_runs)
         oof = json.loads((workdir / "results" / "predict" / "tiny" / f"fold{fold}" / "oof.json").read_text())
         assert {p["image_id"] for p in oof} <= set(val.image_ids)
         oof_ids |= set(val.image_ids)
-    blend = load_coco(workdir / "results" / "folds" / "blend.json")
+    blend = load_coco(workdir / "results" / "folds" / "blend_annotations.json")
     assert oof_ids | set(blend.image_ids) == set(clean.image_ids) and not oof_ids & set(blend.image_ids)
     dry = slurm_runs["dry"]
     assert dry.returncode == 0 and "Nothing to be done" in output(dry), output(dry)[-3000:]

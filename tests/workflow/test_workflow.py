@@ -35,7 +35,7 @@ def test_results_layout(tiny_run):
         "folds/folds.csv",
         "folds/fold0/train.json",
         "folds/fold1/val.json",
-        "folds/blend.json",
+        "folds/blend_annotations.json",
         "train/tiny/fold0/model.pth",
         "train/tiny/fold1/config.py",
         "predict/tiny/fold0/oof.json",
@@ -47,7 +47,7 @@ def test_results_layout(tiny_run):
         "ensemble/search.csv",
         "ensemble/best.json",
         "ensemble/selection.json",
-        "ensemble/blend.json",
+        "ensemble/blend_predictions.json",
         "ensemble/submission.csv",
         "summary.md",
         "report/folds/sizes.png",
@@ -75,7 +75,7 @@ def test_folds_partition_and_oof_covers_val(tiny_run):
     r = tiny_run / "results"
     folds = pd.read_csv(r / "folds" / "folds.csv")
     clean = load_coco(r / "audit" / "annotations.json")
-    blend = set(load_coco(r / "folds" / "blend.json").image_ids)
+    blend = set(load_coco(r / "folds" / "blend_annotations.json").image_ids)
     assert len(blend) == 6  # a fifth of the 30 images: folds.blend_share 0.2
     assert sorted([*folds.image_id, *blend]) == sorted(clean.image_ids)
     for k in (0, 1, 2):
@@ -135,12 +135,12 @@ def test_metrics_equal_pycocotools(tiny_run):
     assert selection["kinds"] == ["single", "fold_ensemble:frcnn", "fold_ensemble:tiny", "ensemble"]
     assert sorted(ensemble["candidates"]) == sorted(selection["kinds"])
     assert read(r / "ensemble" / "best.json")["plan"] == selection["delivered"]["plan"] == ensemble["delivered"]["plan"]
-    blend = load_coco(r / "folds" / "blend.json")
+    blend = load_coco(r / "folds" / "blend_annotations.json")
     delivered = selection["candidates"][selection["delivered"]["kind"]]
     check_metrics_equal(
         {"stats": {"AP": delivered["in_sample"]["mAP"], "AP50": delivered["in_sample"]["mAP50"]}, "per_class": {}},
         blend,
-        read(r / "ensemble" / "blend.json"),
+        read(r / "ensemble" / "blend_predictions.json"),
         stats_only=2,
     )
     search = pd.read_csv(r / "ensemble" / "search.csv")
@@ -185,7 +185,7 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
         "predict": 9,
         "evaluate": 1,
         "ensemble_select": 1,
-        "ensemble": 1,
+        "ensemble_test": 1,
         "summary": 1,
         "report_training": 1,
         "report_cv": 1,
@@ -247,7 +247,7 @@ def test_voc_input_is_imported_and_audited(repo, bccd_dir, tmp_path):
     assert len(clean.images) == 20 and clean.class_names == ["RBC", "WBC", "Platelets"]
     assert (tmp_path / "results" / "import" / "train.json").is_file()
     folds = pd.read_csv(tmp_path / "results" / "folds" / "folds.csv")
-    blend = load_coco(tmp_path / "results" / "folds" / "blend.json")
+    blend = load_coco(tmp_path / "results" / "folds" / "blend_annotations.json")
     assert sorted([*folds.image_id, *blend.image_ids]) == sorted(clean.image_ids)
 
 
