@@ -2,7 +2,7 @@
 
 from detfold.core.io import files_by_model
 from detfold.core.logs import log_to
-from detfold.ensemble.selection.stage import run_ensemble_select
+from detfold.ensemble.stage import run_ensemble_select
 
 log_to(snakemake.log[0])
 run_ensemble_select(

@@ -59,7 +59,7 @@ def _parse_checks(specs: list[str] | None) -> dict[str, dict[str, str | float]]:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from detfold.audit.checks.stage import run_import
+    from detfold.audit.stage import run_import
 
     if args.format == "yolo" and not (args.images and args.classes):
         raise ValueError("import yolo needs --images DIR and --classes FILE")
@@ -68,7 +68,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from detfold.folds.assign.stage import run_split
+    from detfold.folds.stage import run_split
 
     out = Path(args.out)
     summary = run_split(
@@ -164,7 +164,7 @@ def _ensemble(args: argparse.Namespace) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from detfold.analyze.analysis import ERROR_TYPES, write_analysis
     from detfold.core.coco import load_coco, load_results
-    from detfold.evaluate.metrics import check_predictions
+    from detfold.core.coco import check_predictions
 
     gt = load_coco(args.gt)
     preds = load_results(args.pred)

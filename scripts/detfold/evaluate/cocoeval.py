@@ -11,7 +11,7 @@ ignore rules, 101-point interpolated precision. Deliberate differences, each doc
 - a ground-truth box without ``area`` gets w * h (pycocotools raises, faster-coco-eval uses 0).
 
 Unknown image or category ids in the detections are rejected by the caller
-(:func:`detfold.evaluate.metrics.check_predictions`) with the offending value.
+(:func:`detfold.core.coco.check_predictions`) with the offending value.
 """
 
 from __future__ import annotations
@@ -314,7 +314,7 @@ def evaluate_columns(
     """All 12 stats and the precision / recall arrays of detections given as columns (dataset
     image and category ids, xywh_abs boxes, scores), by hotcoco's COCOeval: pycocotools' numbers
     bit for bit (the oracle tests check it against pycocotools itself), in Rust, with no Python
-    object per box. The ids must be those of ``gt`` (:func:`detfold.evaluate.metrics.check_predictions`)."""
+    object per box. The ids must be those of ``gt`` (:func:`detfold.core.coco.check_predictions`)."""
     import contextlib
     import io
 
