@@ -163,8 +163,7 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 def _analyze(args: argparse.Namespace) -> None:
     from detfold.analyze.analysis import ERROR_TYPES, write_analysis
-    from detfold.core.coco import load_coco, load_results
-    from detfold.core.coco import check_predictions
+    from detfold.core.coco import check_predictions, load_coco, load_results
 
     gt = load_coco(args.gt)
     preds = load_results(args.pred)
