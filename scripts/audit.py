@@ -1,6 +1,6 @@
 """Rule audit: validate both splits, run the checks, apply policy and overrides, report."""
 
-from detfold.audit.checks.stage import run_audit
+from detfold.audit.stage import run_audit
 from detfold.core.logs import log_to
 
 log_to(snakemake.log[0])

@@ -1,6 +1,6 @@
 """Rule import_annotations: Pascal VOC XML or YOLO txt labels -> COCO."""
 
-from detfold.audit.checks.stage import run_import
+from detfold.audit.stage import run_import
 from detfold.core.logs import log_to
 
 log_to(snakemake.log[0])

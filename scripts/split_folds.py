@@ -1,7 +1,7 @@
 """Rule split_folds: set the blend split aside, then assign every other image (or group) to one balanced fold."""
 
 from detfold.core.logs import log_to
-from detfold.folds.assign.stage import run_split
+from detfold.folds.stage import run_split
 
 log_to(snakemake.log[0])
 run_split(

@@ -59,7 +59,7 @@ def _parse_checks(specs: list[str] | None) -> dict[str, dict[str, str | float]]:
 
 
 def _import(args: argparse.Namespace) -> None:
-    from detfold.audit.checks.stage import run_import
+    from detfold.audit.stage import run_import
 
     if args.format == "yolo" and not (args.images and args.classes):
         raise ValueError("import yolo needs --images DIR and --classes FILE")
@@ -68,7 +68,7 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from detfold.folds.assign.stage import run_split
+    from detfold.folds.stage import run_split
 
     out = Path(args.out)
     summary = run_split(

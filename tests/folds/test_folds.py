@@ -191,7 +191,7 @@ def test_property_balanced_is_a_local_optimum(data, seed):
 
 
 def test_csv_groups_through_run_split(bccd_dir, tmp_path):
-    from detfold.folds.assign.stage import run_split
+    from detfold.folds.stage import run_split
 
     names = [f"BloodImage_{n:05d}.jpg" for n in (0, 1, 2, 3)]
     (tmp_path / "groups.csv").write_text("file_name,group\n" + "".join(f"{n},scene7\n" for n in names))
