@@ -88,44 +88,18 @@ def _split(args: argparse.Namespace) -> None:
     )
 
 
-def _short_lived() -> None:
-    """A command that reads one or two large JSON files and exits: the garbage collector's
-    passes over their many small objects (none in a cycle) are only time lost."""
-    import gc
-
-    gc.disable()
-
-
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections_beside
-
-    _short_lived()
+    from detfold.core.coco import load_coco, load_detections
     from detfold.core.io import write_json
     from detfold.evaluate.metrics import evaluate_coco
 
-    # the detections decoded on both cores, the ground truth read beside them: the forked
-    # process takes the larger share, as this one reads the ground truth first
-    detections, gt = load_detections_beside(args.pred, lambda: load_coco(args.gt), share=_share(args.gt, args.pred))
-    result = evaluate_coco(gt, detections, args.pred)
+    gt = load_coco(args.gt)
+    result = evaluate_coco(gt, load_detections(args.pred), args.pred)
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
     for name, value in rows:
         print(f"{name:12s} {'n/a' if value is None else format(value, '.4f')}")
-
-
-GT_COST_PER_BYTE = 2.3  # reading and checking a COCO ground truth, per byte, against a results file's
-
-
-def _share(gt: str, pred: str) -> float:
-    """The share of the results file the forked process decodes, so that both cores finish
-    together while this one also reads the ground truth (costs per byte measured on the
-    issue 17 set); within [0.5, 0.9]."""
-    try:
-        ratio = GT_COST_PER_BYTE * Path(gt).stat().st_size / max(Path(pred).stat().st_size, 1)
-    except OSError:
-        return 0.5
-    return min(0.9, 0.5 + ratio / 2)
 
 
 def _ensemble(args: argparse.Namespace) -> None:
@@ -135,7 +109,6 @@ def _ensemble(args: argparse.Namespace) -> None:
     from detfold.ensemble.fusion import fuse_detections
 
     check_fusion_args(args)
-    _short_lived()
     use_compiled()  # the kernels built ahead of time: no numba start-up in a process this short
     coco = load_coco(args.images, require_annotations=False)
     members = [load_detections(p) for p in args.pred]

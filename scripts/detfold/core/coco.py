@@ -7,24 +7,18 @@ from __future__ import annotations
 
 import copy
 import math
-import mmap
-import os
-import re
-import signal
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import attrgetter, methodcaller
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from detfold.core.io import read_json, read_product, write_json
-
-T = TypeVar("T")
 
 
 def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -361,22 +355,6 @@ def _columns(data: bytes) -> Detections | None:
     )
 
 
-def _mapped(path: str | Path) -> mmap.mmap | None:
-    """The file's bytes mapped copy-on-write (no copy is read, and a byte written to the map
-    stays in the writing process); None for an empty file. OSError when it cannot be read."""
-    with open(path, "rb") as handle:
-        try:
-            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        except ValueError:  # an empty file cannot be mapped
-            return None
-
-
-def _columns_of(data: mmap.mmap, start: int, stop: int) -> Detections | None:
-    """:func:`_columns` of ``data[start:stop]``, without copying it."""
-    with memoryview(data) as view, view[start:stop] as part:
-        return _columns(part)
-
-
 def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_json) -> Detections:
     """Read and check a COCO results JSON file straight into :class:`Detections`: msgspec
     decodes it into typed rows (no dict per box), numpy checks the values. A file that fails
@@ -384,91 +362,12 @@ def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_j
     bad entry (``read``: :func:`detfold.core.io.read_json`, or :func:`detfold.core.io.read_product` for a
     file an earlier job wrote, deleted when corrupt)."""
     try:
-        data = _mapped(path)
+        detections = _columns(Path(path).read_bytes())
     except OSError:
-        data = None
-    detections = None
-    if data is not None:
-        detections = _columns_of(data, 0, len(data))
-        data.close()
+        detections = None
     if detections is None or detections.first_bad_row() is not None:
         return Detections.from_results(check_results(read(path), str(path)))  # raises, naming the entry
     return detections
-
-
-_ROW_BOUNDARY = re.compile(rb"\}\s*,\s*\{")  # between two rows: the array is cut at one
-_MIN_ROW_BYTES = len(b'{"image_id":0,"category_id":0,"bbox":[0,0,0,0],"score":0}')  # no row is shorter
-_WIRE = ((np.int64, 1), (np.int64, 1), (np.float64, 4), (np.float64, 1))  # the columns, values per row
-
-
-def _shared_columns(shared: mmap.mmap, capacity: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Views of memory shared with a forked process: a header (done, rows) and the columns
-    (image_id, category_id, bbox_xywh flat, score), room for ``capacity`` rows."""
-    header = np.frombuffer(shared, dtype=np.int64, count=2)
-    columns, offset = [], header.nbytes
-    for dtype, width in _WIRE:
-        columns.append(np.frombuffer(shared, dtype=dtype, count=capacity * width, offset=offset))
-        offset += 8 * capacity * width
-    return header, columns
-
-
-def load_detections_beside(
-    path: str | Path, work: Callable[[], T], share: float = 0.5, read: Callable[[str | Path], Any] = read_json
-) -> tuple[Detections, T]:
-    """:func:`load_detections` on two cores while this process also runs ``work`` (e.g.
-    loading the ground truth): the file is cut between two rows after ``share`` of its bytes;
-    a forked process decodes the first rows into shared memory while this one runs ``work``
-    and decodes the rest. Both parts decode only if the cut fell between two rows of the array
-    itself (inside a string or a nested value a part is unbalanced), so the rows are exactly
-    the file's, in order. Anything else (a part that does not decode, a bad value, no
-    ``os.fork``, a small file) goes to :func:`load_detections` (with ``read``), whose message
-    names the entry."""
-    try:
-        data = _mapped(path)
-    except OSError:
-        data = None
-    found = None
-    if data is not None and len(data) > 1 << 20 and hasattr(os, "fork"):
-        found = _ROW_BOUNDARY.search(data, int(len(data) * share))
-    if found is None:
-        if data is not None:
-            data.close()
-        result = work()
-        return load_detections(path, read), result
-    end_first, start_rest = found.start() + 1, found.end() - 2  # "]" ends the first rows, "[" starts the rest
-    capacity = end_first // _MIN_ROW_BYTES + 1
-    shared = mmap.mmap(-1, 16 + 8 * capacity * sum(width for _, width in _WIRE))  # anonymous: shared on fork
-    header, columns = _shared_columns(shared, capacity)
-    pid = os.fork()
-    if pid == 0:  # the forked process: the first rows into the shared columns, then exit
-        try:
-            data[end_first] = ord("]")  # in this process's copy of the page only
-            head = _columns_of(data, 0, end_first + 1)
-            if head is not None:
-                values = (head.image_id, head.category_id, head.bbox_xywh, head.score)
-                for column, value in zip(columns, values, strict=True):
-                    column[: value.size] = value.ravel()
-                header[1], header[0] = len(head), 1
-        finally:
-            os._exit(0)
-    try:
-        result = work()
-        data[start_rest] = ord("[")
-        tail = _columns_of(data, start_rest, len(data))
-    except BaseException:  # stop the forked process, whatever it is doing
-        os.kill(pid, signal.SIGKILL)
-        raise
-    finally:
-        os.waitpid(pid, 0)
-        data.close()
-    if header[0] != 1 or tail is None:
-        return load_detections(path, read), result
-    n = int(header[1])
-    head = Detections(columns[0][:n], columns[1][:n], columns[2][: 4 * n].reshape(n, 4), columns[3][:n])
-    detections = Detections.concat([head, tail])  # copies: nothing refers to the shared memory after
-    if detections.first_bad_row() is not None:
-        return load_detections(path, read), result  # raises, naming the entry
-    return detections, result
 
 
 def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
@@ -499,15 +398,11 @@ def is_labelled(coco: Coco) -> bool:
     return len(coco.annotations) > 0
 
 
-def read_detections(gt: Coco, path: str, processes: int = 1) -> Detections:
+def read_detections(gt: Coco, path: str) -> Detections:
     """A predictions file an earlier job wrote, as columns, checked (values, and ids against
     ``gt``); a corrupt file is deleted so that the next run redoes its job
-    (:func:`detfold.core.io.read_product`). With ``processes`` > 1 it is decoded on two cores
-    (:func:`detfold.core.coco.load_detections_beside`)."""
-    if processes > 1:
-        detections, _ = load_detections_beside(path, lambda: None, read=read_product)
-    else:
-        detections = load_detections(path, read=read_product)
+    (:func:`detfold.core.io.read_product`)."""
+    detections = load_detections(path, read=read_product)
     check_detection_ids(gt, detections, path)
     return detections
 
