@@ -79,37 +79,6 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-@pytest.mark.parametrize(
-    "mutate",
-    [
-        lambda d: None,
-        lambda d: d["annotations"][3].update(bbox=[1, True, 2, 2]),
-        lambda d: d["annotations"][3].update(bbox=[1, 2, 2, float("inf")]),
-        lambda d: d["annotations"][3].update(bbox=(1, 2, 2, 2)),
-        lambda d: d["annotations"][3].update(iscrowd=True),
-        lambda d: d["annotations"][3].update(iscrowd=2),
-        lambda d: d["annotations"][3].update(id=d["annotations"][4]["id"]),
-        lambda d: d["annotations"][3].update(id=False),
-        lambda d: d["annotations"][3].pop("image_id"),
-        lambda d: d["annotations"].append("not an object"),
-        lambda d: d["images"][0].update(file_name="../a.jpg"),
-    ],
-)
-def test_whole_column_checks_find_what_the_per_annotation_loop_finds(bccd, monkeypatch, mutate):
-    """A clean file skips validate_coco's per-annotation loop (checks over whole columns); any
-    problem sends it through the loop: the messages are those of the loop alone."""
-    import copy
-
-    from detfold.core import coco as coco_module
-
-    data = copy.deepcopy(bccd.data)
-    mutate(data)
-    fast = coco_module.validate_coco(copy.deepcopy(data), "x.json")
-    monkeypatch.setattr(coco_module, "_annotations_clean", lambda *a: False)
-    monkeypatch.setattr(coco_module, "_ids_unique", lambda *a: False)
-    assert fast == coco_module.validate_coco(copy.deepcopy(data), "x.json")
-
-
 @pytest.fixture(scope="module")
 def demo_oof_file(tmp_path_factory):
     """The demo run's real out-of-fold predictions (23,200 boxes, 3.5 MB as the workflow

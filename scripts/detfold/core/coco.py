@@ -11,7 +11,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import attrgetter, methodcaller
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -88,140 +88,94 @@ class Coco:
         return Coco(data, path=self.path)
 
 
-_NUMBER_TYPES = {int, float}  # JSON numbers; bool (a subclass of int) is not one
-
-
-def _ann_where(path: str, i: int, ann: dict[str, Any]) -> str:
-    return f"{path}: annotations[{i}] (id {ann.get('id')!r})"
-
-
 def _is_number(value: Any) -> bool:
+    """A finite JSON number (bool, a subclass of int, is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_box(value: Any) -> bool:
+    """4 finite numbers ``[x, y, w, h]``."""
+    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
 
 
 def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
     """Return every structural problem of a COCO detection dict, one message each."""
     if not isinstance(data, dict):
         return [f"{path}: top level must be a JSON object, got {type(data).__name__}"]
-    problems: list[str] = []
     needed = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
-    for key in needed:
-        if key not in data:
-            problems.append(f"{path}: missing top-level key '{key}'")
-        elif not isinstance(data[key], list):
-            problems.append(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    problems = [
+        f"{path}: missing top-level key '{key}'"
+        if key not in data
+        else f"{path}: '{key}' must be a list, got {type(data[key]).__name__}"
+        for key in needed
+        if not isinstance(data.get(key), list)
+    ]
     if problems:
         return problems
-
-    def unique_ids(key: str) -> set[Any]:
-        seen: set[Any] = set()
-        for i, rec in enumerate(data.get(key, [])):
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            if not isinstance(rid, int) or isinstance(rid, bool):
-                problems.append(f"{path}: {key}[{i}].id must be an integer, got {rid!r}")
-            elif rid in seen:
-                problems.append(f"{path}: {key}[{i}].id {rid} is a duplicate")
-            seen.add(rid)
-        return seen
-
-    image_ids = unique_ids("images")
-    category_ids = unique_ids("categories")
-    if not _ids_unique(data.get("annotations", [])):
-        unique_ids("annotations")
-    first_file: dict[str, int] = {}
-    for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict):
-            continue
-        name = im.get("file_name")
-        if not isinstance(name, str):
-            problems.append(f"{path}: images[{i}].file_name must be a string, got {name!r}")
-        elif (name.startswith("/") or ".." in name) and (Path(name).is_absolute() or ".." in Path(name).parts):
-            problems.append(f"{path}: images[{i}].file_name {name!r} leaves the images folder (absolute or '..')")
-        elif name in first_file:
-            problems.append(f"{path}: images[{i}].file_name {name!r} is a duplicate of images[{first_file[name]}]")
-        else:
-            first_file[name] = i
-    first_name: dict[str, int] = {}
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict):
-            continue
-        name = cat.get("name")
-        if not isinstance(name, str):
-            problems.append(f"{path}: categories[{i}].name must be a string, got {name!r}")
-        elif name in first_name:
-            problems.append(f"{path}: categories[{i}].name {name!r} is a duplicate of categories[{first_name[name]}]")
-        else:
-            first_name[name] = i
     annotations = data.get("annotations", [])
-    if _annotations_clean(annotations, image_ids, category_ids):
-        return problems
-    boxes: list[list[float]] = []
-    box_rows: list[int] = []
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
+    image_ids, image_problems = _unique_ids(data["images"], "images", path)
+    category_ids, category_problems = _unique_ids(data["categories"], "categories", path)
+    problems = image_problems + category_problems + _unique_ids(annotations, "annotations", path)[1]
+    problems += _unique_names(data["images"], "images", "file_name", path)
+    problems += _unique_names(data["categories"], "categories", "name", path)
+    return problems + _annotation_problems(annotations, image_ids, category_ids, path)
+
+
+def _unique_ids(records: list[Any], key: str, path: str) -> tuple[set[Any], list[str]]:
+    """The ids of ``data[key]`` and the problems: an id that is not an integer, or a duplicate."""
+    seen: set[Any] = set()
+    problems = []
+    for i, rec in enumerate(records):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        if not _is_id(rid):
+            problems.append(f"{path}: {key}[{i}].id must be an integer, got {rid!r}")
+        elif rid in seen:
+            problems.append(f"{path}: {key}[{i}].id {rid} is a duplicate")
+        seen.add(rid)
+    return seen, problems
+
+
+def _unique_names(records: list[Any], key: str, field: str, path: str) -> list[str]:
+    """Problems of ``data[key][i][field]`` (an image's file_name, a category's name): not a
+    string, a duplicate, or (a file name) leaving the images folder."""
+    problems: list[str] = []
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
             continue
-        if ann.get("image_id") not in image_ids:
-            problems.append(f"{_ann_where(path, i, ann)}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get("category_id") not in category_ids:
-            problems.append(
-                f"{_ann_where(path, i, ann)}: category_id {ann.get('category_id')!r} is not in 'categories'"
-            )
-        bbox = ann.get("bbox")
-        if type(bbox) is list and len(bbox) == 4 and set(map(type, bbox)) <= _NUMBER_TYPES:
-            boxes.append(bbox)  # finiteness checked for all boxes at once below
-            box_rows.append(i)
+        name = rec.get(field)
+        if not isinstance(name, str):
+            problems.append(f"{path}: {key}[{i}].{field} must be a string, got {name!r}")
+        elif field == "file_name" and (Path(name).is_absolute() or ".." in Path(name).parts):
+            problems.append(f"{path}: {key}[{i}].{field} {name!r} leaves the images folder (absolute or '..')")
+        elif name in first:
+            problems.append(f"{path}: {key}[{i}].{field} {name!r} is a duplicate of {key}[{first[name]}]")
         else:
-            problems.append(f"{_ann_where(path, i, ann)}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
-            problems.append(f"{_ann_where(path, i, ann)}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
-    if boxes:
-        finite = np.isfinite(np.array(boxes, dtype=np.float64)).all(axis=1)
-        for row in np.flatnonzero(~finite):
-            i = box_rows[row]
-            bbox = annotations[i]["bbox"]
-            problems.append(
-                f"{_ann_where(path, i, annotations[i])}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
-            )
+            first[name] = i
     return problems
 
 
-def _ids_unique(records: list[Any]) -> bool:
-    """True when every record is an object with a unique integer ``id`` (checked at C speed;
-    when False, :func:`validate_coco`'s loop names the bad ones)."""
-    if not records:
-        return True
-    if set(map(type, records)) != {dict}:
-        return False
-    ids = list(map(methodcaller("get", "id"), records))
-    return set(map(type, ids)) == {int} and len(set(ids)) == len(ids)
-
-
-def _annotations_clean(annotations: list[Any], image_ids: set[Any], category_ids: set[Any]) -> bool:
-    """True when :func:`validate_coco`'s per-annotation loop would find nothing: the same
-    checks over whole columns (type sets, set inclusion, one numpy finiteness test), so a
-    clean file skips the loop; a file with any problem goes through it for the messages."""
-    if not annotations:
-        return True
-    if set(map(type, annotations)) != {dict}:
-        return False
-    if not set(map(methodcaller("get", "image_id"), annotations)) <= image_ids:
-        return False
-    if not set(map(methodcaller("get", "category_id"), annotations)) <= category_ids:
-        return False
-    boxes = list(map(methodcaller("get", "bbox"), annotations))
-    if set(map(type, boxes)) != {list} or set(map(len, boxes)) != {4}:
-        return False
-    if not set(map(type, chain.from_iterable(boxes))) <= _NUMBER_TYPES:
-        return False
-    values = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes))
-    if not np.isfinite(values).all():
-        return False
-    crowd = [ann["iscrowd"] for ann in annotations if "iscrowd" in ann]
-    return set(map(type, crowd)) <= {int} and set(crowd) <= {0, 1}
-
-
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_ids: set[Any], path: str) -> list[str]:
+    """Problems of each annotation: an unknown image or category id, a bbox that is not 4
+    finite numbers, an iscrowd other than 0 or 1."""
+    problems = []
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            continue
+        where = f"{path}: annotations[{i}] (id {ann.get('id')!r})"
+        if ann.get("image_id") not in image_ids:
+            problems.append(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+        if ann.get("category_id") not in category_ids:
+            problems.append(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+        if not _is_box(ann.get("bbox")):
+            problems.append(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
+        if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
+            problems.append(f"{where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+    return problems
 
 
 def results_problems(data: Any, source: str = "predictions") -> list[str]:
@@ -245,7 +199,7 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
             if not _is_id(pred[key]):
                 problems.append(f"{where}.{key} must be an integer, got {pred[key]!r}")
         bbox = pred["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not _is_box(bbox):
             problems.append(f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         elif bbox[2] < 0 or bbox[3] < 0:
             problems.append(f"{where}.bbox has a negative width or height: {bbox!r}")
