@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
@@ -35,11 +34,10 @@ class CocoFormatError(ValueError):
 
 @dataclass
 class Coco:
-    """A loaded COCO detection dataset (the raw dict plus indexes)."""
+    """A loaded COCO detection dataset: the raw dict and the file it came from."""
 
     data: dict[str, Any]
     path: str = "<memory>"
-    _anns_by_image: dict[int, list[dict[str, Any]]] | None = field(default=None, init=False, repr=False)
 
     @property
     def images(self) -> list[dict[str, Any]]:
@@ -65,19 +63,6 @@ class Coco:
     @property
     def class_names(self) -> list[str]:
         return [cat["name"] for cat in self.categories]
-
-    def image(self, image_id: int) -> dict[str, Any]:
-        for im in self.images:
-            if im["id"] == image_id:
-                return im
-        raise KeyError(f"{self.path}: no image with id {image_id}")
-
-    def anns_of(self, image_id: int) -> list[dict[str, Any]]:
-        if self._anns_by_image is None:  # indexed on first use
-            self._anns_by_image = defaultdict(list)
-            for ann in self.data["annotations"]:
-                self._anns_by_image[ann["image_id"]].append(ann)
-        return self._anns_by_image.get(image_id, [])
 
     def subset(self, image_ids: Iterable[int]) -> Coco:
         """A copy restricted to ``image_ids`` (original ids kept, file order kept)."""
@@ -341,11 +326,6 @@ def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
 def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
     """Write a COCO dataset atomically."""
     write_json(path, coco.data if isinstance(coco, Coco) else coco)
-
-
-def category_index(coco: Coco) -> dict[str, int]:
-    """Class name -> category id."""
-    return {cat["name"]: cat["id"] for cat in coco.categories}
 
 
 def is_labelled(coco: Coco) -> bool:
