@@ -68,9 +68,9 @@ DETFOLD_IN_PROCESS = """
 import json, sys, time
 start = time.perf_counter()
 from detfold.core.coco import load_coco, load_detections
-from detfold.evaluate.cocoeval import evaluate_columns
+from detfold.evaluate.cocoeval import evaluate_bbox
 gt, det = load_coco(sys.argv[1]), load_detections(sys.argv[2])
-result = evaluate_columns(gt.data, det.image_id, det.category_id, det.bbox_xywh, det.score)
+result = evaluate_bbox(gt.data, det)
 print(json.dumps({"seconds": time.perf_counter() - start, "stats": [float(v).hex() for v in result.stats]}))
 """
 
@@ -103,7 +103,7 @@ def main() -> None:
         for name, module in modules.items():
             if _installed(module):
                 rows[name] = _run(TIMED.format(imports=IN_PROCESS[name]), gt_path, pred_path)
-        rows["detfold (load_detections + evaluate_columns)"] = _run(DETFOLD_IN_PROCESS, gt_path, pred_path)
+        rows["detfold (load_detections + evaluate_bbox)"] = _run(DETFOLD_IN_PROCESS, gt_path, pred_path)
         detfold = Path(sys.executable).with_name("detfold")
         start = time.perf_counter()
         out = subprocess.run([str(detfold), "evaluate", "--gt", gt_path, "--pred", pred_path], capture_output=True)

@@ -1,8 +1,9 @@
 """COCO bbox metrics (the 12 standard stats at maxDets 1/10/100, mAP50, per-class AP/AR).
 
-Computed by :mod:`detfold.evaluate.cocoeval`, whose numbers equal pycocotools' bit for bit (the tests
-check this against pycocotools itself). Predictions are COCO results: ``image_id, category_id,
-bbox (xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
+Computed by :func:`detfold.evaluate.cocoeval.evaluate_bbox` (hotcoco), whose numbers equal
+pycocotools' bit for bit (the tests check this against pycocotools itself). Predictions are
+:class:`detfold.core.coco.Detections` or COCO results: ``image_id, category_id, bbox
+(xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
 ``None``; an empty prediction list scores 0 instead of crashing.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from detfold.core.coco import Coco, Detections, check_detection_ids, check_predictions
-from detfold.evaluate.cocoeval import REC_THRS, evaluate_columns
+from detfold.evaluate.cocoeval import REC_THRS, evaluate_bbox
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ def evaluate_coco(
     else:
         check_predictions(gt, predictions, source)
         detections = Detections.from_results(predictions)
-    result = evaluate_columns(
-        gt.data, detections.image_id, detections.category_id, detections.bbox_xywh, detections.score
-    )
+    result = evaluate_bbox(gt.data, detections)
     stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
     names = {cat["id"]: cat["name"] for cat in gt.categories}
     n_gt: dict[int, int] = {}
