@@ -137,11 +137,9 @@ def _ensemble(args: argparse.Namespace) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from detfold.analyze.analysis import ERROR_TYPES, write_analysis
     from detfold.core.coco import load_coco, load_results
-    from detfold.evaluate.metrics import check_predictions
 
     gt = load_coco(args.gt)
-    preds = load_results(args.pred)
-    check_predictions(gt, preds, args.pred)
+    preds = load_results(args.pred, gt)
     if args.images is not None and not Path(args.images).is_dir():
         raise ValueError(f"--images {args.images}: no such folder")
     result = write_analysis(gt.data, preds, args.out, images_dir=args.images)

@@ -8,6 +8,7 @@ from typing import Any
 from detfold.audit import checks
 from detfold.core.coco import (
     Coco,
+    check_coco,
     is_labelled,
     load_coco,
     write_coco,
@@ -70,7 +71,6 @@ def run_audit(
 def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
     """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
     from detfold.audit import convert
-    from detfold.core.coco import validate_coco
 
     names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
     if fmt == "voc":
@@ -81,8 +81,5 @@ def run_import(fmt: str, source: str, images: str, class_names: str | None, out:
         data = convert.yolo_to_coco(source, images, names)
     else:
         raise ValueError(f"data.format must be coco, voc or yolo, got {fmt!r}")
-    problems = validate_coco(data, out)
-    if problems:
-        raise ValueError("\n".join(problems))
-    write_coco(data, out)
+    write_coco(check_coco(data, out), out)
     log.info("imported %s: %d images, %d boxes", source, len(data["images"]), len(data["annotations"]))

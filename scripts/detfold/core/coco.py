@@ -1,4 +1,14 @@
-"""COCO detection files: loading with clear errors, and the few views the stages need.
+"""COCO detection files and predictions: loading with clear errors, one check per input kind.
+
+- COCO ground truth (a dataset dict): :func:`validate_coco` lists every problem,
+  :func:`check_coco` raises with them, :func:`load_coco` reads a file and checks it.
+- COCO results (a list of ``image_id, category_id, bbox, score`` dicts): :func:`results_problems`
+  lists every problem, :func:`check_results` raises with them (and checks the ids against a
+  ground truth when given one), :func:`load_results` reads a file and checks it.
+- :class:`Detections` (the same results as columns, how predictions move inside detfold):
+  :func:`load_detections` reads a file and checks its values, :func:`check_detection_ids`
+  checks the ids against a ground truth, :func:`read_detections` does both for a file an
+  earlier job wrote.
 
 Coordinates: COCO ``bbox`` is ``[x, y, w, h]`` in absolute pixels (``xywh_abs``).
 """
@@ -163,6 +173,34 @@ def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_i
     return problems
 
 
+def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> Coco:
+    """``data`` as a :class:`Coco` when it is a valid COCO detection dict; else
+    ``CocoFormatError`` listing the problems (:func:`validate_coco`; the first 20 and how many
+    more). ``require_annotations=False`` accepts an image list without labels (an unlabelled
+    test set)."""
+    problems = validate_coco(data, path, require_annotations)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CocoFormatError("\n".join(shown))
+    data.setdefault("annotations", [])
+    return Coco(data, path=path)
+
+
+def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
+    """Load a COCO detection file and check it (:func:`check_coco`)."""
+    return check_coco(read_json(path), str(path), require_annotations)
+
+
+def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
+    """Write a COCO dataset atomically."""
+    write_json(path, coco.data if isinstance(coco, Coco) else coco)
+
+
+def is_labelled(coco: Coco) -> bool:
+    """True when the dataset has at least one annotation (an unlabelled test set has none)."""
+    return len(coco.annotations) > 0
+
+
 def results_problems(data: Any, source: str = "predictions") -> list[str]:
     """Every structural problem of a COCO results list (``image_id, category_id, bbox
     [x, y, w, h] in px, score``), one message each naming ``source[index].key`` and the value:
@@ -194,19 +232,22 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
     return problems
 
 
-def check_results(data: Any, source: str = "predictions") -> list[dict[str, Any]]:
-    """``data`` when it is a valid COCO results list; else ``ValueError`` with the first
-    problems (and how many there are)."""
+def check_results(data: Any, source: str = "predictions", gt: Coco | None = None) -> list[dict[str, Any]]:
+    """``data`` when it is a valid COCO results list (:func:`results_problems`) whose ids, with
+    ``gt`` given, are those of ``gt`` (:func:`check_detection_ids`); else ``ValueError`` with
+    the first problems (and how many there are)."""
     problems = results_problems(data, source)
     if problems:
         more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
         raise ValueError("; ".join(problems[:3]) + more)
+    if gt is not None:
+        check_detection_ids(gt, Detections.from_results(data), source)
     return data
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read and check a COCO results JSON file (see :func:`results_problems`)."""
-    return check_results(read_json(path), str(path))
+def load_results(path: str | Path, gt: Coco | None = None) -> list[dict[str, Any]]:
+    """Read and check a COCO results JSON file (:func:`check_results`, ids against ``gt`` if given)."""
+    return check_results(read_json(path), str(path), gt)
 
 
 @dataclass(frozen=True)
@@ -309,27 +350,16 @@ def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_j
     return detections
 
 
-def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
-    """Load and validate a COCO detection file; raise ``CocoFormatError`` listing every problem.
-
-    ``require_annotations=False`` accepts an image list without labels (an unlabelled test set).
-    """
-    data = read_json(path)
-    problems = validate_coco(data, str(path), require_annotations)
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CocoFormatError("\n".join(shown))
-    data.setdefault("annotations", [])
-    return Coco(data, path=str(path))
-
-
-def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
-    """Write a COCO dataset atomically."""
-    write_json(path, coco.data if isinstance(coco, Coco) else coco)
-
-
-def is_labelled(coco: Coco) -> bool:
-    return len(coco.annotations) > 0
+def check_detection_ids(gt: Coco, detections: Detections, source: str = "predictions") -> None:
+    """``ValueError`` naming the first row whose image id is not an image of ``gt`` (else the
+    first whose category id is not a category of ``gt``). Values are checked where the
+    detections are made (:func:`load_detections`, :func:`check_results`)."""
+    for key, known in (("image_id", gt.image_ids), ("category_id", gt.category_ids)):
+        i = detections.first_unknown(key, known)
+        if i is not None:
+            what = "is not in the ground truth" if key == "image_id" else "is not a category of"
+            known_text = f" (known: {sorted(known)})" if key == "category_id" else ""
+            raise ValueError(f"{source}[{i}]: {key} {int(getattr(detections, key)[i])!r} {what} {gt.path}{known_text}")
 
 
 def read_detections(gt: Coco, path: str) -> Detections:
@@ -339,29 +369,3 @@ def read_detections(gt: Coco, path: str) -> Detections:
     detections = load_detections(path, read=read_product)
     check_detection_ids(gt, detections, path)
     return detections
-
-
-def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> None:
-    """Raise ``ValueError`` naming the first ill-formed prediction (:func:`detfold.core.coco.check_results`:
-    types, non-finite values, negative sizes) or one with an unknown image or category id."""
-    check_results(predictions, source)
-    image_ids, category_ids = set(gt.image_ids), set(gt.category_ids)
-    for i, pred in enumerate(predictions):
-        if pred.get("image_id") not in image_ids:
-            raise ValueError(f"{source}[{i}]: image_id {pred.get('image_id')!r} is not in the ground truth {gt.path}")
-        if pred.get("category_id") not in category_ids:
-            raise ValueError(
-                f"{source}[{i}]: category_id {pred.get('category_id')!r} is not a category of {gt.path} "
-                f"(known: {sorted(category_ids)})"
-            )
-
-
-def check_detection_ids(gt: Coco, detections: Detections, source: str = "predictions") -> None:
-    """:func:`check_predictions`' id checks on columns: ``ValueError`` naming the first row whose
-    image or category id is not in ``gt``."""
-    for key, known in (("image_id", gt.image_ids), ("category_id", gt.category_ids)):
-        i = detections.first_unknown(key, known)
-        if i is not None:
-            what = "is not in the ground truth" if key == "image_id" else "is not a category of"
-            known_text = f" (known: {sorted(known)})" if key == "category_id" else ""
-            raise ValueError(f"{source}[{i}]: {key} {int(getattr(detections, key)[i])!r} {what} {gt.path}{known_text}")

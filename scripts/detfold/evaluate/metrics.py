@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from detfold.core.coco import Coco, Detections, check_detection_ids, check_predictions
+from detfold.core.coco import Coco, Detections, check_detection_ids, check_results
 from detfold.evaluate.cocoeval import REC_THRS, evaluate_bbox
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,10 @@ def evaluate_coco(
 
     With ``pr_curves`` each class also gets its precision at the 101 recall points (area all,
     100 detections), at IoU 0.5 and averaged over IoU 0.5:0.95 (-1 where undefined)."""
-    if isinstance(predictions, Detections):  # checked for values when loaded (load_detections)
-        check_detection_ids(gt, predictions, source)
-        detections = predictions
-    else:
-        check_predictions(gt, predictions, source)
-        detections = Detections.from_results(predictions)
-    result = evaluate_bbox(gt.data, detections)
+    if not isinstance(predictions, Detections):  # Detections were checked for values where made
+        predictions = Detections.from_results(check_results(predictions, source))
+    check_detection_ids(gt, predictions, source)
+    result = evaluate_bbox(gt.data, predictions)
     stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
     names = {cat["id"]: cat["name"] for cat in gt.categories}
     n_gt: dict[int, int] = {}
