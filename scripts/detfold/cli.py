@@ -24,19 +24,17 @@ log = logging.getLogger("detfold")
 
 def _audit(args: argparse.Namespace) -> None:
     from detfold.audit import checks
+    from detfold.audit.stage import audit_splits, write_audit
     from detfold.core.coco import load_coco, write_coco
 
     coco = load_coco(args.annotations)
-    checks.check_image_files(coco, args.images)
     policy = checks.AuditPolicy.from_config(_parse_checks(args.check))
-    overrides = checks.read_overrides(args.overrides)
-    clean, findings = checks.audit_coco(coco, policy, split="train", overrides=overrides)
-    out = Path(args.out)
-    write_coco(clean, out / "annotations.json")
-    checks.write_findings(findings, out / "findings.csv")
-    checks.write_summary(checks.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    checks.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
-    dropped = len(coco.annotations) - len(clean.annotations)
+    decisions = checks.read_overrides(args.overrides)
+    before, images, out = {"train": coco}, {"train": args.images}, Path(args.out)
+    after, findings = audit_splits(before, images, policy, decisions)
+    write_coco(after["train"], out / "annotations.json")
+    write_audit(before, after, findings, images, out / "findings.csv", out / "summary.json", out / "gallery")
+    dropped = len(coco.annotations) - len(after["train"].annotations)
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 
 
@@ -89,12 +87,11 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections
-    from detfold.core.io import write_json
-    from detfold.evaluate.metrics import evaluate_coco
+    from detfold.core.coco import load_coco
+    from detfold.core.io import read_json, write_json
+    from detfold.evaluate.stage import evaluate_file
 
-    gt = load_coco(args.gt)
-    result = evaluate_coco(gt, load_detections(args.pred), args.pred)
+    _, result = evaluate_file(load_coco(args.gt), args.pred, read=read_json)  # a user's file: never deleted
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
