@@ -66,17 +66,22 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
+    from detfold.core.config import schema_defaults
     from detfold.folds.stage import run_split
 
+    folds = schema_defaults()["folds"]  # the settings the command has no option for
     out = Path(args.out)
     summary = run_split(
         args.annotations,
         k=args.k,
         seed=args.seed,
-        out_table=str(out),
         method=args.method,
         group_by=args.group_by,
+        weights=folds["weights"],
         images=args.images,
+        near_duplicate_distance=folds["near_duplicate_distance"],
+        blend_share=0.0,  # no blend split: every image goes to a fold
+        out_table=str(out),
         out_balance=str(out.with_name(out.stem + ".balance.csv")),
     )
     print(f"wrote {out} and {out.stem}.balance.csv: images per fold {summary['fold_images']}")
@@ -162,6 +167,8 @@ def check_fusion_args(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from detfold.core.config import load_schema
+
     p = argparse.ArgumentParser(prog="detfold", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"detfold {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -188,11 +195,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="COCO JSON to write")
     i.set_defaults(func=_import)
 
+    schema = load_schema()["properties"]  # the config's defaults and choices
+    folds = schema["folds"]["properties"]
     s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
     s.add_argument("annotations")
-    s.add_argument("--k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--method", default="balanced", choices=["balanced", "iterstrat", "sgkf", "random"])
+    s.add_argument("--k", type=int, default=folds["k"]["default"], help="default: %(default)s")
+    s.add_argument("--seed", type=int, default=schema["seed"]["default"], help="default: %(default)s")
+    s.add_argument("--method", default=folds["method"]["default"], choices=folds["method"]["enum"])
     s.add_argument("--group-by", help="regex:PATTERN | field:NAME | csv:PATH | auto (near-duplicate images)")
     s.add_argument("--images", help="image folder (needed by --group-by auto)")
     s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold (a .balance.csv is written beside it)")
