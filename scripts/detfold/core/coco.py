@@ -94,7 +94,7 @@ def _is_id(value: Any) -> bool:
 
 def _is_box(value: Any) -> bool:
     """4 finite numbers ``[x, y, w, h]``."""
-    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
+    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
 
 
 def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
@@ -161,15 +161,16 @@ def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_i
     for i, ann in enumerate(annotations):
         if not isinstance(ann, dict):
             continue
-        where = f"{path}: annotations[{i}] (id {ann.get('id')!r})"
+        found = []
         if ann.get("image_id") not in image_ids:
-            problems.append(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
+            found.append(f"image_id {ann.get('image_id')!r} is not in 'images'")
         if ann.get("category_id") not in category_ids:
-            problems.append(f"{where}: category_id {ann.get('category_id')!r} is not in 'categories'")
+            found.append(f"category_id {ann.get('category_id')!r} is not in 'categories'")
         if not _is_box(ann.get("bbox")):
-            problems.append(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
+            found.append(f"bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
         if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
-            problems.append(f"{where}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+            found.append(f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+        problems += [f"{path}: annotations[{i}] (id {ann.get('id')!r}): {text}" for text in found]
     return problems
 
 
