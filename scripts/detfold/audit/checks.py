@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from detfold.core.coco import Coco
-from detfold.core.io import atomic_open, write_json
+from detfold.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -242,41 +242,30 @@ class _Ledger:
         apply a drop. Returns the action."""
         rule = self.policy.rules[check]
         action = "keep (override)" if ann is not None and ann["id"] in self.keep_anns else rule.action
-        category = "" if ann is None else self.names[ann["category_id"]]
-        ann_id = None if ann is None else ann["id"]
-        value = round(float(value), 4)
-        self.findings.append(
-            Finding(
-                self.split,
-                image["id"],
-                ann_id,
-                image["file_name"],
-                category,
-                check,
-                value,
-                rule.threshold,
-                action,
-                related,
-            )
-        )
-        if action == "drop_box" and ann is not None:
-            self.dropped_anns.add(ann["id"])
-        elif action == "drop_image":
-            self.dropped_images.add(image["id"])
+        self._record(image, ann, check, round(float(value), 4), rule.threshold, action, related)
         return action
 
     def manual(self, image: dict[str, Any], ann: dict[str, Any] | None) -> None:
         """A person's "drop" of a box (``ann``) or of the whole image (``ann`` None)."""
-        category = "" if ann is None else self.names[ann["category_id"]]
-        action = "drop_image" if ann is None else "drop_box"
-        ann_id = None if ann is None else ann["id"]
-        self.findings.append(
-            Finding(self.split, image["id"], ann_id, image["file_name"], category, "manual", 0.0, 0.0, action)
-        )
-        if ann is None:
-            self.dropped_images.add(image["id"])
-        else:
+        self._record(image, ann, "manual", 0.0, 0.0, "drop_image" if ann is None else "drop_box")
+
+    def _record(
+        self,
+        image: dict[str, Any],
+        ann: dict[str, Any] | None,
+        check: str,
+        value: float,
+        threshold: float,
+        action: str,
+        related: int | None = None,
+    ) -> None:
+        category, ann_id = ("", None) if ann is None else (self.names[ann["category_id"]], ann["id"])
+        where = (self.split, image["id"], ann_id, image["file_name"], category)
+        self.findings.append(Finding(*where, check, value, threshold, action, related))
+        if action == "drop_box" and ann is not None:
             self.dropped_anns.add(ann["id"])
+        elif action == "drop_image":
+            self.dropped_images.add(image["id"])
 
     def clipped_away(self, ann: dict[str, Any]) -> None:
         """The last finding's clip left nothing of the box inside the image: the box is dropped."""
@@ -513,10 +502,6 @@ def summarise(before: dict[str, Coco], after: dict[str, Coco], findings: list[Fi
         "findings_per_check": dict(sorted(per_check.items())),
         "checks": {name: meaning for name, (meaning, *_rest) in CHECKS.items()},
     }
-
-
-def write_summary(summary: dict[str, Any], path: str | Path) -> None:
-    write_json(path, summary)
 
 
 GALLERY_TILE = 160  # px, square tile per finding

@@ -14,6 +14,7 @@ from detfold.core.coco import (
     load_coco,
     write_coco,
 )
+from detfold.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def write_audit(
     split) and the gallery of findings."""
     checks.write_gallery(findings, before, images, out_gallery)
     checks.write_findings(findings, out_findings)
-    checks.write_summary(checks.summarise(before, after, findings), out_summary)
+    write_json(out_summary, checks.summarise(before, after, findings))
 
 
 def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
