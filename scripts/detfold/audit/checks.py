@@ -183,7 +183,8 @@ def coco_from_image_list(path: str | Path, images_dir: str | Path | None, catego
     """An unlabelled test set given as a text file of image file names (one per line, relative to
     ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
     their sizes are read from the files by :func:`check_image_files`."""
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):

@@ -228,10 +228,10 @@ class Matched:
     @staticmethod
     def pool(parts: Sequence[Matched]) -> Matched:
         """Detections of several sets on disjoint images (e.g. each restricted to its own part)."""
-        return Matched.sorted(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")),
-            parts[0].gt_counts,
+        img, cat, score, matched, ignored = (
+            np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")
         )
+        return Matched.sorted(img, cat, score, matched, ignored, parts[0].gt_counts)
 
     def scores(self, image_weights: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP@[.5:.95], mAP50) with each image counted ``image_weights`` times (0: left out;
@@ -279,6 +279,7 @@ def evaluate_bbox(gt: dict[str, Any], predictions: Detections | list[dict[str, A
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    assert ev.eval is not None  # accumulate() filled it
     precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     recall = np.asarray(ev.eval["recall"], dtype=np.float64)
     cat_ids = sorted(c["id"] for c in gt["categories"])

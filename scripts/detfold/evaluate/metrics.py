@@ -55,7 +55,7 @@ def evaluate_coco(
     n_gt: dict[int, int] = {}
     for ann in gt.annotations:
         n_gt[ann["category_id"]] = n_gt.get(ann["category_id"], 0) + 1
-    per_class = {}
+    per_class: dict[str, dict[str, Any]] = {}
     for k, cat_id in enumerate(result.cat_ids):  # classes in sorted id order, as pycocotools
         p_all = result.precision[:, :, k, 0, -1]
         p_50 = result.precision[0, :, k, 0, -1]
