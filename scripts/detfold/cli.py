@@ -24,19 +24,17 @@ log = logging.getLogger("detfold")
 
 def _audit(args: argparse.Namespace) -> None:
     from detfold.audit import checks
+    from detfold.audit.stage import audit_splits, write_audit
     from detfold.core.coco import load_coco, write_coco
 
     coco = load_coco(args.annotations)
-    checks.check_image_files(coco, args.images)
     policy = checks.AuditPolicy.from_config(_parse_checks(args.check))
-    overrides = checks.read_overrides(args.overrides)
-    clean, findings = checks.audit_coco(coco, policy, split="train", overrides=overrides)
-    out = Path(args.out)
-    write_coco(clean, out / "annotations.json")
-    checks.write_findings(findings, out / "findings.csv")
-    checks.write_summary(checks.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    checks.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
-    dropped = len(coco.annotations) - len(clean.annotations)
+    decisions = checks.read_overrides(args.overrides)
+    before, images, out = {"train": coco}, {"train": args.images}, Path(args.out)
+    after, findings = audit_splits(before, images, policy, decisions)
+    write_coco(after["train"], out / "annotations.json")
+    write_audit(before, after, findings, images, out / "findings.csv", out / "summary.json", out / "gallery")
+    dropped = len(coco.annotations) - len(after["train"].annotations)
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 
 
@@ -68,17 +66,22 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
+    from detfold.core.config import schema_defaults
     from detfold.folds.stage import run_split
 
+    folds = schema_defaults()["folds"]  # the settings the command has no option for
     out = Path(args.out)
     summary = run_split(
         args.annotations,
         k=args.k,
         seed=args.seed,
-        out_table=str(out),
         method=args.method,
         group_by=args.group_by,
+        weights=folds["weights"],
         images=args.images,
+        near_duplicate_distance=folds["near_duplicate_distance"],
+        blend_share=0.0,  # no blend split: every image goes to a fold
+        out_table=str(out),
         out_balance=str(out.with_name(out.stem + ".balance.csv")),
     )
     print(f"wrote {out} and {out.stem}.balance.csv: images per fold {summary['fold_images']}")
@@ -88,44 +91,17 @@ def _split(args: argparse.Namespace) -> None:
     )
 
 
-def _short_lived() -> None:
-    """A command that reads one or two large JSON files and exits: the garbage collector's
-    passes over their many small objects (none in a cycle) are only time lost."""
-    import gc
-
-    gc.disable()
-
-
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections_beside
+    from detfold.core.coco import load_coco
+    from detfold.core.io import read_json, write_json
+    from detfold.evaluate.stage import evaluate_file
 
-    _short_lived()
-    from detfold.core.io import write_json
-    from detfold.evaluate.metrics import evaluate_coco
-
-    # the detections decoded on both cores, the ground truth read beside them: the forked
-    # process takes the larger share, as this one reads the ground truth first
-    detections, gt = load_detections_beside(args.pred, lambda: load_coco(args.gt), share=_share(args.gt, args.pred))
-    result = evaluate_coco(gt, detections, args.pred)
+    _, result = evaluate_file(load_coco(args.gt), args.pred, read=read_json)  # a user's file: never deleted
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
     for name, value in rows:
         print(f"{name:12s} {'n/a' if value is None else format(value, '.4f')}")
-
-
-GT_COST_PER_BYTE = 2.3  # reading and checking a COCO ground truth, per byte, against a results file's
-
-
-def _share(gt: str, pred: str) -> float:
-    """The share of the results file the forked process decodes, so that both cores finish
-    together while this one also reads the ground truth (costs per byte measured on the
-    issue 17 set); within [0.5, 0.9]."""
-    try:
-        ratio = GT_COST_PER_BYTE * Path(gt).stat().st_size / max(Path(pred).stat().st_size, 1)
-    except OSError:
-        return 0.5
-    return min(0.9, 0.5 + ratio / 2)
 
 
 def _ensemble(args: argparse.Namespace) -> None:
@@ -135,7 +111,6 @@ def _ensemble(args: argparse.Namespace) -> None:
     from detfold.ensemble.fusion import fuse_detections
 
     check_fusion_args(args)
-    _short_lived()
     use_compiled()  # the kernels built ahead of time: no numba start-up in a process this short
     coco = load_coco(args.images, require_annotations=False)
     members = [load_detections(p) for p in args.pred]
@@ -163,11 +138,10 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 def _analyze(args: argparse.Namespace) -> None:
     from detfold.analyze.analysis import ERROR_TYPES, write_analysis
-    from detfold.core.coco import check_predictions, load_coco, load_results
+    from detfold.core.coco import load_coco, load_results
 
     gt = load_coco(args.gt)
-    preds = load_results(args.pred)
-    check_predictions(gt, preds, args.pred)
+    preds = load_results(args.pred, gt)
     if args.images is not None and not Path(args.images).is_dir():
         raise ValueError(f"--images {args.images}: no such folder")
     result = write_analysis(gt.data, preds, args.out, images_dir=args.images)
@@ -193,6 +167,8 @@ def check_fusion_args(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from detfold.core.config import load_schema
+
     p = argparse.ArgumentParser(prog="detfold", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"detfold {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -219,11 +195,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="COCO JSON to write")
     i.set_defaults(func=_import)
 
+    schema = load_schema()["properties"]  # the config's defaults and choices
+    folds = schema["folds"]["properties"]
     s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
     s.add_argument("annotations")
-    s.add_argument("--k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--method", default="balanced", choices=["balanced", "iterstrat", "sgkf", "random"])
+    s.add_argument("--k", type=int, default=folds["k"]["default"], help="default: %(default)s")
+    s.add_argument("--seed", type=int, default=schema["seed"]["default"], help="default: %(default)s")
+    s.add_argument("--method", default=folds["method"]["default"], choices=folds["method"]["enum"])
     s.add_argument("--group-by", help="regex:PATTERN | field:NAME | csv:PATH | auto (near-duplicate images)")
     s.add_argument("--images", help="image folder (needed by --group-by auto)")
     s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold (a .balance.csv is written beside it)")

@@ -306,6 +306,7 @@ def main() -> None:
                     "test_preds": files["test"][first],
                     "out": str(out / f"eval/{first}/metrics.json"),
                     "out_pr_curves": str(out / f"eval/{first}/pr_curves.csv"),
+                    "seed": 42,
                 },
             ),
             (

@@ -305,7 +305,3 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, bccd_dir, capsys):
     assert message in err
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
-
-
-def test_there_are_enough_cases():
-    assert len(CASES) >= 50

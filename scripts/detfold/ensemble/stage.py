@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def _fold_predictions(gt: Coco, model_files: dict[str, list[str]], processes: int = 1) -> dict[str, list[Detections]]:
-    return {name: [read_detections(gt, path, processes) for path in model_files[name]] for name in sorted(model_files)}
+    return {name: [read_detections(gt, path) for path in model_files[name]] for name in sorted(model_files)}
 
 
 def _externals(
