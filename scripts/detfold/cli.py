@@ -25,6 +25,7 @@ log = logging.getLogger("detfold")
 def _audit(args: argparse.Namespace) -> None:
     from detfold.audit import checks
     from detfold.core.coco import load_coco, write_coco
+    from detfold.core.gallery import write_findings_gallery
 
     coco = load_coco(args.annotations)
     checks.check_image_files(coco, args.images)
@@ -35,7 +36,7 @@ def _audit(args: argparse.Namespace) -> None:
     write_coco(clean, out / "annotations.json")
     checks.write_findings(findings, out / "findings.csv")
     checks.write_summary(checks.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    checks.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
+    write_findings_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
     dropped = len(coco.annotations) - len(clean.annotations)
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detfold.analyze import analysis
+from detfold.core import gallery
 
 tidecv = pytest.importorskip("tidecv")
 
@@ -155,10 +156,10 @@ def test_detfold_analyze_writes_every_file(tmp_path, capsys):
     expected = {f"review_{k}" for k in analysis.REVIEW_KINDS} | {f"error_{k}" for k in analysis.ERROR_TYPES}
     assert stems == expected | {"worst_images"}
     with Image.open(tmp_path / "a" / "gallery" / "review_possibly_duplicate.png") as sheet:
-        assert sheet.width == analysis.GALLERY_COLUMNS * analysis.GALLERY_TILE
+        assert sheet.width == gallery.COLUMNS * gallery.TILE
         # the duplicate's tile has the ground truth's green and the prediction's red
         pixels = np.asarray(sheet.convert("RGB"), dtype=int).reshape(-1, 3)
-        for colour in (analysis.GT_COLOUR, analysis.PRED_COLOUR):  # resampled: near, not equal
+        for colour in (gallery.GT_COLOUR, gallery.PRED_COLOUR):  # resampled: near, not equal
             assert (np.abs(pixels - colour).max(1) < 40).sum() > 20
     assert (
         main(["analyze", "--gt", str(gt_path), "--pred", str(tmp_path / "missing.json"), "--out", str(tmp_path / "b")])

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from detfold.core import gallery
+
 log = logging.getLogger(__name__)
 
 POS_IOU = 0.5  #: TIDE's foreground threshold (and the review's "matched")
@@ -538,13 +540,7 @@ def scores_at_thresholds(
     return out
 
 
-GALLERY_TILE = 160  #: px, square tile per item
-GALLERY_COLUMNS = 6
-GALLERY_MAX = 36  #: items per gallery (the CSV and JSON files have them all)
 WORST_IMAGES = 12  #: images in the worst-images gallery
-GT_COLOUR = (0, 190, 0)  #: ground truth: green
-PRED_COLOUR = (255, 40, 0)  #: prediction: red
-RELATED_COLOUR = (0, 200, 255)  #: the other box of a pair (possibly_duplicate): cyan
 
 
 @dataclass
@@ -563,46 +559,16 @@ class Tile:
 def _contact_sheet(tiles: Sequence[Tile], file_names: Sequence[str], images_dir: str, path: Any) -> None:
     from pathlib import Path
 
-    from PIL import Image, ImageDraw, ImageOps
-
-    from detfold.audit.checks import crop_around
-    from detfold.core.io import atomic_open
-
-    caption_h = 24
-    rows = max(1, (len(tiles) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS)
-    sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
-    pen = ImageDraw.Draw(sheet)
-    if not tiles:  # an empty gallery says so (a blank picture would look like a failed one)
-        pen.rectangle([0, 0, 2 * GALLERY_TILE - 1, GALLERY_TILE - 1], fill=(225, 225, 225), outline="black")
-        pen.text((8, GALLERY_TILE // 2 - 6), f"nothing of this kind ({Path(path).stem})", fill="black")
-    for n, t in enumerate(tiles):
-        source = Path(images_dir) / file_names[t.image]
-        try:
-            with Image.open(source) as handle:
-                img = handle.convert("RGB")
-        except OSError as err:
-            raise ValueError(f"gallery: cannot read image {source}: {err}") from err
-        draw = ImageDraw.Draw(img)
-        for boxes, colour in ((t.related or [], RELATED_COLOUR), (t.gt, GT_COLOUR), (t.pred, PRED_COLOUR)):
-            for x, y, w, h in boxes:
-                draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=colour, width=2)
-        crop = (0, 0, img.width, img.height) if t.focus is None else crop_around(t.focus, img.width, img.height)
-        tile = ImageOps.contain(img.crop(crop), (GALLERY_TILE, GALLERY_TILE))
-        col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
-        top = row * (GALLERY_TILE + caption_h)
-        sheet.paste(tile, (col * GALLERY_TILE, top))
-        for line, text in enumerate(t.caption):
-            pen.text((col * GALLERY_TILE + 2, top + GALLERY_TILE + 1 + 11 * line), text[:26], fill="black")
-    with atomic_open(path, "wb") as handle:
-        sheet.save(handle, format="PNG")
-
-
-def _union(boxes: Sequence[Sequence[float]]) -> list[float]:
-    x0 = min(b[0] for b in boxes)
-    y0 = min(b[1] for b in boxes)
-    x1 = max(b[0] + b[2] for b in boxes)
-    y1 = max(b[1] + b[3] for b in boxes)
-    return [x0, y0, x1 - x0, y1 - y0]
+    sheet = [
+        gallery.Tile(
+            Path(images_dir) / file_names[t.image],
+            [(gallery.RELATED_COLOUR, t.related or []), (gallery.GT_COLOUR, t.gt), (gallery.PRED_COLOUR, t.pred)],
+            t.caption,
+            t.focus,
+        )
+        for t in tiles
+    ]
+    gallery.contact_sheet(sheet, path, gallery.ANALYSIS_LOOK)
 
 
 def review_tiles(match: TideMatch, gt: Mapping[str, Any], review: Sequence[Mapping[str, Any]]) -> dict[str, list[Tile]]:
@@ -614,7 +580,7 @@ def review_tiles(match: TideMatch, gt: Mapping[str, Any], review: Sequence[Mappi
     out: dict[str, list[Tile]] = {}
     for kind in REVIEW_KINDS:
         tiles = []
-        for r in [r for r in review if r["check"] == kind][:GALLERY_MAX]:
+        for r in [r for r in review if r["check"] == kind][: gallery.MAX_TILES]:
             gt_boxes = [r["bbox"]] if r["bbox"] is not None else []
             pred = [r["pred_bbox"]] if r["pred_bbox"] is not None else []
             related = [ann_box[r["related_ann_id"]]] if r.get("related_ann_id") is not None else []
@@ -625,7 +591,7 @@ def review_tiles(match: TideMatch, gt: Mapping[str, Any], review: Sequence[Mappi
                 f"{short}{r[key]:.2f}" for key, short in (("score", "s"), ("iou", "iou")) if r.get(key) is not None
             ]
             detail = " ".join(values) or f"v{r['value']:.2f}"
-            focus = _union([*gt_boxes, *pred, *related])
+            focus = gallery.union([*gt_boxes, *pred, *related])
             tiles.append(Tile(pos[r["image_id"]], gt_boxes, pred, (f"#{r['rank']} {label}", detail), focus, related))
         out[f"review_{kind}"] = tiles
     return out
@@ -650,13 +616,13 @@ def error_tiles(
         if kind == "Miss":
             missed = np.flatnonzero(match.missed)
             area = a.g_box[missed, 2] * a.g_box[missed, 3]
-            for g in missed[np.argsort(-area, kind="stable")][:GALLERY_MAX]:
+            for g in missed[np.argsort(-area, kind="stable")][: gallery.MAX_TILES]:
                 box = a.g_box[g].tolist()
                 caption = (f"{a.g_ann_id[g]} {names.get(int(a.g_cls[g]), '')}", "missed")
                 tiles.append(Tile(int(a.g_img[g]), [box], [], caption, box))
         else:
             dets = np.flatnonzero(match.error == code[kind])
-            for d in dets[np.argsort(-a.d_score[dets], kind="stable")][:GALLERY_MAX]:
+            for d in dets[np.argsort(-a.d_score[dets], kind="stable")][: gallery.MAX_TILES]:
                 pred = a.d_box[d].tolist()
                 g = int(match.error_gt[d])
                 gt_boxes = [a.g_box[g].tolist()] if g >= 0 else []
@@ -664,7 +630,7 @@ def error_tiles(
                 if kind == "Cls" and g >= 0:
                     label = f"{names.get(int(a.g_cls[g]), '')}>{label}"
                 caption = (label, f"s{a.d_score[d]:.2f} iou{match.iou_any[d]:.2f}")
-                tiles.append(Tile(int(a.d_img[d]), gt_boxes, [pred], caption, _union([pred, *gt_boxes])))
+                tiles.append(Tile(int(a.d_img[d]), gt_boxes, [pred], caption, gallery.union([pred, *gt_boxes])))
         out[f"error_{kind}"] = tiles
     gs, ge, ds, de = a.bounds()
     total = per_image.sum(1)
@@ -763,11 +729,11 @@ def write_analysis(
             **error_tiles(match, gt, per_image, kept_detections(gt, arrays, score_thr)),
             **review_tiles(review_match, review_gt, rows),
         }
-        gallery = Path(gallery_dir) if gallery_dir else out / "gallery"
-        gallery.mkdir(parents=True, exist_ok=True)
+        sheets = Path(gallery_dir) if gallery_dir else out / "gallery"
+        sheets.mkdir(parents=True, exist_ok=True)
         for stem, items in tiles.items():
             files = review_match.arrays.file_names if stem.startswith("review_") else arrays.file_names
-            _contact_sheet(items, files, images_dir, gallery / f"{stem}.png")
-        log.info("analysis: %d galleries in %s", len(tiles), gallery)
+            _contact_sheet(items, files, images_dir, sheets / f"{stem}.png")
+        log.info("analysis: %d galleries in %s", len(tiles), sheets)
     log.info("analysis: TIDE mAP50 %.4f; %d review candidates; wrote %s", result["mAP"], len(rows), out)
     return result

@@ -12,6 +12,7 @@ from detfold.core.coco import (
     load_coco,
     write_coco,
 )
+from detfold.core.gallery import write_findings_gallery
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def run_audit(
             continue
         after[split], found = checks.audit_coco(coco, policy, split, decisions)
         findings += found
-    checks.write_gallery(findings, before, {"train": train_images, "test": test_images}, out_gallery)
+    write_findings_gallery(findings, before, {"train": train_images, "test": test_images}, out_gallery)
     checks.write_findings(findings, out_findings)
     checks.write_summary(checks.summarise(before, after, findings), out_summary)
     write_coco(after["test"], out_test)
