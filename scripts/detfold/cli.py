@@ -163,7 +163,8 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from detfold.analyze.analysis import ERROR_TYPES, write_analysis
+    from detfold.analyze.analysis import write_analysis
+    from detfold.analyze.tide import ERROR_TYPES
     from detfold.core.coco import load_coco, load_results
     from detfold.evaluate.metrics import check_predictions
 

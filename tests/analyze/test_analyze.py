@@ -1,4 +1,4 @@
-"""TIDE's error breakdown (detfold.analyze.analysis.tide) against tidecv itself, and the label review."""
+"""TIDE's error breakdown (detfold.analyze.tide) against tidecv itself, and the label review."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detfold.analyze import analysis
+from detfold.analyze.confusion import confusion_matrix
+from detfold.analyze.review import REVIEW_KINDS, review_candidates
+from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES, tide
 from detfold.core import gallery
 
 tidecv = pytest.importorskip("tidecv")
@@ -63,11 +67,11 @@ def run_tidecv(gt, preds):
 
 def assert_equals_tidecv(gt, preds):
     ap, main, special, counts = run_tidecv(gt, preds)
-    ours = analysis.tide(gt, preds)
+    ours = tide(gt, preds)
     assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
-    for kind in analysis.ERROR_TYPES:
+    for kind in ERROR_TYPES:
         assert ours["main"][kind] * 100 == pytest.approx(main[kind], abs=1e-9), kind
-    for kind in analysis.SPECIAL_TYPES:
+    for kind in SPECIAL_TYPES:
         assert ours["special"][kind] * 100 == pytest.approx(special[kind], abs=1e-9), kind
     assert ours["counts"] == counts
 
@@ -94,7 +98,7 @@ def test_review_finds_a_box_labelled_twice_and_a_swapped_class():
     swapped = gt["annotations"][5]
     noisy = {**gt, "annotations": [*gt["annotations"], twin]}
     noisy["annotations"][5] = {**swapped, "category_id": 3 - swapped["category_id"]}
-    rows = analysis.review_candidates(noisy, preds)
+    rows = review_candidates(noisy, preds)
     kinds = {(r["check"], r["ann_id"]) for r in rows}
     assert ("possibly_wrong_class", swapped["id"]) in kinds
     assert ("possibly_duplicate", 999) in kinds or ("possibly_duplicate", first["id"]) in kinds
@@ -140,7 +144,7 @@ def test_detfold_analyze_writes_every_file(tmp_path, capsys):
     )
     assert "TIDE mAP50" in capsys.readouterr().out
     tide = json.loads((tmp_path / "a" / "tide.json").read_text())
-    assert tide["mAP"] > 0.99 and set(tide["main"]) == set(analysis.ERROR_TYPES)
+    assert tide["mAP"] > 0.99 and set(tide["main"]) == set(ERROR_TYPES)
     thresholds = json.loads((tmp_path / "a" / "thresholds.json").read_text())
     assert set(thresholds["score_thr"]) == {"RBC", "WBC", "Platelets"} == set(thresholds["per_class"])
     rows = list(csv.reader((tmp_path / "a" / "confusion.csv").open()))
@@ -153,7 +157,7 @@ def test_detfold_analyze_writes_every_file(tmp_path, capsys):
     from PIL import Image
 
     stems = {p.stem for p in (tmp_path / "a" / "gallery").glob("*.png")}
-    expected = {f"review_{k}" for k in analysis.REVIEW_KINDS} | {f"error_{k}" for k in analysis.ERROR_TYPES}
+    expected = {f"review_{k}" for k in REVIEW_KINDS} | {f"error_{k}" for k in ERROR_TYPES}
     assert stems == expected | {"worst_images"}
     with Image.open(tmp_path / "a" / "gallery" / "review_possibly_duplicate.png") as sheet:
         assert sheet.width == gallery.COLUMNS * gallery.TILE
@@ -214,7 +218,7 @@ def test_confusion_matrix_equals_faster_coco_eval_where_no_classes_compete(seed)
     (see the confusion_matrix docstring for where they differ). Its layout: rows true class,
     columns predicted class, then false positives (by the detection's class) and missed boxes."""
     gt, preds = separated_case(seed)
-    names, cm, per_image = analysis.confusion_matrix(gt, preds, 0.0)
+    names, cm, per_image = confusion_matrix(gt, preds, 0.0)
     theirs = _faster_coco_eval(gt, preds, use_cats=False).compute_confusion_matrix()
     n = len(names) - 1
     assert cm[:n, :n].tolist() == theirs[:, :n].astype(int).tolist()
@@ -229,7 +233,7 @@ def test_best_f1_thresholds_from_faster_coco_eval_matching(seed):
     """The best-F1 point per class from faster-coco-eval's own per-detection matching (its
     ``gt_id`` at IoU 0.5, class-aware) equals detfold's (crowd boxes: none here)."""
     gt, preds = random_case(seed, n_img=40)
-    ours = analysis.best_f1_thresholds(gt, preds)
+    ours = best_f1_thresholds(gt, preds)
     ev = _faster_coco_eval(gt, preds, use_cats=True)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     for cat_id, name in names.items():
@@ -318,8 +322,8 @@ def test_review_finds_planted_errors(seed):
     clean = json.loads((Path(__file__).parents[1] / "data" / "bccd" / "train.json").read_text())
     preds = synthetic_predictions(clean, seed)
     noisy, removed, swapped, shifted = plant_errors(clean, seed + 1)
-    rows = analysis.review_candidates(noisy, preds, limit=100)
-    by_kind = {k: [r for r in rows if r["check"] == k] for k in analysis.REVIEW_KINDS}
+    rows = review_candidates(noisy, preds, limit=100)
+    by_kind = {k: [r for r in rows if r["check"] == k] for k in REVIEW_KINDS}
     original = {a["id"]: a for a in clean["annotations"]}
     found_missing = sum(
         any(
@@ -415,8 +419,8 @@ def test_analysis_of_a_model_that_predicts_little_or_nothing(tmp_path):
     for case in (only_c0, []):
         result = analysis.write_analysis(gt, case, str(tmp_path / str(len(case))), holdout=(gt, case))
         assert 0 <= result["mAP"] < 1
-    assert analysis.tide(gt, [])["mAP"] == 0.0
-    assert analysis.best_f1_thresholds(gt, [])["c0"]["score_thr"] is None
+    assert tide(gt, [])["mAP"] == 0.0
+    assert best_f1_thresholds(gt, [])["c0"]["score_thr"] is None
     import json
 
     bccd = Path(__file__).parents[1] / "data" / "bccd"

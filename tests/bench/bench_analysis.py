@@ -25,7 +25,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench_eval import run_pycocotools  # the same reference run as the evaluation benchmark
-from detfold.analyze import analysis
+from detfold.analyze.confusion import confusion_matrix
+from detfold.analyze.review import review_candidates
+from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.tide import ERROR_TYPES, prepare, tide, tide_match
 from detfold.evaluate.cocoeval import evaluate_bbox
 
 
@@ -90,9 +93,9 @@ def main() -> None:
     gt, preds = synthetic(args.images)
     small_gt, small_preds = synthetic(5, seed=1)
     evaluate_bbox(small_gt, small_preds)  # compile (or load the cached kernels)
-    analysis.review_candidates(small_gt, small_preds)
-    analysis.confusion_matrix(small_gt, small_preds, 0.5)
-    analysis.tide(small_gt, small_preds)
+    review_candidates(small_gt, small_preds)
+    confusion_matrix(small_gt, small_preds, 0.5)
+    tide(small_gt, small_preds)
     rows, out = [], {}
 
     def timed(name: str, run) -> None:  # type: ignore[no-untyped-def]
@@ -104,11 +107,11 @@ def main() -> None:
         "pycocotools evaluate + accumulate + summarize (reference)", lambda: run_pycocotools(gt, preds, "pycocotools")
     )
     timed("detfold COCO evaluation (evaluate_bbox)", lambda: evaluate_bbox(gt, preds).stats)
-    timed("detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)", lambda: analysis.tide(gt, preds))
-    timed("detfold label review (review_candidates, its own match)", lambda: analysis.review_candidates(gt, preds))
-    timed("detfold best-F1 thresholds", lambda: analysis.best_f1_thresholds(gt, preds))
+    timed("detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)", lambda: tide(gt, preds))
+    timed("detfold label review (review_candidates, its own match)", lambda: review_candidates(gt, preds))
+    timed("detfold best-F1 thresholds", lambda: best_f1_thresholds(gt, preds))
     thr = {n: t["score_thr"] for n, t in out["detfold best-F1 thresholds"].items()}
-    timed("detfold confusion matrix", lambda: analysis.confusion_matrix(gt, preds, thr))
+    timed("detfold confusion matrix", lambda: confusion_matrix(gt, preds, thr))
     timed("detfold breakdown + review together (one match)", lambda: _breakdown_and_review(gt, preds))
     if not args.no_tidecv:
         timed("tidecv 1.0.1 (reference for TIDE)", lambda: run_tidecv(gt, preds))
@@ -122,7 +125,7 @@ def main() -> None:
     ours = out["detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)"]
     if "tidecv 1.0.1 (reference for TIDE)" in out:
         theirs = out["tidecv 1.0.1 (reference for TIDE)"]
-        diff = max(abs(ours["mAP"] - theirs["mAP"]), *(abs(ours["main"][k] - theirs[k]) for k in analysis.ERROR_TYPES))
+        diff = max(abs(ours["mAP"] - theirs["mAP"]), *(abs(ours["main"][k] - theirs[k]) for k in ERROR_TYPES))
         print()
         print(f"TIDE mAP50 and the six dAPs vs tidecv: largest difference {diff:.1e}")
     equal = np.array_equal(
@@ -132,9 +135,9 @@ def main() -> None:
 
 
 def _breakdown_and_review(gt: dict, preds: list[dict]) -> int:
-    match = analysis.tide_match(analysis.prepare(gt, preds))
-    analysis.tide(gt, preds, match=match)
-    return len(analysis.review_candidates(gt, preds, match=match))
+    match = tide_match(prepare(gt, preds))
+    tide(gt, preds, match=match)
+    return len(review_candidates(gt, preds, match=match))
 
 
 if __name__ == "__main__":

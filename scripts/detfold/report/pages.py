@@ -380,7 +380,7 @@ def report_analysis(
     bars); the confusion matrix at the best-F1 thresholds (PNG heatmaps, counts, each row's
     share as colour); the per-class thresholds with precision, recall and F1 on the pooled OOF
     predictions where they were chosen and on the blend split where they were not (HTML)."""
-    from detfold.analyze.analysis import ERROR_TYPES, SPECIAL_TYPES
+    from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES
 
     names = sorted(analyses)
     tides = {n: read_json(analyses[n]["tide"]) for n in names}
