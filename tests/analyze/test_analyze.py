@@ -12,8 +12,14 @@ from detfold.analyze.review import REVIEW_KINDS, review_candidates
 from detfold.analyze.thresholds import best_f1_thresholds
 from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES, tide
 from detfold.core import gallery
+from detfold.core.coco import Detections
 
 tidecv = pytest.importorskip("tidecv")
+
+
+def detections(preds):
+    """COCO results as the library takes them."""
+    return Detections.from_results(preds)
 
 
 def random_case(seed: int, n_img: int = 30, n_cat: int = 3, crowd: bool = False, ties: bool = False):
@@ -67,7 +73,7 @@ def run_tidecv(gt, preds):
 
 def assert_equals_tidecv(gt, preds):
     ap, main, special, counts = run_tidecv(gt, preds)
-    ours = tide(gt, preds)
+    ours = tide(gt, detections(preds))
     assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
     for kind in ERROR_TYPES:
         assert ours["main"][kind] * 100 == pytest.approx(main[kind], abs=1e-9), kind
@@ -98,7 +104,7 @@ def test_review_finds_a_box_labelled_twice_and_a_swapped_class():
     swapped = gt["annotations"][5]
     noisy = {**gt, "annotations": [*gt["annotations"], twin]}
     noisy["annotations"][5] = {**swapped, "category_id": 3 - swapped["category_id"]}
-    rows = review_candidates(noisy, preds)
+    rows = review_candidates(noisy, detections(preds))
     kinds = {(r["check"], r["ann_id"]) for r in rows}
     assert ("possibly_wrong_class", swapped["id"]) in kinds
     assert ("possibly_duplicate", 999) in kinds or ("possibly_duplicate", first["id"]) in kinds
@@ -218,7 +224,7 @@ def test_confusion_matrix_equals_faster_coco_eval_where_no_classes_compete(seed)
     (see the confusion_matrix docstring for where they differ). Its layout: rows true class,
     columns predicted class, then false positives (by the detection's class) and missed boxes."""
     gt, preds = separated_case(seed)
-    names, cm, per_image = confusion_matrix(gt, preds, 0.0)
+    names, cm, per_image = confusion_matrix(gt, detections(preds), 0.0)
     theirs = _faster_coco_eval(gt, preds, use_cats=False).compute_confusion_matrix()
     n = len(names) - 1
     assert cm[:n, :n].tolist() == theirs[:, :n].astype(int).tolist()
@@ -233,7 +239,7 @@ def test_best_f1_thresholds_from_faster_coco_eval_matching(seed):
     """The best-F1 point per class from faster-coco-eval's own per-detection matching (its
     ``gt_id`` at IoU 0.5, class-aware) equals detfold's (crowd boxes: none here)."""
     gt, preds = random_case(seed, n_img=40)
-    ours = best_f1_thresholds(gt, preds)
+    ours = best_f1_thresholds(gt, detections(preds))
     ev = _faster_coco_eval(gt, preds, use_cats=True)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     for cat_id, name in names.items():
@@ -322,7 +328,7 @@ def test_review_finds_planted_errors(seed):
     clean = json.loads((Path(__file__).parents[1] / "data" / "bccd" / "train.json").read_text())
     preds = synthetic_predictions(clean, seed)
     noisy, removed, swapped, shifted = plant_errors(clean, seed + 1)
-    rows = review_candidates(noisy, preds, limit=100)
+    rows = review_candidates(noisy, detections(preds), limit=100)
     by_kind = {k: [r for r in rows if r["check"] == k] for k in REVIEW_KINDS}
     original = {a["id"]: a for a in clean["annotations"]}
     found_missing = sum(
@@ -384,7 +390,7 @@ def test_review_of_the_demos_oof_lists_the_known_label_errors(demo_oof, tmp_path
     import csv
 
     (gt, preds), holdout = demo_oof
-    analysis.write_analysis(gt, preds, str(tmp_path), holdout=holdout)
+    analysis.write_analysis(gt, detections(preds), str(tmp_path), holdout=(holdout[0], detections(holdout[1])))
     with (tmp_path / "review.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     rank = {}
@@ -417,13 +423,15 @@ def test_analysis_of_a_model_that_predicts_little_or_nothing(tmp_path):
     only_c0 = [p for p in preds if p["category_id"] == 1]
     assert_equals_tidecv(gt, only_c0)
     for case in (only_c0, []):
-        result = analysis.write_analysis(gt, case, str(tmp_path / str(len(case))), holdout=(gt, case))
+        result = analysis.write_analysis(
+            gt, detections(case), str(tmp_path / str(len(case))), holdout=(gt, detections(case))
+        )
         assert 0 <= result["mAP"] < 1
-    assert tide(gt, [])["mAP"] == 0.0
-    assert best_f1_thresholds(gt, [])["c0"]["score_thr"] is None
+    assert tide(gt, detections([]))["mAP"] == 0.0
+    assert best_f1_thresholds(gt, detections([]))["c0"]["score_thr"] is None
     import json
 
     bccd = Path(__file__).parents[1] / "data" / "bccd"
     real = json.loads((bccd / "test.json").read_text())
-    analysis.write_analysis(real, [], str(tmp_path / "bccd"), images_dir=str(bccd / "images"))
+    analysis.write_analysis(real, detections([]), str(tmp_path / "bccd"), images_dir=str(bccd / "images"))
     assert len(list((tmp_path / "bccd" / "gallery").glob("*.png"))) == 12

@@ -23,14 +23,15 @@ from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import REVIEW_EXTRA_FIELDS, review_candidates
 from detfold.analyze.thresholds import best_f1_thresholds, kept_detections, scores_at_thresholds
 from detfold.analyze.tide import POS_IOU, TideMatch, prepare, tide, tide_match
+from detfold.core.coco import Detections
 from detfold.core.io import atomic_open, write_json
 
 log = logging.getLogger(__name__)
 
-Split = tuple[Mapping[str, Any], Sequence[Mapping[str, Any]]]  #: (COCO ground truth, predictions of its images)
+Split = tuple[Mapping[str, Any], Detections]  #: (COCO ground truth, predictions of its images)
 
 
-def merge_splits(parts: Sequence[Split]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def merge_splits(parts: Sequence[Split]) -> tuple[dict[str, Any], Detections]:
     """Several (ground truth, predictions) of one dataset's disjoint image sets as one."""
     first = parts[0][0]
     gt = {
@@ -38,14 +39,14 @@ def merge_splits(parts: Sequence[Split]) -> tuple[dict[str, Any], list[dict[str,
         "images": [im for g, _ in parts for im in g["images"]],
         "annotations": [a for g, _ in parts for a in g.get("annotations", [])],
     }
-    return gt, [p for _, preds in parts for p in preds]
+    return gt, Detections.concat([preds for _, preds in parts])
 
 
 def _thresholds(
     gt: Mapping[str, Any],
-    predictions: Sequence[Mapping[str, Any]],
+    predictions: Detections,
     holdout: Split | None,
-    holdout_sets: Sequence[Sequence[Mapping[str, Any]]] | None,
+    holdout_sets: Sequence[Detections] | None,
 ) -> dict[str, Any]:
     """``thresholds.json``: the best-F1 thresholds chosen on ``gt``, and measured on the holdout."""
     per_class = best_f1_thresholds(gt, predictions)
@@ -107,12 +108,12 @@ def _draw_galleries(
 
 def write_analysis(
     gt: Mapping[str, Any],
-    predictions: Sequence[Mapping[str, Any]],
+    predictions: Detections,
     out_dir: str,
     split: str = "train",
     images_dir: str | None = None,
     holdout: Split | None = None,
-    holdout_sets: Sequence[Sequence[Mapping[str, Any]]] | None = None,
+    holdout_sets: Sequence[Detections] | None = None,
     gallery_dir: str | None = None,
 ) -> dict[str, Any]:
     """The breakdown (``tide.json``), the best-F1 thresholds (``thresholds.json``), the confusion

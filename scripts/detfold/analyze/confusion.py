@@ -3,18 +3,19 @@ Boxes are COCO ``xywh_abs``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from detfold.analyze.thresholds import kept_detections
 from detfold.analyze.tide import POS_IOU, Arrays, prepare
+from detfold.core.coco import Detections
 
 
 def confusion_matrix(
     gt: Mapping[str, Any],
-    predictions: Sequence[Mapping[str, Any]],
+    predictions: Detections,
     score_thr: Mapping[str, float | None] | float,
     iou_thr: float = POS_IOU,
     arrays: Arrays | None = None,

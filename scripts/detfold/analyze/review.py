@@ -6,13 +6,14 @@ Boxes are COCO ``xywh_abs``."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from detfold.analyze.tide import BG_IOU, POS_IOU, TideMatch, prepare, tide_match
+from detfold.core.coco import Detections
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def _rows(
 
 def review_candidates(
     gt: Mapping[str, Any],
-    predictions: Sequence[Mapping[str, Any]],
+    predictions: Detections,
     split: str = "train",
     limit: int | None = 500,
     match: TideMatch | None = None,

@@ -6,10 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from detfold.core.coco import (
-    load_coco,
-    read_detections,
-)
+from detfold.core.coco import load_coco, read_detections
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ def run_analyze(
     for fold, val_json in enumerate(val_jsons):
         gt = load_coco(val_json)
         members = [read_detections(gt, files[fold]) for files in oof_preds]
-        parts.append((gt.data, selection.fuse_members(members, gt.images, params, max_per_img).to_results()))
+        parts.append((gt.data, selection.fuse_members(members, gt.images, params, max_per_img)))
         log.info("%s: fold %d: %d images, %d predictions", name, fold, len(gt.images), len(parts[-1][1]))
     pooled_gt, pooled = analysis.merge_splits(parts)
     holdout, holdout_sets = None, None
@@ -54,12 +51,12 @@ def run_analyze(
         members = [[read_detections(blend, path) for path in files] for files in blend_preds]  # member x fold
         # the thresholds are measured on what they were chosen on: per fold, the members fused
         holdout_sets = [
-            selection.fuse_members([m[fold] for m in members], blend.images, params, max_per_img).to_results()
+            selection.fuse_members([m[fold] for m in members], blend.images, params, max_per_img)
             for fold in range(len(val_jsons))
         ]
         # the review looks at the best prediction there is: every fold model of every member fused
         every = [preds for sets in members for preds in sets]
-        holdout = (blend.data, selection.fuse_members(every, blend.images, params, max_per_img).to_results())
+        holdout = (blend.data, selection.fuse_members(every, blend.images, params, max_per_img))
         log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     analysis.write_analysis(
         pooled_gt,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from detfold.analyze.tide import Arrays
+from detfold.core.coco import Detections
 
 #: a class that no threshold serves (no detection of it is a true positive)
 _LEFT_OUT = {"score_thr": None, "precision": 0.0, "recall": 0.0, "f1": 0.0, "tp": 0, "fp": 0}
@@ -38,14 +39,14 @@ def _best_f1(score: np.ndarray, hit: np.ndarray, n: int) -> dict[str, Any]:
     }
 
 
-def best_f1_thresholds(gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def best_f1_thresholds(gt: Mapping[str, Any], predictions: Detections) -> dict[str, dict[str, Any]]:
     """Per class (name): the score threshold with the best F1 at IoU 0.5 (COCO's matching), with
     precision, recall, f1, tp, fp, fn there. ``score_thr`` None: no detection of the class is a
     true positive (every threshold gives F1 0: the class is best left out)."""
     from detfold.evaluate.cocoeval import BboxEvaluator
 
     ev = BboxEvaluator(dict(gt))
-    matched = ev.match_results(list(predictions))
+    matched = ev.match_results(predictions)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     npos = matched.gt_counts.sum(0)
     hit = (matched.matched & 1).astype(bool)
@@ -61,7 +62,7 @@ def best_f1_thresholds(gt: Mapping[str, Any], predictions: Sequence[Mapping[str,
 
 def scores_at_thresholds(
     gt: Mapping[str, Any],
-    prediction_sets: Sequence[Sequence[Mapping[str, Any]]],
+    prediction_sets: Sequence[Detections],
     score_thr: Mapping[str, float | None],
 ) -> dict[str, dict[str, Any]]:
     """Per class (name): precision, recall, f1, tp, fp, fn of the detections at or above
@@ -77,7 +78,7 @@ def scores_at_thresholds(
     npos = np.zeros(len(ev.cat_ids), dtype=np.int64)
     cls_thr = np.array([np.inf if score_thr.get(names[c]) is None else score_thr[names[c]] for c in ev.cat_ids])
     for predictions in prediction_sets:
-        matched = ev.match_results(list(predictions))
+        matched = ev.match_results(predictions)
         hit = (matched.matched & 1).astype(bool)
         sel = ~(matched.ignored & 1).astype(bool) & (matched.score >= cls_thr[matched.cat])
         tp += np.bincount(matched.cat[sel & hit], minlength=len(ev.cat_ids))

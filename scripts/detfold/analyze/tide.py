@@ -11,11 +11,13 @@ here (:func:`tide_match`) is also the one the label review and the galleries sta
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from detfold.core.coco import Detections
 
 POS_IOU = 0.5  #: TIDE's foreground threshold (and the review's "matched")
 BG_IOU = 0.1  #: TIDE's background threshold
@@ -29,7 +31,7 @@ _RECALL_POINTS = np.array([x / 100 for x in range(101)])  # tidecv's, bit for bi
 class Arrays:
     """Ground truth and detections in tidecv's order: images in the ground truth's file order;
     per image the boxes in file order and the detections by score (stable), at most
-    ``max_dets``. ``det_index``: each detection's position in the input list."""
+    ``max_dets``. ``det_index``: each detection's row in the input :class:`Detections`."""
 
     image_ids: np.ndarray
     file_names: list[str]
@@ -53,15 +55,15 @@ class Arrays:
         return g[:-1], g[1:], d[:-1], d[1:]
 
 
-def prepare(gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], max_dets: int = MAX_DETS) -> Arrays:
-    """COCO ground truth + COCO results -> :class:`Arrays` (ids already checked by the caller)."""
+def prepare(gt: Mapping[str, Any], predictions: Detections, max_dets: int = MAX_DETS) -> Arrays:
+    """COCO ground truth + detections -> :class:`Arrays` (ids already checked by the caller)."""
     image_ids = np.array([im["id"] for im in gt["images"]], dtype=np.int64)
     pos = {int(i): p for p, i in enumerate(image_ids)}
     anns = gt.get("annotations", [])
     g_img = np.array([pos[a["image_id"]] for a in anns], dtype=np.int64)
     order = np.argsort(g_img, kind="stable")
-    d_img = np.array([pos[p["image_id"]] for p in predictions], dtype=np.int64)
-    d_score = np.array([p["score"] for p in predictions], dtype=np.float64)
+    d_img = np.array([pos[i] for i in predictions.image_id.tolist()], dtype=np.int64)
+    d_score = np.asarray(predictions.score, dtype=np.float64)
     d_order = np.lexsort((-d_score, d_img))  # by image, then score descending, stable
     d_img, d_score = d_img[d_order], d_score[d_order]
     rank = np.arange(len(d_img)) - np.searchsorted(d_img, d_img, side="left")
@@ -77,8 +79,8 @@ def prepare(gt: Mapping[str, Any], predictions: Sequence[Mapping[str, Any]], max
         g_crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_)[order],
         g_ann_id=np.array([a.get("id", -1) for a in anns], dtype=np.int64)[order],
         d_img=d_img[keep],
-        d_cls=np.array([p["category_id"] for p in predictions], dtype=np.int64)[d_order],
-        d_box=np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)[d_order],
+        d_cls=np.asarray(predictions.category_id, dtype=np.int64)[d_order],
+        d_box=np.asarray(predictions.bbox_xywh, dtype=np.float64).reshape(-1, 4)[d_order],
         d_score=d_score[keep],
         det_index=d_order,
     )
@@ -250,7 +252,7 @@ def _error_counts(m: TideMatch, kind: str) -> np.ndarray:
 
 def tide(
     gt: Mapping[str, Any],
-    predictions: Sequence[Mapping[str, Any]],
+    predictions: Detections,
     pos_thr: float = POS_IOU,
     bg_thr: float = BG_IOU,
     max_dets: int = MAX_DETS,
