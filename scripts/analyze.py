@@ -17,5 +17,4 @@ run_analyze(
     out_dir=snakemake.output.tide.rsplit("/", 1)[0],
     gallery_dir=snakemake.output.gallery,
     fusion=dict(snakemake.params.fusion),
-    max_per_img=snakemake.params.fusion["max_per_img"],
 )

@@ -21,23 +21,23 @@ def run_analyze(
     out_dir: str,
     gallery_dir: str,
     fusion: dict[str, Any],
-    max_per_img: int = 100,
 ) -> None:
     """Error analysis and label review (detfold.analyze.analysis) of the pooled out-of-fold predictions
     of one model or of several fused (the OOF ensemble).
 
     ``oof_preds``: per member (a model), its K fold files (fold f's OOF predictions cover
     ``val_jsons[f]``); with several members each fold's predictions are fused with ``fusion``
-    (the untuned model fusion of config.yaml: nothing here is chosen on these images). The
-    breakdown, the thresholds and the confusion matrix are those of the pooled OOF predictions;
-    the blend split (no fold model trained on it; ``blend_preds``: per member its K fold files)
-    measures the thresholds on other images (per fold the members fused, counts summed over the
-    folds) and joins the label review (every fold model of every member fused), so that every
-    training image is reviewed."""
+    (the untuned model fusion of config.yaml, ``max_per_img`` included: nothing here is chosen
+    on these images). The breakdown, the thresholds and the confusion matrix are those of the
+    pooled OOF predictions; the blend split (no fold model trained on it; ``blend_preds``: per
+    member its K fold files) measures the thresholds on other images (per fold the members
+    fused, counts summed over the folds) and joins the label review (every fold model of every
+    member fused), so that every training image is reviewed."""
     from detfold.analyze import analysis
     from detfold.ensemble import selection
 
     params = {k: v for k, v in selection.fusion_params(fusion).items() if k != "weights"}  # untuned: equal
+    max_per_img = int(fusion["max_per_img"])
     parts = []
     for fold, val_json in enumerate(val_jsons):
         gt = load_coco(val_json)
