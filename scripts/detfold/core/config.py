@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import read_json
 
 log = logging.getLogger(__name__)
@@ -213,10 +214,8 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
             problems.append(f"{key} = {value!r}: {what} not found{extra}")
             missing.add(key)
     for model, settings in (config.get("models") or {}).items():
-        if model == "oof_ensemble":
-            problems.append(
-                "models.oof_ensemble: this name is taken by the error analysis of the models fused; rename it"
-            )
+        if model == OOF_ENSEMBLE:
+            problems.append(f"models.{model}: this name is taken by the error analysis of the models fused; rename it")
         name = str(settings.get("config", ""))
         if name.startswith("mmdet::"):
             path = mmdet_config_path(name)
