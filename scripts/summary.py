@@ -1,7 +1,7 @@
 """Rule summary: the run's headline numbers as markdown and JSON."""
 
 from detfold.core.logs import log_to
-from detfold.report.pages.stage import run_summary
+from detfold.report.stage import run_summary
 
 log_to(snakemake.log[0])
 run_summary(
