@@ -127,7 +127,7 @@ def contact_sheet(tiles: Sequence[Tile], path: str | Path, look: Look) -> None:
 def finding_tile(finding: Finding, anns: Mapping[int, dict[str, Any]], images_dir: str | Path) -> Tile:
     """An audit finding's tile: its box in red (the related box of a pair in cyan), cropped
     around the box; an image finding shows the whole image."""
-    label = f"{finding.ann_id if finding.ann_id is not None else 'img ' + str(finding.image_id)}"
+    label = finding.ann_id if finding.ann_id is not None else f"img {finding.image_id}"
     caption = [f"{label} {finding.category} {finding.value:g}"]
     source = Path(images_dir) / finding.file_name
     if finding.ann_id is None:
@@ -148,12 +148,14 @@ def write_findings_gallery(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     anns = {split: {a["id"]: a for a in c.annotations} for split, c in cocos.items()}
+    # a split with findings has an image folder (its files were checked before the audit)
+    folders = {split: folder for split, folder in images_dirs.items() if folder is not None}
     by_check: dict[str, list[Finding]] = defaultdict(list)
     for f in findings:
         by_check[f.check].append(f)
     written = []
     for check, items in sorted(by_check.items()):
-        tiles = [finding_tile(f, anns[f.split], images_dirs[f.split] or "") for f in items[:MAX_TILES]]
+        tiles = [finding_tile(f, anns[f.split], folders[f.split]) for f in items[:MAX_TILES]]
         contact_sheet(tiles, out / f"{check}.png", AUDIT_LOOK)
         written.append(out / f"{check}.png")
     return written
