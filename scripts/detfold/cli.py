@@ -137,11 +137,13 @@ def _ensemble(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from detfold.analyze.analysis import ERROR_TYPES, write_analysis
-    from detfold.core.coco import load_coco, load_results
+    from detfold.analyze.analysis import write_analysis
+    from detfold.analyze.tide import ERROR_TYPES
+    from detfold.core.coco import check_detection_ids, load_coco, load_detections
 
     gt = load_coco(args.gt)
-    preds = load_results(args.pred, gt)
+    preds = load_detections(args.pred)
+    check_detection_ids(gt, preds, args.pred)
     if args.images is not None and not Path(args.images).is_dir():
         raise ValueError(f"--images {args.images}: no such folder")
     result = write_analysis(gt.data, preds, args.out, images_dir=args.images)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -503,71 +502,3 @@ def summarise(before: dict[str, Coco], after: dict[str, Coco], findings: list[Fi
         "findings_per_check": dict(sorted(per_check.items())),
         "checks": {name: meaning for name, (meaning, *_rest) in CHECKS.items()},
     }
-
-
-GALLERY_TILE = 160  # px, square tile per finding
-GALLERY_COLUMNS = 6
-GALLERY_MAX = 36  # findings shown per check (the CSV has them all)
-BOX_COLOUR = (255, 0, 0)  # the offending box
-RELATED_COLOUR = (0, 200, 255)  # the other box of a pair (duplicate, cross-class overlap)
-
-
-def crop_around(box_xywh: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """The gallery's crop around a box: its longer side (at least 20 px) on every side, within
-    the image; (left, upper, right, lower) as PIL's ``crop`` takes it."""
-    x, y, w, h = box_xywh
-    margin = max(w, h, 20)
-    return (
-        max(0, int(x - margin)),
-        max(0, int(y - margin)),
-        min(width, int(x + w + margin) + 1),
-        min(height, int(y + h + margin) + 1),
-    )
-
-
-def write_gallery(
-    findings: list[Finding], cocos: dict[str, Coco], images_dirs: dict[str, str | Path], out_dir: str | Path
-) -> list[Path]:
-    """One PNG per check: a grid of crops around each finding with its box drawn in red (the
-    related box of a pair in cyan) and a caption. Returns the written files."""
-    from PIL import Image, ImageDraw
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    anns = {split: {a["id"]: a for a in c.annotations} for split, c in cocos.items()}
-    by_check: dict[str, list[Finding]] = defaultdict(list)
-    for f in findings:
-        by_check[f.check].append(f)
-    written = []
-    for check, items in sorted(by_check.items()):
-        shown = items[:GALLERY_MAX]
-        rows = (len(shown) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS
-        caption_h = 14
-        sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
-        draw_sheet = ImageDraw.Draw(sheet)
-        for n, f in enumerate(shown):
-            with Image.open(Path(images_dirs[f.split]) / f.file_name) as handle:
-                img = handle.convert("RGB")
-            draw = ImageDraw.Draw(img)
-            crop = (0, 0, img.width, img.height)
-            if f.ann_id is not None:
-                ann = anns[f.split][f.ann_id]
-                x, y, w, h = ann["bbox"]
-                if f.related_ann_id is not None:
-                    rx, ry, rw, rh = anns[f.split][f.related_ann_id]["bbox"]
-                    draw.rectangle([rx, ry, rx + max(rw, 1), ry + max(rh, 1)], outline=RELATED_COLOUR, width=2)
-                draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=BOX_COLOUR, width=2)
-                crop = crop_around((x, y, w, h), img.width, img.height)
-            tile = img.crop(crop)
-            tile.thumbnail((GALLERY_TILE, GALLERY_TILE))
-            col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
-            sheet.paste(tile, (col * GALLERY_TILE, row * (GALLERY_TILE + caption_h)))
-            label = f"{f.ann_id if f.ann_id is not None else 'img ' + str(f.image_id)} {f.category} {f.value:g}"
-            draw_sheet.text(
-                (col * GALLERY_TILE + 2, row * (GALLERY_TILE + caption_h) + GALLERY_TILE), label, fill="black"
-            )
-        path = out / f"{check}.png"
-        with atomic_open(path, "wb") as handle:
-            sheet.save(handle, format="PNG")
-        written.append(path)
-    return written

@@ -14,6 +14,7 @@ from detfold.core.coco import (
     load_coco,
     write_coco,
 )
+from detfold.core.gallery import write_findings_gallery
 from detfold.core.io import write_json
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def write_audit(
 ) -> None:
     """The findings CSV, the summary (counts per check, images and boxes before and after per
     split) and the gallery of findings."""
-    checks.write_gallery(findings, before, images, out_gallery)
+    write_findings_gallery(findings, before, images, out_gallery)
     checks.write_findings(findings, out_findings)
     write_json(out_summary, checks.summarise(before, after, findings))
 

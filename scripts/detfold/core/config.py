@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import read_json
 
 log = logging.getLogger(__name__)
@@ -288,10 +289,8 @@ def _model_problems(config: dict[str, Any]) -> list[str]:
     """Model names detfold keeps for itself, and mmdet configs that are not there."""
     problems = []
     for model, settings in (config.get("models") or {}).items():
-        if model == "oof_ensemble":
-            problems.append(
-                "models.oof_ensemble: this name is taken by the error analysis of the models fused; rename it"
-            )
+        if model == OOF_ENSEMBLE:
+            problems.append(f"models.{model}: this name is taken by the error analysis of the models fused; rename it")
         name = str(settings.get("config", ""))
         if name.startswith("mmdet::"):
             path = mmdet_config_path(name)
