@@ -48,14 +48,14 @@ def run_analyze(
     holdout, holdout_sets = None, None
     if blend_json is not None and blend_preds:
         blend = load_coco(blend_json)
-        members = [[read_detections(blend, path) for path in files] for files in blend_preds]  # member x fold
+        member_folds = [[read_detections(blend, path) for path in files] for files in blend_preds]
         # the thresholds are measured on what they were chosen on: per fold, the members fused
         holdout_sets = [
-            selection.fuse_members([m[fold] for m in members], blend.images, params, max_per_img)
+            selection.fuse_members([m[fold] for m in member_folds], blend.images, params, max_per_img)
             for fold in range(len(val_jsons))
         ]
         # the review looks at the best prediction there is: every fold model of every member fused
-        every = [preds for sets in members for preds in sets]
+        every = [preds for sets in member_folds for preds in sets]
         holdout = (blend.data, selection.fuse_members(every, blend.images, params, max_per_img))
         log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     analysis.write_analysis(

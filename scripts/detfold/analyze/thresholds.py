@@ -105,6 +105,6 @@ def kept_detections(gt: Mapping[str, Any], arrays: Arrays, score_thr: Mapping[st
     for all classes; None: the class is left out)."""
     names = {c["id"]: c["name"] for c in gt["categories"]}
     thr = {n: score_thr for n in names.values()} if isinstance(score_thr, float | int) else dict(score_thr)
-    by_id = {c: np.inf if thr.get(n) is None else float(thr[n]) for c, n in names.items()}
+    by_id = {c: np.inf if (t := thr.get(n)) is None else float(t) for c, n in names.items()}
     cls_thr = np.array([by_id[c] for c in arrays.d_cls.tolist()], dtype=np.float64)
     return arrays.d_score >= cls_thr

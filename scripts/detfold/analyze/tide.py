@@ -265,7 +265,9 @@ def tide(
     scenarios = _Scenarios(m)
     base = scenarios.base()
     base_map = _mean(base)
-    per_class = {names.get(c, str(c)): {"AP": base[c], "dAP": {}, "counts": {}} for c in base}
+    per_class: dict[str, dict[str, Any]] = {
+        names.get(c, str(c)): {"AP": base[c], "dAP": {}, "counts": {}} for c in base
+    }
     main = {}
     for kind in ERROR_TYPES:
         aps = scenarios.fixed(kind)

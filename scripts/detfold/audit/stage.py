@@ -66,7 +66,11 @@ def audit_splits(
     (an unlabelled one is copied as it is): the cleaned splits and every finding. A labelled
     test split must have the train split's classes."""
     for split, coco in before.items():
-        checks.check_image_files(coco, images[split])
+        folder = images[split]
+        if folder is not None:
+            checks.check_image_files(coco, folder)
+        elif coco.images:
+            raise ValueError(f"{coco.path}: {len(coco.images)} images but no image folder for the {split} split")
     train, test = before["train"], before.get("test")
     if test is not None and train.class_names != test.class_names and is_labelled(test):
         raise ValueError(f"{test.path}: categories {test.class_names} differ from {train.path}: {train.class_names}")

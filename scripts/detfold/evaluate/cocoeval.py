@@ -306,7 +306,14 @@ def _mean_defined(s: np.ndarray) -> float:
     return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
 
 
-def _summary_value(precision, recall, ap: bool, iou_thr=None, area="all", max_dets=100) -> float:  # type: ignore[no-untyped-def]
+def _summary_value(
+    precision: np.ndarray,
+    recall: np.ndarray,
+    ap: bool,
+    iou_thr: float | None = None,
+    area: str = "all",
+    max_dets: int = 100,
+) -> float:
     aind = [i for i, label in enumerate(AREA_LABELS) if label == area]
     mind = [i for i, m in enumerate(MAX_DETS) if m == max_dets]
     s = precision if ap else recall

@@ -172,7 +172,7 @@ def _balanced(x_units: np.ndarray, feature_w: np.ndarray, k: int, rng: np.random
         xt = x @ t.T  # (n, k)
         delta = 2 * (xt - xt[np.arange(n), fold][:, None]) + 2 * sq[:, None]
         delta[np.arange(n), fold] = np.inf
-        u, g = np.unravel_index(np.argmin(delta), delta.shape)
+        u, g = (int(i) for i in np.unravel_index(np.argmin(delta), delta.shape))
         if delta[u, g] < -1e-9:
             t[fold[u]] -= x[u]
             t[g] += x[u]
