@@ -107,11 +107,9 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _ensemble(args: argparse.Namespace) -> None:
     from detfold.core.coco import load_coco, load_detections
     from detfold.core.io import write_json
-    from detfold.ensemble._aot import use_compiled
     from detfold.ensemble.fusion import fuse_detections
 
     check_fusion_args(args)
-    use_compiled()  # the kernels built ahead of time: no numba start-up in a process this short
     coco = load_coco(args.images, require_annotations=False)
     members = [load_detections(p) for p in args.pred]
     for path, member in zip(args.pred, members, strict=True):

@@ -179,36 +179,6 @@ def test_boxes_with_score_zero_fuse_without_dividing_by_zero(method):
         assert np.allclose(out_box, [[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8]], rtol=0, atol=1e-12)
 
 
-def test_kernels_compiled_ahead_of_time_equal_the_jit_kernels(tmp_path):
-    """detfold.ensemble._aot builds the kernels into a plain extension module (what `detfold ensemble`
-    runs, without numba's start-up): its outputs equal the JIT kernels' bit for bit."""
-    import importlib.util
-
-    from detfold.ensemble import _aot
-    from detfold.ensemble import _fusion_kernels as jit
-
-    path = _aot.build(tmp_path)
-    spec = importlib.util.spec_from_file_location(_aot.module_name(), path)
-    compiled = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compiled)
-    boxes, scores, labels, models, images = random_groups(1)
-    order, starts = jit.sort_groups(images * 4 + labels, -scores)
-    calls = {
-        "sort_groups": (images * 4 + labels, -scores),
-        "order_within_images": (images, -scores, 7),
-        "wbf_groups": (order, starts, boxes, scores, models, np.array([1.0, 2, 1, 1, 3]), 5, 0.55, False),
-        "nmw_groups": (order, starts, boxes, scores, 0.5),
-        "nms_groups": (order, starts, boxes, 0.5),
-        "soft_nms_groups": (order, starts, boxes, scores, 0.5, 0.5, 0.001, 2),
-        "to_xywh_abs": (boxes, images, np.full((images.max() + 1, 2), 640.0), scores, 3, 6),
-    }
-    assert set(calls) == set(_aot.SIGNATURES)
-    for name, args in calls.items():
-        ours, theirs = getattr(compiled, name)(*args), getattr(jit, name)(*args)
-        ours, theirs = (x if isinstance(x, tuple) else (x,) for x in (ours, theirs))
-        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)), name
-
-
 def test_fused_boxes_in_pixels_are_numpy_s_rounding_bit_for_bit():
     """to_xywh_abs (one pass) gives what numpy's expressions give: x1 * w, (x2 * w) - (x1 * w),
     np.round to 3 decimals; scores np.round to 6."""

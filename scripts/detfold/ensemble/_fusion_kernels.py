@@ -56,45 +56,16 @@ def sort_groups(group, neg_score):  # type: ignore[no-untyped-def]
     return order, starts[: n_groups + 1]
 
 
-@njit(cache=True, inline="always")
-def _kth_smallest(values, m, kth):  # type: ignore[no-untyped-def]
-    """The ``kth`` smallest (0-based) of ``values[:m]``, which it reorders (Hoare's quickselect,
-    median-of-three pivots): what ``np.partition`` gives, 3-4x faster for a few hundred values
-    (numba's partition copies and checks its input on every call)."""
-    lo, hi = 0, m - 1
-    while lo < hi:
-        a, b, c = values[lo], values[(lo + hi) // 2], values[hi]
-        pivot = max(min(a, b), min(max(a, b), c))
-        i, j = lo, hi
-        while i <= j:
-            while values[i] < pivot:
-                i += 1
-            while values[j] > pivot:
-                j -= 1
-            if i <= j:
-                values[i], values[j] = values[j], values[i]
-                i += 1
-                j -= 1
-        if kth <= j:
-            hi = j
-        elif kth >= i:
-            lo = i
-        else:
-            break
-    return values[kth]
-
-
 @njit(cache=True, nogil=True)
-def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-untyped-def]
+def order_within_images(images, neg_score, max_per_img):  # type: ignore[no-untyped-def]
     """Order of rows already grouped by (non-decreasing) image: by image, then by -score,
-    ties in row order (a stable sort within each image); the first ``max_per_image`` rows of
+    ties in row order (a stable sort within each image); the first ``max_per_img`` rows of
     each image (all when negative). Where an image has more rows, only those that make its
-    first ``max_per_image`` are sorted (selected around the cut value, O(n))."""
+    first ``max_per_img`` are sorted (selected around the cut value, O(n))."""
     n = images.shape[0]
     order = np.empty(n, dtype=np.int64)
-    work = np.empty(n)  # a copy of one image's values, reordered by the selection
-    sel = np.empty(max(max_per_image, 0), dtype=np.int64)  # the rows selected, and their values
-    picked = np.empty(max(max_per_image, 0))
+    sel = np.empty(max(max_per_img, 0), dtype=np.int64)  # the rows selected, and their values
+    picked = np.empty(max(max_per_img, 0))
     k = 0
     i = 0
     while i < n:
@@ -102,13 +73,12 @@ def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-un
         while j < n and images[j] == images[i]:
             j += 1
         m = j - i
-        take = m if max_per_image < 0 else min(m, max_per_image)
+        take = m if max_per_img < 0 else min(m, max_per_img)
         if m == 1:
             order[k] = i
         elif take < m:
             seg = neg_score[i:j]
-            work[:m] = seg
-            cut = _kth_smallest(work, m, take - 1)
+            cut = np.partition(seg, take - 1)[take - 1]  # the take-th smallest value
             ties = take  # rows at the cut value kept, the first ones
             for r in range(m):
                 if seg[r] < cut:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from detfold.core.coco import Detections, take_rows
+from detfold.ensemble import _fusion_kernels as kernels
 from detfold.evaluate.cocoeval import SCORE_DECIMALS
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,7 @@ class _Prepared:
         skip_box_thr: float,
         class_agnostic: bool,
     ) -> None:
-        from detfold.ensemble._aot import fusion_kernels
-
-        kernels = fusion_kernels()
-        # the kernels' one signature (the compiled ones take nothing else): int64 indices, float64 values
+        # the kernels' one signature: int64 indices, float64 values
         boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
         labels, models, images = (np.asarray(x, dtype=np.int64) for x in (labels, models, images))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -157,9 +155,6 @@ def fuse_arrays(
         w = w / w.max()
     if method in ("nms", "soft_nms"):
         w = w / w.sum() if weights is not None else w
-    from detfold.ensemble._aot import fusion_kernels
-
-    kernels = fusion_kernels()
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
     if prepared is not None and key in prepared:
         prep = prepared[key]
@@ -370,10 +365,8 @@ class ResultArrays:
         boxes, scores, labels, images = fuse_arrays(
             *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
         )
-        from detfold.ensemble._aot import fusion_kernels
-
         # rounded here, as the written files hold them, so the search scores what is written
-        xywh, scores = fusion_kernels().to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
+        xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
         return images, labels, xywh, scores
 
 
