@@ -4,7 +4,7 @@
     detfold import voc|yolo SOURCE [--images DIR] [--classes FILE] --out COCO.json
     detfold split ANNOTATIONS --k 5 --seed 42 --method balanced [--group-by auto --images DIR] --out folds.csv
     detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
-    detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
+    detfold fuse --gt GT.json --pred A.json B.json [--method wbf ...] --out FUSED.json   (alias: detfold ensemble)
     detfold analyze --gt GT.json --pred PRED.json [--images DIR] --out DIR
 
 Bad input ends with one ``detfold: error: ...`` line naming the file and value (exit 2).
@@ -104,32 +104,17 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"{name:12s} {'n/a' if value is None else format(value, '.4f')}")
 
 
-def _ensemble(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections
+def _fuse(args: argparse.Namespace) -> None:
+    from detfold.core.coco import check_detection_ids, load_coco, load_detections
     from detfold.core.io import write_json
-    from detfold.ensemble.fusion import fuse_detections
+    from detfold.ensemble.fusion import fuse_members, fusion_params
 
     check_fusion_args(args)
-    coco = load_coco(args.images, require_annotations=False)
-    members = [load_detections(p) for p in args.pred]
+    gt = load_coco(args.gt, require_annotations=False)
+    members = [load_detections(path) for path in args.pred]
     for path, member in zip(args.pred, members, strict=True):
-        i = member.first_unknown("image_id", coco.image_ids)
-        if i is not None:
-            raise ValueError(f"{path}[{i}].image_id {int(member.image_id[i])} is not an image of {args.images}")
-        i = member.first_unknown("category_id", coco.category_ids) if coco.category_ids else None
-        if i is not None:
-            raise ValueError(f"{path}[{i}].category_id {int(member.category_id[i])} is not a category of {args.images}")
-    fused = fuse_detections(
-        members,
-        coco.images,
-        method=args.method,
-        weights=args.weights,
-        iou_thr=args.iou_thr,
-        skip_box_thr=args.skip_box_thr,
-        conf_type=args.conf_type,
-        max_per_image=args.max_per_img,
-        class_agnostic=args.class_agnostic,
-    )
+        check_detection_ids(gt, member, path)
+    fused = fuse_members(members, gt.images, fusion_params(vars(args)), args.max_per_img)
     write_json(args.out, fused.to_results())
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
 
@@ -151,7 +136,20 @@ def _analyze(args: argparse.Namespace) -> None:
 
 
 def check_fusion_args(args: argparse.Namespace) -> None:
-    """Raise ValueError naming the option whose value cannot make sense for a fusion."""
+    """Raise ValueError naming the option whose value cannot make sense for a fusion. In the
+    alias ``detfold ensemble``, ``--images`` still names the COCO file (with a warning)."""
+    from detfold.ensemble.fusion import check_fusion
+
+    if args.images is not None:
+        if args.command != "ensemble":
+            raise ValueError(
+                f"--images {args.images}: give the COCO file of the images as --gt (--images is an image folder)"
+            )
+        log.warning("--images %s: use --gt for the COCO file (--images is an image folder)", args.images)
+        args.gt = args.images
+    if args.gt is None:
+        raise ValueError("--gt GT.json is required: the COCO file whose images and categories are fused")
+    check_fusion(args.method, args.conf_type, f"detfold {args.command}")
     if args.max_per_img < 1:
         raise ValueError(f"--max-per-img must be >= 1, got {args.max_per_img}")
     for name in ("iou_thr", "skip_box_thr"):
@@ -213,18 +211,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write all metrics to this JSON file")
     e.set_defaults(func=_evaluate)
 
-    f = sub.add_parser("ensemble", help="fuse several COCO results files (WBF or NMS)")
-    f.add_argument("--images", required=True, help="COCO file whose images (id, width, height) are fused")
-    f.add_argument("--pred", required=True, nargs="+")
-    f.add_argument("--method", default="wbf", choices=["wbf", "nms", "soft_nms", "nmw"])
-    f.add_argument("--iou-thr", type=float, default=0.55)
-    f.add_argument("--skip-box-thr", type=float, default=0.0)
-    f.add_argument("--conf-type", default="avg", choices=["avg", "max", "box_and_model_avg", "absent_model_aware_avg"])
-    f.add_argument("--weights", type=float, nargs="+")
-    f.add_argument("--max-per-img", type=int, default=100)
+    fusion = schema["ensemble"]["properties"]  # the model fusion's defaults
+    methods, conf_types = " | ".join(fusion["method"]["enum"]), " | ".join(fusion["conf_type"]["enum"])
+    f = sub.add_parser("fuse", aliases=["ensemble"], help="fuse several COCO results files (WBF, NMS, soft-NMS, NMW)")
+    f.add_argument("--gt", help="COCO file of the images (id, width, height) and categories the predictions are of")
+    f.add_argument("--images", help=argparse.SUPPRESS)  # `detfold ensemble`'s old name of --gt
+    f.add_argument("--pred", required=True, nargs="+", help="COCO results files, one per model")
+    f.add_argument("--method", default=fusion["method"]["default"], help=f"{methods}; default: %(default)s")
+    f.add_argument("--iou-thr", type=float, default=fusion["iou_thr"]["default"], help="default: %(default)s")
+    f.add_argument("--skip-box-thr", type=float, default=fusion["skip_box_thr"]["default"], help="default: %(default)s")
+    f.add_argument(
+        "--conf-type", default=fusion["conf_type"]["default"], help=f"wbf: {conf_types}; default: %(default)s"
+    )
+    f.add_argument("--weights", type=float, nargs="+", help="one weight per --pred file (default: equal)")
+    f.add_argument("--max-per-img", type=int, default=fusion["max_per_img"]["default"], help="default: %(default)s")
     f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
     f.add_argument("--out", required=True)
-    f.set_defaults(func=_ensemble)
+    f.set_defaults(func=_fuse)
 
     n = sub.add_parser("analyze", help="TIDE error breakdown, best-F1 thresholds, confusion matrix, label review")
     n.add_argument("--gt", required=True)

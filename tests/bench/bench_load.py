@@ -193,7 +193,7 @@ def ensemble_settings(search: str) -> dict[str, Any]:
 
 def warm_kernels() -> None:
     """Compile (or load from numba's disk cache) the fusion and matching kernels."""
-    from detfold.ensemble.fusion import METHODS, fuse_coco_predictions
+    from detfold.ensemble.fusion import METHODS, fuse_members
     from detfold.evaluate.cocoeval import evaluate_bbox
 
     gt = ground_truth(3, np.random.default_rng(1))
@@ -201,7 +201,7 @@ def warm_kernels() -> None:
     data, preds = coco_gt(gt, ids), predictions(gt, ids, np.arange(3), 60, np.random.default_rng(2))
     evaluate_bbox(data, preds)
     for method in METHODS:
-        fuse_coco_predictions([preds, preds], data["images"], method=method)
+        fuse_members([preds, preds], data["images"], {"method": method}, max_per_img=100)
 
 
 def _tree_pss_kb(pid: int) -> int:

@@ -15,7 +15,7 @@ def test_grid_shapes_and_errors():
     assert len(combos) == 2 * 2 + 2
     assert {c["method"] for c in combos} == {"wbf", "nms"}
     assert all("conf_type" not in c for c in combos if c["method"] == "nms")
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(ValueError, match="method 'vote' is not one of"):
         selection.grid({"method": ["vote"]}, 2)
     with pytest.raises(ValueError, match="3 weights for 2 members"):
         selection.grid({"weights": [[1, 2, 3]]}, 2)

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from detfold.ensemble.fusion import fuse_arrays, fuse_coco_predictions, nms, weighted_boxes_fusion
+from detfold.ensemble.fusion import fuse_arrays, fuse_members, nms, weighted_boxes_fusion
 
 
 def test_wbf_hand_computed():
@@ -50,7 +50,7 @@ def test_nms_keeps_best_and_leaves_inputs_alone():
     ("kwargs", "message"),
     [
         ({"weights": [1]}, "1 weights given for 2 models"),
-        ({"conf_type": "median"}, "conf_type must be one of"),
+        ({"conf_type": "median"}, "conf_type 'median' is not one of"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
@@ -69,9 +69,10 @@ def test_fuse_coco_round_trip_and_determinism(bccd_test):
     preds = [{**a, "score": 0.9} for a in bccd_test.annotations if a["bbox"][2] > 0]
     shift = 0.02  # of the box width: IoU ~0.96, far from other boxes
     shifted = [{**p, "bbox": [p["bbox"][0] + shift * p["bbox"][2], *p["bbox"][1:]], "score": 0.7} for p in preds]
-    fused = fuse_coco_predictions([preds, shifted], bccd_test.images, iou_thr=0.9, max_per_image=1000)
+    params = {"method": "wbf", "iou_thr": 0.9}
+    fused = fuse_members([preds, shifted], bccd_test.images, params, max_per_img=1000).to_results()
     assert len(fused) == len(preds)
-    assert fused == fuse_coco_predictions([preds, shifted], bccd_test.images, iou_thr=0.9, max_per_image=1000)
+    assert fused == fuse_members([preds, shifted], bccd_test.images, params, max_per_img=1000).to_results()
     for f in fused[:50]:
         same = [p for p in preds if (p["image_id"], p["category_id"]) == (f["image_id"], f["category_id"])]
         src = min(same, key=lambda p: np.abs(np.subtract(p["bbox"], f["bbox"])).sum())

@@ -209,7 +209,7 @@ def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_
     gt = clean(bccd_test)
     members = [noisy_member(gt, s) for s in range(3)]
     arrays = ResultArrays([selection.as_detections(m) for m in members], gt.images)
-    images, labels, xywh, scores = arrays.fuse(method="wbf", iou_thr=0.55)
+    images, labels, xywh, scores = arrays.fuse(100, method="wbf", iou_thr=0.55)
     evaluator = BboxEvaluator(gt.data)
     _, cat = evaluator.positions(evaluator.img_ids[images], labels)
     plain = evaluator.match(images, cat, xywh, scores)

@@ -4,7 +4,7 @@ Contract of the array functions: boxes are ``xyxy_norm`` (x1, y1, x2, y2 divided
 image width/height, so within [0, 1]), one array per model; scores are floats; labels are
 integers. Boxes outside [0, 1] or with x2 < x1 raise (nothing is silently clamped); boxes of
 zero area are skipped, as in ensemble-boxes. The caller's arrays are never modified.
-:func:`fuse_coco_predictions` takes and returns COCO results (``xywh_abs``) and normalises per
+:func:`fuse_members` takes and returns COCO results (``xywh_abs``) and normalises per
 image itself. Every method runs as one compiled (numba) pass over all (image, label) groups.
 
 The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
@@ -31,6 +31,22 @@ CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 METHODS = ("wbf", "nms", "soft_nms", "nmw")
 _CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
 BOX_DECIMALS = 3  # fused boxes are rounded to 0.001 px (scores to SCORE_DECIMALS), as written: byte-reproducible
+#: The keyword arguments of a fusion that a settings dict can hold (:func:`fusion_params`).
+FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh", "class_agnostic")
+
+
+def check_fusion(method: str, conf_type: str = "avg", source: str = "fusion") -> None:
+    """Raise ValueError naming an unknown fusion ``method`` or WBF ``conf_type``; ``source``
+    says where the value came from (a config key, a command)."""
+    if method not in METHODS:
+        raise ValueError(f"{source}: method {method!r} is not one of {list(METHODS)}")
+    if conf_type not in CONF_TYPES:
+        raise ValueError(f"{source}: conf_type {conf_type!r} is not one of {list(CONF_TYPES)}")
+
+
+def fusion_params(settings: dict[str, Any]) -> dict[str, Any]:
+    """The fusion keyword arguments of a settings dict (other keys, and None values, ignored)."""
+    return {k: settings[k] for k in FUSION_KEYS if k in settings and settings[k] is not None}
 
 
 class _Prepared:
@@ -131,19 +147,16 @@ def fuse_arrays(
     soft_method: str = "gaussian",
     rescore: bool = True,
     class_agnostic: bool = False,
-    max_per_image: int | None = None,
+    max_per_img: int | None = None,
     prepared: dict[tuple[Any, ...], _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
     model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable), the first ``max_per_image`` of each image (all when None).
+    image, then score descending (stable), the first ``max_per_img`` of each image (all when None).
     ``prepared``: a cache (one entry, owned by the caller, for the same input arrays) of the
     filtered, weighted and group-sorted boxes, which depend on ``skip_box_thr``, the weights and
     ``class_agnostic`` only: a search over the other parameters sorts once."""
-    if method not in METHODS:
-        raise ValueError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
-    if conf_type not in CONF_TYPES:
-        raise ValueError(f"conf_type must be one of {list(CONF_TYPES)}, got {conf_type!r}")
+    check_fusion(method, conf_type)
     if soft_method not in ("linear", "gaussian"):
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
     if not 0 <= iou_thr <= 1:
@@ -190,8 +203,8 @@ def fuse_arrays(
     if method != "wbf":  # a search tries each method's combinations in a row: WBF's clustering is done with
         prep.wbf = None
     out_image = prep.images[first]
-    # groups come image by image; the first max_per_image of each image kept before gathering the rest
-    order = kernels.order_within_images(out_image, -out_score, -1 if max_per_image is None else int(max_per_image))
+    # groups come image by image; the first max_per_img of each image kept before gathering the rest
+    order = kernels.order_within_images(out_image, -out_score, -1 if max_per_img is None else int(max_per_img))
     kept = first[order]  # rows of the kept boxes (NMS: the boxes themselves) in the prepared arrays
     out_box = take_rows(prep.boxes if out_box is None else out_box, kept if out_box is None else order)
     return out_box, out_score[order], prep.labels[kept], out_image[order]
@@ -355,62 +368,38 @@ class ResultArrays:
         """Forget the sorted boxes (and clustering) kept from the previous :meth:`fuse`."""
         self._prepared.clear()
 
-    def fuse(
-        self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Fused (image position, category id, xywh_abs, score), by image then score, at most
-        ``max_per_image`` per image."""
+    def fuse(self, max_per_img: int | None, **params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments): (image position,
+        category id, xywh_abs, score), by image then score, at most ``max_per_img`` per image."""
         a = self.arrays
         columns = (a[k] for k in ("box", "score", "label", "model", "image"))
         boxes, scores, labels, images = fuse_arrays(
-            *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
+            *columns, self.n_models, max_per_img=max_per_img, prepared=self._prepared, **params
         )
         # rounded here, as the written files hold them, so the search scores what is written
         xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
         return images, labels, xywh, scores
 
 
-def fuse_coco_predictions(
-    prediction_sets: Sequence[list[dict[str, Any]]],
-    images: Sequence[dict[str, Any]],
-    method: str = "wbf",
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    max_per_image: int = 100,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Fuse several COCO result lists (one per model) image by image (see :class:`ResultArrays`).
-
-    The output is sorted by image id, then score descending, with at most ``max_per_image``
-    boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so files are
-    byte-reproducible.
-    """
-    return fuse_detections(
-        prediction_sets,
-        images,
-        method,
-        weights,
-        max_per_image,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        **kwargs,
-    ).to_results()
+Member = Detections | list[dict[str, Any]]
 
 
-def fuse_detections(
-    members: Sequence[Detections | list[dict[str, Any]]],
-    images: Sequence[dict[str, Any]],
-    method: str = "wbf",
-    weights: Sequence[float] | None = None,
-    max_per_image: int = 100,
-    **kwargs: Any,
+def as_detections(member: Member) -> Detections:
+    """``member`` as columns (a COCO result list is converted)."""
+    return member if isinstance(member, Detections) else Detections.from_results(member)
+
+
+def fuse_members(
+    members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_img: int
 ) -> Detections:
-    """:func:`fuse_coco_predictions` on columns (:class:`detfold.core.coco.Detections`, e.g. from
-    :func:`detfold.core.coco.load_detections`): no dict per box on the way in or out. An image id
-    outside ``images`` raises."""
+    """Several models' COCO results on the COCO images ``images`` (id, width, height) fused with
+    ``params`` (:data:`FUSION_KEYS`: method, iou_thr, weights, ...): by image id, then score
+    descending, at most ``max_per_img`` per image, boxes rounded to 0.001 px and scores to 1e-6
+    (files byte-reproducible). An image id outside ``images`` raises. One member is returned as
+    it is: a one-member fusion is the identity (re-fusing a model with itself only changes its
+    boxes and scores for the worse)."""
+    if len(members) == 1:
+        return as_detections(members[0])
     arrays = ResultArrays(members, images)
-    img, labels, xywh, scores = arrays.fuse(method, weights, max_per_image, **kwargs)
+    img, labels, xywh, scores = arrays.fuse(max_per_img, **params)
     return Detections(arrays.ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

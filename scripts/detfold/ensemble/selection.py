@@ -24,26 +24,24 @@ import pandas as pd
 
 from detfold.core.coco import Coco, Detections, load_results
 from detfold.core.io import atomic_open, read_json
-from detfold.ensemble.fusion import CONF_TYPES, METHODS, ResultArrays, effective_params, fuse_detections
+from detfold.ensemble.fusion import (
+    Member,
+    ResultArrays,
+    as_detections,
+    check_fusion,
+    effective_params,
+    fuse_members,
+    fusion_params,
+)
 from detfold.evaluate.cocoeval import BboxEvaluator, Matched
 
 log = logging.getLogger(__name__)
-
-FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh", "class_agnostic")
-
-
-def fusion_params(settings: dict[str, Any]) -> dict[str, Any]:
-    """The fusion keyword arguments of a settings dict (other keys ignored)."""
-    return {k: settings[k] for k in FUSION_KEYS if k in settings and settings[k] is not None}
 
 
 def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
     """Every combination of the search lists; conf_type only varies for WBF; weights are
     vectors of one weight per member (an empty list means equal weights)."""
     methods = search.get("method", ["wbf"])
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"ensemble.search.method: unknown {unknown}; allowed: {list(METHODS)}")
     weights = search.get("weights") or [None]
     for w in weights:
         if w is not None and len(w) != n_members:
@@ -52,8 +50,7 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
     for method in methods:
         conf_types = search.get("conf_type", ["avg"]) if method == "wbf" else [None]
         for conf in conf_types:
-            if conf is not None and conf not in CONF_TYPES:
-                raise ValueError(f"ensemble.search.conf_type: {conf!r} not in {list(CONF_TYPES)}")
+            check_fusion(method, conf or "avg", "ensemble.search")
         for iou, skip, conf, w in itertools.product(
             search.get("iou_thr", [0.55]), search.get("skip_box_thr", [0.0]), conf_types, weights
         ):
@@ -138,24 +135,6 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> Detections:
         raise ValueError(f"ensemble.external {spec.get('name')!r}: format must be coco or csv, got {fmt!r}")
     log.info("external %s (%s): %d predictions from %s", spec.get("name"), split, len(results), path)
     return Detections.from_results(results)
-
-
-Member = Detections | list[dict[str, Any]]
-
-
-def as_detections(member: Member) -> Detections:
-    """``member`` as columns (a COCO result list is converted)."""
-    return member if isinstance(member, Detections) else Detections.from_results(member)
-
-
-def fuse_members(
-    members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_image: int
-) -> Detections:
-    """Fuse the members; one member is returned as it is (a one-member fusion is the identity:
-    re-fusing a model with itself only changes its boxes and scores for the worse)."""
-    if len(members) == 1:
-        return as_detections(members[0])
-    return fuse_detections(members, images, max_per_image=max_per_image, **params)
 
 
 def write_submission(results: Member, coco: Coco, path: str | Path, label: str = "index") -> None:
@@ -437,7 +416,7 @@ class BlendSelector:
         if self._sorted_of is not None and self._sorted_of is not arrays:
             self._sorted_of.drop_cache()
         self._sorted_of = arrays
-        return arrays.fuse(max_per_image=self.max_per_img, **params)
+        return arrays.fuse(self.max_per_img, **params)
 
     def _fold_fused(self, model: str, i: int) -> tuple[np.ndarray, ...]:
         key = self._same(("fold", model, i))
@@ -725,7 +704,7 @@ def apply_plan(
     fold_preds: dict[str, list[Member]],
     external: dict[str, Member],
     images: Sequence[dict[str, Any]],
-    max_per_image: int = 100,
+    max_per_img: int = 100,
     untuned_external: dict[str, Member] | None = None,
 ) -> Detections:
     """The plan's predictions on other images (the test set): the same members, the same
@@ -739,13 +718,13 @@ def apply_plan(
         return as_detections(fold_preds[model][int(fold)])
     if plan.kind == "fold_ensemble":
         model = str(plan.model)
-        return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_image)
+        return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_img)
     members: list[Member] = [
-        fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_image) for m in sorted(fold_preds)
+        fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_img) for m in sorted(fold_preds)
     ]
     members += [external[name] for name in external]
     params = dict(plan.model_params or {})
     extra = list((untuned_external or {}).values())
     if extra and "weights" in params:
         params["weights"] = list(params["weights"]) + [1.0] * len(extra)
-    return fuse_members(members + extra, images, params, max_per_image)
+    return fuse_members(members + extra, images, params, max_per_img)
