@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from detfold.ensemble import selection
 from detfold.ensemble.fusion import ResultArrays
+from detfold.evaluate import stats
 from detfold.evaluate.cocoeval import BboxEvaluator, evaluate_bbox
 from detfold.evaluate.stage import _pooled_intervals
 from helpers.predictions import clean, noisy_member
@@ -46,9 +47,9 @@ def test_weighted_scores_equal_a_plain_evaluation_of_the_subset(bccd_test):
 
 def test_bootstrap_interval_of_a_perfect_prediction_is_one_one(bccd_test):
     gt = clean(bccd_test)
-    boot = selection.bootstrap_scores(matched_of(gt, perfect(gt)), selection.bootstrap_counts(len(gt.images), 200, 42))
-    assert selection.interval(boot[:, 0]) == [1.0, 1.0]
-    assert selection.interval(boot[:, 1]) == [1.0, 1.0]
+    boot = stats.bootstrap_scores(matched_of(gt, perfect(gt)), stats.bootstrap_counts(len(gt.images), 200, 42))
+    assert stats.interval(boot[:, 0]) == [1.0, 1.0]
+    assert stats.interval(boot[:, 1]) == [1.0, 1.0]
     assert _pooled_intervals(gt, perfect(gt), seed=42)["mAP50_ci95"] == [1.0, 1.0]
 
 
@@ -216,8 +217,8 @@ def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_
     presorted = evaluator.match(images, cat, xywh, scores, by_image_and_score=True)
     for field in ("img", "cat", "score", "matched", "ignored", "gt_counts"):
         assert np.array_equal(getattr(plain, field), getattr(presorted, field)), field
-    counts = selection.bootstrap_counts(len(gt.images), 64, 3)
-    assert np.array_equal(selection.bootstrap_scores(plain, counts), selection.bootstrap_scores(plain, counts, 2))
+    counts = stats.bootstrap_counts(len(gt.images), 64, 3)
+    assert np.array_equal(stats.bootstrap_scores(plain, counts), stats.bootstrap_scores(plain, counts, 2))
 
 
 def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_test):

@@ -24,6 +24,7 @@ import yaml
 
 from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import read_json
+from detfold.evaluate.stats import NESTED_PARTS  # light: numpy only
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +326,6 @@ def _fold_count_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-NESTED_PARTS = 5  # as detfold.ensemble.selection.NESTED_PARTS (not imported: the config gate stays light)
 DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
 
 

@@ -34,6 +34,14 @@ from detfold.ensemble.fusion import (
     fusion_params,
 )
 from detfold.evaluate.cocoeval import BboxEvaluator, Matched
+from detfold.evaluate.stats import (
+    BOOTSTRAP_SAMPLES,
+    NESTED_PARTS,
+    bootstrap_counts,
+    bootstrap_scores,
+    interval,
+    nested_parts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +174,6 @@ def write_submission(results: Member, coco: Coco, path: str | Path, label: str =
 
 #: Fold fusion when none is configured: also the first combination of the fold-fusion search.
 DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
-#: The blend images are cut into this many parts for nested selection (leave one part out).
-NESTED_PARTS = 5
-#: Bootstrap resamples of the images for the 95 % intervals.
-BOOTSTRAP_SAMPLES = 1000
 
 
 @dataclass
@@ -244,44 +248,6 @@ def _unique(combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
             seen.add(key)
             out.append(c)
     return out
-
-
-def nested_parts(image_ids: Sequence[int], parts: int, seed: int) -> np.ndarray:
-    """Part (0 .. parts-1) of every image, images in sorted id order: a seeded shuffle dealt
-    round-robin, so part sizes differ by at most one."""
-    n = len(image_ids)
-    if n < parts:
-        raise ValueError(f"the blend split has {n} images, fewer than the {parts} parts of nested selection")
-    part = np.empty(n, dtype=np.int64)
-    part[np.random.default_rng(seed).permutation(n)] = np.arange(n) % parts
-    return part
-
-
-def bootstrap_counts(n_images: int, samples: int, seed: int) -> np.ndarray:
-    """[samples, n_images] multiplicities of a bootstrap over images (seeded)."""
-    rng = np.random.default_rng(seed)
-    return rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=samples).astype(np.int64)
-
-
-def interval(values: np.ndarray) -> list[float]:
-    """The 95 % percentile interval, rounded to 1e-6 (undefined resamples, -1, left out)."""
-    values = np.asarray(values, dtype=float)
-    values = values[values > -1] if values.ndim == 1 else values
-    if len(values) == 0:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return [round(float(lo), 6), round(float(hi), 6)]
-
-
-def bootstrap_scores(matched: Matched, counts: np.ndarray, threads: int = 1) -> np.ndarray:
-    """[samples, 2] (mAP, mAP50) of ``matched`` under each resample's image counts, on
-    ``threads`` threads (the scoring kernel releases the GIL); the same numbers in any case."""
-    if threads <= 1 or len(counts) < 2:
-        return np.array([matched.scores(c) for c in counts]).reshape(-1, 2)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads) as pool:
-        return np.array(list(pool.map(matched.scores, counts))).reshape(-1, 2)
 
 
 def _key(scores: tuple[float, float], metric: str) -> tuple[float, float]:

@@ -166,21 +166,21 @@ def _test_intervals(
 ) -> dict[str, Any]:
     """Bootstrap intervals over the test images of the delivered predictions, and of their
     difference from the single model that scores best on the test set (paired resamples)."""
-    from detfold.ensemble import selection
+    from detfold.evaluate import stats
     from detfold.evaluate.cocoeval import BboxEvaluator
 
     ev = BboxEvaluator(test.data)
-    counts = selection.bootstrap_counts(len(test.images), samples, seed)
+    counts = stats.bootstrap_counts(len(test.images), samples, seed)
     best_single = max(singles, key=lambda n: (singles[n]["mAP50"] or 0.0, singles[n]["mAP"] or 0.0))
     model, _, fold = best_single.rpartition("/fold")
     single_preds = external[best_single] if best_single in external else fold_preds[model][int(fold)]
     boot = {}
     for name, preds in (("delivered", delivered), ("single", single_preds)):
-        boot[name] = selection.bootstrap_scores(ev.match_results(preds), counts)
+        boot[name] = stats.bootstrap_scores(ev.match_results(preds), counts)
     diff = boot["delivered"] - boot["single"]
     return {
-        "mAP_ci95": selection.interval(boot["delivered"][:, 0]),
-        "mAP50_ci95": selection.interval(boot["delivered"][:, 1]),
+        "mAP_ci95": stats.interval(boot["delivered"][:, 0]),
+        "mAP50_ci95": stats.interval(boot["delivered"][:, 1]),
         "best_single_on_test": best_single,
-        "vs_best_single": {"mAP_ci95": selection.interval(diff[:, 0]), "mAP50_ci95": selection.interval(diff[:, 1])},
+        "vs_best_single": {"mAP_ci95": stats.interval(diff[:, 0]), "mAP50_ci95": stats.interval(diff[:, 1])},
     }

@@ -73,16 +73,16 @@ def evaluate_file(
 
 def _pooled_intervals(gt: Coco, preds: Detections, seed: int) -> dict[str, Any]:
     """Bootstrap (over images, seeded) 95 % intervals of mAP and mAP50."""
-    from detfold.ensemble import selection
+    from detfold.evaluate import stats
     from detfold.evaluate.cocoeval import BboxEvaluator
 
     matched = BboxEvaluator(gt.data).match_results(preds)
-    counts = selection.bootstrap_counts(len(gt.images), selection.BOOTSTRAP_SAMPLES, seed)
-    boot = selection.bootstrap_scores(matched, counts)
+    counts = stats.bootstrap_counts(len(gt.images), stats.BOOTSTRAP_SAMPLES, seed)
+    boot = stats.bootstrap_scores(matched, counts)
     return {
-        "mAP_ci95": selection.interval(boot[:, 0]),
-        "mAP50_ci95": selection.interval(boot[:, 1]),
-        "bootstrap": {"samples": selection.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
+        "mAP_ci95": stats.interval(boot[:, 0]),
+        "mAP50_ci95": stats.interval(boot[:, 1]),
+        "bootstrap": {"samples": stats.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
     }
 
 
