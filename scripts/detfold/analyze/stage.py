@@ -34,15 +34,15 @@ def run_analyze(
     fused, counts summed over the folds) and joins the label review (every fold model of every
     member fused), so that every training image is reviewed."""
     from detfold.analyze import analysis
-    from detfold.ensemble import selection
+    from detfold.ensemble.fusion import fuse_members, fusion_params
 
-    params = {k: v for k, v in selection.fusion_params(fusion).items() if k != "weights"}  # untuned: equal
+    params = {k: v for k, v in fusion_params(fusion).items() if k != "weights"}  # untuned: equal
     max_per_img = int(fusion["max_per_img"])
     parts = []
     for fold, val_json in enumerate(val_jsons):
         gt = load_coco(val_json)
         members = [read_detections(gt, files[fold]) for files in oof_preds]
-        parts.append((gt.data, selection.fuse_members(members, gt.images, params, max_per_img)))
+        parts.append((gt.data, fuse_members(members, gt.images, params, max_per_img)))
         log.info("%s: fold %d: %d images, %d predictions", name, fold, len(gt.images), len(parts[-1][1]))
     pooled_gt, pooled = analysis.merge_splits(parts)
     holdout, holdout_sets = None, None
@@ -51,12 +51,12 @@ def run_analyze(
         member_folds = [[read_detections(blend, path) for path in files] for files in blend_preds]
         # the thresholds are measured on what they were chosen on: per fold, the members fused
         holdout_sets = [
-            selection.fuse_members([m[fold] for m in member_folds], blend.images, params, max_per_img)
+            fuse_members([m[fold] for m in member_folds], blend.images, params, max_per_img)
             for fold in range(len(val_jsons))
         ]
         # the review looks at the best prediction there is: every fold model of every member fused
         every = [preds for sets in member_folds for preds in sets]
-        holdout = (blend.data, selection.fuse_members(every, blend.images, params, max_per_img))
+        holdout = (blend.data, fuse_members(every, blend.images, params, max_per_img))
         log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     analysis.write_analysis(
         pooled_gt,

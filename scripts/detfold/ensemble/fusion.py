@@ -129,6 +129,19 @@ def _check(
     )
 
 
+def _method_weights(method: str, weights: Sequence[float] | None, n_models: int) -> np.ndarray:
+    """The models' weights as ``method`` applies them: NMW divides by the largest, NMS and
+    soft-NMS by the sum (when weights are given), WBF takes them as they are."""
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n_models,):
+        raise ValueError(f"{w.size} weights given for {n_models} models")
+    if method == "nmw":
+        w = w / w.max()
+    if method in ("nms", "soft_nms"):
+        w = w / w.sum() if weights is not None else w
+    return w
+
+
 def fuse_arrays(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -161,13 +174,7 @@ def fuse_arrays(
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
     if not 0 <= iou_thr <= 1:
         raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (n_models,):
-        raise ValueError(f"{w.size} weights given for {n_models} models")
-    if method == "nmw":
-        w = w / w.max()
-    if method in ("nms", "soft_nms"):
-        w = w / w.sum() if weights is not None else w
+    w = _method_weights(method, weights, n_models)
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
     if prepared is not None and key in prepared:
         prep = prepared[key]
