@@ -34,7 +34,7 @@ def test_search_table_scores_what_the_plan_writes_and_beats_each_member(bccd_tes
     table = selector.search_table()
     fusion = table[table.step == "model fusion"]
     assert len(fusion) == len(selector.search.model_grid) and fusion.mAP50.is_monotonic_decreasing
-    chosen, _ = selector.fit("ensemble", np.ones(len(gt.images), dtype=np.int64))
+    chosen, _ = selector.fit("model_ensemble", np.ones(len(gt.images), dtype=np.int64))
     fused = plan.apply_plan(chosen, members, {}, gt.images, settings["max_per_img"])
     assert evaluate_coco(gt, fused)["mAP50"] == pytest.approx(fusion.mAP50.iloc[0], abs=1e-6)
     assert fusion.mAP50.iloc[0] > max(evaluate_coco(gt, m[0])["mAP50"] for m in members.values())

@@ -65,7 +65,7 @@ def test_one_member_fusion_returns_its_input_unchanged(bccd_test):
     for params in ({"method": "wbf", "iou_thr": 0.55, "conf_type": "avg"}, {"method": "nms", "iou_thr": 0.5}):
         assert fuse_members([preds], gt.images, params, 100).to_results() == preds
     one_model = plan.Plan(
-        "ensemble", fold_params={"a": {"method": "nms", "iou_thr": 0.5}}, model_params={"method": "wbf"}
+        "model_ensemble", fold_params={"a": {"method": "nms", "iou_thr": 0.5}}, model_params={"method": "wbf"}
     )
     one_fold = {"a": [preds]}
     assert plan.apply_plan(one_model, one_fold, {}, gt.images, 100).to_results() == preds
@@ -224,7 +224,7 @@ def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_te
     folds = {"a": [noisy_member(gt, s) for s in range(3)], "b": [noisy_member(gt, s + 10) for s in range(3)]}
     selector = selection.BlendSelector(gt, folds, {}, SETTINGS, seed=5)
     result = selection.select_on_blend(selector, 20, 5)
-    assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "ensemble"}
+    assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "model_ensemble"}
     for kind, candidate in result["candidates"].items():
         chosen = plan.Plan.from_dict(candidate["plan"])
         kept = selector.plan_predictions(chosen)

@@ -18,7 +18,7 @@ from detfold.ensemble.fusion import Member, as_detections, check_fusion, fuse_me
 
 #: The kinds of candidate, simplest first: one fold model (or external model) alone, one
 #: model's K fold models fused (``fold_ensemble:NAME``), every model's fold ensemble fused.
-SINGLE, FOLD_ENSEMBLE, MODEL_ENSEMBLE = "single", "fold_ensemble", "ensemble"
+SINGLE, FOLD_ENSEMBLE, MODEL_ENSEMBLE = "single", "fold_ensemble", "model_ensemble"
 #: The fusion of fold models when none is configured (also the first combination of the
 #: fold-fusion search); a search axis that is not listed takes its value from here.
 DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
@@ -30,7 +30,7 @@ class Plan:
 
     kind ``single``: one fold model (``member`` = "model/foldK") or one external model
     (``member`` = its name), as it is; ``fold_ensemble``: ``model``'s K fold models fused with
-    ``fold_params[model]``; ``ensemble``: every model's fold ensemble (``fold_params``),
+    ``fold_params[model]``; ``model_ensemble``: every model's fold ensemble (``fold_params``),
     then those and the external models fused with ``model_params``."""
 
     kind: str
@@ -65,7 +65,7 @@ def fold_kind(model: str) -> str:
 
 
 def kind_label(kind: str) -> str:
-    """'single', 'fold_ensemble:NAME' or 'ensemble' as words."""
+    """'single', 'fold_ensemble:NAME' or 'model_ensemble' as words."""
     if kind == SINGLE:
         return "best single model"
     if kind.startswith(f"{FOLD_ENSEMBLE}:"):
