@@ -30,7 +30,8 @@ def external_members(
     (those with OOF predictions, which take part in the choice, and the others, which join the
     model ensemble untuned). For the blend split (``split`` 'oof') only the first kind is read,
     its OOF files against the training images (``train_json``), kept on the blend images."""
-    chosen, untuned = {}, {}
+    chosen: dict[str, Detections] = {}
+    untuned: dict[str, Detections] = {}
     keep = np.asarray(coco.image_ids, dtype=np.int64)
     id_coco = load_coco(train_json) if split == "oof" and train_json and any(s["oof"] for s in specs) else coco
     for spec in specs:

@@ -379,9 +379,16 @@ class ResultArrays:
         """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments): (image position,
         category id, xywh_abs, score), by image then score, at most ``max_per_img`` per image."""
         a = self.arrays
-        columns = (a[k] for k in ("box", "score", "label", "model", "image"))
         boxes, scores, labels, images = fuse_arrays(
-            *columns, self.n_models, max_per_img=max_per_img, prepared=self._prepared, **params
+            a["box"],
+            a["score"],
+            a["label"],
+            a["model"],
+            a["image"],
+            self.n_models,
+            max_per_img=max_per_img,
+            prepared=self._prepared,
+            **params,
         )
         # rounded here, as the written files hold them, so the search scores what is written
         xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)

@@ -9,7 +9,7 @@ Members are detections (:class:`detfold.core.coco.Detections`, columns; a COCO r
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from detfold.ensemble.fusion import Member, as_detections, check_fusion, fuse_me
 SINGLE, FOLD_ENSEMBLE, MODEL_ENSEMBLE = "single", "fold_ensemble", "model_ensemble"
 #: The fusion of fold models when none is configured (also the first combination of the
 #: fold-fusion search); a search axis that is not listed takes its value from here.
-DEFAULT_FOLD_FUSION = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
+DEFAULT_FOLD_FUSION: dict[str, Any] = {"method": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
 
 
 @dataclass
@@ -133,11 +133,11 @@ def _unique(combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def apply_plan(
     plan: Plan,
-    fold_preds: dict[str, list[Member]],
-    external: dict[str, Member],
+    fold_preds: Mapping[str, Sequence[Member]],
+    external: Mapping[str, Member],
     images: Sequence[dict[str, Any]],
     max_per_img: int,
-    untuned_external: dict[str, Member] | None = None,
+    untuned_external: Mapping[str, Member] | None = None,
 ) -> Detections:
     """The plan's predictions on other images (the test set): the same members, the same
     parameters. External models without blend predictions (``untuned_external``) join the

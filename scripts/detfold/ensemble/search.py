@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -72,8 +72,8 @@ class Search:
     def __init__(
         self,
         gt: Coco,
-        fold_preds: dict[str, list[Member]],
-        external: dict[str, Member],
+        fold_preds: Mapping[str, Sequence[Member]],
+        external: Mapping[str, Member],
         fold_grid: list[dict[str, Any]],
         model_grid: list[dict[str, Any]],
         max_per_img: int,
@@ -113,10 +113,16 @@ class Search:
     def same(self, key: Key) -> Key:
         """The key of the first combination that fuses like ``key`` (its results are shared)."""
         if isinstance(key, FoldKey):
-            return FoldKey(key.model, self._fold_same[key.combo])
+            return self._same_fold(key)
         if isinstance(key, ModelKey):
-            return ModelKey(tuple(self._fold_same[i] for i in key.fold_choice), self._model_same[key.combo])
+            return self._same_model(key)
         return key
+
+    def _same_fold(self, key: FoldKey) -> FoldKey:
+        return FoldKey(key.model, self._fold_same[key.combo])
+
+    def _same_model(self, key: ModelKey) -> ModelKey:
+        return ModelKey(tuple(self._fold_same[i] for i in key.fold_choice), self._model_same[key.combo])
 
     # scores and matched sets ----------------------------------------------------------------
     def score(self, key: Key, weights: np.ndarray) -> Scores:
@@ -138,30 +144,33 @@ class Search:
 
     def summarize_folds(self) -> None:
         """Score every fold-fusion combination of every model under the weightings."""
-        keys = {self.same(FoldKey(m, i)) for m in self.models for i in range(len(self.fold_grid))}
-        params = self.fold_grid
-        # by model, then skip_box_thr: consecutive combinations share fusion's filtered, sorted boxes
-        self._summarize(sorted(keys, key=lambda k: (k.model, params[k.combo].get("skip_box_thr", 0.0), k.combo)))
+        keys = {self._same_fold(FoldKey(m, i)) for m in self.models for i in range(len(self.fold_grid))}
+
+        def order(k: FoldKey) -> tuple[str, float, int]:  # consecutive ones share fusion's filtered, sorted boxes
+            return k.model, self.fold_grid[k.combo].get("skip_box_thr", 0.0), k.combo
+
+        ordered: list[FoldKey] = sorted(keys, key=order)
+        self._summarize(ordered)
         for m in self.models:
             log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
 
     def summarize_models(self, fold_choice: tuple[int, ...]) -> None:
         """Score every model-fusion combination of the fold ensembles ``fold_choice`` under the
         weightings (those not scored yet)."""
-        keys = {self.same(ModelKey(fold_choice, j)) for j in range(len(self.model_grid))} - self._summarized
+        keys = {self._same_model(ModelKey(fold_choice, j)) for j in range(len(self.model_grid))}
+        keys = {k for k in keys if k not in self._summarized}
         if not keys:
             return
         self._model_members(fold_choice)  # the fold ensembles fused here once, then inherited by the workers
-        # by skip_box_thr and weights: consecutive combinations share fusion's sorted boxes
-        params = self.model_grid
-        self._summarize(
-            sorted(
-                keys,
-                key=lambda k: (params[k.combo].get("skip_box_thr", 0.0), repr(params[k.combo].get("weights")), k.combo),
-            )
-        )
 
-    def _summarize(self, keys: list[Key]) -> None:
+        def order(k: ModelKey) -> tuple[float, str, int]:  # consecutive ones share fusion's sorted boxes
+            params = self.model_grid[k.combo]
+            return params.get("skip_box_thr", 0.0), repr(params.get("weights")), k.combo
+
+        ordered: list[ModelKey] = sorted(keys, key=order)
+        self._summarize(ordered)
+
+    def _summarize(self, keys: Sequence[Key]) -> None:
         """Score the combinations ``keys`` under the weightings, on the worker processes; the
         scores are kept, the matched sets are not."""
         for key, summary in zip(keys, map_forked(self._summary, keys, self.processes), strict=True):
@@ -208,7 +217,7 @@ class Search:
 
     def _fold_fused(self, key: FoldKey) -> Columns:
         """A fold ensemble, kept (the model step fuses the chosen ones again and again)."""
-        key = FoldKey(key.model, self._fold_same[key.combo])
+        key = self._same_fold(key)
         if key not in self._fused:
             self._fused[key] = self._fuse(self._arrays[key.model], self.fold_grid[key.combo])
         return self._fused[key]

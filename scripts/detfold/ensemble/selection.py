@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +50,8 @@ class BlendChoice:
 
 def choose_on_blend(
     gt: Coco,
-    fold_preds: dict[str, list[Member]],
-    external: dict[str, Member],
+    fold_preds: Mapping[str, Sequence[Member]],
+    external: Mapping[str, Member],
     settings: dict[str, Any],
     seed: int,
     processes: int = 1,
@@ -105,8 +106,8 @@ class BlendSelector:
     def __init__(
         self,
         gt: Coco,
-        fold_preds: dict[str, list[Member]],
-        external: dict[str, Member],
+        fold_preds: Mapping[str, Sequence[Member]],
+        external: Mapping[str, Member],
         settings: dict[str, Any],
         seed: int = 42,
         processes: int = 1,
@@ -229,7 +230,7 @@ class BlendSelector:
             model = str(plan.model)
             return search.fused(FoldKey(model, search.fold_grid.index(plan.fold_params[model])))
         choice = tuple(search.fold_grid.index(plan.fold_params[m]) for m in search.models)
-        return search.fused(ModelKey(choice, search.model_grid.index(plan.model_params)))
+        return search.fused(ModelKey(choice, search.model_grid.index(plan.model_params or {})))
 
 
 def _key(scores: Scores, metric: str) -> Scores:
@@ -306,7 +307,7 @@ def _candidate(selector: BlendSelector, kind: str, counts: np.ndarray) -> tuple[
     plan, matched = selector.fit(kind, ones)
     pooled, plans = selector.nested(kind, ones)
     boot = bootstrap_scores(pooled, counts, selector.search.processes)
-    entry = {
+    entry: dict[str, Any] = {
         "label": kind_label(kind),
         "plan": plan.to_dict(),
         "description": plan.describe(),
