@@ -233,7 +233,20 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in unused}
 
 
-def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs):  # type: ignore[no-untyped-def]
+#: ensemble-boxes' per-image interface: one array-like per model (boxes (n, 4) xyxy_norm, scores
+#: (n,), labels (n,)), and what it returns: boxes (k, 4) xyxy_norm, scores (k,), labels (k,).
+PerModel = Sequence[Any]
+ImageFusion = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _single(
+    method: str,
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None,
+    **kwargs: Any,
+) -> ImageFusion:
     b, s, lab, m, _ = _check(boxes_list, scores_list, labels_list, weights)
     out_box, out_score, out_label, _ = fuse_arrays(
         b, s, lab, m, np.zeros(len(b), np.int64), len(boxes_list), method, weights, **kwargs
@@ -242,15 +255,15 @@ def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs
 
 
 def weighted_boxes_fusion(
-    boxes_list,
-    scores_list,
-    labels_list,
-    weights=None,
-    iou_thr=0.55,
-    skip_box_thr=0.0,
-    conf_type="avg",
-    allows_overflow=False,
-):  # type: ignore[no-untyped-def]
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "avg",
+    allows_overflow: bool = False,
+) -> ImageFusion:
     """Weighted boxes fusion (Solovyev et al.) of one image's boxes from several models.
 
     Boxes of one label, by descending weighted score, join the fused box they overlap with
@@ -271,23 +284,29 @@ def weighted_boxes_fusion(
     )
 
 
-def nms(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.5):  # type: ignore[no-untyped-def]
+def nms(
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.5,
+) -> ImageFusion:
     """Class-aware greedy NMS over all models' boxes (scores x weight / sum(weights) when
     weights are given). Returns kept (boxes, scores, labels) by score descending."""
     return _single("nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr)
 
 
 def soft_nms(
-    boxes_list,
-    scores_list,
-    labels_list,
-    weights=None,
-    method="gaussian",
-    iou_thr=0.5,
-    sigma=0.5,
-    thresh=0.001,
-    rescore=True,
-):  # type: ignore[no-untyped-def]
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    method: str = "gaussian",
+    iou_thr: float = 0.5,
+    sigma: float = 0.5,
+    thresh: float = 0.001,
+    rescore: bool = True,
+) -> ImageFusion:
     """Soft-NMS (Bodla et al.): overlapping boxes decay instead of vanishing (linear: by 1 - IoU
     above ``iou_thr``; gaussian: by exp(-IoU^2 / sigma)); boxes whose decayed score is at most
     ``thresh`` are dropped. ``rescore=False`` returns the original scores, as ensemble-boxes."""
@@ -305,7 +324,14 @@ def soft_nms(
     )
 
 
-def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0):  # type: ignore[no-untyped-def]
+def non_maximum_weighted(
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+) -> ImageFusion:
     """Non-maximum weighted (Zhou et al.): each cluster keeps its best box's score; its coords
     are the mean of its members weighted by score x IoU with the best box."""
     return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
