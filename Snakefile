@@ -1,15 +1,11 @@
 # detfold: K-fold cross-validation for object detection. This file only wires:
 # config and its validation, the stage files, and the final target.
-import os
 import sys
 
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
-# The library beside this Snakefile, for the Snakefile and for every job's script (whatever
-# `detfold` is installed elsewhere).
 sys.path.insert(0, f"{workflow.basedir}/scripts")
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [f"{workflow.basedir}/scripts", os.environ.get("PYTHONPATH")]))
 from detfold.core.config import check_feasible, check_schema, drop_disabled_models, warn_merged_config
 
 
