@@ -3,7 +3,8 @@
 import shutil
 
 import pytest
-from detfold.audit.convert import coco_to_voc, coco_to_yolo, read_class_names, voc_to_coco, yolo_to_coco
+from detfold.audit.convert import read_class_names, voc_to_coco, yolo_to_coco
+from helpers.coco_export import coco_to_voc, coco_to_yolo
 
 
 def boxes_by_file(data):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from detfold.ensemble.fusion import fuse_arrays, fuse_members, nms, weighted_boxes_fusion
+from detfold.ensemble.fusion import fuse_arrays, fuse_members
+from helpers.per_image_fusion import nms, weighted_boxes_fusion
 
 
 def test_wbf_hand_computed():

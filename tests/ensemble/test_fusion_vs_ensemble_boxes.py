@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 from detfold.ensemble import fusion
+from helpers import per_image_fusion as per_image
 
 eb = pytest.importorskip("ensemble_boxes")
 
@@ -62,14 +63,14 @@ def test_wbf(seed, conf_type):
     data = random_models(seed)
     weights = [1, 2, 1, 3] if seed % 2 else None
     kwargs = {"weights": weights, "iou_thr": 0.55, "skip_box_thr": 0.1 * (seed % 3), "conf_type": conf_type}
-    assert_close(fusion.weighted_boxes_fusion(*data, **kwargs), reference(eb.weighted_boxes_fusion, *data, **kwargs))
+    assert_close(per_image.weighted_boxes_fusion(*data, **kwargs), reference(eb.weighted_boxes_fusion, *data, **kwargs))
 
 
 @pytest.mark.parametrize("seed", range(10))
 def test_wbf_allows_overflow(seed):
     data = random_models(seed)
     kwargs = {"iou_thr": 0.5, "allows_overflow": True}
-    assert_close(fusion.weighted_boxes_fusion(*data, **kwargs), reference(eb.weighted_boxes_fusion, *data, **kwargs))
+    assert_close(per_image.weighted_boxes_fusion(*data, **kwargs), reference(eb.weighted_boxes_fusion, *data, **kwargs))
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -77,7 +78,7 @@ def test_nms(seed):
     data = random_models(seed)
     weights = [1, 2, 1, 3] if seed % 2 else None
     assert_close(
-        fusion.nms(*data, weights=weights, iou_thr=0.5), reference(eb.nms, *data, weights=weights, iou_thr=0.5)
+        per_image.nms(*data, weights=weights, iou_thr=0.5), reference(eb.nms, *data, weights=weights, iou_thr=0.5)
     )
 
 
@@ -86,17 +87,17 @@ def test_nms(seed):
 def test_soft_nms_matches_ensemble_boxes_without_rescoring(seed, method, code):
     data = random_models(seed)
     kwargs = {"iou_thr": 0.5, "sigma": 0.5, "thresh": 0.01}
-    ours = fusion.soft_nms(*data, method=method, rescore=False, **kwargs)
+    ours = per_image.soft_nms(*data, method=method, rescore=False, **kwargs)
     assert_close(ours, reference(eb.soft_nms, *data, method=code, **kwargs))
 
 
 def test_soft_nms_rescores_for_real():
     boxes = [np.array([[0.1, 0.1, 0.5, 0.5], [0.12, 0.1, 0.5, 0.5], [0.6, 0.6, 0.9, 0.9]])]
     scores, labels = [np.array([0.9, 0.8, 0.7])], [np.array([0, 0, 0])]
-    _out_boxes, out_scores, _ = fusion.soft_nms(boxes, scores, labels, method="linear", iou_thr=0.3)
+    _out_boxes, out_scores, _ = per_image.soft_nms(boxes, scores, labels, method="linear", iou_thr=0.3)
     iou = (0.38 * 0.4) / (0.4 * 0.4)
     assert out_scores.tolist() == pytest.approx([0.9, 0.7, 0.8 * (1 - iou)])
-    _, kept, _ = fusion.soft_nms(boxes, scores, labels, method="gaussian", sigma=0.5)
+    _, kept, _ = per_image.soft_nms(boxes, scores, labels, method="gaussian", sigma=0.5)
     assert kept[2] == pytest.approx(0.8 * np.exp(-(iou**2) / 0.5))
 
 
@@ -105,14 +106,14 @@ def test_non_maximum_weighted(seed):
     data = random_models(seed)
     weights = [1, 2, 1, 3] if seed % 2 else None
     kwargs = {"weights": weights, "iou_thr": 0.55}
-    assert_close(fusion.non_maximum_weighted(*data, **kwargs), reference(eb.non_maximum_weighted, *data, **kwargs))
+    assert_close(per_image.non_maximum_weighted(*data, **kwargs), reference(eb.non_maximum_weighted, *data, **kwargs))
 
 
 def test_inputs_are_not_modified():
     data = random_models(1)
     before = [[x.copy() for x in part] for part in data]
-    fusion.nms(*data, weights=[1, 2, 3, 4])
-    fusion.weighted_boxes_fusion(*data, weights=[1, 2, 3, 4])
+    per_image.nms(*data, weights=[1, 2, 3, 4])
+    per_image.weighted_boxes_fusion(*data, weights=[1, 2, 3, 4])
     for part, old in zip(data, before, strict=True):
         for x, y in zip(part, old, strict=True):
             np.testing.assert_array_equal(x, y)

@@ -1,19 +1,22 @@
 import logging
 
 import numpy as np
+import pandas as pd
 import pytest
 from detfold.core.coco import Coco
 from detfold.folds.assign import (
     METHODS,
     BalanceWeights,
+    _features,
     assign_folds,
-    balance_objective,
     balance_summary,
     balance_table,
+    class_counts,
     fold_split,
     groups_from,
     near_duplicate_groups,
     read_folds,
+    size_bucket_counts,
     write_folds,
 )
 from hypothesis import HealthCheck, given, settings
@@ -169,6 +172,22 @@ def test_property_partition_groups_determinism(data, method, seed):
     by_image = dict(zip(coco.image_ids, groups, strict=True))
     assert folds.assign(g=folds.image_id.map(by_image)).groupby("g").fold.nunique().max() == 1
     assert folds.equals(assign_folds(coco, k=k, seed=seed, method=method, groups=groups))
+
+
+def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights | None = None) -> float:
+    """The quantity ``balanced`` minimises: sum over folds and balanced quantities of
+    weight x ((fold total - total / K) / (total / K))^2."""
+    weights = weights or BalanceWeights()
+    counts = class_counts(coco)
+    feats, feat_w = _features(counts, size_bucket_counts(coco) if weights.size_buckets > 0 else None, weights)
+    fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
+    k = int(folds.fold.max()) + 1
+    per_fold = np.zeros((k, feats.shape[1]))
+    np.add.at(per_fold, fold, feats)
+    totals = feats.sum(0)
+    keep = (totals > 0) & (feat_w > 0)
+    target = totals[keep] / k
+    return float((feat_w[keep] * ((per_fold[:, keep] - target) / target) ** 2).sum())
 
 
 @settings(max_examples=40, deadline=None)

@@ -31,7 +31,7 @@ _RECALL_POINTS = np.array([x / 100 for x in range(101)])  # tidecv's, bit for bi
 class Arrays:
     """Ground truth and detections in tidecv's order: images in the ground truth's file order;
     per image the boxes in file order and the detections by score (stable), at most
-    ``max_dets``. ``det_index``: each detection's row in the input :class:`Detections`."""
+    ``max_dets``."""
 
     image_ids: np.ndarray
     file_names: list[str]
@@ -45,7 +45,6 @@ class Arrays:
     d_cls: np.ndarray
     d_box: np.ndarray
     d_score: np.ndarray
-    det_index: np.ndarray
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per image: its boxes' (start, end) and its detections' (start, end) rows."""
@@ -82,7 +81,6 @@ def prepare(gt: Mapping[str, Any], predictions: Detections, max_dets: int = MAX_
         d_cls=np.asarray(predictions.category_id, dtype=np.int64)[d_order],
         d_box=np.asarray(predictions.bbox_xywh, dtype=np.float64).reshape(-1, 4)[d_order],
         d_score=d_score[keep],
-        det_index=d_order,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +23,20 @@ from detfold.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 
-FINDING_FIELDS = (
-    "split",
-    "image_id",
-    "ann_id",
-    "file_name",
-    "category",
-    "check",
-    "value",
-    "threshold",
-    "action",
-    "related_ann_id",
-)
 ACTIONS = ("flag", "drop_box", "drop_image", "clip")
+_NO_CLIP = ACTIONS[:3]
 
 #: check -> (what the threshold means, default threshold, default action, allowed actions)
 CHECKS: dict[str, tuple[str, float, str, tuple[str, ...]]] = {
-    "degenerate": ("w or h <= threshold px", 0.0, "drop_box", ("flag", "drop_box", "drop_image")),
+    "degenerate": ("w or h <= threshold px", 0.0, "drop_box", _NO_CLIP),
     "outside_image": ("px past the border > threshold", 0.0, "clip", ACTIONS),
-    "tiny": ("shorter side < threshold px", 2.0, "flag", ("flag", "drop_box", "drop_image")),
-    "whole_image": ("box area / image area >= threshold", 0.9, "flag", ("flag", "drop_box", "drop_image")),
-    "extreme_aspect": ("max(w/h, h/w) >= threshold", 8.0, "flag", ("flag", "drop_box", "drop_image")),
-    "duplicate": ("same-class IoU >= threshold", 0.8, "flag", ("flag", "drop_box", "drop_image")),
-    "cross_class_overlap": ("other-class IoU >= threshold", 0.8, "flag", ("flag", "drop_box", "drop_image")),
+    "tiny": ("shorter side < threshold px", 2.0, "flag", _NO_CLIP),
+    "whole_image": ("box area / image area >= threshold", 0.9, "flag", _NO_CLIP),
+    "extreme_aspect": ("max(w/h, h/w) >= threshold", 8.0, "flag", _NO_CLIP),
+    "duplicate": ("same-class IoU >= threshold", 0.8, "flag", _NO_CLIP),
+    "cross_class_overlap": ("other-class IoU >= threshold", 0.8, "flag", _NO_CLIP),
     "empty_image": ("image has no box left", 0.0, "flag", ("flag", "drop_image")),
-    "size_outlier": (
-        "|robust z| of log area in its class >= threshold",
-        6.0,
-        "flag",
-        ("flag", "drop_box", "drop_image"),
-    ),
+    "size_outlier": ("|robust z| of log area in its class >= threshold", 6.0, "flag", _NO_CLIP),
 }
 #: classes with fewer boxes than this get no size-outlier check (no distribution to compare to)
 MIN_BOXES_FOR_SIZE_STATS = 10
@@ -70,6 +54,10 @@ class Finding:
     threshold: float
     action: str
     related_ann_id: int | None = None
+
+
+#: the columns of findings.csv, in order
+FINDING_FIELDS = tuple(f.name for f in fields(Finding))
 
 
 @dataclass(frozen=True)

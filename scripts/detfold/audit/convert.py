@@ -1,4 +1,4 @@
-"""Import Pascal VOC XML and YOLO txt annotations into COCO (and export, for round trips).
+"""Import Pascal VOC XML and YOLO txt annotations into COCO.
 
 Conventions: VOC ``bndbox`` (xmin, ymin, xmax, ymax) becomes ``bbox = [xmin, ymin,
 xmax - xmin, ymax - ymin]`` in pixels (no +1, no clipping: the audit decides about boxes past
@@ -14,8 +14,6 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
-
-from detfold.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -207,46 +205,3 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
                 }
             )
     return {"images": images, "annotations": annotations, "categories": _categories(class_names)}
-
-
-def coco_to_voc(coco: dict, out_dir: str | Path) -> None:
-    """Write one Pascal VOC XML per image (the inverse of :func:`voc_to_coco`)."""
-    out = Path(out_dir)
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    by_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
-    for ann in coco["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    for im in coco["images"]:
-        root = ET.Element("annotation")
-        ET.SubElement(root, "filename").text = im["file_name"]
-        size = ET.SubElement(root, "size")
-        for key, value in (("width", im["width"]), ("height", im["height"]), ("depth", 3)):
-            ET.SubElement(size, key).text = str(value)
-        for ann in by_image[im["id"]]:
-            obj = ET.SubElement(root, "object")
-            ET.SubElement(obj, "name").text = names[ann["category_id"]]
-            box = ET.SubElement(obj, "bndbox")
-            x, y, w, h = ann["bbox"]
-            for key, value in (("xmin", x), ("ymin", y), ("xmax", x + w), ("ymax", y + h)):
-                ET.SubElement(box, key).text = repr(float(value))
-        with atomic_open(out / f"{Path(im['file_name']).stem}.xml") as handle:
-            handle.write(ET.tostring(root, encoding="unicode"))
-
-
-def coco_to_yolo(coco: dict, out_dir: str | Path) -> list[str]:
-    """Write YOLO txt labels (one per image) and return the class names in index order."""
-    out = Path(out_dir)
-    cats = [c["id"] for c in coco["categories"]]
-    index = {cid: i for i, cid in enumerate(cats)}
-    by_image: dict[int, list[dict]] = {im["id"]: [] for im in coco["images"]}
-    for ann in coco["annotations"]:
-        by_image[ann["image_id"]].append(ann)
-    for im in coco["images"]:
-        lines = []
-        for ann in by_image[im["id"]]:
-            x, y, w, h = ann["bbox"]
-            cx, cy = (x + w / 2) / im["width"], (y + h / 2) / im["height"]
-            lines.append(f"{index[ann['category_id']]} {cx:.8f} {cy:.8f} {w / im['width']:.8f} {h / im['height']:.8f}")
-        with atomic_open(out / f"{Path(im['file_name']).stem}.txt") as handle:
-            handle.write("".join(line + "\n" for line in lines))
-    return [c["name"] for c in coco["categories"]]

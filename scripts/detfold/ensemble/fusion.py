@@ -1,16 +1,14 @@
 """Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted.
 
-Contract of the array functions: boxes are ``xyxy_norm`` (x1, y1, x2, y2 divided by the
-image width/height, so within [0, 1]), one array per model; scores are floats; labels are
-integers. Boxes outside [0, 1] or with x2 < x1 raise (nothing is silently clamped); boxes of
-zero area are skipped, as in ensemble-boxes. The caller's arrays are never modified.
-:func:`fuse_members` takes and returns COCO results (``xywh_abs``) and normalises per
-image itself. Every method runs as one compiled (numba) pass over all (image, label) groups.
+:func:`fuse_arrays` takes flat arrays: boxes ``xyxy_norm`` (x1, y1, x2, y2 divided by the image
+width/height, within [0, 1]), float scores, integer labels, each row's model and image index;
+boxes of zero area are skipped, as in ensemble-boxes, and the caller's arrays are never modified.
+:func:`fuse_members` takes and returns COCO results (``xywh_abs``), clipping each box to its image
+and normalising it. Every method runs as one compiled (numba) pass over all (image, label) groups.
 
 The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
-ties in score keep the input order (a stable sort); soft-NMS returns the decayed scores
-(``rescore=True``; ensemble-boxes returns the original ones: ``rescore=False``); and the
-caller's score lists are not rescaled in place by ``nms(weights=...)``.
+ties in score keep the input order (a stable sort), and soft-NMS returns the decayed scores
+(``rescore=True``; ensemble-boxes returns the original ones: ``rescore=False``).
 """
 
 from __future__ import annotations
@@ -82,51 +80,6 @@ class _Prepared:
         self.order, self.starts = kernels.sort_groups(group, -self.scores)
         # the latest WBF clustering ((iou_thr, allows_overflow), kernel output): conf_type only rescores it
         self.wbf: tuple[tuple[float, bool], tuple[np.ndarray, ...]] | None = None
-
-
-def _check(
-    boxes_list: Sequence[np.ndarray],
-    scores_list: Sequence[np.ndarray],
-    labels_list: Sequence[np.ndarray],
-    weights: Sequence[float] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate per-model arrays; return concatenated boxes, scores, labels, model index, weights."""
-    if not (len(boxes_list) == len(scores_list) == len(labels_list)):
-        raise ValueError(
-            f"boxes/scores/labels lists differ in length: {len(boxes_list)}, {len(scores_list)}, {len(labels_list)}"
-        )
-    if len(boxes_list) == 0:
-        raise ValueError("no models given")
-    w = np.ones(len(boxes_list)) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (len(boxes_list),):
-        raise ValueError(f"{w.size} weights given for {len(boxes_list)} models")
-    if (w <= 0).any() or not np.isfinite(w).all():
-        raise ValueError(f"model weights must be positive, got {w.tolist()}")
-    all_boxes, all_scores, all_labels, all_models = [], [], [], []
-    for m, (b, s, lab) in enumerate(zip(boxes_list, scores_list, labels_list, strict=True)):
-        b = np.asarray(b, dtype=float).reshape(-1, 4) if len(b) else np.zeros((0, 4))
-        s, lab = np.asarray(s, dtype=float).reshape(-1), np.asarray(lab).reshape(-1)
-        if len(b) != len(s) or len(b) != len(lab):
-            raise ValueError(f"model {m}: {len(b)} boxes, {len(s)} scores, {len(lab)} labels")
-        if len(b):
-            if not np.isfinite(b).all() or b.min() < -1e-6 or b.max() > 1 + 1e-6:
-                raise ValueError(
-                    f"model {m}: boxes must be xyxy normalised to [0, 1], got values in [{b.min():g}, {b.max():g}]"
-                )
-            bad = np.flatnonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
-            if len(bad):
-                raise ValueError(f"model {m}: box {bad[0]} has x2 < x1 or y2 < y1: {b[bad[0]].tolist()}")
-        all_boxes.append(np.clip(b, 0.0, 1.0))
-        all_scores.append(s)
-        all_labels.append(lab.astype(np.int64))
-        all_models.append(np.full(len(b), m, dtype=np.int64))
-    return (
-        np.concatenate(all_boxes),
-        np.concatenate(all_scores),
-        np.concatenate(all_labels),
-        np.concatenate(all_models),
-        w,
-    )
 
 
 def _method_weights(method: str, weights: Sequence[float] | None, n_models: int) -> np.ndarray:
@@ -231,110 +184,6 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
         if params.get("soft_method", "gaussian") == "gaussian":
             unused.add("iou_thr")
     return {k: v for k, v in params.items() if k not in unused}
-
-
-#: ensemble-boxes' per-image interface: one array-like per model (boxes (n, 4) xyxy_norm, scores
-#: (n,), labels (n,)), and what it returns: boxes (k, 4) xyxy_norm, scores (k,), labels (k,).
-PerModel = Sequence[Any]
-ImageFusion = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def _single(
-    method: str,
-    boxes_list: PerModel,
-    scores_list: PerModel,
-    labels_list: PerModel,
-    weights: Sequence[float] | None,
-    **kwargs: Any,
-) -> ImageFusion:
-    b, s, lab, m, _ = _check(boxes_list, scores_list, labels_list, weights)
-    out_box, out_score, out_label, _ = fuse_arrays(
-        b, s, lab, m, np.zeros(len(b), np.int64), len(boxes_list), method, weights, **kwargs
-    )
-    return out_box, out_score, out_label
-
-
-def weighted_boxes_fusion(
-    boxes_list: PerModel,
-    scores_list: PerModel,
-    labels_list: PerModel,
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    allows_overflow: bool = False,
-) -> ImageFusion:
-    """Weighted boxes fusion (Solovyev et al.) of one image's boxes from several models.
-
-    Boxes of one label, by descending weighted score, join the fused box they overlap with
-    IoU > ``iou_thr`` (the best one) or start a new one; a fused box is the score-weighted mean
-    of its members. Scores: ``avg`` mean x min(T, members) / sum(weights); ``max``;
-    ``box_and_model_avg``; ``absent_model_aware_avg`` (as in ensemble-boxes).
-    Returns (boxes (n, 4) xyxy_norm, scores (n,), labels (n,)) by score descending."""
-    return _single(
-        "wbf",
-        boxes_list,
-        scores_list,
-        labels_list,
-        weights,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        allows_overflow=allows_overflow,
-    )
-
-
-def nms(
-    boxes_list: PerModel,
-    scores_list: PerModel,
-    labels_list: PerModel,
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.5,
-) -> ImageFusion:
-    """Class-aware greedy NMS over all models' boxes (scores x weight / sum(weights) when
-    weights are given). Returns kept (boxes, scores, labels) by score descending."""
-    return _single("nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr)
-
-
-def soft_nms(
-    boxes_list: PerModel,
-    scores_list: PerModel,
-    labels_list: PerModel,
-    weights: Sequence[float] | None = None,
-    method: str = "gaussian",
-    iou_thr: float = 0.5,
-    sigma: float = 0.5,
-    thresh: float = 0.001,
-    rescore: bool = True,
-) -> ImageFusion:
-    """Soft-NMS (Bodla et al.): overlapping boxes decay instead of vanishing (linear: by 1 - IoU
-    above ``iou_thr``; gaussian: by exp(-IoU^2 / sigma)); boxes whose decayed score is at most
-    ``thresh`` are dropped. ``rescore=False`` returns the original scores, as ensemble-boxes."""
-    return _single(
-        "soft_nms",
-        boxes_list,
-        scores_list,
-        labels_list,
-        weights,
-        iou_thr=iou_thr,
-        sigma=sigma,
-        thresh=thresh,
-        soft_method=method,
-        rescore=rescore,
-    )
-
-
-def non_maximum_weighted(
-    boxes_list: PerModel,
-    scores_list: PerModel,
-    labels_list: PerModel,
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-) -> ImageFusion:
-    """Non-maximum weighted (Zhou et al.): each cluster keeps its best box's score; its coords
-    are the mean of its members weighted by score x IoU with the best box."""
-    return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
 
 
 def _image_sizes(images: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:

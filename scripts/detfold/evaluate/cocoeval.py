@@ -306,38 +306,25 @@ def _mean_defined(s: np.ndarray) -> float:
     return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
 
 
+#: the 12 standard stats as (AP or AR, IoU threshold (None: all), area range, max detections)
+_STATS = (
+    *((True, iou, "all", 100) for iou in (None, 0.5, 0.75)),
+    *((True, None, area, 100) for area in ("small", "medium", "large")),
+    *((False, None, "all", m) for m in MAX_DETS),
+    *((False, None, area, 100) for area in ("small", "medium", "large")),
+)
+
+
 def _summary_value(
-    precision: np.ndarray,
-    recall: np.ndarray,
-    ap: bool,
-    iou_thr: float | None = None,
-    area: str = "all",
-    max_dets: int = 100,
+    precision: np.ndarray, recall: np.ndarray, ap: bool, iou_thr: float | None, area: str, max_dets: int
 ) -> float:
-    aind = [i for i, label in enumerate(AREA_LABELS) if label == area]
-    mind = [i for i, m in enumerate(MAX_DETS) if m == max_dets]
-    s = precision if ap else recall
+    a, m = AREA_LABELS.index(area), MAX_DETS.index(max_dets)
+    s = precision[..., a, m] if ap else recall[..., a, m]
     if iou_thr is not None:
-        s = s[np.where(iou_thr == IOU_THRS)[0]]
-    s = s[:, :, :, aind, mind] if ap else s[:, :, aind, mind]
+        s = s[np.flatnonzero(iou_thr == IOU_THRS)]
     return _mean_defined(s)
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     """The 12 standard stats (AP, AP50, AP75, AP S/M/L, AR 1/10/100, AR S/M/L)."""
-    return np.array(
-        [
-            _summary_value(precision, recall, True),
-            _summary_value(precision, recall, True, iou_thr=0.5),
-            _summary_value(precision, recall, True, iou_thr=0.75),
-            _summary_value(precision, recall, True, area="small"),
-            _summary_value(precision, recall, True, area="medium"),
-            _summary_value(precision, recall, True, area="large"),
-            _summary_value(precision, recall, False, max_dets=1),
-            _summary_value(precision, recall, False, max_dets=10),
-            _summary_value(precision, recall, False),
-            _summary_value(precision, recall, False, area="small"),
-            _summary_value(precision, recall, False, area="medium"),
-            _summary_value(precision, recall, False, area="large"),
-        ]
-    )
+    return np.array([_summary_value(precision, recall, *stat) for stat in _STATS])

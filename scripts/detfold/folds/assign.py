@@ -331,22 +331,6 @@ def split_blend(
     return table.loc[table.fold == 0, "image_id"].astype(int).tolist()
 
 
-def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights | None = None) -> float:
-    """The quantity ``balanced`` minimises: sum over folds and balanced quantities of
-    weight x ((fold total - total / K) / (total / K))^2."""
-    weights = weights or BalanceWeights()
-    counts = class_counts(coco)
-    feats, feat_w = _features(counts, size_bucket_counts(coco) if weights.size_buckets > 0 else None, weights)
-    fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
-    k = int(folds.fold.max()) + 1
-    per_fold = np.zeros((k, feats.shape[1]))
-    np.add.at(per_fold, fold, feats)
-    totals = feats.sum(0)
-    keep = (totals > 0) & (feat_w > 0)
-    target = totals[keep] / k
-    return float((feat_w[keep] * ((per_fold[:, keep] - target) / target) ** 2).sum())
-
-
 def balance_table(coco: Coco, folds: pd.DataFrame) -> pd.DataFrame:
     """Per fold x class: boxes, images, their shares of the class total, deviation from 1/K."""
     counts = class_counts(coco)
