@@ -220,7 +220,7 @@ def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
 
 def test_voc_input_is_imported_and_audited(repo, bccd_dir, tmp_path):
     """data.format: voc runs import_annotations before the audit (no training needed)."""
-    from detfold.audit.convert import coco_to_voc
+    from helpers.coco_export import coco_to_voc
 
     train = load_coco(bccd_dir / "train.json")
     test = load_coco(bccd_dir / "test.json")
