@@ -9,7 +9,7 @@ CLS, LOC, BOTH, DUPE, BKG = 1, 2, 3, 4, 5
 
 
 @njit(cache=True)
-def _iou(a, b, crowd):  # type: ignore[no-untyped-def]
+def _iou(a, b, crowd):
     w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
     if w <= 0:
         return 0.0
@@ -22,7 +22,7 @@ def _iou(a, b, crowd):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_cls, pos_thr, bg_thr):  # type: ignore[no-untyped-def]
+def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_cls, pos_thr, bg_thr):
     """Per image (ground truth ``g_start[i]:g_end[i]`` in file order, detections
     ``d_start[i]:d_end[i]`` by score descending): tidecv's greedy class-aware matching
     (IoU >= ``pos_thr``, argmax over the unused ground truth of the detection's class), crowd
@@ -130,7 +130,7 @@ def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_
 @njit(cache=True)
 def review_images(
     g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr
-):  # type: ignore[no-untyped-def]
+):
     """Per ground-truth box (crowd boxes skipped): the highest-scoring same-class detection at
     IoU >= ``pos_thr`` (index, -1: none) and the second-best score there (-1: none); the
     highest-scoring other-class detection at IoU >= ``pos_thr`` (index); the highest-scoring
@@ -191,7 +191,7 @@ def review_images(
 
 
 @njit(cache=True)
-def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_box, d_idx, keep, iou_thr, n_cls):  # type: ignore[no-untyped-def]
+def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_box, d_idx, keep, iou_thr, n_cls):
     """Per image (detections by score descending; ``g_idx`` / ``d_idx``: class index 0..n-1):
     the kept detections matched first within their class (score order, the best free box at IoU
     >= ``iou_thr``, one to one, as COCO), then the leftovers across classes by IoU descending
@@ -263,7 +263,7 @@ def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_bo
 
 
 @njit(cache=True)
-def pair_iou(g_box, d_box, g, d):  # type: ignore[no-untyped-def]
+def pair_iou(g_box, d_box, g, d):
     """IoU of each pair (box ``g[i]``, detection ``d[i]``)."""
     out = np.zeros(g.shape[0])
     for i in range(g.shape[0]):
@@ -272,7 +272,7 @@ def pair_iou(g_box, d_box, g, d):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def first_per_object(cand, d_img, d_box, iou_thr):  # type: ignore[no-untyped-def]
+def first_per_object(cand, d_img, d_box, iou_thr):
     """``cand``: detections sorted by image, then score descending. True for each that overlaps
     no earlier kept one of its image at IoU >= ``iou_thr`` (one candidate per object)."""
     keep = np.zeros(cand.shape[0], dtype=np.bool_)

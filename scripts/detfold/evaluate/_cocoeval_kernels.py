@@ -7,7 +7,7 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, dt_box, dt_area, iou_thrs, area_rng):  # type: ignore[no-untyped-def]
+def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, dt_box, dt_area, iou_thrs, area_rng):
     """Greedy matching of every (image, category) group; returns the matched and ignored flags
     of every detection as bit masks [A, n_dt] (bit t: at IoU threshold t; at most 32)."""
     n_area, n_thr, n_dt = area_rng.shape[0], iou_thrs.shape[0], dt_box.shape[0]
@@ -76,7 +76,7 @@ def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, 
 
 
 @njit(cache=True, nogil=True)
-def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_thr, npig, rec_thrs):  # type: ignore[no-untyped-def]
+def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_thr, npig, rec_thrs):
     """pycocotools' accumulate (one area range, every detection within the limit) of detections
     whose image is counted ``image_weights[img]`` times (0: left out; bootstrap counts): the
     numbers of the detections repeated that often, without making the copies. Detections come
