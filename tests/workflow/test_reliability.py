@@ -12,17 +12,19 @@ import os
 import resource
 import signal
 import subprocess
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from helpers.waiting import wait_until
 from helpers.workflow_run import SNAKEMAKE, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 MODELS = ("frcnn", "tiny")
 FOLDS = (0, 1, 2)
 HOLD = "DETFOLD_HOLD_BEFORE_RENAME"  # detfold.core.io's fault-injection hook
+TIMEOUT_S = 900
 
 
 def reproducible_files() -> list[str]:
@@ -66,15 +68,9 @@ def start(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None = No
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"snakemake ended (rc {proc.returncode}) before {what}")
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def wait_for(condition, proc: subprocess.Popen, what: str) -> Any:
+    """Poll ``condition`` while snakemake runs; a timeout kills the run and fails the test."""
+    return wait_until(condition, what, TIMEOUT_S, proc=proc, stop=lambda: os.killpg(proc.pid, signal.SIGKILL))
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -117,13 +113,7 @@ def killed_three_times(tmp_path_factory, repo, bccd_dir, tiny_run):
 
     # 1. during training: a fold model is being trained
     proc = start(repo, workdir)
-    train_logs = workdir / "logs" / "train"
-    wait_for(
-        lambda: any("training " in p.read_text() for p in train_logs.rglob("*.log")) if train_logs.exists() else False,
-        proc,
-        "training to start",
-    )
-    time.sleep(3)
+    wait_for(lambda: training_started(workdir), proc, "mmengine's training loop to start")
     kill(proc)
     facts["models_after_training_kill"] = sorted(str(p) for p in (workdir / "results").rglob("model.pth"))
     all_json_outputs_parse(workdir)
@@ -138,6 +128,13 @@ def killed_three_times(tmp_path_factory, repo, bccd_dir, tiny_run):
     subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
     facts["final"] = run_ok(repo, workdir, "--rerun-incomplete")
     return workdir, facts
+
+
+def training_started(workdir: Path) -> bool:
+    """Whether a training job's mmengine Runner has begun its training loop (its CheckpointHook
+    says where checkpoints go, in the job's log, before the first iteration)."""
+    logs = workdir / "logs" / "train"
+    return logs.exists() and any("Checkpoints will be saved to" in p.read_text() for p in logs.rglob("*.log"))
 
 
 def kill_during_write(repo: Path, workdir: Path, stage: str) -> tuple[Path, bool]:
