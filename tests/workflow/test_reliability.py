@@ -8,6 +8,8 @@ very same config and data in other folders.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import signal
@@ -23,7 +25,7 @@ from helpers.workflow_run import SNAKEMAKE, snakemake, tiny_config
 pytestmark = pytest.mark.workflow
 MODELS = ("frcnn", "tiny")
 FOLDS = (0, 1, 2)
-HOLD = "DETFOLD_HOLD_BEFORE_RENAME"  # detfold.core.io's fault-injection hook
+HOLD_RENAME = Path(__file__).resolve().parents[1] / "helpers" / "hold_rename"  # its sitecustomize holds a write
 TIMEOUT_S = 900
 
 
@@ -83,16 +85,9 @@ def held_files(workdir: Path, stage: str) -> list[Path]:
     return sorted((workdir / "results" / stage).rglob(".*.tmp")) if (workdir / "results" / stage).exists() else []
 
 
-def final_name(tmp: Path) -> Path:
-    """``.oof.json.abc123.tmp`` -> ``oof.json`` (detfold.core.io.atomic_open's naming)."""
-    return tmp.with_name(tmp.name[1:].rsplit(".", 2)[0])
-
-
 def all_json_outputs_parse(workdir: Path) -> None:
     """Every results JSON parses whole: stricter than detfold.core.io.looks_complete, which the
     workflow uses at start-up and checks only the first and last bytes (cheap on big files)."""
-    import json
-
     for path in (workdir / "results").rglob("*.json"):
         if "work" not in path.relative_to(workdir).parts:  # mmengine's own files (JSON lines) aside
             json.loads(path.read_text())  # a half-written JSON would raise here
@@ -138,15 +133,30 @@ def training_started(workdir: Path) -> bool:
 
 
 def kill_during_write(repo: Path, workdir: Path, stage: str) -> tuple[Path, bool]:
-    """Restart as the README says, hold the first write under results/<stage>/ just before its
-    rename (detfold.core.io's hook) and SIGKILL everything there: the held temp file, and whether a
-    file already existed under its final name."""
+    """Restart as the README says, hold the first write under results/<stage>/ between its
+    complete temporary file and the rename (tests/helpers/hold_rename, loaded into every process
+    of the run through PYTHONPATH) and SIGKILL everything there: the held temp file, and whether
+    a file already existed under its final name."""
     subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
-    proc = start(repo, workdir, "--rerun-incomplete", env={HOLD: f"results/{stage}/"})
-    wait_for(lambda: held_files(workdir, stage), proc, f"a write under results/{stage}/")
-    held = held_files(workdir, stage)[0]
+    holds = workdir / f"holds_{stage}"
+    holds.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HOLD_RENAME), os.environ.get("PYTHONPATH")])),
+        "DETFOLD_TEST_HOLD_RENAME": f"results/{stage}/",
+        "DETFOLD_TEST_HOLD_DIR": str(holds),
+    }
+    proc = start(repo, workdir, "--rerun-incomplete", env=env)
+    held = wait_for(lambda: sorted(holds.glob("[0-9]*")), proc, f"a write under results/{stage}/ to be held")
     kill(proc)
-    return held, final_name(held).exists()
+    for hold in held:  # a held job outside snakemake's process group, if any: killed by its pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(hold.name), signal.SIGKILL)
+    _, tmp, target = held[0].read_text().rstrip("\n").split("\t")
+    tmp_path, target_path = Path(tmp), workdir / target  # target: as the job named it, maybe relative
+    assert tmp_path.parent.resolve() == target_path.parent.resolve(), (tmp, target)
+    if target_path.suffix == ".json":  # the temporary file is whole: only the rename was missing
+        json.loads(tmp_path.read_text())
+    return tmp_path, target_path.exists()
 
 
 def base(repo: Path, workdir: Path) -> list[str]:

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextI
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        _hold_for_fault_tests(target)
         os.replace(tmp, target)
     except BaseException as err:
         if tmp is not None:
@@ -38,18 +36,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[TextI
             reason = err.strerror or str(err)  # say which output failed, once
             raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
         raise
-
-
-HOLD_ENV = "DETFOLD_HOLD_BEFORE_RENAME"
-
-
-def _hold_for_fault_tests(target: Path) -> None:
-    """Fault-injection hook of the test suite: with ``DETFOLD_HOLD_BEFORE_RENAME=TEXT`` set, a
-    write whose path contains TEXT waits 120 s between its complete temporary file and the
-    rename, so a test can kill the run at exactly that point. Unset in normal use."""
-    pattern = os.environ.get(HOLD_ENV)
-    if pattern and pattern in str(target):
-        time.sleep(120)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
