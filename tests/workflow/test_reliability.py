@@ -255,7 +255,7 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    command = [*base(repo, second_clean_run), "--forcerun", "ensemble", "--resources", "gpu=2"]
+    command = [*base(repo, second_clean_run), "--forcerun", "ensemble_test", "--resources", "gpu=2"]
     result = subprocess.run(
         command,
         capture_output=True,
@@ -264,12 +264,12 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
         preexec_fn=limit,
     )
     assert result.returncode != 0
-    log = (second_clean_run / "logs" / "ensemble.log").read_text()
+    log = (second_clean_run / "logs" / "ensemble_test.log").read_text()
     assert "cannot write results/ensemble/test.json: File too large; nothing written under that name" in log
     assert not fused.exists() or fused.read_bytes() == (tiny_run / "results/ensemble/test.json").read_bytes()
     assert held_files(second_clean_run, "ensemble") == []
 
-    # the same command once the cause is gone (a plain rerun would not redo ensemble: Snakemake
+    # the same command once the cause is gone (a plain rerun would not redo ensemble_test: Snakemake
     # leaves a failed job's deleted outputs alone while the files after them are up to date)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
