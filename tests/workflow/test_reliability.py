@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers.waiting import wait_until
-from helpers.workflow_run import SNAKEMAKE, snakemake, tiny_config
+from helpers.workflow_run import SNAKEMAKE, planned_jobs, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 MODELS = ("frcnn", "tiny")
@@ -193,18 +193,6 @@ def test_finished_run_reruns_nothing(second_clean_run, repo):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
-    """Rule names in the job stats table of ``snakemake -n``."""
-    lines = (result.stdout + result.stderr).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("job ")) + 2
-    rules = set()
-    for line in lines[start:]:
-        if not line.strip() or line.startswith("total"):
-            break
-        rules.add(line.split()[0])
-    return rules
-
-
 def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo):
     config_file = second_clean_run / "config.yaml"
     original = config_file.read_text()
@@ -216,7 +204,7 @@ def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo
     finally:
         config_file.write_text(original)
     assert result.returncode == 0, result.stderr[-3000:]
-    rules = planned_rules(result)
+    rules = set(planned_jobs(result))
     assert {"ensemble_select", "ensemble_test"} <= rules
     # the error analysis fuses with the untuned model fusion (ensemble.method, iou_thr, ...)
     allowed = {"ensemble_select", "ensemble_test", "summary", "all", "analyze", "analyze_ensemble"} | {
