@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 import numpy as np
 
-from detfold.core.io import read_json, write_json
+from detfold.core.io import read_json, read_product, write_json
 
 T = TypeVar("T")
 

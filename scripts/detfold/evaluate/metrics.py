@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from detfold.core.coco import Coco, Detections
+from detfold.core.coco import Coco, Detections, check_detection_ids, check_predictions
 from detfold.evaluate.cocoeval import REC_THRS, evaluate_columns
 
 log = logging.getLogger(__name__)
