@@ -58,8 +58,8 @@ def files_state(workdir: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_dry_run_and_lint_change_no_file(repo, bccd_dir, tmp_path):
-    """A prediction file cut short (as a crash of an older version leaves it): ``-n`` names it
-    and ``--lint`` passes, and neither changes any file (a real run marks it outdated and redoes
+    """A prediction file cut short (as a crash of an older version leaves it): ``-n`` names it,
+    and neither ``-n`` nor ``--lint`` changes any file (a real run marks it outdated and redoes
     it: test_reliability.py's test_corrupt_prediction_and_checkpoint_are_redone)."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, tmp_path)))
     cut = tmp_path / "results/predict/tiny/fold0/oof.json"
