@@ -1,4 +1,4 @@
-"""Rule ensemble: the candidate chosen on the blend split, applied to the test predictions."""
+"""Rule ensemble_test: the candidate chosen on the blend split, applied to the test predictions."""
 
 from detfold.core.io import files_by_model
 from detfold.core.logs import log_to

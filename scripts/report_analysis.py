@@ -1,7 +1,7 @@
 """Rule report_analysis: TIDE breakdown bars, confusion heatmaps and the best-F1 threshold table."""
 
 from detfold.core.logs import log_to
-from detfold.report.pages import report_analysis
+from detfold.report.stage import report_analysis
 
 log_to(snakemake.log[0])
 files = zip(snakemake.input.tide, snakemake.input.thresholds, snakemake.input.confusion, strict=True)

@@ -1,7 +1,7 @@
 """Rule report_cv: per-fold metrics table, per-class AP and PR curves of every model."""
 
 from detfold.core.logs import log_to
-from detfold.report.pages import report_cv
+from detfold.report.stage import report_cv
 
 log_to(snakemake.log[0])
 report_cv(

@@ -1,7 +1,7 @@
 """Rule report_ensemble: candidates on the blend split (in-sample vs nested) and test, and the search."""
 
 from detfold.core.logs import log_to
-from detfold.report.pages import report_ensemble
+from detfold.report.stage import report_ensemble
 
 log_to(snakemake.log[0])
 report_ensemble(

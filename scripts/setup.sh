@@ -17,7 +17,6 @@ want="$(cat scripts/setup.sh envs/requirements.txt envs/constraints.txt pyprojec
 
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] \
     && "$VENV/bin/python" -c "import mmcv.ops, mmdet, detfold" 2>/dev/null; then
-    "$VENV/bin/python" -m detfold._aot  # the fusion kernels compiled ahead of time, if they changed
     echo "set-up: .venv is up to date"
     exit 0
 fi
@@ -38,9 +37,8 @@ fi
 echo "set-up: [3/4] mmdet, snakemake, evaluation and test tools"
 "${pip[@]}" -r envs/requirements.txt
 
-echo "set-up: [4/4] the detfold library and command (fusion kernels compiled ahead of time for it)"
+echo "set-up: [4/4] the detfold library and command"
 "${pip[@]}" --no-build-isolation --no-deps -e .
-"$VENV/bin/python" -m detfold._aot
 
 "$VENV/bin/python" - <<'PY'
 import mmcv, mmcv.ops, mmdet, mmengine, torch

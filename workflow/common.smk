@@ -1,6 +1,7 @@
 # Shared input functions and wildcard constraints.
 import re
 
+from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import incomplete_products, mark_outdated
 
 MODELS = sorted(config["models"])
@@ -18,9 +19,8 @@ if workflow.is_main_process:
             mark_outdated(path)
             logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
 FOLDS = list(range(config["folds"]["k"]))
-# The error analysis of the models fused (several models only); check_feasible refuses a model
-# of this name.
-OOF_ENSEMBLE = "oof_ensemble"
+# The error analysis of the models fused (OOF_ENSEMBLE, several models only); check_feasible
+# refuses a model of this name.
 ANALYSES = MODELS + ([OOF_ENSEMBLE] if len(MODELS) > 1 else [])
 
 

@@ -4,7 +4,7 @@
     detfold import voc|yolo SOURCE [--images DIR] [--classes FILE] --out COCO.json
     detfold split ANNOTATIONS --k 5 --seed 42 --method balanced [--group-by auto --images DIR] --out folds.csv
     detfold evaluate --gt GT.json --pred PRED.json [--json OUT]
-    detfold ensemble --images GT_OR_IMAGES.json --pred A.json B.json --method wbf --out FUSED.json
+    detfold fuse --gt GT.json --pred A.json B.json [--method wbf ...] --out FUSED.json   (alias: detfold ensemble)
     detfold analyze --gt GT.json --pred PRED.json [--images DIR] --out DIR
 
 Bad input ends with one ``detfold: error: ...`` line naming the file and value (exit 2).
@@ -24,19 +24,17 @@ log = logging.getLogger("detfold")
 
 def _audit(args: argparse.Namespace) -> None:
     from detfold.audit import checks
+    from detfold.audit.stage import audit_splits, write_audit
     from detfold.core.coco import load_coco, write_coco
 
     coco = load_coco(args.annotations)
-    checks.check_image_files(coco, args.images)
     policy = checks.AuditPolicy.from_config(_parse_checks(args.check))
-    overrides = checks.read_overrides(args.overrides)
-    clean, findings = checks.audit_coco(coco, policy, split="train", overrides=overrides)
-    out = Path(args.out)
-    write_coco(clean, out / "annotations.json")
-    checks.write_findings(findings, out / "findings.csv")
-    checks.write_summary(checks.summarise({"train": coco}, {"train": clean}, findings), out / "summary.json")
-    checks.write_gallery(findings, {"train": coco}, {"train": args.images}, out / "gallery")
-    dropped = len(coco.annotations) - len(clean.annotations)
+    decisions = checks.read_overrides(args.overrides)
+    before, images, out = {"train": coco}, {"train": args.images}, Path(args.out)
+    after, findings = audit_splits(before, images, policy, decisions)
+    write_coco(after["train"], out / "annotations.json")
+    write_audit(before, after, findings, images, out / "findings.csv", out / "summary.json", out / "gallery")
+    dropped = len(coco.annotations) - len(after["train"].annotations)
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 
 
@@ -68,17 +66,22 @@ def _import(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
+    from detfold.core.config import schema_defaults
     from detfold.folds.stage import run_split
 
+    folds = schema_defaults()["folds"]  # the settings the command has no option for
     out = Path(args.out)
     summary = run_split(
         args.annotations,
         k=args.k,
         seed=args.seed,
-        out_table=str(out),
         method=args.method,
         group_by=args.group_by,
+        weights=folds["weights"],
         images=args.images,
+        near_duplicate_distance=folds["near_duplicate_distance"],
+        blend_share=0.0,  # no blend split: every image goes to a fold
+        out_table=str(out),
         out_balance=str(out.with_name(out.stem + ".balance.csv")),
     )
     print(f"wrote {out} and {out.stem}.balance.csv: images per fold {summary['fold_images']}")
@@ -88,25 +91,12 @@ def _split(args: argparse.Namespace) -> None:
     )
 
 
-def _short_lived() -> None:
-    """A command that reads one or two large JSON files and exits: the garbage collector's
-    passes over their many small objects (none in a cycle) are only time lost."""
-    import gc
-
-    gc.disable()
-
-
 def _evaluate(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections_beside
+    from detfold.core.coco import load_coco
+    from detfold.core.io import read_json, write_json
+    from detfold.evaluate.stage import evaluate_file
 
-    _short_lived()
-    from detfold.core.io import write_json
-    from detfold.evaluate.metrics import evaluate_coco
-
-    # the detections decoded on both cores, the ground truth read beside them: the forked
-    # process takes the larger share, as this one reads the ground truth first
-    detections, gt = load_detections_beside(args.pred, lambda: load_coco(args.gt), share=_share(args.gt, args.pred))
-    result = evaluate_coco(gt, detections, args.pred)
+    _, result = evaluate_file(load_coco(args.gt), args.pred, read=read_json)  # a user's file: never deleted
     if args.json:
         write_json(args.json, result)
     rows = list(result["stats"].items()) + [(f"AP[{n}]", c["AP"]) for n, c in result["per_class"].items()]
@@ -114,60 +104,29 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"{name:12s} {'n/a' if value is None else format(value, '.4f')}")
 
 
-GT_COST_PER_BYTE = 2.3  # reading and checking a COCO ground truth, per byte, against a results file's
-
-
-def _share(gt: str, pred: str) -> float:
-    """The share of the results file the forked process decodes, so that both cores finish
-    together while this one also reads the ground truth (costs per byte measured on the
-    issue 17 set); within [0.5, 0.9]."""
-    try:
-        ratio = GT_COST_PER_BYTE * Path(gt).stat().st_size / max(Path(pred).stat().st_size, 1)
-    except OSError:
-        return 0.5
-    return min(0.9, 0.5 + ratio / 2)
-
-
-def _ensemble(args: argparse.Namespace) -> None:
-    from detfold.core.coco import load_coco, load_detections
+def _fuse(args: argparse.Namespace) -> None:
+    from detfold.core.coco import check_detection_ids, load_coco, load_detections
     from detfold.core.io import write_json
-    from detfold.ensemble._aot import use_compiled
-    from detfold.ensemble.fusion import fuse_detections
+    from detfold.ensemble.fusion import fuse_members, fusion_params
 
     check_fusion_args(args)
-    _short_lived()
-    use_compiled()  # the kernels built ahead of time: no numba start-up in a process this short
-    coco = load_coco(args.images, require_annotations=False)
-    members = [load_detections(p) for p in args.pred]
+    gt = load_coco(args.gt, require_annotations=False)
+    members = [load_detections(path) for path in args.pred]
     for path, member in zip(args.pred, members, strict=True):
-        i = member.first_unknown("image_id", coco.image_ids)
-        if i is not None:
-            raise ValueError(f"{path}[{i}].image_id {int(member.image_id[i])} is not an image of {args.images}")
-        i = member.first_unknown("category_id", coco.category_ids) if coco.category_ids else None
-        if i is not None:
-            raise ValueError(f"{path}[{i}].category_id {int(member.category_id[i])} is not a category of {args.images}")
-    fused = fuse_detections(
-        members,
-        coco.images,
-        method=args.method,
-        weights=args.weights,
-        iou_thr=args.iou_thr,
-        skip_box_thr=args.skip_box_thr,
-        conf_type=args.conf_type,
-        max_per_image=args.max_per_img,
-        class_agnostic=args.class_agnostic,
-    )
+        check_detection_ids(gt, member, path)
+    fused = fuse_members(members, gt.images, fusion_params(vars(args)), args.max_per_img)
     write_json(args.out, fused.to_results())
     print(f"fused {len(args.pred)} prediction files into {len(fused)} boxes: {args.out}")
 
 
 def _analyze(args: argparse.Namespace) -> None:
-    from detfold.analyze.analysis import ERROR_TYPES, write_analysis
-    from detfold.core.coco import check_predictions, load_coco, load_results
+    from detfold.analyze.analysis import write_analysis
+    from detfold.analyze.tide import ERROR_TYPES
+    from detfold.core.coco import check_detection_ids, load_coco, load_detections
 
     gt = load_coco(args.gt)
-    preds = load_results(args.pred)
-    check_predictions(gt, preds, args.pred)
+    preds = load_detections(args.pred)
+    check_detection_ids(gt, preds, args.pred)
     if args.images is not None and not Path(args.images).is_dir():
         raise ValueError(f"--images {args.images}: no such folder")
     result = write_analysis(gt.data, preds, args.out, images_dir=args.images)
@@ -177,7 +136,20 @@ def _analyze(args: argparse.Namespace) -> None:
 
 
 def check_fusion_args(args: argparse.Namespace) -> None:
-    """Raise ValueError naming the option whose value cannot make sense for a fusion."""
+    """Raise ValueError naming the option whose value cannot make sense for a fusion. In the
+    alias ``detfold ensemble``, ``--images`` still names the COCO file (with a warning)."""
+    from detfold.ensemble.fusion import check_fusion
+
+    if args.images is not None:
+        if args.command != "ensemble":
+            raise ValueError(
+                f"--images {args.images}: give the COCO file of the images as --gt (--images is an image folder)"
+            )
+        log.warning("--images %s: use --gt for the COCO file (--images is an image folder)", args.images)
+        args.gt = args.images
+    if args.gt is None:
+        raise ValueError("--gt GT.json is required: the COCO file whose images and categories are fused")
+    check_fusion(args.method, args.conf_type, f"detfold {args.command}")
     if args.max_per_img < 1:
         raise ValueError(f"--max-per-img must be >= 1, got {args.max_per_img}")
     for name in ("iou_thr", "skip_box_thr"):
@@ -193,6 +165,8 @@ def check_fusion_args(args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from detfold.core.config import load_schema
+
     p = argparse.ArgumentParser(prog="detfold", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"detfold {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -219,11 +193,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--out", required=True, help="COCO JSON to write")
     i.set_defaults(func=_import)
 
+    schema = load_schema()["properties"]  # the config's defaults and choices
+    folds = schema["folds"]["properties"]
     s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
     s.add_argument("annotations")
-    s.add_argument("--k", type=int, default=5)
-    s.add_argument("--seed", type=int, default=42)
-    s.add_argument("--method", default="balanced", choices=["balanced", "iterstrat", "sgkf", "random"])
+    s.add_argument("--k", type=int, default=folds["k"]["default"], help="default: %(default)s")
+    s.add_argument("--seed", type=int, default=schema["seed"]["default"], help="default: %(default)s")
+    s.add_argument("--method", default=folds["method"]["default"], choices=folds["method"]["enum"])
     s.add_argument("--group-by", help="regex:PATTERN | field:NAME | csv:PATH | auto (near-duplicate images)")
     s.add_argument("--images", help="image folder (needed by --group-by auto)")
     s.add_argument("--out", required=True, help="CSV: image_id,file_name,fold (a .balance.csv is written beside it)")
@@ -235,18 +211,23 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write all metrics to this JSON file")
     e.set_defaults(func=_evaluate)
 
-    f = sub.add_parser("ensemble", help="fuse several COCO results files (WBF or NMS)")
-    f.add_argument("--images", required=True, help="COCO file whose images (id, width, height) are fused")
-    f.add_argument("--pred", required=True, nargs="+")
-    f.add_argument("--method", default="wbf", choices=["wbf", "nms", "soft_nms", "nmw"])
-    f.add_argument("--iou-thr", type=float, default=0.55)
-    f.add_argument("--skip-box-thr", type=float, default=0.0)
-    f.add_argument("--conf-type", default="avg", choices=["avg", "max", "box_and_model_avg", "absent_model_aware_avg"])
-    f.add_argument("--weights", type=float, nargs="+")
-    f.add_argument("--max-per-img", type=int, default=100)
+    fusion = schema["ensemble"]["properties"]  # the model fusion's defaults
+    methods, conf_types = " | ".join(fusion["method"]["enum"]), " | ".join(fusion["conf_type"]["enum"])
+    f = sub.add_parser("fuse", aliases=["ensemble"], help="fuse several COCO results files (WBF, NMS, soft-NMS, NMW)")
+    f.add_argument("--gt", help="COCO file of the images (id, width, height) and categories the predictions are of")
+    f.add_argument("--images", help=argparse.SUPPRESS)  # `detfold ensemble`'s old name of --gt
+    f.add_argument("--pred", required=True, nargs="+", help="COCO results files, one per model")
+    f.add_argument("--method", default=fusion["method"]["default"], help=f"{methods}; default: %(default)s")
+    f.add_argument("--iou-thr", type=float, default=fusion["iou_thr"]["default"], help="default: %(default)s")
+    f.add_argument("--skip-box-thr", type=float, default=fusion["skip_box_thr"]["default"], help="default: %(default)s")
+    f.add_argument(
+        "--conf-type", default=fusion["conf_type"]["default"], help=f"wbf: {conf_types}; default: %(default)s"
+    )
+    f.add_argument("--weights", type=float, nargs="+", help="one weight per --pred file (default: equal)")
+    f.add_argument("--max-per-img", type=int, default=fusion["max_per_img"]["default"], help="default: %(default)s")
     f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
     f.add_argument("--out", required=True)
-    f.set_defaults(func=_ensemble)
+    f.set_defaults(func=_fuse)
 
     n = sub.add_parser("analyze", help="TIDE error breakdown, best-F1 thresholds, confusion matrix, label review")
     n.add_argument("--gt", required=True)

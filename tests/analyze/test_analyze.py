@@ -1,4 +1,4 @@
-"""TIDE's error breakdown (detfold.analyze.analysis.tide) against tidecv itself, and the label review."""
+"""TIDE's error breakdown (detfold.analyze.tide) against tidecv itself, and the label review."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detfold.analyze import analysis
+from detfold.analyze.confusion import confusion_matrix
+from detfold.analyze.review import REVIEW_KINDS, review_candidates
+from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES, tide
+from detfold.core import gallery
+from detfold.core.coco import Detections
 
 tidecv = pytest.importorskip("tidecv")
+
+
+def detections(preds):
+    """COCO results as the library takes them."""
+    return Detections.from_results(preds)
 
 
 def random_case(seed: int, n_img: int = 30, n_cat: int = 3, crowd: bool = False, ties: bool = False):
@@ -62,11 +73,11 @@ def run_tidecv(gt, preds):
 
 def assert_equals_tidecv(gt, preds):
     ap, main, special, counts = run_tidecv(gt, preds)
-    ours = analysis.tide(gt, preds)
+    ours = tide(gt, detections(preds))
     assert ours["mAP"] * 100 == pytest.approx(ap, abs=1e-9)
-    for kind in analysis.ERROR_TYPES:
+    for kind in ERROR_TYPES:
         assert ours["main"][kind] * 100 == pytest.approx(main[kind], abs=1e-9), kind
-    for kind in analysis.SPECIAL_TYPES:
+    for kind in SPECIAL_TYPES:
         assert ours["special"][kind] * 100 == pytest.approx(special[kind], abs=1e-9), kind
     assert ours["counts"] == counts
 
@@ -93,7 +104,7 @@ def test_review_finds_a_box_labelled_twice_and_a_swapped_class():
     swapped = gt["annotations"][5]
     noisy = {**gt, "annotations": [*gt["annotations"], twin]}
     noisy["annotations"][5] = {**swapped, "category_id": 3 - swapped["category_id"]}
-    rows = analysis.review_candidates(noisy, preds)
+    rows = review_candidates(noisy, detections(preds))
     kinds = {(r["check"], r["ann_id"]) for r in rows}
     assert ("possibly_wrong_class", swapped["id"]) in kinds
     assert ("possibly_duplicate", 999) in kinds or ("possibly_duplicate", first["id"]) in kinds
@@ -139,7 +150,7 @@ def test_detfold_analyze_writes_every_file(tmp_path, capsys):
     )
     assert "TIDE mAP50" in capsys.readouterr().out
     tide = json.loads((tmp_path / "a" / "tide.json").read_text())
-    assert tide["mAP"] > 0.99 and set(tide["main"]) == set(analysis.ERROR_TYPES)
+    assert tide["mAP"] > 0.99 and set(tide["main"]) == set(ERROR_TYPES)
     thresholds = json.loads((tmp_path / "a" / "thresholds.json").read_text())
     assert set(thresholds["score_thr"]) == {"RBC", "WBC", "Platelets"} == set(thresholds["per_class"])
     rows = list(csv.reader((tmp_path / "a" / "confusion.csv").open()))
@@ -152,13 +163,13 @@ def test_detfold_analyze_writes_every_file(tmp_path, capsys):
     from PIL import Image
 
     stems = {p.stem for p in (tmp_path / "a" / "gallery").glob("*.png")}
-    expected = {f"review_{k}" for k in analysis.REVIEW_KINDS} | {f"error_{k}" for k in analysis.ERROR_TYPES}
+    expected = {f"review_{k}" for k in REVIEW_KINDS} | {f"error_{k}" for k in ERROR_TYPES}
     assert stems == expected | {"worst_images"}
     with Image.open(tmp_path / "a" / "gallery" / "review_possibly_duplicate.png") as sheet:
-        assert sheet.width == analysis.GALLERY_COLUMNS * analysis.GALLERY_TILE
+        assert sheet.width == gallery.COLUMNS * gallery.TILE
         # the duplicate's tile has the ground truth's green and the prediction's red
         pixels = np.asarray(sheet.convert("RGB"), dtype=int).reshape(-1, 3)
-        for colour in (analysis.GT_COLOUR, analysis.PRED_COLOUR):  # resampled: near, not equal
+        for colour in (gallery.GT_COLOUR, gallery.PRED_COLOUR):  # resampled: near, not equal
             assert (np.abs(pixels - colour).max(1) < 40).sum() > 20
     assert (
         main(["analyze", "--gt", str(gt_path), "--pred", str(tmp_path / "missing.json"), "--out", str(tmp_path / "b")])
@@ -213,7 +224,7 @@ def test_confusion_matrix_equals_faster_coco_eval_where_no_classes_compete(seed)
     (see the confusion_matrix docstring for where they differ). Its layout: rows true class,
     columns predicted class, then false positives (by the detection's class) and missed boxes."""
     gt, preds = separated_case(seed)
-    names, cm, per_image = analysis.confusion_matrix(gt, preds, 0.0)
+    names, cm, per_image = confusion_matrix(gt, detections(preds), 0.0)
     theirs = _faster_coco_eval(gt, preds, use_cats=False).compute_confusion_matrix()
     n = len(names) - 1
     assert cm[:n, :n].tolist() == theirs[:, :n].astype(int).tolist()
@@ -228,7 +239,7 @@ def test_best_f1_thresholds_from_faster_coco_eval_matching(seed):
     """The best-F1 point per class from faster-coco-eval's own per-detection matching (its
     ``gt_id`` at IoU 0.5, class-aware) equals detfold's (crowd boxes: none here)."""
     gt, preds = random_case(seed, n_img=40)
-    ours = analysis.best_f1_thresholds(gt, preds)
+    ours = best_f1_thresholds(gt, detections(preds))
     ev = _faster_coco_eval(gt, preds, use_cats=True)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     for cat_id, name in names.items():
@@ -317,8 +328,8 @@ def test_review_finds_planted_errors(seed):
     clean = json.loads((Path(__file__).parents[1] / "data" / "bccd" / "train.json").read_text())
     preds = synthetic_predictions(clean, seed)
     noisy, removed, swapped, shifted = plant_errors(clean, seed + 1)
-    rows = analysis.review_candidates(noisy, preds, limit=100)
-    by_kind = {k: [r for r in rows if r["check"] == k] for k in analysis.REVIEW_KINDS}
+    rows = review_candidates(noisy, detections(preds), limit=100)
+    by_kind = {k: [r for r in rows if r["check"] == k] for k in REVIEW_KINDS}
     original = {a["id"]: a for a in clean["annotations"]}
     found_missing = sum(
         any(
@@ -379,7 +390,7 @@ def test_review_of_the_demos_oof_lists_the_known_label_errors(demo_oof, tmp_path
     import csv
 
     (gt, preds), holdout = demo_oof
-    analysis.write_analysis(gt, preds, str(tmp_path), holdout=holdout)
+    analysis.write_analysis(gt, detections(preds), str(tmp_path), holdout=(holdout[0], detections(holdout[1])))
     with (tmp_path / "review.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     rank = {}
@@ -412,13 +423,15 @@ def test_analysis_of_a_model_that_predicts_little_or_nothing(tmp_path):
     only_c0 = [p for p in preds if p["category_id"] == 1]
     assert_equals_tidecv(gt, only_c0)
     for case in (only_c0, []):
-        result = analysis.write_analysis(gt, case, str(tmp_path / str(len(case))), holdout=(gt, case))
+        result = analysis.write_analysis(
+            gt, detections(case), str(tmp_path / str(len(case))), holdout=(gt, detections(case))
+        )
         assert 0 <= result["mAP"] < 1
-    assert analysis.tide(gt, [])["mAP"] == 0.0
-    assert analysis.best_f1_thresholds(gt, [])["c0"]["score_thr"] is None
+    assert tide(gt, detections([]))["mAP"] == 0.0
+    assert best_f1_thresholds(gt, detections([]))["c0"]["score_thr"] is None
     import json
 
     bccd = Path(__file__).parents[1] / "data" / "bccd"
     real = json.loads((bccd / "test.json").read_text())
-    analysis.write_analysis(real, [], str(tmp_path / "bccd"), images_dir=str(bccd / "images"))
+    analysis.write_analysis(real, detections([]), str(tmp_path / "bccd"), images_dir=str(bccd / "images"))
     assert len(list((tmp_path / "bccd" / "gallery").glob("*.png"))) == 12

@@ -10,9 +10,9 @@ from detfold.audit.checks import (
     check_image_files,
     iou_matrix_xywh,
     read_overrides,
-    write_gallery,
 )
 from detfold.core.coco import load_coco
+from detfold.core.gallery import write_findings_gallery
 from PIL import Image
 
 
@@ -201,7 +201,7 @@ def test_image_files_checked(bccd_dir, tmp_path):
 
 def test_gallery_draws_the_box(bccd, bccd_dir, tmp_path):
     _, findings = audit_coco(bccd, AuditPolicy(), "train")
-    written = write_gallery(findings, {"train": bccd}, {"train": bccd_dir / "images"}, tmp_path)
+    written = write_findings_gallery(findings, {"train": bccd}, {"train": bccd_dir / "images"}, tmp_path)
     assert sorted(p.name for p in written) == ["degenerate.png", "duplicate.png", "size_outlier.png"]
     sheet = np.asarray(Image.open(tmp_path / "size_outlier.png").convert("RGB")).astype(int)
     red = (sheet[..., 0] > 230) & (sheet[..., 1] < 40) & (sheet[..., 2] < 40)

@@ -25,7 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench_eval import run_pycocotools  # the same reference run as the evaluation benchmark
-from detfold.analyze import analysis
+from detfold.analyze.confusion import confusion_matrix
+from detfold.analyze.review import review_candidates
+from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.tide import ERROR_TYPES, prepare, tide, tide_match
+from detfold.core.coco import Detections
 from detfold.evaluate.cocoeval import evaluate_bbox
 
 
@@ -88,11 +92,13 @@ def main() -> None:
     parser.add_argument("--no-tidecv", action="store_true", help="leave tidecv out (it takes minutes)")
     args = parser.parse_args()
     gt, preds = synthetic(args.images)
+    dets = Detections.from_results(preds)  # what the analysis takes
     small_gt, small_preds = synthetic(5, seed=1)
     evaluate_bbox(small_gt, small_preds)  # compile (or load the cached kernels)
-    analysis.review_candidates(small_gt, small_preds)
-    analysis.confusion_matrix(small_gt, small_preds, 0.5)
-    analysis.tide(small_gt, small_preds)
+    small_dets = Detections.from_results(small_preds)
+    review_candidates(small_gt, small_dets)
+    confusion_matrix(small_gt, small_dets, 0.5)
+    tide(small_gt, small_dets)
     rows, out = [], {}
 
     def timed(name: str, run) -> None:  # type: ignore[no-untyped-def]
@@ -104,12 +110,12 @@ def main() -> None:
         "pycocotools evaluate + accumulate + summarize (reference)", lambda: run_pycocotools(gt, preds, "pycocotools")
     )
     timed("detfold COCO evaluation (evaluate_bbox)", lambda: evaluate_bbox(gt, preds).stats)
-    timed("detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)", lambda: analysis.tide(gt, preds))
-    timed("detfold label review (review_candidates, its own match)", lambda: analysis.review_candidates(gt, preds))
-    timed("detfold best-F1 thresholds", lambda: analysis.best_f1_thresholds(gt, preds))
+    timed("detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)", lambda: tide(gt, dets))
+    timed("detfold label review (review_candidates, its own match)", lambda: review_candidates(gt, dets))
+    timed("detfold best-F1 thresholds", lambda: best_f1_thresholds(gt, dets))
     thr = {n: t["score_thr"] for n, t in out["detfold best-F1 thresholds"].items()}
-    timed("detfold confusion matrix", lambda: analysis.confusion_matrix(gt, preds, thr))
-    timed("detfold breakdown + review together (one match)", lambda: _breakdown_and_review(gt, preds))
+    timed("detfold confusion matrix", lambda: confusion_matrix(gt, dets, thr))
+    timed("detfold breakdown + review together (one match)", lambda: _breakdown_and_review(gt, dets))
     if not args.no_tidecv:
         timed("tidecv 1.0.1 (reference for TIDE)", lambda: run_tidecv(gt, preds))
     base = rows[0][1]
@@ -122,7 +128,7 @@ def main() -> None:
     ours = out["detfold TIDE breakdown (tide: prepare, match, 8 fixed mAPs)"]
     if "tidecv 1.0.1 (reference for TIDE)" in out:
         theirs = out["tidecv 1.0.1 (reference for TIDE)"]
-        diff = max(abs(ours["mAP"] - theirs["mAP"]), *(abs(ours["main"][k] - theirs[k]) for k in analysis.ERROR_TYPES))
+        diff = max(abs(ours["mAP"] - theirs["mAP"]), *(abs(ours["main"][k] - theirs[k]) for k in ERROR_TYPES))
         print()
         print(f"TIDE mAP50 and the six dAPs vs tidecv: largest difference {diff:.1e}")
     equal = np.array_equal(
@@ -131,10 +137,10 @@ def main() -> None:
     print(f"detfold's 12 COCO stats equal pycocotools': {equal}")
 
 
-def _breakdown_and_review(gt: dict, preds: list[dict]) -> int:
-    match = analysis.tide_match(analysis.prepare(gt, preds))
-    analysis.tide(gt, preds, match=match)
-    return len(analysis.review_candidates(gt, preds, match=match))
+def _breakdown_and_review(gt: dict, preds: Detections) -> int:
+    match = tide_match(prepare(gt, preds))
+    tide(gt, preds, match=match)
+    return len(review_candidates(gt, preds, match=match))
 
 
 if __name__ == "__main__":

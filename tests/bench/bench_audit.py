@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from detfold.audit import checks
 from detfold.core.coco import Coco, load_coco, write_coco
+from detfold.core.gallery import write_findings_gallery
 
 
 def synthetic(n_images: int, per_image: int, seed: int = 0) -> dict:
@@ -91,7 +92,7 @@ def main() -> None:
         write_coco(Coco(clean.data), tmp_path / "clean.json")
         rows.append(("write findings + cleaned COCO", time.perf_counter() - t))
         t = time.perf_counter()
-        checks.write_gallery(findings, {"train": coco}, {"train": tmp_path}, tmp_path / "gallery")
+        write_findings_gallery(findings, {"train": coco}, {"train": tmp_path}, tmp_path / "gallery")
         rows.append(("gallery PNGs", time.perf_counter() - t))
         total = time.perf_counter() - t0
 

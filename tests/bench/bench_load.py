@@ -13,7 +13,7 @@ every model's ``--folds`` fold models. At the defaults that is 10 M out-of-fold 
 test boxes.
 
 Then detfold's real stage functions run on those files as the rule scripts call them
-(scripts/evaluate.py, ensemble_select.py, ensemble.py), with the ``ensemble`` settings of
+(scripts/evaluate.py, ensemble_select.py, ensemble_test.py), with the ``ensemble`` settings of
 config/config.yaml completed by the schema defaults: ``run_evaluate`` for one model (per-fold
 and pooled OOF metrics with bootstrap intervals, test metrics per fold; the workflow runs one
 such job per model), ``run_ensemble_select`` (both fusion steps searched on the blend split,
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 from detfold.core.io import read_json, write_json  # noqa: E402
-from detfold.ensemble.selection import grid  # noqa: E402
+from detfold.ensemble.plan import grid  # noqa: E402
 
 WIDTH, HEIGHT, N_CLASSES = 640, 480, 10
 SMALL_SEARCH = {"method": ["wbf", "nms"], "iou_thr": [0.5, 0.6], "skip_box_thr": [0.0], "conf_type": ["avg"]}
@@ -193,7 +193,7 @@ def ensemble_settings(search: str) -> dict[str, Any]:
 
 def warm_kernels() -> None:
     """Compile (or load from numba's disk cache) the fusion and matching kernels."""
-    from detfold.ensemble.fusion import METHODS, fuse_coco_predictions
+    from detfold.ensemble.fusion import METHODS, fuse_members
     from detfold.evaluate.cocoeval import evaluate_bbox
 
     gt = ground_truth(3, np.random.default_rng(1))
@@ -201,7 +201,7 @@ def warm_kernels() -> None:
     data, preds = coco_gt(gt, ids), predictions(gt, ids, np.arange(3), 60, np.random.default_rng(2))
     evaluate_bbox(data, preds)
     for method in METHODS:
-        fuse_coco_predictions([preds, preds], data["images"], method=method)
+        fuse_members([preds, preds], data["images"], {"method": method}, max_per_img=100)
 
 
 def _tree_pss_kb(pid: int) -> int:
@@ -306,6 +306,7 @@ def main() -> None:
                     "test_preds": files["test"][first],
                     "out": str(out / f"eval/{first}/metrics.json"),
                     "out_pr_curves": str(out / f"eval/{first}/pr_curves.csv"),
+                    "seed": 42,
                 },
             ),
             (
@@ -321,7 +322,7 @@ def main() -> None:
                     "out_search": str(out / "ensemble/search.csv"),
                     "out_best": str(out / "ensemble/best.json"),
                     "out_selection": str(out / "ensemble/selection.json"),
-                    "out_blend": str(out / "ensemble/blend.json"),
+                    "out_blend": str(out / "ensemble/blend_predictions.json"),
                     "processes": args.processes,
                 },
             ),

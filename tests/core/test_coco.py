@@ -1,6 +1,4 @@
 import json
-import os
-import re
 from pathlib import Path
 
 import pytest
@@ -81,41 +79,10 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
-@pytest.mark.parametrize(
-    "mutate",
-    [
-        lambda d: None,
-        lambda d: d["annotations"][3].update(bbox=[1, True, 2, 2]),
-        lambda d: d["annotations"][3].update(bbox=[1, 2, 2, float("inf")]),
-        lambda d: d["annotations"][3].update(bbox=(1, 2, 2, 2)),
-        lambda d: d["annotations"][3].update(iscrowd=True),
-        lambda d: d["annotations"][3].update(iscrowd=2),
-        lambda d: d["annotations"][3].update(id=d["annotations"][4]["id"]),
-        lambda d: d["annotations"][3].update(id=False),
-        lambda d: d["annotations"][3].pop("image_id"),
-        lambda d: d["annotations"].append("not an object"),
-        lambda d: d["images"][0].update(file_name="../a.jpg"),
-    ],
-)
-def test_whole_column_checks_find_what_the_per_annotation_loop_finds(bccd, monkeypatch, mutate):
-    """A clean file skips validate_coco's per-annotation loop (checks over whole columns); any
-    problem sends it through the loop: the messages are those of the loop alone."""
-    import copy
-
-    from detfold.core import coco as coco_module
-
-    data = copy.deepcopy(bccd.data)
-    mutate(data)
-    fast = coco_module.validate_coco(copy.deepcopy(data), "x.json")
-    monkeypatch.setattr(coco_module, "_annotations_clean", lambda *a: False)
-    monkeypatch.setattr(coco_module, "_ids_unique", lambda *a: False)
-    assert fast == coco_module.validate_coco(copy.deepcopy(data), "x.json")
-
-
 @pytest.fixture(scope="module")
 def demo_oof_file(tmp_path_factory):
     """The demo run's real out-of-fold predictions (23,200 boxes, 3.5 MB as the workflow
-    writes them: large enough to be decoded on two cores)."""
+    writes them)."""
     import gzip
 
     with gzip.open(Path(__file__).parents[1] / "data" / "bccd_oof" / "predictions.json.gz", "rt") as handle:
@@ -125,85 +92,16 @@ def demo_oof_file(tmp_path_factory):
     return path, rows
 
 
-def _same_detections(a, b):
-    import numpy as np
-
-    return all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("image_id", "category_id", "bbox_xywh", "score"))
-
-
-@pytest.mark.parametrize("share", [0.5, 0.7, 0.9])
-@pytest.mark.parametrize("compact", [False, True])
-def test_detections_decoded_on_two_cores_equal_one(demo_oof_file, tmp_path, monkeypatch, share, compact):
-    import orjson
-    from detfold.core import coco as coco_module
-    from detfold.core.coco import load_detections, load_detections_beside
-
-    path, rows = demo_oof_file
-    if compact:
-        path = tmp_path / "compact.json"
-        path.write_bytes(orjson.dumps(rows))
-    forks = []
-    fork = os.fork
-    monkeypatch.setattr(coco_module.os, "fork", lambda: forks.append(1) or fork())
-    detections, result = load_detections_beside(path, lambda: "ground truth", share=share)
-    assert forks == [1] and result == "ground truth"
-    assert _same_detections(detections, load_detections(path)) and len(detections) == len(rows)
-
-
-@pytest.mark.parametrize("row", [10, 20000])  # in the forked process's part, and in this one's
-def test_a_bad_value_decoded_on_two_cores_is_named_as_on_one(demo_oof_file, tmp_path, row):
-    from detfold.core.coco import load_detections, load_detections_beside
-
-    rows = [dict(r) for r in demo_oof_file[1]]
-    rows[row]["bbox"] = [1.0, 2.0, -3.0, 4.0]
-    path = tmp_path / "bad.json"
-    write_json(path, rows)
-    with pytest.raises(ValueError) as one:
-        load_detections(path)
-    assert f"[{row}]" in str(one.value)
-    with pytest.raises(ValueError, match=re.escape(str(one.value))):
-        load_detections_beside(path, lambda: None)
-
-
-def test_a_cut_inside_a_nested_value_falls_back_to_one_core(demo_oof_file, tmp_path, monkeypatch):
-    """Rows with a nested list of objects: the cut lands inside one, a part does not decode,
-    and the file is read whole, on one core (the same rows)."""
-    from detfold.core import coco as coco_module
-
-    rows = [{**r, "attributes": [{"k": k} for k in range(20)]} for r in demo_oof_file[1]]
-    path = tmp_path / "nested.json"
-    write_json(path, rows)
-    whole = coco_module.load_detections(path)
-    calls = []
-    one_core = coco_module.load_detections
-    monkeypatch.setattr(coco_module, "load_detections", lambda p, read: calls.append(p) or one_core(p, read))
-    detections, _ = coco_module.load_detections_beside(path, lambda: None)
-    assert calls == [path] and _same_detections(detections, whole)
-
-
-def test_work_that_fails_stops_the_forked_decoder(demo_oof_file):
-    from detfold.core.coco import load_detections_beside
-
-    def work():
-        raise CocoFormatError("gt.json: broken")
-
-    with pytest.raises(CocoFormatError, match=r"gt\.json: broken"):
-        load_detections_beside(demo_oof_file[0], work)
-    with pytest.raises(ChildProcessError):  # no forked process left behind
-        os.waitpid(-1, os.WNOHANG)
-
-
-@pytest.mark.parametrize("processes", [1, 2])
-def test_a_cut_short_product_read_on_two_cores_is_deleted(demo_oof_file, bccd, tmp_path, processes):
-    """A predictions file an earlier job left cut short: read on one core or two, the message
-    names the file and it is deleted, so that the next run redoes its job."""
+def test_a_cut_short_product_is_deleted(demo_oof_file, bccd, tmp_path):
+    """A predictions file an earlier job left cut short: the message names the file and it is
+    deleted, so that the next run redoes its job."""
     from detfold.core.coco import read_detections
 
     text = demo_oof_file[0].read_bytes()
     path = tmp_path / "oof.json"
     path.write_bytes(text[: int(len(text) * 0.9)])
     with pytest.raises(ValueError, match="deleted it"):
-        read_detections(bccd, str(path), processes)
+        read_detections(bccd, str(path))
     assert not path.exists()
     path.write_bytes(text)
-    assert len(read_detections(bccd, str(path), processes)) == len(demo_oof_file[1])
+    assert len(read_detections(bccd, str(path))) == len(demo_oof_file[1])

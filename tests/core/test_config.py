@@ -300,3 +300,23 @@ def test_demo_settings_merged_into_a_users_configfile_are_named(tmp_path):
     assert demo_model and "--replace-workflow-config" in demo_model[0] and "`rtmdet_tiny: null`" in demo_model[0]
     mine["models"]["rtmdet_tiny"] = None
     assert drop_disabled_models(mine) == ["rtmdet_tiny"] and sorted(mine["models"]) == ["mine"]
+
+
+def test_defaults_are_filled_as_snakemake_fills_them():
+    """with_defaults, where the config gate and the CLI take every default from, fills in what
+    Snakemake's validate fills in (nested objects and list items included)."""
+    from detfold.core.config import schema_defaults, with_defaults
+    from snakemake.utils import validate
+
+    external = [{"name": "yolo", "oof": "a.json", "test": "b.json"}]
+    config = edited(folds={"k": 3}, predict=None, audit__checks=None, ensemble={"external": external})
+    expected = copy.deepcopy(config)
+    validate(expected, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    assert with_defaults(config) == expected and expected != config
+    assert schema_defaults()["folds"]["weights"] == {
+        "class_boxes": 1,
+        "class_images": 1,
+        "fold_images": 1,
+        "fold_boxes": 1,
+        "size_buckets": 0,
+    }

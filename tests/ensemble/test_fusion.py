@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from detfold.ensemble.fusion import fuse_arrays, fuse_coco_predictions, nms, weighted_boxes_fusion
+from detfold.ensemble.fusion import fuse_arrays, fuse_members, nms, weighted_boxes_fusion
 
 
 def test_wbf_hand_computed():
@@ -50,7 +50,7 @@ def test_nms_keeps_best_and_leaves_inputs_alone():
     ("kwargs", "message"),
     [
         ({"weights": [1]}, "1 weights given for 2 models"),
-        ({"conf_type": "median"}, "conf_type must be one of"),
+        ({"conf_type": "median"}, "conf_type 'median' is not one of"),
     ],
 )
 def test_bad_arguments_raise(kwargs, message):
@@ -69,9 +69,10 @@ def test_fuse_coco_round_trip_and_determinism(bccd_test):
     preds = [{**a, "score": 0.9} for a in bccd_test.annotations if a["bbox"][2] > 0]
     shift = 0.02  # of the box width: IoU ~0.96, far from other boxes
     shifted = [{**p, "bbox": [p["bbox"][0] + shift * p["bbox"][2], *p["bbox"][1:]], "score": 0.7} for p in preds]
-    fused = fuse_coco_predictions([preds, shifted], bccd_test.images, iou_thr=0.9, max_per_image=1000)
+    params = {"method": "wbf", "iou_thr": 0.9}
+    fused = fuse_members([preds, shifted], bccd_test.images, params, max_per_img=1000).to_results()
     assert len(fused) == len(preds)
-    assert fused == fuse_coco_predictions([preds, shifted], bccd_test.images, iou_thr=0.9, max_per_image=1000)
+    assert fused == fuse_members([preds, shifted], bccd_test.images, params, max_per_img=1000).to_results()
     for f in fused[:50]:
         same = [p for p in preds if (p["image_id"], p["category_id"]) == (f["image_id"], f["category_id"])]
         src = min(same, key=lambda p: np.abs(np.subtract(p["bbox"], f["bbox"])).sum())
@@ -177,36 +178,6 @@ def test_boxes_with_score_zero_fuse_without_dividing_by_zero(method):
     assert np.isfinite(out_box).all() and np.isfinite(out_score).all()
     if method in ("wbf", "nmw"):
         assert np.allclose(out_box, [[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.8, 0.8]], rtol=0, atol=1e-12)
-
-
-def test_kernels_compiled_ahead_of_time_equal_the_jit_kernels(tmp_path):
-    """detfold.ensemble._aot builds the kernels into a plain extension module (what `detfold ensemble`
-    runs, without numba's start-up): its outputs equal the JIT kernels' bit for bit."""
-    import importlib.util
-
-    from detfold.ensemble import _aot
-    from detfold.ensemble import _fusion_kernels as jit
-
-    path = _aot.build(tmp_path)
-    spec = importlib.util.spec_from_file_location(_aot.module_name(), path)
-    compiled = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compiled)
-    boxes, scores, labels, models, images = random_groups(1)
-    order, starts = jit.sort_groups(images * 4 + labels, -scores)
-    calls = {
-        "sort_groups": (images * 4 + labels, -scores),
-        "order_within_images": (images, -scores, 7),
-        "wbf_groups": (order, starts, boxes, scores, models, np.array([1.0, 2, 1, 1, 3]), 5, 0.55, False),
-        "nmw_groups": (order, starts, boxes, scores, 0.5),
-        "nms_groups": (order, starts, boxes, 0.5),
-        "soft_nms_groups": (order, starts, boxes, scores, 0.5, 0.5, 0.001, 2),
-        "to_xywh_abs": (boxes, images, np.full((images.max() + 1, 2), 640.0), scores, 3, 6),
-    }
-    assert set(calls) == set(_aot.SIGNATURES)
-    for name, args in calls.items():
-        ours, theirs = getattr(compiled, name)(*args), getattr(jit, name)(*args)
-        ours, theirs = (x if isinstance(x, tuple) else (x,) for x in (ours, theirs))
-        assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)), name
 
 
 def test_fused_boxes_in_pixels_are_numpy_s_rounding_bit_for_bit():

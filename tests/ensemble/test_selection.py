@@ -5,19 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from detfold.ensemble import selection
-from detfold.ensemble.fusion import ResultArrays
+from detfold.core.config import with_defaults
+from detfold.ensemble import plan, selection
+from detfold.ensemble.fusion import ResultArrays, as_detections, fuse_members
+from detfold.evaluate import stats
 from detfold.evaluate.cocoeval import BboxEvaluator, evaluate_bbox
 from detfold.evaluate.stage import _pooled_intervals
 from helpers.predictions import clean, noisy_member
 
-SETTINGS = {
-    "method": "wbf",
-    "iou_thr": 0.55,
-    "skip_box_thr": 0.0,
-    "conf_type": "avg",
-    "search": {"metric": "mAP50", "method": ["wbf", "nms"], "iou_thr": [0.5, 0.7], "conf_type": ["avg", "max"]},
-}
+SEARCH = {"metric": "mAP50", "method": ["wbf", "nms"], "iou_thr": [0.5, 0.7], "conf_type": ["avg", "max"]}
+SETTINGS = with_defaults({"ensemble": {"search": SEARCH}})["ensemble"]  # as the rules get it: resolved
 
 
 def perfect(gt):
@@ -46,9 +43,9 @@ def test_weighted_scores_equal_a_plain_evaluation_of_the_subset(bccd_test):
 
 def test_bootstrap_interval_of_a_perfect_prediction_is_one_one(bccd_test):
     gt = clean(bccd_test)
-    boot = selection.bootstrap_scores(matched_of(gt, perfect(gt)), selection.bootstrap_counts(len(gt.images), 200, 42))
-    assert selection.interval(boot[:, 0]) == [1.0, 1.0]
-    assert selection.interval(boot[:, 1]) == [1.0, 1.0]
+    boot = stats.bootstrap_scores(matched_of(gt, perfect(gt)), stats.bootstrap_counts(len(gt.images), 200, 42))
+    assert stats.interval(boot[:, 0]) == [1.0, 1.0]
+    assert stats.interval(boot[:, 1]) == [1.0, 1.0]
     assert _pooled_intervals(gt, perfect(gt), seed=42)["mAP50_ci95"] == [1.0, 1.0]
 
 
@@ -66,19 +63,19 @@ def test_one_member_fusion_returns_its_input_unchanged(bccd_test):
     gt = clean(bccd_test)
     preds = noisy_member(gt, 2)
     for params in ({"method": "wbf", "iou_thr": 0.55, "conf_type": "avg"}, {"method": "nms", "iou_thr": 0.5}):
-        assert selection.fuse_members([preds], gt.images, params, 100).to_results() == preds
-    plan = selection.Plan(
-        "ensemble", fold_params={"a": {"method": "nms", "iou_thr": 0.5}}, model_params={"method": "wbf"}
+        assert fuse_members([preds], gt.images, params, 100).to_results() == preds
+    one_model = plan.Plan(
+        "model_ensemble", fold_params={"a": {"method": "nms", "iou_thr": 0.5}}, model_params={"method": "wbf"}
     )
     one_fold = {"a": [preds]}
-    assert selection.apply_plan(plan, one_fold, {}, gt.images).to_results() == preds
+    assert plan.apply_plan(one_model, one_fold, {}, gt.images, 100).to_results() == preds
 
 
 def test_nested_selection_fits_on_other_images_than_it_scores(bccd_test, monkeypatch):
     gt = clean(bccd_test)
     folds = {"a": [noisy_member(gt, s) for s in range(3)]}
     selector = selection.BlendSelector(gt, folds, {}, SETTINGS, seed=3)
-    ids = selector.evaluator.img_ids
+    ids = selector.search.evaluator.img_ids
     part_ids = [set(ids[selector.part == p].tolist()) for p in range(selector.parts)]
     assert set().union(*part_ids) == set(gt.image_ids)
     assert sum(len(p) for p in part_ids) == len(gt.images)  # disjoint
@@ -175,20 +172,20 @@ def test_a_single_model_is_delivered_when_fusing_only_loses(bccd_test):
     result = selection.select_on_blend(selection.BlendSelector(gt, {"a": [junk, good, junk]}, {}, SETTINGS), 100)
     assert result["delivered"]["kind"] == "single"
     assert result["delivered"]["plan"] == {"kind": "single", "member": "a/fold1"}
-    delivered = selection.apply_plan(
-        selection.Plan.from_dict(result["delivered"]["plan"]), {"a": [junk, good, junk]}, {}, gt.images
+    delivered = plan.apply_plan(
+        plan.Plan.from_dict(result["delivered"]["plan"]), {"a": [junk, good, junk]}, {}, gt.images, 100
     )
     assert delivered.to_results() == good
 
 
 def test_fixed_fold_fusion_is_the_only_one_tried():
-    assert selection.fold_grid({"fold_fusion": {"method": "nms", "iou_thr": 0.6}, **SETTINGS}) == [
+    assert plan.fold_grid({**SETTINGS, "fold_fusion": {"method": "nms", "iou_thr": 0.6}}) == [
         {"method": "nms", "iou_thr": 0.6, "skip_box_thr": 0.0, "conf_type": "avg"}
     ]
-    grid = selection.fold_grid(SETTINGS)
-    assert grid[0] == selection.DEFAULT_FOLD_FUSION and len(grid) == 1 + 2 * 2 + 2  # default, wbf x 4, nms x 2
+    grid = plan.fold_grid(SETTINGS)
+    assert grid[0] == plan.DEFAULT_FOLD_FUSION and len(grid) == 1 + 2 * 2 + 2  # default, wbf x 4, nms x 2
     search = {**SETTINGS["search"], "iou_thr": [0.55]}
-    assert len(selection.fold_grid({"search": search})) == 2 + 1  # the default is also in the grid: once
+    assert len(plan.fold_grid({**SETTINGS, "search": search})) == 2 + 1  # the default is also in the grid: once
 
 
 def test_alike_combinations_are_fused_once_and_scored_alike(bccd_test):
@@ -198,8 +195,8 @@ def test_alike_combinations_are_fused_once_and_scored_alike(bccd_test):
     folds = {"a": [noisy_member(gt, s) for s in range(3)]}
     settings = {**SETTINGS, "search": {"metric": "mAP50", "method": ["soft_nms", "nms"], "iou_thr": [0.5, 0.7]}}
     selector = selection.BlendSelector(gt, folds, {}, settings, seed=5)
-    computed = {key[2] for key in selector._summarized}
-    assert len(selector.fold_grid) == 5 and len(computed) == 4  # default wbf, soft-NMS once, nms twice
+    computed = {key.combo for key in selector.search._summarized}
+    assert len(selector.search.fold_grid) == 5 and len(computed) == 4  # default wbf, soft-NMS once, nms twice
     table = selector.search_table()
     soft = table[(table.step == "fold fusion") & (table.method == "soft_nms")]
     assert len(soft) == 2 and soft[["mAP", "mAP50"]].nunique().max() == 1
@@ -208,16 +205,16 @@ def test_alike_combinations_are_fused_once_and_scored_alike(bccd_test):
 def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_test):
     gt = clean(bccd_test)
     members = [noisy_member(gt, s) for s in range(3)]
-    arrays = ResultArrays([selection.as_detections(m) for m in members], gt.images)
-    images, labels, xywh, scores = arrays.fuse(method="wbf", iou_thr=0.55)
+    arrays = ResultArrays([as_detections(m) for m in members], gt.images)
+    images, labels, xywh, scores = arrays.fuse(100, method="wbf", iou_thr=0.55)
     evaluator = BboxEvaluator(gt.data)
     _, cat = evaluator.positions(evaluator.img_ids[images], labels)
     plain = evaluator.match(images, cat, xywh, scores)
     presorted = evaluator.match(images, cat, xywh, scores, by_image_and_score=True)
     for field in ("img", "cat", "score", "matched", "ignored", "gt_counts"):
         assert np.array_equal(getattr(plain, field), getattr(presorted, field)), field
-    counts = selection.bootstrap_counts(len(gt.images), 64, 3)
-    assert np.array_equal(selection.bootstrap_scores(plain, counts), selection.bootstrap_scores(plain, counts, 2))
+    counts = stats.bootstrap_counts(len(gt.images), 64, 3)
+    assert np.array_equal(stats.bootstrap_scores(plain, counts), stats.bootstrap_scores(plain, counts, 2))
 
 
 def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_test):
@@ -227,12 +224,12 @@ def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_te
     folds = {"a": [noisy_member(gt, s) for s in range(3)], "b": [noisy_member(gt, s + 10) for s in range(3)]}
     selector = selection.BlendSelector(gt, folds, {}, SETTINGS, seed=5)
     result = selection.select_on_blend(selector, 20, 5)
-    assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "ensemble"}
+    assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "model_ensemble"}
     for kind, candidate in result["candidates"].items():
-        plan = selection.Plan.from_dict(candidate["plan"])
-        kept = selector.plan_predictions(plan)
+        chosen = plan.Plan.from_dict(candidate["plan"])
+        kept = selector.plan_predictions(chosen)
         if kind == "single":
             assert kept is None
             continue
-        again = selection.apply_plan(plan, folds, {}, gt.images, selector.max_per_img)
+        again = plan.apply_plan(chosen, folds, {}, gt.images, selector.max_per_img)
         assert kept.to_results() == again.to_results() and len(again) > 0

@@ -199,8 +199,13 @@ def test_csv_groups_through_run_split(bccd_dir, tmp_path):
         str(bccd_dir / "train.json"),
         k=4,
         seed=3,
-        out_table=str(tmp_path / "folds.csv"),
+        method="balanced",
         group_by=f"csv:{tmp_path / 'groups.csv'}",
+        weights={},
+        images=None,
+        near_duplicate_distance=4,
+        blend_share=0.0,
+        out_table=str(tmp_path / "folds.csv"),
         out_summary=str(tmp_path / "balance.json"),
     )
     folds = read_folds(tmp_path / "folds.csv").set_index("file_name")

@@ -25,7 +25,7 @@ import pytest
 import yaml
 from detfold.core.io import read_json
 from detfold.evaluate.metrics import STAT_NAMES, mean_std
-from detfold.report import pages
+from detfold.report import facts, plots, tables
 from helpers.workflow_run import snakemake
 from PIL import Image
 
@@ -91,7 +91,7 @@ def test_scalars_of_real_trainings(tiny_run):
     for model, validates in (("tiny", True), ("frcnn", False)):
         epochs = set(range(1, config["models"][model]["epochs"] + 1))
         for fold in range(3):
-            train, val, validated = pages.read_scalars(tiny_run / "results" / "train" / model / f"fold{fold}" / "work")
+            train, val, validated = plots.read_scalars(tiny_run / "results" / "train" / model / f"fold{fold}" / "work")
             assert len(train) >= 1 and train["iter"].is_monotonic_increasing
             assert (train["lr"] > 0).all() and np.isfinite(train["loss"]).all() and set(train["epoch"]) == epochs
             assert validated == validates  # tiny sets val_interval: 1, frcnn validates never
@@ -104,29 +104,29 @@ def test_scalars_torn_last_line_is_skipped_other_bad_lines_raise(tiny_run, tmp_p
     target.parent.mkdir(parents=True)
     lines = source.read_text().splitlines()
     target.write_text("\n".join([*lines, '{"loss": 1.0, "it']))
-    train, _, _ = pages.read_scalars(tmp_path / "work")
+    train, _, _ = plots.read_scalars(tmp_path / "work")
     assert len(train) == sum('"loss"' in line for line in lines)
     target.write_text("\n".join(["not json", *lines]))
     with pytest.raises(ValueError, match=r"scalars.json: line 1 is not JSON"):
-        pages.read_scalars(tmp_path / "work")
+        plots.read_scalars(tmp_path / "work")
 
 
 def test_cv_table_has_the_metrics_json_numbers(tiny_run):
     metrics = read_json(tiny_run / "results" / "eval" / "tiny" / "metrics.json")
-    table, key = pages.cv_table(metrics)
+    table, key = tables.cv_table(metrics)
     assert list(table.columns[3:]) == ["mAP", "mAP50", *STAT_NAMES[2:]]
     for k in range(3):
         assert table.iloc[k]["mAP50"] == metrics["folds"][k]["mAP50"]
         assert table.iloc[k]["AR_100"] == metrics["folds"][k]["stats"]["AR_100"]
     spread = mean_std([f["mAP50"] for f in metrics["folds"]])
-    assert table.iloc[3]["mAP50"] == f"{pages._fmt(spread['mean'])} +- {pages._fmt(spread['std'])}"
+    assert table.iloc[3]["mAP50"] == f"{tables.fmt(spread['mean'])} +- {tables.fmt(spread['std'])}"
     assert table.iloc[4]["mAP"] == metrics["pooled_oof"]["mAP"] and key == [False] * 4 + [True]
 
 
 def test_ensemble_rows_show_optimistic_honest_and_test_numbers(tiny_run):
     selection = read_json(tiny_run / "results" / "ensemble" / "selection.json")
     test = read_json(tiny_run / "results" / "ensemble" / "metrics.json")
-    rows = pages.ensemble_rows(selection, test).set_index("predictions")
+    rows = tables.ensemble_rows(selection, test).set_index("predictions")
     metric = selection["metric"]
     honest, optimistic = f"blend {metric}, nested (honest)", f"blend {metric}, in-sample (optimistic)"
     for kind in selection["kinds"]:
@@ -163,7 +163,7 @@ def test_summary_md_opens_with_the_delivered_predictions_and_their_intervals(tin
 
 def test_benchmarks_give_one_row_per_job(tiny_run):
     root = tiny_run / "benchmarks"
-    bench = pages.read_benchmarks([str(p) for p in sorted(root.rglob("*.tsv"))], str(root))
+    bench = facts.read_benchmarks([str(p) for p in sorted(root.rglob("*.tsv"))], str(root))
     counts = bench.rule.value_counts()
     assert counts["train"] == 6 and counts["predict"] == 18 and counts["audit"] == 1
     assert (bench.s >= 0).all() and set(bench[bench.rule == "train"].job) == {

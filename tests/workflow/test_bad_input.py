@@ -265,9 +265,12 @@ CASES = {
     "fuse-negative-size": (pred_case(set_pred(bbox=[10, 10, 5, -2]), "ensemble"), "negative width or height"),
     "fuse-unknown-category": (
         pred_case(set_pred(category_id=9), "ensemble"),
-        "pred.json[0].category_id 9 is not a category",
+        "pred.json[0]: category_id 9 is not a category",
     ),
-    "fuse-unknown-image": (pred_case(set_pred(image_id=9), "ensemble"), "pred.json[0].image_id 9 is not an image"),
+    "fuse-unknown-image": (
+        pred_case(set_pred(image_id=9), "ensemble"),
+        "pred.json[0]: image_id 9 is not in the ground truth",
+    ),
     "fuse-max-per-img-0": (
         pred_case(lambda p: None, "ensemble", ["--max-per-img", "0"]),
         "--max-per-img must be >= 1, got 0",
@@ -305,7 +308,3 @@ def test_bad_input_gives_one_clear_line(case, tmp_path, bccd_dir, capsys):
     assert message in err
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
-
-
-def test_there_are_enough_cases():
-    assert len(CASES) >= 50

@@ -131,7 +131,7 @@ def test_metrics_equal_pycocotools(tiny_run):
     check_metrics_equal(ensemble["delivered"], test_gt, read(r / "ensemble" / "test.json"))
     assert sorted(ensemble["single"]) == [f"{m}/fold{k}" for m in ("frcnn", "tiny") for k in range(3)]
     selection = read(r / "ensemble" / "selection.json")
-    assert selection["kinds"] == ["single", "fold_ensemble:frcnn", "fold_ensemble:tiny", "ensemble"]
+    assert selection["kinds"] == ["single", "fold_ensemble:frcnn", "fold_ensemble:tiny", "model_ensemble"]
     assert sorted(ensemble["candidates"]) == sorted(selection["kinds"])
     assert read(r / "ensemble" / "best.json")["plan"] == selection["delivered"]["plan"] == ensemble["delivered"]["plan"]
     blend = load_coco(r / "folds" / "blend_annotations.json")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from detfold.core.coco import Coco
-from detfold.core.io import atomic_open, write_json
+from detfold.core.io import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,8 @@ def coco_from_image_list(path: str | Path, images_dir: str | Path | None, catego
     """An unlabelled test set given as a text file of image file names (one per line, relative to
     ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
     their sizes are read from the files by :func:`check_image_files`."""
-    names, seen = [], {}
+    names: list[str] = []
+    seen: dict[str, int] = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         name = line.strip()
         if not name or name.startswith("#"):
@@ -223,157 +223,216 @@ def robust_z(values: np.ndarray) -> np.ndarray:
     return 0.6745 * (values - median) / mad
 
 
-def audit_coco(
-    coco: Coco, policy: AuditPolicy | None = None, split: str = "train", overrides: list[Override] | None = None
-) -> tuple[Coco, list[Finding]]:
-    """Run every check on ``coco``; return the cleaned copy and the findings (original ids kept).
+@dataclass
+class _Ledger:
+    """One split's findings as the checks add them, and the boxes and images they drop."""
 
-    Degenerate boxes are excluded from the later checks; clipped boxes are checked as clipped.
-    """
-    policy = policy or AuditPolicy()
-    names = {cat["id"]: cat["name"] for cat in coco.categories}
-    keep_anns = {o.ann_id for o in overrides or [] if o.decision == "keep" and o.ann_id is not None}
-    drop_anns = {o.ann_id for o in overrides or [] if o.decision == "drop" and o.ann_id is not None}
-    drop_images_manual = {o.image_id for o in overrides or [] if o.decision == "drop" and o.ann_id is None}
-    known_anns = {a["id"] for a in coco.annotations}
-    for o in overrides or []:
-        if o.ann_id is not None and o.ann_id not in known_anns and split == "train":
-            log.warning("override for ann_id %s: no such annotation in %s", o.ann_id, coco.path)
-
-    clean = coco.subset(coco.image_ids)
-    images = {im["id"]: im for im in clean.images}
-    findings: list[Finding] = []
-    dropped_anns: set[int] = set()
-    dropped_images: set[int] = set()
+    split: str
+    policy: AuditPolicy
+    names: dict[int, str]  # category id -> class name
+    keep_anns: set[int]  # a person's "keep": reported, never dropped
+    findings: list[Finding] = field(default_factory=list)
+    dropped_anns: set[int] = field(default_factory=set)
+    dropped_images: set[int] = field(default_factory=set)
 
     def add(
-        ann: dict[str, Any] | None, image: dict[str, Any], check: str, value: float, related: int | None = None
+        self, ann: dict[str, Any] | None, image: dict[str, Any], check: str, value: float, related: int | None = None
     ) -> str:
-        rule = policy.rules[check]
-        action = rule.action
-        if ann is not None and ann["id"] in keep_anns:
-            action = "keep (override)"
-        findings.append(
-            Finding(
-                split,
-                image["id"],
-                None if ann is None else ann["id"],
-                image["file_name"],
-                "" if ann is None else names[ann["category_id"]],
-                check,
-                round(float(value), 4),
-                rule.threshold,
-                action,
-                related,
-            )
-        )
-        if action == "drop_box" and ann is not None:
-            dropped_anns.add(ann["id"])
-        elif action == "drop_image":
-            dropped_images.add(image["id"])
+        """Record a finding of ``check`` with the policy's action (a kept box: "keep (override)");
+        apply a drop. Returns the action."""
+        rule = self.policy.rules[check]
+        action = "keep (override)" if ann is not None and ann["id"] in self.keep_anns else rule.action
+        self._record(image, ann, check, round(float(value), 4), rule.threshold, action, related)
         return action
 
+    def manual(self, image: dict[str, Any], ann: dict[str, Any] | None) -> None:
+        """A person's "drop" of a box (``ann``) or of the whole image (``ann`` None)."""
+        self._record(image, ann, "manual", 0.0, 0.0, "drop_image" if ann is None else "drop_box")
+
+    def _record(
+        self,
+        image: dict[str, Any],
+        ann: dict[str, Any] | None,
+        check: str,
+        value: float,
+        threshold: float,
+        action: str,
+        related: int | None = None,
+    ) -> None:
+        category, ann_id = ("", None) if ann is None else (self.names[ann["category_id"]], ann["id"])
+        where = (self.split, image["id"], ann_id, image["file_name"], category)
+        self.findings.append(Finding(*where, check, value, threshold, action, related))
+        if action == "drop_box" and ann is not None:
+            self.dropped_anns.add(ann["id"])
+        elif action == "drop_image":
+            self.dropped_images.add(image["id"])
+
+    def clipped_away(self, ann: dict[str, Any]) -> None:
+        """The last finding's clip left nothing of the box inside the image: the box is dropped."""
+        self.findings[-1] = replace(self.findings[-1], action="drop_box (clip left nothing)")
+        self.dropped_anns.add(ann["id"])
+
+
+def _degenerate(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+    return min(box[2], box[3]) if min(box[2], box[3]) <= threshold else None
+
+
+def _outside_image(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+    x, y, w, h = box
+    outside = max(-x, -y, x + w - image["width"], y + h - image["height"])
+    return outside if outside > threshold + OUTSIDE_TOLERANCE_PX else None
+
+
+def _tiny(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+    return min(box[2], box[3]) if min(box[2], box[3]) < threshold else None
+
+
+def _whole_image(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+    share = box[2] * box[3] / (image["width"] * image["height"])
+    return share if share >= threshold else None
+
+
+def _extreme_aspect(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+    aspect = max(box[2] / box[3], box[3] / box[2])
+    return aspect if aspect >= threshold else None
+
+
+#: the checks of one box (xywh_abs) in its image, in the order they run: each gives the value
+#: that fails its threshold, or None
+BOX_CHECKS = {
+    "degenerate": _degenerate,
+    "outside_image": _outside_image,
+    "tiny": _tiny,
+    "whole_image": _whole_image,
+    "extreme_aspect": _extreme_aspect,
+}
+#: the checks of two boxes of one image: same class or not
+PAIR_CHECKS = {"duplicate": True, "cross_class_overlap": False}
+
+
+def _clip(ann: dict[str, Any], image: dict[str, Any]) -> bool:
+    """Cut the box to the image (bbox and area updated); False when nothing of it is inside."""
+    x, y, w, h = ann["bbox"]
+    x1, y1 = max(x, 0.0), max(y, 0.0)
+    x2, y2 = min(x + w, image["width"]), min(y + h, image["height"])
+    if x2 <= x1 or y2 <= y1:
+        return False
+    ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+    ann["area"] = (x2 - x1) * (y2 - y1)
+    return True
+
+
+def _check_box(ledger: _Ledger, ann: dict[str, Any], image: dict[str, Any]) -> bool:
+    """Run :data:`BOX_CHECKS` on one box; True when it stays for the checks between boxes (a
+    degenerate box, or one that clipping leaves nothing of, does not; a clipped box is checked
+    as clipped)."""
+    for check, measure in BOX_CHECKS.items():
+        value = measure(ann["bbox"], image, ledger.policy.rules[check].threshold)
+        if value is None:
+            continue
+        action = ledger.add(ann, image, check, value)
+        if check == "degenerate":
+            return False
+        if action == "clip" and not _clip(ann, image):
+            ledger.clipped_away(ann)
+            return False
+    return True
+
+
+def _check_pairs(ledger: _Ledger, boxes: list[dict[str, Any]], images: dict[int, dict[str, Any]]) -> None:
+    """:data:`PAIR_CHECKS`, image by image: the later box of each overlapping pair is reported,
+    the earlier one is its related box."""
     by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ann in clean.annotations:
+    for ann in boxes:
         by_image[ann["image_id"]].append(ann)
-
-    valid: list[dict[str, Any]] = []
-    for im in clean.images:
-        width, height = im["width"], im["height"]
-        for ann in by_image[im["id"]]:
-            if ann["id"] in drop_anns:
-                findings.append(
-                    Finding(
-                        split,
-                        im["id"],
-                        ann["id"],
-                        im["file_name"],
-                        names[ann["category_id"]],
-                        "manual",
-                        0.0,
-                        0.0,
-                        "drop_box",
-                    )
-                )
-                dropped_anns.add(ann["id"])
-                continue
-            x, y, w, h = ann["bbox"]
-            rule = policy.rules["degenerate"]
-            if w <= rule.threshold or h <= rule.threshold:
-                add(ann, im, "degenerate", min(w, h))
-                continue
-            outside = max(-x, -y, x + w - width, y + h - height)
-            is_outside = outside > policy.rules["outside_image"].threshold + OUTSIDE_TOLERANCE_PX
-            if is_outside and add(ann, im, "outside_image", outside) == "clip":
-                x1, y1 = max(x, 0.0), max(y, 0.0)
-                x2, y2 = min(x + w, width), min(y + h, height)
-                if x2 <= x1 or y2 <= y1:  # nothing of it inside the image: clipping drops it
-                    findings[-1] = replace(findings[-1], action="drop_box (clip left nothing)")
-                    dropped_anns.add(ann["id"])
-                    continue
-                ann["bbox"] = [x1, y1, x2 - x1, y2 - y1]
-                ann["area"] = (x2 - x1) * (y2 - y1)
-                x, y, w, h = ann["bbox"]
-            if min(w, h) < policy.rules["tiny"].threshold:
-                add(ann, im, "tiny", min(w, h))
-            if w * h / (width * height) >= policy.rules["whole_image"].threshold:
-                add(ann, im, "whole_image", w * h / (width * height))
-            aspect = max(w / h, h / w)
-            if aspect >= policy.rules["extreme_aspect"].threshold:
-                add(ann, im, "extreme_aspect", aspect)
-            valid.append(ann)
-
-    valid_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ann in valid:
-        valid_by_image[ann["image_id"]].append(ann)
-    dup_thr = policy.rules["duplicate"].threshold
-    cross_thr = policy.rules["cross_class_overlap"].threshold
-    for image_id, anns in valid_by_image.items():
+    for image_id, anns in by_image.items():
         if len(anns) < 2:
             continue
         iou = np.triu(iou_matrix_xywh(np.array([a["bbox"] for a in anns], dtype=float)), k=1)
         cats = np.array([a["category_id"] for a in anns])
         same = cats[:, None] == cats[None]
-        for i, j in np.argwhere((iou >= dup_thr) & same):
-            add(anns[j], images[image_id], "duplicate", iou[i, j], anns[i]["id"])
-        for i, j in np.argwhere((iou >= cross_thr) & ~same):
-            add(anns[j], images[image_id], "cross_class_overlap", iou[i, j], anns[i]["id"])
+        for check, same_class in PAIR_CHECKS.items():
+            for i, j in np.argwhere((iou >= ledger.policy.rules[check].threshold) & (same == same_class)):
+                ledger.add(anns[j], images[image_id], check, iou[i, j], anns[i]["id"])
 
+
+def _check_sizes(ledger: _Ledger, boxes: list[dict[str, Any]], images: dict[int, dict[str, Any]]) -> None:
+    """``size_outlier``: the robust z-score of log(area) within the box's class (classes of at
+    least :data:`MIN_BOXES_FOR_SIZE_STATS` boxes)."""
     by_class: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for ann in valid:
+    for ann in boxes:
         by_class[ann["category_id"]].append(ann)
     for anns in by_class.values():
         if len(anns) < MIN_BOXES_FOR_SIZE_STATS:
             continue
         z = robust_z(np.log([a["bbox"][2] * a["bbox"][3] for a in anns]))
         for ann, score in zip(anns, z, strict=True):
-            if abs(score) >= policy.rules["size_outlier"].threshold:
-                add(ann, images[ann["image_id"]], "size_outlier", score)
+            if abs(score) >= ledger.policy.rules["size_outlier"].threshold:
+                ledger.add(ann, images[ann["image_id"]], "size_outlier", score)
 
+
+def audit_coco(
+    coco: Coco, policy: AuditPolicy | None = None, split: str = "train", overrides: list[Override] | None = None
+) -> tuple[Coco, list[Finding]]:
+    """Run every check on ``coco``; return the cleaned copy and the findings (original ids kept).
+
+    The box checks run first (:data:`BOX_CHECKS`), then those between the boxes left
+    (:data:`PAIR_CHECKS`, ``size_outlier``), then ``empty_image``; a person's drops are applied
+    first and a person's keeps win over every check.
+    """
+    overrides = overrides or []
+    known_anns = {a["id"] for a in coco.annotations}
+    for o in overrides:
+        if o.ann_id is not None and o.ann_id not in known_anns and split == "train":
+            log.warning("override for ann_id %s: no such annotation in %s", o.ann_id, coco.path)
+    names = {cat["id"]: cat["name"] for cat in coco.categories}
+    keep_anns = {o.ann_id for o in overrides if o.decision == "keep" and o.ann_id is not None}
+    ledger = _Ledger(split, policy or AuditPolicy(), names, keep_anns)
+    drop_anns = {o.ann_id for o in overrides if o.decision == "drop" and o.ann_id is not None}
+    drop_images = {o.image_id for o in overrides if o.decision == "drop" and o.ann_id is None}
+    clean = coco.subset(coco.image_ids)
+    by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for ann in clean.annotations:
+        by_image[ann["image_id"]].append(ann)
+    boxes = []  # those left for the checks between boxes
     for im in clean.images:
-        if im["id"] in drop_images_manual:
-            findings.append(Finding(split, im["id"], None, im["file_name"], "", "manual", 0.0, 0.0, "drop_image"))
-            dropped_images.add(im["id"])
-        elif not any(a["id"] not in dropped_anns for a in by_image[im["id"]]):
-            add(None, im, "empty_image", 0)
+        for ann in by_image[im["id"]]:
+            if ann["id"] in drop_anns:
+                ledger.manual(im, ann)
+            elif _check_box(ledger, ann, im):
+                boxes.append(ann)
+    images = {im["id"]: im for im in clean.images}
+    _check_pairs(ledger, boxes, images)
+    _check_sizes(ledger, boxes, images)
+    for im in clean.images:
+        if im["id"] in drop_images:
+            ledger.manual(im, None)
+        elif all(a["id"] in ledger.dropped_anns for a in by_image[im["id"]]):
+            ledger.add(None, im, "empty_image", 0)
+    return _cleaned(coco, clean, ledger), ledger.findings
 
-    clean.data["images"] = [im for im in clean.images if im["id"] not in dropped_images]
+
+def _cleaned(coco: Coco, clean: Coco, ledger: _Ledger) -> Coco:
+    """``clean`` without the dropped boxes and images, every box with an area and iscrowd."""
+    clean.data["images"] = [im for im in clean.images if im["id"] not in ledger.dropped_images]
     clean.data["annotations"] = [
-        a for a in clean.annotations if a["id"] not in dropped_anns and a["image_id"] not in dropped_images
+        a
+        for a in clean.annotations
+        if a["id"] not in ledger.dropped_anns and a["image_id"] not in ledger.dropped_images
     ]
     for ann in clean.annotations:
         ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
         ann.setdefault("iscrowd", 0)
     log.info(
         "%s: %d images, %d boxes -> %d images, %d boxes; %d findings",
-        split,
+        ledger.split,
         len(coco.images),
         len(coco.annotations),
         len(clean.images),
         len(clean.annotations),
-        len(findings),
+        len(ledger.findings),
     )
-    return Coco(clean.data, path=coco.path), findings
+    return Coco(clean.data, path=coco.path)
 
 
 def read_overrides(path: str | Path | None) -> list[Override]:
@@ -443,75 +502,3 @@ def summarise(before: dict[str, Coco], after: dict[str, Coco], findings: list[Fi
         "findings_per_check": dict(sorted(per_check.items())),
         "checks": {name: meaning for name, (meaning, *_rest) in CHECKS.items()},
     }
-
-
-def write_summary(summary: dict[str, Any], path: str | Path) -> None:
-    write_json(path, summary)
-
-
-GALLERY_TILE = 160  # px, square tile per finding
-GALLERY_COLUMNS = 6
-GALLERY_MAX = 36  # findings shown per check (the CSV has them all)
-BOX_COLOUR = (255, 0, 0)  # the offending box
-RELATED_COLOUR = (0, 200, 255)  # the other box of a pair (duplicate, cross-class overlap)
-
-
-def crop_around(box_xywh: Sequence[float], width: int, height: int) -> tuple[int, int, int, int]:
-    """The gallery's crop around a box: its longer side (at least 20 px) on every side, within
-    the image; (left, upper, right, lower) as PIL's ``crop`` takes it."""
-    x, y, w, h = box_xywh
-    margin = max(w, h, 20)
-    return (
-        max(0, int(x - margin)),
-        max(0, int(y - margin)),
-        min(width, int(x + w + margin) + 1),
-        min(height, int(y + h + margin) + 1),
-    )
-
-
-def write_gallery(
-    findings: list[Finding], cocos: dict[str, Coco], images_dirs: dict[str, str | Path], out_dir: str | Path
-) -> list[Path]:
-    """One PNG per check: a grid of crops around each finding with its box drawn in red (the
-    related box of a pair in cyan) and a caption. Returns the written files."""
-    from PIL import Image, ImageDraw
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    anns = {split: {a["id"]: a for a in c.annotations} for split, c in cocos.items()}
-    by_check: dict[str, list[Finding]] = defaultdict(list)
-    for f in findings:
-        by_check[f.check].append(f)
-    written = []
-    for check, items in sorted(by_check.items()):
-        shown = items[:GALLERY_MAX]
-        rows = (len(shown) + GALLERY_COLUMNS - 1) // GALLERY_COLUMNS
-        caption_h = 14
-        sheet = Image.new("RGB", (GALLERY_COLUMNS * GALLERY_TILE, rows * (GALLERY_TILE + caption_h)), "white")
-        draw_sheet = ImageDraw.Draw(sheet)
-        for n, f in enumerate(shown):
-            with Image.open(Path(images_dirs[f.split]) / f.file_name) as handle:
-                img = handle.convert("RGB")
-            draw = ImageDraw.Draw(img)
-            crop = (0, 0, img.width, img.height)
-            if f.ann_id is not None:
-                ann = anns[f.split][f.ann_id]
-                x, y, w, h = ann["bbox"]
-                if f.related_ann_id is not None:
-                    rx, ry, rw, rh = anns[f.split][f.related_ann_id]["bbox"]
-                    draw.rectangle([rx, ry, rx + max(rw, 1), ry + max(rh, 1)], outline=RELATED_COLOUR, width=2)
-                draw.rectangle([x, y, x + max(w, 1), y + max(h, 1)], outline=BOX_COLOUR, width=2)
-                crop = crop_around((x, y, w, h), img.width, img.height)
-            tile = img.crop(crop)
-            tile.thumbnail((GALLERY_TILE, GALLERY_TILE))
-            col, row = n % GALLERY_COLUMNS, n // GALLERY_COLUMNS
-            sheet.paste(tile, (col * GALLERY_TILE, row * (GALLERY_TILE + caption_h)))
-            label = f"{f.ann_id if f.ann_id is not None else 'img ' + str(f.image_id)} {f.category} {f.value:g}"
-            draw_sheet.text(
-                (col * GALLERY_TILE + 2, row * (GALLERY_TILE + caption_h) + GALLERY_TILE), label, fill="black"
-            )
-        path = out / f"{check}.png"
-        with atomic_open(path, "wb") as handle:
-            sheet.save(handle, format="PNG")
-        written.append(path)
-    return written

@@ -123,7 +123,8 @@ def voc_to_coco(
         records.append((file_name, width, height, objects))
     names = class_names or sorted({name for *_, objects in records for name, _ in objects})
     cat_id = {name: i for i, name in enumerate(names, start=1)}
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, (file_name, width, height, objects) in enumerate(sorted(records), start=1):
         images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
         for name, (x1, y1, x2, y2) in objects:
@@ -162,7 +163,8 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
     orphans = sorted(p.name for p in Path(labels_dir).glob("*.txt") if p.stem not in stems)
     if orphans:
         raise AnnotationImportError(f"{labels_dir}: label files without an image in {images_dir}: {orphans[:5]}")
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     for image_id, image_path in enumerate(image_files, start=1):
         width, height = _image_size(image_path)
         images.append({"id": image_id, "file_name": image_path.name, "width": width, "height": height})

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from detfold.audit import checks
 from detfold.core.coco import (
     Coco,
+    check_coco,
     is_labelled,
     load_coco,
     write_coco,
 )
+from detfold.core.gallery import write_findings_gallery
+from detfold.core.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def run_audit(
     An unlabelled test set (a COCO file without annotations, or a text file of image file
     names) only has its image files checked; without a test set the test file lists no image.
     """
-    policy = checks.AuditPolicy.from_config(settings.get("checks"))
+    policy = checks.AuditPolicy.from_config(settings["checks"])
     decisions = checks.read_overrides(overrides)
     train = load_coco(train_annotations)
     if test_annotations is None:
@@ -45,13 +49,31 @@ def run_audit(
     else:
         test = load_coco(test_annotations, require_annotations=False)
     before = {"train": train, "test": test}
-    checks.check_image_files(before["train"], train_images)
-    checks.check_image_files(before["test"], test_images)
-    if before["train"].class_names != before["test"].class_names and is_labelled(before["test"]):
-        raise ValueError(
-            f"{test_annotations}: categories {before['test'].class_names} differ from "
-            f"{train_annotations}: {before['train'].class_names}"
-        )
+    images = {"train": train_images, "test": test_images}
+    after, findings = audit_splits(before, images, policy, decisions)
+    write_audit(before, after, findings, images, out_findings, out_summary, out_gallery)
+    write_coco(after["test"], out_test)
+    write_coco(after["train"], out_train)
+
+
+def audit_splits(
+    before: dict[str, Coco],
+    images: dict[str, str | None],
+    policy: checks.AuditPolicy,
+    decisions: list[checks.Override],
+) -> tuple[dict[str, Coco], list[checks.Finding]]:
+    """Check each split's image files (in ``images[split]``), then audit each labelled split
+    (an unlabelled one is copied as it is): the cleaned splits and every finding. A labelled
+    test split must have the train split's classes."""
+    for split, coco in before.items():
+        folder = images[split]
+        if folder is not None:
+            checks.check_image_files(coco, folder)
+        elif coco.images:
+            raise ValueError(f"{coco.path}: {len(coco.images)} images but no image folder for the {split} split")
+    train, test = before["train"], before.get("test")
+    if test is not None and train.class_names != test.class_names and is_labelled(test):
+        raise ValueError(f"{test.path}: categories {test.class_names} differ from {train.path}: {train.class_names}")
     after: dict[str, Coco] = {}
     findings: list[checks.Finding] = []
     for split, coco in before.items():
@@ -60,17 +82,28 @@ def run_audit(
             continue
         after[split], found = checks.audit_coco(coco, policy, split, decisions)
         findings += found
-    checks.write_gallery(findings, before, {"train": train_images, "test": test_images}, out_gallery)
+    return after, findings
+
+
+def write_audit(
+    before: dict[str, Coco],
+    after: dict[str, Coco],
+    findings: list[checks.Finding],
+    images: dict[str, str | None],
+    out_findings: str | Path,
+    out_summary: str | Path,
+    out_gallery: str | Path,
+) -> None:
+    """The findings CSV, the summary (counts per check, images and boxes before and after per
+    split) and the gallery of findings."""
+    write_findings_gallery(findings, before, images, out_gallery)
     checks.write_findings(findings, out_findings)
-    checks.write_summary(checks.summarise(before, after, findings), out_summary)
-    write_coco(after["test"], out_test)
-    write_coco(after["train"], out_train)
+    write_json(out_summary, checks.summarise(before, after, findings))
 
 
 def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
     """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
     from detfold.audit import convert
-    from detfold.core.coco import validate_coco
 
     names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
     if fmt == "voc":
@@ -81,8 +114,5 @@ def run_import(fmt: str, source: str, images: str, class_names: str | None, out:
         data = convert.yolo_to_coco(source, images, names)
     else:
         raise ValueError(f"data.format must be coco, voc or yolo, got {fmt!r}")
-    problems = validate_coco(data, out)
-    if problems:
-        raise ValueError("\n".join(problems))
-    write_coco(data, out)
+    write_coco(check_coco(data, out), out)
     log.info("imported %s: %d images, %d boxes", source, len(data["images"]), len(data["annotations"]))

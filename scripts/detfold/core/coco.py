@@ -1,4 +1,14 @@
-"""COCO detection files: loading with clear errors, and the few views the stages need.
+"""COCO detection files and predictions: loading with clear errors, one check per input kind.
+
+- COCO ground truth (a dataset dict): :func:`validate_coco` lists every problem,
+  :func:`check_coco` raises with them, :func:`load_coco` reads a file and checks it.
+- COCO results (a list of ``image_id, category_id, bbox, score`` dicts): :func:`results_problems`
+  lists every problem, :func:`check_results` raises with them (and checks the ids against a
+  ground truth when given one), :func:`load_results` reads a file and checks it.
+- :class:`Detections` (the same results as columns, how predictions move inside detfold):
+  :func:`load_detections` reads a file and checks its values, :func:`check_detection_ids`
+  checks the ids against a ground truth, :func:`read_detections` does both for a file an
+  earlier job wrote.
 
 Coordinates: COCO ``bbox`` is ``[x, y, w, h]`` in absolute pixels (``xywh_abs``).
 """
@@ -7,24 +17,17 @@ from __future__ import annotations
 
 import copy
 import math
-import mmap
-import os
-import re
-import signal
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
-from operator import attrgetter, methodcaller
+from operator import attrgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
 
 from detfold.core.io import read_json, read_product, write_json
-
-T = TypeVar("T")
 
 
 def take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -41,11 +44,10 @@ class CocoFormatError(ValueError):
 
 @dataclass
 class Coco:
-    """A loaded COCO detection dataset (the raw dict plus indexes)."""
+    """A loaded COCO detection dataset: the raw dict and the file it came from."""
 
     data: dict[str, Any]
     path: str = "<memory>"
-    _anns_by_image: dict[int, list[dict[str, Any]]] | None = field(default=None, init=False, repr=False)
 
     @property
     def images(self) -> list[dict[str, Any]]:
@@ -72,19 +74,6 @@ class Coco:
     def class_names(self) -> list[str]:
         return [cat["name"] for cat in self.categories]
 
-    def image(self, image_id: int) -> dict[str, Any]:
-        for im in self.images:
-            if im["id"] == image_id:
-                return im
-        raise KeyError(f"{self.path}: no image with id {image_id}")
-
-    def anns_of(self, image_id: int) -> list[dict[str, Any]]:
-        if self._anns_by_image is None:  # indexed on first use
-            self._anns_by_image = defaultdict(list)
-            for ann in self.data["annotations"]:
-                self._anns_by_image[ann["image_id"]].append(ann)
-        return self._anns_by_image.get(image_id, [])
-
     def subset(self, image_ids: Iterable[int]) -> Coco:
         """A copy restricted to ``image_ids`` (original ids kept, file order kept)."""
         keep = set(image_ids)
@@ -94,140 +83,123 @@ class Coco:
         return Coco(data, path=self.path)
 
 
-_NUMBER_TYPES = {int, float}  # JSON numbers; bool (a subclass of int) is not one
-
-
-def _ann_where(path: str, i: int, ann: dict[str, Any]) -> str:
-    return f"{path}: annotations[{i}] (id {ann.get('id')!r})"
-
-
 def _is_number(value: Any) -> bool:
+    """A finite JSON number (bool, a subclass of int, is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_box(value: Any) -> bool:
+    """4 finite numbers ``[x, y, w, h]``."""
+    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
 
 
 def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
     """Return every structural problem of a COCO detection dict, one message each."""
     if not isinstance(data, dict):
         return [f"{path}: top level must be a JSON object, got {type(data).__name__}"]
-    problems: list[str] = []
     needed = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
-    for key in needed:
-        if key not in data:
-            problems.append(f"{path}: missing top-level key '{key}'")
-        elif not isinstance(data[key], list):
-            problems.append(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    problems = [
+        f"{path}: missing top-level key '{key}'"
+        if key not in data
+        else f"{path}: '{key}' must be a list, got {type(data[key]).__name__}"
+        for key in needed
+        if not isinstance(data.get(key), list)
+    ]
     if problems:
         return problems
-
-    def unique_ids(key: str) -> set[Any]:
-        seen: set[Any] = set()
-        for i, rec in enumerate(data.get(key, [])):
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            if not isinstance(rid, int) or isinstance(rid, bool):
-                problems.append(f"{path}: {key}[{i}].id must be an integer, got {rid!r}")
-            elif rid in seen:
-                problems.append(f"{path}: {key}[{i}].id {rid} is a duplicate")
-            seen.add(rid)
-        return seen
-
-    image_ids = unique_ids("images")
-    category_ids = unique_ids("categories")
-    if not _ids_unique(data.get("annotations", [])):
-        unique_ids("annotations")
-    first_file: dict[str, int] = {}
-    for i, im in enumerate(data["images"]):
-        if not isinstance(im, dict):
-            continue
-        name = im.get("file_name")
-        if not isinstance(name, str):
-            problems.append(f"{path}: images[{i}].file_name must be a string, got {name!r}")
-        elif (name.startswith("/") or ".." in name) and (Path(name).is_absolute() or ".." in Path(name).parts):
-            problems.append(f"{path}: images[{i}].file_name {name!r} leaves the images folder (absolute or '..')")
-        elif name in first_file:
-            problems.append(f"{path}: images[{i}].file_name {name!r} is a duplicate of images[{first_file[name]}]")
-        else:
-            first_file[name] = i
-    first_name: dict[str, int] = {}
-    for i, cat in enumerate(data["categories"]):
-        if not isinstance(cat, dict):
-            continue
-        name = cat.get("name")
-        if not isinstance(name, str):
-            problems.append(f"{path}: categories[{i}].name must be a string, got {name!r}")
-        elif name in first_name:
-            problems.append(f"{path}: categories[{i}].name {name!r} is a duplicate of categories[{first_name[name]}]")
-        else:
-            first_name[name] = i
     annotations = data.get("annotations", [])
-    if _annotations_clean(annotations, image_ids, category_ids):
-        return problems
-    boxes: list[list[float]] = []
-    box_rows: list[int] = []
-    for i, ann in enumerate(annotations):
-        if not isinstance(ann, dict):
+    image_ids, image_problems = _unique_ids(data["images"], "images", path)
+    category_ids, category_problems = _unique_ids(data["categories"], "categories", path)
+    problems = image_problems + category_problems + _unique_ids(annotations, "annotations", path)[1]
+    problems += _unique_names(data["images"], "images", "file_name", path)
+    problems += _unique_names(data["categories"], "categories", "name", path)
+    return problems + _annotation_problems(annotations, image_ids, category_ids, path)
+
+
+def _unique_ids(records: list[Any], key: str, path: str) -> tuple[set[Any], list[str]]:
+    """The ids of ``data[key]`` and the problems: an id that is not an integer, or a duplicate."""
+    seen: set[Any] = set()
+    problems = []
+    for i, rec in enumerate(records):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        if not _is_id(rid):
+            problems.append(f"{path}: {key}[{i}].id must be an integer, got {rid!r}")
+        elif rid in seen:
+            problems.append(f"{path}: {key}[{i}].id {rid} is a duplicate")
+        seen.add(rid)
+    return seen, problems
+
+
+def _unique_names(records: list[Any], key: str, field: str, path: str) -> list[str]:
+    """Problems of ``data[key][i][field]`` (an image's file_name, a category's name): not a
+    string, a duplicate, or (a file name) leaving the images folder."""
+    problems: list[str] = []
+    first: dict[str, int] = {}
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
             continue
-        if ann.get("image_id") not in image_ids:
-            problems.append(f"{_ann_where(path, i, ann)}: image_id {ann.get('image_id')!r} is not in 'images'")
-        if ann.get("category_id") not in category_ids:
-            problems.append(
-                f"{_ann_where(path, i, ann)}: category_id {ann.get('category_id')!r} is not in 'categories'"
-            )
-        bbox = ann.get("bbox")
-        if type(bbox) is list and len(bbox) == 4 and set(map(type, bbox)) <= _NUMBER_TYPES:
-            boxes.append(bbox)  # finiteness checked for all boxes at once below
-            box_rows.append(i)
+        name = rec.get(field)
+        if not isinstance(name, str):
+            problems.append(f"{path}: {key}[{i}].{field} must be a string, got {name!r}")
+        elif field == "file_name" and (Path(name).is_absolute() or ".." in Path(name).parts):
+            problems.append(f"{path}: {key}[{i}].{field} {name!r} leaves the images folder (absolute or '..')")
+        elif name in first:
+            problems.append(f"{path}: {key}[{i}].{field} {name!r} is a duplicate of {key}[{first[name]}]")
         else:
-            problems.append(f"{_ann_where(path, i, ann)}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
-        if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
-            problems.append(f"{_ann_where(path, i, ann)}: iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
-    if boxes:
-        finite = np.isfinite(np.array(boxes, dtype=np.float64)).all(axis=1)
-        for row in np.flatnonzero(~finite):
-            i = box_rows[row]
-            bbox = annotations[i]["bbox"]
-            problems.append(
-                f"{_ann_where(path, i, annotations[i])}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}"
-            )
+            first[name] = i
     return problems
 
 
-def _ids_unique(records: list[Any]) -> bool:
-    """True when every record is an object with a unique integer ``id`` (checked at C speed;
-    when False, :func:`validate_coco`'s loop names the bad ones)."""
-    if not records:
-        return True
-    if set(map(type, records)) != {dict}:
-        return False
-    ids = list(map(methodcaller("get", "id"), records))
-    return set(map(type, ids)) == {int} and len(set(ids)) == len(ids)
+def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_ids: set[Any], path: str) -> list[str]:
+    """Problems of each annotation: an unknown image or category id, a bbox that is not 4
+    finite numbers, an iscrowd other than 0 or 1."""
+    problems = []
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict):
+            continue
+        found = []
+        if ann.get("image_id") not in image_ids:
+            found.append(f"image_id {ann.get('image_id')!r} is not in 'images'")
+        if ann.get("category_id") not in category_ids:
+            found.append(f"category_id {ann.get('category_id')!r} is not in 'categories'")
+        if not _is_box(ann.get("bbox")):
+            found.append(f"bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
+        if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
+            found.append(f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
+        problems += [f"{path}: annotations[{i}] (id {ann.get('id')!r}): {text}" for text in found]
+    return problems
 
 
-def _annotations_clean(annotations: list[Any], image_ids: set[Any], category_ids: set[Any]) -> bool:
-    """True when :func:`validate_coco`'s per-annotation loop would find nothing: the same
-    checks over whole columns (type sets, set inclusion, one numpy finiteness test), so a
-    clean file skips the loop; a file with any problem goes through it for the messages."""
-    if not annotations:
-        return True
-    if set(map(type, annotations)) != {dict}:
-        return False
-    if not set(map(methodcaller("get", "image_id"), annotations)) <= image_ids:
-        return False
-    if not set(map(methodcaller("get", "category_id"), annotations)) <= category_ids:
-        return False
-    boxes = list(map(methodcaller("get", "bbox"), annotations))
-    if set(map(type, boxes)) != {list} or set(map(len, boxes)) != {4}:
-        return False
-    if not set(map(type, chain.from_iterable(boxes))) <= _NUMBER_TYPES:
-        return False
-    values = np.fromiter(chain.from_iterable(boxes), dtype=np.float64, count=4 * len(boxes))
-    if not np.isfinite(values).all():
-        return False
-    crowd = [ann["iscrowd"] for ann in annotations if "iscrowd" in ann]
-    return set(map(type, crowd)) <= {int} and set(crowd) <= {0, 1}
+def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> Coco:
+    """``data`` as a :class:`Coco` when it is a valid COCO detection dict; else
+    ``CocoFormatError`` listing the problems (:func:`validate_coco`; the first 20 and how many
+    more). ``require_annotations=False`` accepts an image list without labels (an unlabelled
+    test set)."""
+    problems = validate_coco(data, path, require_annotations)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise CocoFormatError("\n".join(shown))
+    data.setdefault("annotations", [])
+    return Coco(data, path=path)
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
+    """Load a COCO detection file and check it (:func:`check_coco`)."""
+    return check_coco(read_json(path), str(path), require_annotations)
+
+
+def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
+    """Write a COCO dataset atomically."""
+    write_json(path, coco.data if isinstance(coco, Coco) else coco)
+
+
+def is_labelled(coco: Coco) -> bool:
+    """True when the dataset has at least one annotation (an unlabelled test set has none)."""
+    return len(coco.annotations) > 0
 
 
 def results_problems(data: Any, source: str = "predictions") -> list[str]:
@@ -251,7 +223,7 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
             if not _is_id(pred[key]):
                 problems.append(f"{where}.{key} must be an integer, got {pred[key]!r}")
         bbox = pred["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not _is_box(bbox):
             problems.append(f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
         elif bbox[2] < 0 or bbox[3] < 0:
             problems.append(f"{where}.bbox has a negative width or height: {bbox!r}")
@@ -261,19 +233,22 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
     return problems
 
 
-def check_results(data: Any, source: str = "predictions") -> list[dict[str, Any]]:
-    """``data`` when it is a valid COCO results list; else ``ValueError`` with the first
-    problems (and how many there are)."""
+def check_results(data: Any, source: str = "predictions", gt: Coco | None = None) -> list[dict[str, Any]]:
+    """``data`` when it is a valid COCO results list (:func:`results_problems`) whose ids, with
+    ``gt`` given, are those of ``gt`` (:func:`check_detection_ids`); else ``ValueError`` with
+    the first problems (and how many there are)."""
     problems = results_problems(data, source)
     if problems:
         more = f" (and {len(problems) - 3} more problems)" if len(problems) > 3 else ""
         raise ValueError("; ".join(problems[:3]) + more)
+    if gt is not None:
+        check_detection_ids(gt, Detections.from_results(data), source)
     return data
 
 
-def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Read and check a COCO results JSON file (see :func:`results_problems`)."""
-    return check_results(read_json(path), str(path))
+def load_results(path: str | Path, gt: Coco | None = None) -> list[dict[str, Any]]:
+    """Read and check a COCO results JSON file (:func:`check_results`, ids against ``gt`` if given)."""
+    return check_results(read_json(path), str(path), gt)
 
 
 @dataclass(frozen=True)
@@ -361,22 +336,6 @@ def _columns(data: bytes) -> Detections | None:
     )
 
 
-def _mapped(path: str | Path) -> mmap.mmap | None:
-    """The file's bytes mapped copy-on-write (no copy is read, and a byte written to the map
-    stays in the writing process); None for an empty file. OSError when it cannot be read."""
-    with open(path, "rb") as handle:
-        try:
-            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        except ValueError:  # an empty file cannot be mapped
-            return None
-
-
-def _columns_of(data: mmap.mmap, start: int, stop: int) -> Detections | None:
-    """:func:`_columns` of ``data[start:stop]``, without copying it."""
-    with memoryview(data) as view, view[start:stop] as part:
-        return _columns(part)
-
-
 def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_json) -> Detections:
     """Read and check a COCO results JSON file straight into :class:`Detections`: msgspec
     decodes it into typed rows (no dict per box), numpy checks the values. A file that fails
@@ -384,155 +343,30 @@ def load_detections(path: str | Path, read: Callable[[str | Path], Any] = read_j
     bad entry (``read``: :func:`detfold.core.io.read_json`, or :func:`detfold.core.io.read_product` for a
     file an earlier job wrote, deleted when corrupt)."""
     try:
-        data = _mapped(path)
+        detections = _columns(Path(path).read_bytes())
     except OSError:
-        data = None
-    detections = None
-    if data is not None:
-        detections = _columns_of(data, 0, len(data))
-        data.close()
+        detections = None
     if detections is None or detections.first_bad_row() is not None:
         return Detections.from_results(check_results(read(path), str(path)))  # raises, naming the entry
     return detections
 
 
-_ROW_BOUNDARY = re.compile(rb"\}\s*,\s*\{")  # between two rows: the array is cut at one
-_MIN_ROW_BYTES = len(b'{"image_id":0,"category_id":0,"bbox":[0,0,0,0],"score":0}')  # no row is shorter
-_WIRE = ((np.int64, 1), (np.int64, 1), (np.float64, 4), (np.float64, 1))  # the columns, values per row
-
-
-def _shared_columns(shared: mmap.mmap, capacity: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Views of memory shared with a forked process: a header (done, rows) and the columns
-    (image_id, category_id, bbox_xywh flat, score), room for ``capacity`` rows."""
-    header = np.frombuffer(shared, dtype=np.int64, count=2)
-    columns, offset = [], header.nbytes
-    for dtype, width in _WIRE:
-        columns.append(np.frombuffer(shared, dtype=dtype, count=capacity * width, offset=offset))
-        offset += 8 * capacity * width
-    return header, columns
-
-
-def load_detections_beside(
-    path: str | Path, work: Callable[[], T], share: float = 0.5, read: Callable[[str | Path], Any] = read_json
-) -> tuple[Detections, T]:
-    """:func:`load_detections` on two cores while this process also runs ``work`` (e.g.
-    loading the ground truth): the file is cut between two rows after ``share`` of its bytes;
-    a forked process decodes the first rows into shared memory while this one runs ``work``
-    and decodes the rest. Both parts decode only if the cut fell between two rows of the array
-    itself (inside a string or a nested value a part is unbalanced), so the rows are exactly
-    the file's, in order. Anything else (a part that does not decode, a bad value, no
-    ``os.fork``, a small file) goes to :func:`load_detections` (with ``read``), whose message
-    names the entry."""
-    try:
-        data = _mapped(path)
-    except OSError:
-        data = None
-    found = None
-    if data is not None and len(data) > 1 << 20 and hasattr(os, "fork"):
-        found = _ROW_BOUNDARY.search(data, int(len(data) * share))
-    if found is None:
-        if data is not None:
-            data.close()
-        result = work()
-        return load_detections(path, read), result
-    end_first, start_rest = found.start() + 1, found.end() - 2  # "]" ends the first rows, "[" starts the rest
-    capacity = end_first // _MIN_ROW_BYTES + 1
-    shared = mmap.mmap(-1, 16 + 8 * capacity * sum(width for _, width in _WIRE))  # anonymous: shared on fork
-    header, columns = _shared_columns(shared, capacity)
-    pid = os.fork()
-    if pid == 0:  # the forked process: the first rows into the shared columns, then exit
-        try:
-            data[end_first] = ord("]")  # in this process's copy of the page only
-            head = _columns_of(data, 0, end_first + 1)
-            if head is not None:
-                values = (head.image_id, head.category_id, head.bbox_xywh, head.score)
-                for column, value in zip(columns, values, strict=True):
-                    column[: value.size] = value.ravel()
-                header[1], header[0] = len(head), 1
-        finally:
-            os._exit(0)
-    try:
-        result = work()
-        data[start_rest] = ord("[")
-        tail = _columns_of(data, start_rest, len(data))
-    except BaseException:  # stop the forked process, whatever it is doing
-        os.kill(pid, signal.SIGKILL)
-        raise
-    finally:
-        os.waitpid(pid, 0)
-        data.close()
-    if header[0] != 1 or tail is None:
-        return load_detections(path, read), result
-    n = int(header[1])
-    head = Detections(columns[0][:n], columns[1][:n], columns[2][: 4 * n].reshape(n, 4), columns[3][:n])
-    detections = Detections.concat([head, tail])  # copies: nothing refers to the shared memory after
-    if detections.first_bad_row() is not None:
-        return load_detections(path, read), result  # raises, naming the entry
-    return detections, result
-
-
-def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
-    """Load and validate a COCO detection file; raise ``CocoFormatError`` listing every problem.
-
-    ``require_annotations=False`` accepts an image list without labels (an unlabelled test set).
-    """
-    data = read_json(path)
-    problems = validate_coco(data, str(path), require_annotations)
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise CocoFormatError("\n".join(shown))
-    data.setdefault("annotations", [])
-    return Coco(data, path=str(path))
-
-
-def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
-    """Write a COCO dataset atomically."""
-    write_json(path, coco.data if isinstance(coco, Coco) else coco)
-
-
-def category_index(coco: Coco) -> dict[str, int]:
-    """Class name -> category id."""
-    return {cat["name"]: cat["id"] for cat in coco.categories}
-
-
-def is_labelled(coco: Coco) -> bool:
-    return len(coco.annotations) > 0
-
-
-def read_detections(gt: Coco, path: str, processes: int = 1) -> Detections:
-    """A predictions file an earlier job wrote, as columns, checked (values, and ids against
-    ``gt``); a corrupt file is deleted so that the next run redoes its job
-    (:func:`detfold.core.io.read_product`). With ``processes`` > 1 it is decoded on two cores
-    (:func:`detfold.core.coco.load_detections_beside`)."""
-    if processes > 1:
-        detections, _ = load_detections_beside(path, lambda: None, read=read_product)
-    else:
-        detections = load_detections(path, read=read_product)
-    check_detection_ids(gt, detections, path)
-    return detections
-
-
-def check_predictions(gt: Coco, predictions: list[dict[str, Any]], source: str = "predictions") -> None:
-    """Raise ``ValueError`` naming the first ill-formed prediction (:func:`detfold.core.coco.check_results`:
-    types, non-finite values, negative sizes) or one with an unknown image or category id."""
-    check_results(predictions, source)
-    image_ids, category_ids = set(gt.image_ids), set(gt.category_ids)
-    for i, pred in enumerate(predictions):
-        if pred.get("image_id") not in image_ids:
-            raise ValueError(f"{source}[{i}]: image_id {pred.get('image_id')!r} is not in the ground truth {gt.path}")
-        if pred.get("category_id") not in category_ids:
-            raise ValueError(
-                f"{source}[{i}]: category_id {pred.get('category_id')!r} is not a category of {gt.path} "
-                f"(known: {sorted(category_ids)})"
-            )
-
-
 def check_detection_ids(gt: Coco, detections: Detections, source: str = "predictions") -> None:
-    """:func:`check_predictions`' id checks on columns: ``ValueError`` naming the first row whose
-    image or category id is not in ``gt``."""
+    """``ValueError`` naming the first row whose image id is not an image of ``gt`` (else the
+    first whose category id is not a category of ``gt``). Values are checked where the
+    detections are made (:func:`load_detections`, :func:`check_results`)."""
     for key, known in (("image_id", gt.image_ids), ("category_id", gt.category_ids)):
         i = detections.first_unknown(key, known)
         if i is not None:
             what = "is not in the ground truth" if key == "image_id" else "is not a category of"
             known_text = f" (known: {sorted(known)})" if key == "category_id" else ""
             raise ValueError(f"{source}[{i}]: {key} {int(getattr(detections, key)[i])!r} {what} {gt.path}{known_text}")
+
+
+def read_detections(gt: Coco, path: str) -> Detections:
+    """A predictions file an earlier job wrote, as columns, checked (values, and ids against
+    ``gt``); a corrupt file is deleted so that the next run redoes its job
+    (:func:`detfold.core.io.read_product`)."""
+    detections = load_detections(path, read=read_product)
+    check_detection_ids(gt, detections, path)
+    return detections

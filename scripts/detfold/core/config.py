@@ -10,6 +10,7 @@ config, a missing ``load_from`` checkpoint, relative paths that leave the workin
 from __future__ import annotations
 
 import contextlib
+import copy
 import difflib
 import importlib.util
 import logging
@@ -21,7 +22,9 @@ from typing import Any
 
 import yaml
 
+from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import read_json
+from detfold.evaluate.stats import NESTED_PARTS  # light: numpy only
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +117,50 @@ def check_schema(
     """Raise :class:`ConfigError` listing every schema violation of ``config``, and with them
     the feasibility problems that can already be seen (missing files, ...), so that one try
     shows them all."""
-    with open(schema_path, encoding="utf-8") as handle:
-        schema = yaml.safe_load(handle)
+    schema = load_schema(schema_path)
     problems = schema_problems(config, schema)
     if problems:
         with contextlib.suppress(Exception):  # a config too broken to look further shows its schema problems
             problems += [p for p in feasibility_problems(config, workdir) if p not in problems]
         raise ConfigError(problems)
+
+
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load_schema(path: str | os.PathLike[str] = SCHEMA) -> dict[str, Any]:
+    """The config's JSON schema (workflow/schemas/config.schema.yaml): every key, its type and
+    its default."""
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def with_defaults(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults where a key is left out, nested objects
+    and list items included: what Snakemake's ``validate`` fills in. The schema is where every
+    default is written; nothing else in detfold repeats one."""
+    import jsonschema
+
+    schema = load_schema() if schema is None else schema
+    base = jsonschema.validators.validator_for(schema)
+    check_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator: Any, properties: dict[str, Any], instance: Any, node: dict[str, Any]) -> Iterator[Any]:
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop:
+                    instance.setdefault(name, copy.deepcopy(prop["default"]))
+        yield from check_properties(validator, properties, instance, node)
+
+    filled = copy.deepcopy(config)
+    for _ in jsonschema.validators.extend(base, {"properties": set_defaults})(schema).iter_errors(filled):
+        pass  # the problems are check_schema's to report
+    return filled
+
+
+def schema_defaults() -> dict[str, Any]:
+    """Every default of the schema, nested as in config.yaml (e.g. ``["folds"]["k"]``)."""
+    return with_defaults({})
 
 
 def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -164,15 +204,15 @@ def _coco_images(path: str | os.PathLike[str]) -> list[Any]:
 
 
 def _count_train_images(data: dict[str, Any], path: Path) -> int:
-    if data.get("format", "coco") == "coco":
+    if data["format"] == "coco":
         return len(_coco_images(path))
-    suffix = ".xml" if data.get("format") == "voc" else ".txt"
+    suffix = ".xml" if data["format"] == "voc" else ".txt"
     return sum(1 for p in path.iterdir() if p.suffix == suffix)
 
 
 def _missing_test_images(data: dict[str, Any]) -> list[str]:
     listed = str(data["test_annotations"]).endswith(".txt")
-    if data.get("format", "coco") != "coco" and not listed:
+    if data["format"] != "coco" and not listed:
         return []
     root = Path(data["test_images"])
     if listed:
@@ -188,12 +228,43 @@ def _missing_test_images(data: dict[str, Any]) -> list[str]:
 
 
 def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> list[str]:
-    """What would make the run fail later although the config is schema-valid."""
+    """What would make the run fail later although the config is schema-valid (the schema's
+    defaults filled in where a key is left out)."""
+    config = with_defaults(config)
+    problems, missing = _path_problems(config, Path(workdir).resolve())
+    problems += _model_problems(config)
+    problems += _ensemble_problems(config)
+    group_by = str(config["folds"]["group_by"] or "")
+    if group_by.startswith("regex:"):
+        try:
+            re.compile(group_by[len("regex:") :])
+        except re.error as err:
+            problems.append(f"folds.group_by = {group_by!r}: not a valid regular expression ({err})")
+    if "data.train_annotations" not in missing:
+        problems += _fold_count_problems(config)
+    data = config["data"]
+    if data.get("test_annotations") and not data.get("test_images"):
+        problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
+    elif data.get("test_annotations") and not missing & {"data.test_annotations", "data.test_images"}:
+        try:
+            absent = _missing_test_images(data)
+        except ValueError as err:
+            problems.append(f"data.test_annotations: {err}")
+        else:
+            if absent:
+                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+                problems.append(
+                    f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
+                )
+    return problems
+
+
+def _path_problems(config: dict[str, Any], root: Path) -> tuple[list[str], set[str]]:
+    """Paths the config names that leave the working folder ``root`` or do not exist (a folder
+    where one is expected), and the keys of those missing."""
     problems: list[str] = []
-    root = Path(workdir).resolve()
     folders = {"data.train_images", "data.test_images"}
-    fmt = config["data"].get("format", "coco")
-    if fmt != "coco":
+    if config["data"]["format"] != "coco":
         folders.add("data.train_annotations")
         if not str(config["data"].get("test_annotations", "")).endswith(".txt"):  # an image list is a file
             folders.add("data.test_annotations")
@@ -212,11 +283,15 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
             extra = " (weights are never downloaded)" if weights else ""
             problems.append(f"{key} = {value!r}: {what} not found{extra}")
             missing.add(key)
+    return problems, missing
+
+
+def _model_problems(config: dict[str, Any]) -> list[str]:
+    """Model names detfold keeps for itself, and mmdet configs that are not there."""
+    problems = []
     for model, settings in (config.get("models") or {}).items():
-        if model == "oof_ensemble":
-            problems.append(
-                "models.oof_ensemble: this name is taken by the error analysis of the models fused; rename it"
-            )
+        if model == OOF_ENSEMBLE:
+            problems.append(f"models.{model}: this name is taken by the error analysis of the models fused; rename it")
         name = str(settings.get("config", ""))
         if name.startswith("mmdet::"):
             path = mmdet_config_path(name)
@@ -224,50 +299,33 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
                 problems.append(f"models.{model}.config = {name!r}: no such config in the installed mmdet ({path})")
         elif not name.endswith(".py"):
             problems.append(f"models.{model}.config = {name!r}: expected an mmdet config file (.py) or mmdet::name.py")
-    problems += _ensemble_problems(config)
-    group_by = str((config.get("folds") or {}).get("group_by") or "")
-    if group_by.startswith("regex:"):
-        try:
-            re.compile(group_by[len("regex:") :])
-        except re.error as err:
-            problems.append(f"folds.group_by = {group_by!r}: not a valid regular expression ({err})")
-    data = config["data"]
-    if not missing & {"data.train_annotations"}:
-        try:
-            n_images = _count_train_images(data, Path(data["train_annotations"]))
-        except ValueError as err:
-            problems.append(f"data.train_annotations: {err}")
-        else:
-            k = config["folds"]["k"]
-            share = float(config["folds"].get("blend_share", 0.2))
-            n_blend = n_images // max(2, round(1 / share))
-            if k > n_images - n_blend:
-                problems.append(
-                    f"folds.k = {k} is more than the {n_images - n_blend} training images of "
-                    f"{data['train_annotations']} left for the folds besides the blend split ({n_blend})"
-                )
-            if n_blend < NESTED_PARTS:
-                problems.append(
-                    f"folds.blend_share = {share} sets aside about {n_blend} of {n_images} training images: nested "
-                    f"selection on the blend split needs at least {NESTED_PARTS}; raise folds.blend_share"
-                )
-    if data.get("test_annotations") and not data.get("test_images"):
-        problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
-    elif data.get("test_annotations") and not missing & {"data.test_annotations", "data.test_images"}:
-        try:
-            absent = _missing_test_images(data)
-        except ValueError as err:
-            problems.append(f"data.test_annotations: {err}")
-        else:
-            if absent:
-                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-                problems.append(
-                    f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
-                )
     return problems
 
 
-NESTED_PARTS = 5  # as detfold.ensemble.selection.NESTED_PARTS (not imported: the config gate stays light)
+def _fold_count_problems(config: dict[str, Any]) -> list[str]:
+    """More folds than the training images left besides the blend split, or a blend split too
+    small for the nested selection."""
+    data = config["data"]
+    try:
+        n_images = _count_train_images(data, Path(data["train_annotations"]))
+    except ValueError as err:
+        return [f"data.train_annotations: {err}"]
+    problems = []
+    k, share = config["folds"]["k"], float(config["folds"]["blend_share"])
+    n_blend = n_images // max(2, round(1 / share))
+    if k > n_images - n_blend:
+        problems.append(
+            f"folds.k = {k} is more than the {n_images - n_blend} training images of "
+            f"{data['train_annotations']} left for the folds besides the blend split ({n_blend})"
+        )
+    if n_blend < NESTED_PARTS:
+        problems.append(
+            f"folds.blend_share = {share} sets aside about {n_blend} of {n_images} training images: nested "
+            f"selection on the blend split needs at least {NESTED_PARTS}; raise folds.blend_share"
+        )
+    return problems
+
+
 DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
 
 
@@ -334,7 +392,7 @@ def _ensemble_problems(config: dict[str, Any]) -> list[str]:
         if isinstance(w, list) and len(w) != members
     ]
     for i, spec in enumerate(external):
-        fmt = spec.get("format", "coco")
+        fmt = spec["format"]
         for split in ("oof", "test"):
             path = spec.get(split)
             if not path or not Path(path).is_file():

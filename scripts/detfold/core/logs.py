@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import TracebackType
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -15,7 +16,7 @@ def log_to(path: str | None = None, level: int = logging.INFO) -> None:
         handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))
     logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
 
-    def log_uncaught(exc_type, exc, tb):  # type: ignore[no-untyped-def]
+    def log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         logging.getLogger("detfold").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))
 
     sys.excepthook = log_uncaught

@@ -10,7 +10,7 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
-def sort_groups(group, neg_score):  # type: ignore[no-untyped-def]
+def sort_groups(group, neg_score):
     """Row order by (group, -score, row index) and the start of each group (plus the end)."""
     n = group.shape[0]
     if n == 0:
@@ -56,45 +56,16 @@ def sort_groups(group, neg_score):  # type: ignore[no-untyped-def]
     return order, starts[: n_groups + 1]
 
 
-@njit(cache=True, inline="always")
-def _kth_smallest(values, m, kth):  # type: ignore[no-untyped-def]
-    """The ``kth`` smallest (0-based) of ``values[:m]``, which it reorders (Hoare's quickselect,
-    median-of-three pivots): what ``np.partition`` gives, 3-4x faster for a few hundred values
-    (numba's partition copies and checks its input on every call)."""
-    lo, hi = 0, m - 1
-    while lo < hi:
-        a, b, c = values[lo], values[(lo + hi) // 2], values[hi]
-        pivot = max(min(a, b), min(max(a, b), c))
-        i, j = lo, hi
-        while i <= j:
-            while values[i] < pivot:
-                i += 1
-            while values[j] > pivot:
-                j -= 1
-            if i <= j:
-                values[i], values[j] = values[j], values[i]
-                i += 1
-                j -= 1
-        if kth <= j:
-            hi = j
-        elif kth >= i:
-            lo = i
-        else:
-            break
-    return values[kth]
-
-
 @njit(cache=True, nogil=True)
-def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-untyped-def]
+def order_within_images(images, neg_score, max_per_img):
     """Order of rows already grouped by (non-decreasing) image: by image, then by -score,
-    ties in row order (a stable sort within each image); the first ``max_per_image`` rows of
+    ties in row order (a stable sort within each image); the first ``max_per_img`` rows of
     each image (all when negative). Where an image has more rows, only those that make its
-    first ``max_per_image`` are sorted (selected around the cut value, O(n))."""
+    first ``max_per_img`` are sorted (selected around the cut value, O(n))."""
     n = images.shape[0]
     order = np.empty(n, dtype=np.int64)
-    work = np.empty(n)  # a copy of one image's values, reordered by the selection
-    sel = np.empty(max(max_per_image, 0), dtype=np.int64)  # the rows selected, and their values
-    picked = np.empty(max(max_per_image, 0))
+    sel = np.empty(max(max_per_img, 0), dtype=np.int64)  # the rows selected, and their values
+    picked = np.empty(max(max_per_img, 0))
     k = 0
     i = 0
     while i < n:
@@ -102,13 +73,12 @@ def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-un
         while j < n and images[j] == images[i]:
             j += 1
         m = j - i
-        take = m if max_per_image < 0 else min(m, max_per_image)
+        take = m if max_per_img < 0 else min(m, max_per_img)
         if m == 1:
             order[k] = i
         elif take < m:
             seg = neg_score[i:j]
-            work[:m] = seg
-            cut = _kth_smallest(work, m, take - 1)
+            cut = np.partition(seg, take - 1)[take - 1]  # the take-th smallest value
             ties = take  # rows at the cut value kept, the first ones
             for r in range(m):
                 if seg[r] < cut:
@@ -132,7 +102,7 @@ def order_within_images(images, neg_score, max_per_image):  # type: ignore[no-un
 
 
 @njit(cache=True, nogil=True)
-def to_xywh_abs(boxes, images, wh, scores, box_decimals, score_decimals):  # type: ignore[no-untyped-def]
+def to_xywh_abs(boxes, images, wh, scores, box_decimals, score_decimals):
     """Fused boxes (xyxy_norm) of images ``images`` (rows of ``wh``: width, height in px) as
     xywh_abs rounded to ``box_decimals``, and scores rounded to ``score_decimals``: in one
     pass what numpy computes with temporaries (x1 * w, then (x2 * w) - (x1 * w); rounding as
@@ -153,20 +123,20 @@ def to_xywh_abs(boxes, images, wh, scores, box_decimals, score_decimals):  # typ
 
 
 @njit(cache=True, inline="always")
-def _iou(a0, a1, a2, a3, b0, b1, b2, b3):  # type: ignore[no-untyped-def]
+def _iou(a0, a1, a2, a3, b0, b1, b2, b3):
     inter = max(min(a2, b2) - max(a0, b0), 0.0) * max(min(a3, b3) - max(a1, b1), 0.0)
     union = (a2 - a0) * (a3 - a1) + (b2 - b0) * (b3 - b1) - inter
     return inter / union if union > 0 else 0.0
 
 
 @njit(cache=True, inline="always")
-def _iou_rows(boxes, a, b):  # type: ignore[no-untyped-def]
+def _iou_rows(boxes, a, b):
     """:func:`_iou` of rows ``a`` and ``b`` of ``boxes``."""
     return _iou(boxes[a, 0], boxes[a, 1], boxes[a, 2], boxes[a, 3], boxes[b, 0], boxes[b, 1], boxes[b, 2], boxes[b, 3])
 
 
 @njit(cache=True, nogil=True)
-def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, allows_overflow):  # type: ignore[no-untyped-def]
+def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr, allows_overflow):
     """WBF over groups of boxes sorted by score (descending) within each group.
 
     Returns, per output box: coords, its score under each conf_type [k, 4] (avg, max,
@@ -247,7 +217,7 @@ def wbf_groups(order, starts, boxes, scores, models, weights, n_models, iou_thr,
 
 
 @njit(cache=True, nogil=True)
-def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untyped-def]
+def nmw_groups(order, starts, boxes, scores, iou_thr):
     """Non-maximum weighted: clusters around their best box; coords weighted by score x IoU."""
     n = boxes.shape[0]
     out_box = np.zeros((n, 4))
@@ -287,7 +257,7 @@ def nmw_groups(order, starts, boxes, scores, iou_thr):  # type: ignore[no-untype
 
 
 @njit(cache=True, nogil=True)
-def nms_groups(order, starts, boxes, iou_thr):  # type: ignore[no-untyped-def]
+def nms_groups(order, starts, boxes, iou_thr):
     """Hard NMS per group, greedy in the group's (score descending) order: a box is kept unless
     it overlaps an already kept box by more than ``iou_thr``. Returns the kept input indices in
     that order: what :func:`soft_nms_groups` with method 3 returns, without its O(m^2) passes
@@ -315,7 +285,7 @@ def nms_groups(order, starts, boxes, iou_thr):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def soft_nms_groups(order, starts, boxes, scores, iou_thr, sigma, thresh, method_code):  # type: ignore[no-untyped-def]
+def soft_nms_groups(order, starts, boxes, scores, iou_thr, sigma, thresh, method_code):
     """Soft-NMS per group (method 1 linear, 2 gaussian, 3 hard NMS), boxes in input order.
 
     At each step the highest remaining (decayed) score is selected; the others decay by

@@ -4,7 +4,7 @@ Contract of the array functions: boxes are ``xyxy_norm`` (x1, y1, x2, y2 divided
 image width/height, so within [0, 1]), one array per model; scores are floats; labels are
 integers. Boxes outside [0, 1] or with x2 < x1 raise (nothing is silently clamped); boxes of
 zero area are skipped, as in ensemble-boxes. The caller's arrays are never modified.
-:func:`fuse_coco_predictions` takes and returns COCO results (``xywh_abs``) and normalises per
+:func:`fuse_members` takes and returns COCO results (``xywh_abs``) and normalises per
 image itself. Every method runs as one compiled (numba) pass over all (image, label) groups.
 
 The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from detfold.core.coco import Detections, take_rows
+from detfold.ensemble import _fusion_kernels as kernels
 from detfold.evaluate.cocoeval import SCORE_DECIMALS
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,22 @@ CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 METHODS = ("wbf", "nms", "soft_nms", "nmw")
 _CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
 BOX_DECIMALS = 3  # fused boxes are rounded to 0.001 px (scores to SCORE_DECIMALS), as written: byte-reproducible
+#: The keyword arguments of a fusion that a settings dict can hold (:func:`fusion_params`).
+FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh", "class_agnostic")
+
+
+def check_fusion(method: str, conf_type: str = "avg", source: str = "fusion") -> None:
+    """Raise ValueError naming an unknown fusion ``method`` or WBF ``conf_type``; ``source``
+    says where the value came from (a config key, a command)."""
+    if method not in METHODS:
+        raise ValueError(f"{source}: method {method!r} is not one of {list(METHODS)}")
+    if conf_type not in CONF_TYPES:
+        raise ValueError(f"{source}: conf_type {conf_type!r} is not one of {list(CONF_TYPES)}")
+
+
+def fusion_params(settings: dict[str, Any]) -> dict[str, Any]:
+    """The fusion keyword arguments of a settings dict (other keys, and None values, ignored)."""
+    return {k: settings[k] for k in FUSION_KEYS if k in settings and settings[k] is not None}
 
 
 class _Prepared:
@@ -46,10 +63,7 @@ class _Prepared:
         skip_box_thr: float,
         class_agnostic: bool,
     ) -> None:
-        from detfold.ensemble._aot import fusion_kernels
-
-        kernels = fusion_kernels()
-        # the kernels' one signature (the compiled ones take nothing else): int64 indices, float64 values
+        # the kernels' one signature: int64 indices, float64 values
         boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
         labels, models, images = (np.asarray(x, dtype=np.int64) for x in (labels, models, images))
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
@@ -115,6 +129,19 @@ def _check(
     )
 
 
+def _method_weights(method: str, weights: Sequence[float] | None, n_models: int) -> np.ndarray:
+    """The models' weights as ``method`` applies them: NMW divides by the largest, NMS and
+    soft-NMS by the sum (when weights are given), WBF takes them as they are."""
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n_models,):
+        raise ValueError(f"{w.size} weights given for {n_models} models")
+    if method == "nmw":
+        w = w / w.max()
+    if method in ("nms", "soft_nms"):
+        w = w / w.sum() if weights is not None else w
+    return w
+
+
 def fuse_arrays(
     boxes: np.ndarray,
     scores: np.ndarray,
@@ -133,33 +160,21 @@ def fuse_arrays(
     soft_method: str = "gaussian",
     rescore: bool = True,
     class_agnostic: bool = False,
-    max_per_image: int | None = None,
+    max_per_img: int | None = None,
     prepared: dict[tuple[Any, ...], _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
     model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable), the first ``max_per_image`` of each image (all when None).
+    image, then score descending (stable), the first ``max_per_img`` of each image (all when None).
     ``prepared``: a cache (one entry, owned by the caller, for the same input arrays) of the
     filtered, weighted and group-sorted boxes, which depend on ``skip_box_thr``, the weights and
     ``class_agnostic`` only: a search over the other parameters sorts once."""
-    if method not in METHODS:
-        raise ValueError(f"ensemble method must be one of {list(METHODS)}, got {method!r}")
-    if conf_type not in CONF_TYPES:
-        raise ValueError(f"conf_type must be one of {list(CONF_TYPES)}, got {conf_type!r}")
+    check_fusion(method, conf_type)
     if soft_method not in ("linear", "gaussian"):
         raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
     if not 0 <= iou_thr <= 1:
         raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=float)
-    if w.shape != (n_models,):
-        raise ValueError(f"{w.size} weights given for {n_models} models")
-    if method == "nmw":
-        w = w / w.max()
-    if method in ("nms", "soft_nms"):
-        w = w / w.sum() if weights is not None else w
-    from detfold.ensemble._aot import fusion_kernels
-
-    kernels = fusion_kernels()
+    w = _method_weights(method, weights, n_models)
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
     if prepared is not None and key in prepared:
         prep = prepared[key]
@@ -195,8 +210,8 @@ def fuse_arrays(
     if method != "wbf":  # a search tries each method's combinations in a row: WBF's clustering is done with
         prep.wbf = None
     out_image = prep.images[first]
-    # groups come image by image; the first max_per_image of each image kept before gathering the rest
-    order = kernels.order_within_images(out_image, -out_score, -1 if max_per_image is None else int(max_per_image))
+    # groups come image by image; the first max_per_img of each image kept before gathering the rest
+    order = kernels.order_within_images(out_image, -out_score, -1 if max_per_img is None else int(max_per_img))
     kept = first[order]  # rows of the kept boxes (NMS: the boxes themselves) in the prepared arrays
     out_box = take_rows(prep.boxes if out_box is None else out_box, kept if out_box is None else order)
     return out_box, out_score[order], prep.labels[kept], out_image[order]
@@ -218,7 +233,20 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in unused}
 
 
-def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs):  # type: ignore[no-untyped-def]
+#: ensemble-boxes' per-image interface: one array-like per model (boxes (n, 4) xyxy_norm, scores
+#: (n,), labels (n,)), and what it returns: boxes (k, 4) xyxy_norm, scores (k,), labels (k,).
+PerModel = Sequence[Any]
+ImageFusion = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _single(
+    method: str,
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None,
+    **kwargs: Any,
+) -> ImageFusion:
     b, s, lab, m, _ = _check(boxes_list, scores_list, labels_list, weights)
     out_box, out_score, out_label, _ = fuse_arrays(
         b, s, lab, m, np.zeros(len(b), np.int64), len(boxes_list), method, weights, **kwargs
@@ -227,15 +255,15 @@ def _single(method: str, boxes_list, scores_list, labels_list, weights, **kwargs
 
 
 def weighted_boxes_fusion(
-    boxes_list,
-    scores_list,
-    labels_list,
-    weights=None,
-    iou_thr=0.55,
-    skip_box_thr=0.0,
-    conf_type="avg",
-    allows_overflow=False,
-):  # type: ignore[no-untyped-def]
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "avg",
+    allows_overflow: bool = False,
+) -> ImageFusion:
     """Weighted boxes fusion (Solovyev et al.) of one image's boxes from several models.
 
     Boxes of one label, by descending weighted score, join the fused box they overlap with
@@ -256,23 +284,29 @@ def weighted_boxes_fusion(
     )
 
 
-def nms(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.5):  # type: ignore[no-untyped-def]
+def nms(
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.5,
+) -> ImageFusion:
     """Class-aware greedy NMS over all models' boxes (scores x weight / sum(weights) when
     weights are given). Returns kept (boxes, scores, labels) by score descending."""
     return _single("nms", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr)
 
 
 def soft_nms(
-    boxes_list,
-    scores_list,
-    labels_list,
-    weights=None,
-    method="gaussian",
-    iou_thr=0.5,
-    sigma=0.5,
-    thresh=0.001,
-    rescore=True,
-):  # type: ignore[no-untyped-def]
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    method: str = "gaussian",
+    iou_thr: float = 0.5,
+    sigma: float = 0.5,
+    thresh: float = 0.001,
+    rescore: bool = True,
+) -> ImageFusion:
     """Soft-NMS (Bodla et al.): overlapping boxes decay instead of vanishing (linear: by 1 - IoU
     above ``iou_thr``; gaussian: by exp(-IoU^2 / sigma)); boxes whose decayed score is at most
     ``thresh`` are dropped. ``rescore=False`` returns the original scores, as ensemble-boxes."""
@@ -290,7 +324,14 @@ def soft_nms(
     )
 
 
-def non_maximum_weighted(boxes_list, scores_list, labels_list, weights=None, iou_thr=0.55, skip_box_thr=0.0):  # type: ignore[no-untyped-def]
+def non_maximum_weighted(
+    boxes_list: PerModel,
+    scores_list: PerModel,
+    labels_list: PerModel,
+    weights: Sequence[float] | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+) -> ImageFusion:
     """Non-maximum weighted (Zhou et al.): each cluster keeps its best box's score; its coords
     are the mean of its members weighted by score x IoU with the best box."""
     return _single("nmw", boxes_list, scores_list, labels_list, weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr)
@@ -360,64 +401,45 @@ class ResultArrays:
         """Forget the sorted boxes (and clustering) kept from the previous :meth:`fuse`."""
         self._prepared.clear()
 
-    def fuse(
-        self, method: str = "wbf", weights: Sequence[float] | None = None, max_per_image: int = 100, **kwargs: Any
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Fused (image position, category id, xywh_abs, score), by image then score, at most
-        ``max_per_image`` per image."""
+    def fuse(self, max_per_img: int | None, **params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments): (image position,
+        category id, xywh_abs, score), by image then score, at most ``max_per_img`` per image."""
         a = self.arrays
-        columns = (a[k] for k in ("box", "score", "label", "model", "image"))
         boxes, scores, labels, images = fuse_arrays(
-            *columns, self.n_models, method, weights, max_per_image=max_per_image, prepared=self._prepared, **kwargs
+            a["box"],
+            a["score"],
+            a["label"],
+            a["model"],
+            a["image"],
+            self.n_models,
+            max_per_img=max_per_img,
+            prepared=self._prepared,
+            **params,
         )
-        from detfold.ensemble._aot import fusion_kernels
-
         # rounded here, as the written files hold them, so the search scores what is written
-        xywh, scores = fusion_kernels().to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
+        xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
         return images, labels, xywh, scores
 
 
-def fuse_coco_predictions(
-    prediction_sets: Sequence[list[dict[str, Any]]],
-    images: Sequence[dict[str, Any]],
-    method: str = "wbf",
-    weights: Sequence[float] | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    max_per_image: int = 100,
-    **kwargs: Any,
-) -> list[dict[str, Any]]:
-    """Fuse several COCO result lists (one per model) image by image (see :class:`ResultArrays`).
-
-    The output is sorted by image id, then score descending, with at most ``max_per_image``
-    boxes per image; boxes are rounded to 0.001 px and scores to 1e-6 so files are
-    byte-reproducible.
-    """
-    return fuse_detections(
-        prediction_sets,
-        images,
-        method,
-        weights,
-        max_per_image,
-        iou_thr=iou_thr,
-        skip_box_thr=skip_box_thr,
-        conf_type=conf_type,
-        **kwargs,
-    ).to_results()
+Member = Detections | list[dict[str, Any]]
 
 
-def fuse_detections(
-    members: Sequence[Detections | list[dict[str, Any]]],
-    images: Sequence[dict[str, Any]],
-    method: str = "wbf",
-    weights: Sequence[float] | None = None,
-    max_per_image: int = 100,
-    **kwargs: Any,
+def as_detections(member: Member) -> Detections:
+    """``member`` as columns (a COCO result list is converted)."""
+    return member if isinstance(member, Detections) else Detections.from_results(member)
+
+
+def fuse_members(
+    members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_img: int
 ) -> Detections:
-    """:func:`fuse_coco_predictions` on columns (:class:`detfold.core.coco.Detections`, e.g. from
-    :func:`detfold.core.coco.load_detections`): no dict per box on the way in or out. An image id
-    outside ``images`` raises."""
+    """Several models' COCO results on the COCO images ``images`` (id, width, height) fused with
+    ``params`` (:data:`FUSION_KEYS`: method, iou_thr, weights, ...): by image id, then score
+    descending, at most ``max_per_img`` per image, boxes rounded to 0.001 px and scores to 1e-6
+    (files byte-reproducible). An image id outside ``images`` raises. One member is returned as
+    it is: a one-member fusion is the identity (re-fusing a model with itself only changes its
+    boxes and scores for the worse)."""
+    if len(members) == 1:
+        return as_detections(members[0])
     arrays = ResultArrays(members, images)
-    img, labels, xywh, scores = arrays.fuse(method, weights, max_per_image, **kwargs)
+    img, labels, xywh, scores = arrays.fuse(max_per_img, **params)
     return Detections(arrays.ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

@@ -1,5 +1,6 @@
-"""Compiled (numba) kernel of :mod:`detfold.evaluate.cocoeval`: greedy matching of detections to
-ground truth per (image, category) group, with pycocotools' exact rules."""
+"""Compiled (numba) kernels of :mod:`detfold.evaluate.cocoeval`: greedy matching of detections to
+ground truth per (image, category) group, and the precision of matched detections on any
+weighting of the images, with pycocotools' exact rules."""
 
 import numpy as np
 from numba import njit
@@ -75,72 +76,19 @@ def match_groups(gt_start, gt_end, dt_start, dt_end, gt_box, gt_area, gt_crowd, 
 
 
 @njit(cache=True, nogil=True)
-def accumulate(cat_start, rank, matched, ignored, n_thr, npig, max_dets, rec_thrs):  # type: ignore[no-untyped-def]
-    """pycocotools' accumulate: precision [T, R, K, A, M] and recall [T, K, A, M] (-1 where a
-    class has no ground truth in an area range). Detections come class by class
-    (``cat_start[k]:cat_start[k + 1]``), each class by score descending (stable); ``rank`` is a
-    detection's rank within its (image, class); ``matched``/``ignored`` [A, n_dt] are the bit
-    masks of :func:`match_groups`; ``npig`` [K, A] counts the ground truth that is not ignored.
+def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_thr, npig, rec_thrs):  # type: ignore[no-untyped-def]
+    """pycocotools' accumulate (one area range, every detection within the limit) of detections
+    whose image is counted ``image_weights[img]`` times (0: left out; bootstrap counts): the
+    numbers of the detections repeated that often, without making the copies. Detections come
+    class by class (``cat_start[k]:cat_start[k + 1]``), each class by score descending
+    (stable); ``matched``/``ignored`` are the bit masks of :func:`match_groups` (bit t: IoU
+    threshold t); ``npig`` [K] counts the weighted ground truth; returns precision [T, R, K]
+    (-1 where a class has no ground truth).
 
     Recall only grows at a true positive, and from one true positive to the next precision
     falls (or stays, at an ignored detection), so pycocotools' running maximum from the end
     and its recall-threshold lookup need the values at the true positives only: the same
-    numbers (same float operations), without a division per detection.
-    """
-    n_area, n_cat, n_max, n_rec = matched.shape[0], npig.shape[0], max_dets.shape[0], rec_thrs.shape[0]
-    precision = -np.ones((n_thr, n_rec, n_cat, n_area, n_max))
-    recall = -np.ones((n_thr, n_cat, n_area, n_max))
-    most = 1 if npig.size == 0 else max(1, npig.max())  # a true positive takes one counted ground truth
-    rc, pr = np.empty((n_thr, most)), np.empty((n_thr, most))  # at the n-th true positive
-    tp, fp = np.empty(n_thr, dtype=np.int64), np.empty(n_thr, dtype=np.int64)
-    eps = np.spacing(1.0)
-    for k in range(n_cat):
-        for a in range(n_area):
-            n_pos = npig[k, a]
-            if n_pos == 0:
-                continue
-            for mi in range(n_max):
-                tp[:] = 0
-                fp[:] = 0
-                fp_all, nd = 0, 0  # false positives at every threshold; detections
-                for j in range(cat_start[k], cat_start[k + 1]):
-                    if rank[j] >= max_dets[mi]:
-                        continue
-                    nd += 1
-                    m, ig = matched[a, j], ignored[a, j]
-                    if m == 0 and ig == 0:
-                        fp_all += 1
-                        continue
-                    for t in range(n_thr):
-                        if ig >> t & 1:
-                            continue
-                        if m >> t & 1:
-                            n = tp[t] + 1
-                            rc[t, n - 1] = float(n) / n_pos
-                            pr[t, n - 1] = float(n) / (float(fp[t] + fp_all) + float(n) + eps)
-                            tp[t] = n
-                        else:
-                            fp[t] += 1
-                for t in range(n_thr):
-                    n = tp[t]
-                    recall[t, k, a, mi] = float(n) / n_pos if nd else 0.0
-                    for i in range(n - 1, 0, -1):  # precision made non-increasing
-                        if pr[t, i] > pr[t, i - 1]:
-                            pr[t, i - 1] = pr[t, i]
-                    i = 0
-                    for r in range(n_rec):  # the first detection reaching a recall is a true positive
-                        while i < n and rc[t, i] < rec_thrs[r]:
-                            i += 1
-                        precision[t, r, k, a, mi] = pr[t, i] if i < n else 0.0
-    return precision, recall
-
-
-@njit(cache=True, nogil=True)
-def accumulate_weighted(cat_start, det_img, matched, ignored, image_weights, n_thr, npig, rec_thrs):  # type: ignore[no-untyped-def]
-    """:func:`accumulate` (one area range, every detection within the limit) of detections whose
-    image is counted ``image_weights[img]`` times (0: left out; bootstrap counts): the numbers of
-    the detections repeated that often, without making the copies. ``npig`` [K] counts the
-    weighted ground truth; returns precision [T, R, K]."""
+    numbers (same float operations), without a division per detection."""
     n_cat, n_rec = npig.shape[0], rec_thrs.shape[0]
     precision = -np.ones((n_thr, n_rec, n_cat))
     most = 1 if npig.size == 0 else max(1, npig.max())

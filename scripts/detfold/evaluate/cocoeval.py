@@ -1,9 +1,11 @@
-"""COCO bbox evaluation with pycocotools' exact semantics, on arrays, compiled with numba.
+"""COCO bbox evaluation with pycocotools' exact semantics.
 
-Same numbers as ``pycocotools.cocoeval.COCOeval(iouType="bbox")`` (the tests compare all 12
-stats and per-class AP on random and edge-case inputs): detections sorted by score (stable),
-at most 100 per image and class, greedy matching per IoU threshold with crowd and area-range
-ignore rules, 101-point interpolated precision. Deliberate differences, each documented:
+:func:`evaluate_bbox` scores a detection set with hotcoco's COCOeval (pycocotools' numbers bit
+for bit; the tests compare all 12 stats and per-class AP on random and edge-case inputs).
+:meth:`BboxEvaluator.match` matches detections once, with pycocotools' rules (score order,
+at most 100 per image and class, greedy matching per IoU threshold, crowd and area ignore
+rules), into a :class:`Matched` set that the ensemble search and the bootstrap score on any
+weighting of the images. Deliberate differences, each documented:
 
 - an empty detection list scores 0 (pycocotools raises);
 - a ground-truth annotation id of 0 can be matched (pycocotools stores the matched id and
@@ -11,7 +13,7 @@ ignore rules, 101-point interpolated precision. Deliberate differences, each doc
 - a ground-truth box without ``area`` gets w * h (pycocotools raises, faster-coco-eval uses 0).
 
 Unknown image or category ids in the detections are rejected by the caller
-(:func:`detfold.core.coco.check_predictions`) with the offending value.
+(:func:`detfold.core.coco.check_detection_ids`) with the offending value.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def _group_bounds(keys_sorted: np.ndarray, groups: np.ndarray) -> tuple[np.ndarr
 
 
 class BboxEvaluator:
-    """Ground truth prepared once; :meth:`evaluate` scores any number of detection sets."""
+    """Ground truth prepared once; :meth:`match` matches any number of detection sets to it."""
 
     def __init__(self, gt: dict[str, Any]) -> None:
         self.img_ids = np.array(sorted(im["id"] for im in gt["images"]), dtype=np.int64)
@@ -134,65 +136,6 @@ class BboxEvaluator:
         gt_counts = np.zeros((len(self.img_ids), self.n_cat), dtype=np.int64)
         np.add.at(gt_counts, (self.g_key[counted] // self.n_cat, self.g_cat[counted]), 1)
         return gt_counts
-
-    def evaluate(
-        self, img_pos: np.ndarray, cat_pos: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray
-    ) -> CocoEvalResult:
-        """Score detections given as arrays (image and category *positions*, xywh_abs, score)."""
-        n_cat = self.n_cat
-        d_box = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-        d_score = np.asarray(scores, dtype=np.float64)
-        d_key = img_pos * n_cat + cat_pos
-        d_order = _order(d_key, d_score)
-        d_key = d_key[d_order]
-        d_box, d_score, d_cat = take_rows(d_box, d_order), d_score[d_order], cat_pos[d_order]
-        starts = np.searchsorted(d_key, d_key, side="left")
-        d_rank = np.arange(len(d_key)) - starts
-        keep = d_rank < MAX_DETS[-1]  # per (image, category), as pycocotools
-        d_key, d_box, d_score, d_cat, d_rank = (
-            d_key[keep],
-            take_rows(d_box, keep),
-            d_score[keep],
-            d_cat[keep],
-            d_rank[keep],
-        )
-        d_area = d_box[:, 2] * d_box[:, 3]
-
-        groups = np.union1d(self.g_key, d_key)
-        gs, ge = _group_bounds(self.g_key, groups)
-        ds, de = _group_bounds(d_key, groups)
-        from detfold.evaluate._cocoeval_kernels import accumulate, match_groups
-
-        matched, ignored = match_groups(
-            gs,
-            ge,
-            ds,
-            de,
-            self.g_box,
-            self.g_area,
-            self.g_crowd,
-            d_box,
-            d_area,
-            IOU_THRS.astype(np.float64),
-            AREA_RANGES,
-        )
-        by_class = _order(d_cat, d_score)  # ties in score keep the (image, rank) order, as pycocotools
-        cat_start = np.searchsorted(d_cat[by_class], np.arange(n_cat + 1), side="left")
-        npig = np.zeros((n_cat, len(AREA_RANGES)), dtype=np.int64)  # ground truth not ignored
-        for a, (lo, hi) in enumerate(AREA_RANGES):
-            counted = ~self.g_crowd & ~((self.g_area < lo) | (self.g_area > hi))
-            npig[:, a] = np.bincount(self.g_cat[counted], minlength=n_cat)
-        precision, recall = accumulate(
-            cat_start,
-            d_rank[by_class],
-            matched[:, by_class],
-            ignored[:, by_class],
-            len(IOU_THRS),
-            npig,
-            np.array(MAX_DETS, dtype=np.int64),
-            REC_THRS,
-        )
-        return CocoEvalResult(precision, recall, summarize(precision, recall), list(self.cat_ids))
 
     def match_results(self, predictions: list[dict[str, Any]] | Detections) -> Matched:
         """:meth:`match` of COCO results or :class:`Detections` (ids of this ground truth)."""
@@ -285,10 +228,10 @@ class Matched:
     @staticmethod
     def pool(parts: Sequence[Matched]) -> Matched:
         """Detections of several sets on disjoint images (e.g. each restricted to its own part)."""
-        return Matched.sorted(
-            *(np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")),
-            parts[0].gt_counts,
+        img, cat, score, matched, ignored = (
+            np.concatenate([getattr(p, k) for p in parts]) for k in ("img", "cat", "score", "matched", "ignored")
         )
+        return Matched.sorted(img, cat, score, matched, ignored, parts[0].gt_counts)
 
     def scores(self, image_weights: np.ndarray | None = None) -> tuple[float, float]:
         """(mAP@[.5:.95], mAP50) with each image counted ``image_weights`` times (0: left out;
@@ -302,28 +245,19 @@ class Matched:
         return _mean_defined(p), _mean_defined(p[0])
 
 
-def evaluate_bbox(gt: dict[str, Any], predictions: list[dict[str, Any]]) -> CocoEvalResult:
-    """Evaluate COCO results against a COCO ground-truth dict (images, annotations, categories)."""
-    d = Detections.from_results(predictions)
-    return evaluate_columns(gt, d.image_id, d.category_id, d.bbox_xywh, d.score)
-
-
-def evaluate_columns(
-    gt: dict[str, Any], image_ids: np.ndarray, category_ids: np.ndarray, boxes_xywh: np.ndarray, scores: np.ndarray
-) -> CocoEvalResult:
-    """All 12 stats and the precision / recall arrays of detections given as columns (dataset
-    image and category ids, xywh_abs boxes, scores), by hotcoco's COCOeval: pycocotools' numbers
-    bit for bit (the oracle tests check it against pycocotools itself), in Rust, with no Python
-    object per box. The ids must be those of ``gt`` (:func:`detfold.core.coco.check_predictions`)."""
+def evaluate_bbox(gt: dict[str, Any], predictions: Detections | list[dict[str, Any]]) -> CocoEvalResult:
+    """All 12 stats and the precision / recall arrays of detections (:class:`Detections` or a
+    COCO results list) against a COCO ground-truth dict (images, annotations, categories), by
+    hotcoco's COCOeval: pycocotools' numbers bit for bit, in Rust, with no Python object per
+    box. The ids must be those of ``gt`` (:func:`detfold.core.coco.check_detection_ids`)."""
     import contextlib
     import io
 
     import hotcoco
 
-    if len(scores) == 0:  # as pycocotools would if it did not raise: nothing found, precision 0
-        ev = BboxEvaluator(gt)
-        empty = np.zeros(0, dtype=np.int64)
-        return ev.evaluate(empty, empty, np.zeros((0, 4)), np.zeros(0))
+    d = predictions if isinstance(predictions, Detections) else Detections.from_results(predictions)
+    if len(d) == 0:
+        return _nothing_found(gt)
     anns = gt["annotations"]
     n = len(anns)
     coco_gt = hotcoco.COCO.from_arrays(
@@ -338,16 +272,33 @@ def evaluate_columns(
         area=np.fromiter((a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns), dtype=np.float64, count=n),
         iscrowd=np.fromiter((int(bool(a.get("iscrowd", 0))) for a in anns), dtype=np.int64, count=n),
     )
-    rows = np.empty((len(scores), 7))  # load_res's rows: image_id, x, y, w, h, score, category_id
-    rows[:, 0], rows[:, 1:5], rows[:, 5], rows[:, 6] = image_ids, np.reshape(boxes_xywh, (-1, 4)), scores, category_ids
+    rows = np.empty((len(d), 7))  # load_res's rows: image_id, x, y, w, h, score, category_id
+    rows[:, 0], rows[:, 1:5], rows[:, 5], rows[:, 6] = d.image_id, d.bbox_xywh, d.score, d.category_id
     with contextlib.redirect_stdout(io.StringIO()):  # its summary table; detfold logs its own
         ev = hotcoco.COCOeval(coco_gt, coco_gt.load_res(rows), "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
+    assert ev.eval is not None  # accumulate() filled it
     precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     recall = np.asarray(ev.eval["recall"], dtype=np.float64)
     cat_ids = sorted(c["id"] for c in gt["categories"])
+    return CocoEvalResult(precision, recall, summarize(precision, recall), cat_ids)
+
+
+def _nothing_found(gt: dict[str, Any]) -> CocoEvalResult:
+    """What pycocotools would give an empty detection list if it did not raise: precision and
+    recall 0 where a class has counted ground truth (not crowd) in an area range, -1 elsewhere."""
+    cat_ids = sorted(c["id"] for c in gt["categories"])
+    position = {c: k for k, c in enumerate(cat_ids)}
+    counted = np.zeros((len(cat_ids), len(AREA_RANGES)), dtype=bool)  # [K, A]
+    for a in gt["annotations"]:
+        if not a.get("iscrowd", 0):
+            area = a.get("area", a["bbox"][2] * a["bbox"][3])
+            counted[position[a["category_id"]]] |= (AREA_RANGES[:, 0] <= area) & (area <= AREA_RANGES[:, 1])
+    value = np.where(counted, 0.0, -1.0)[:, :, None]  # [K, A, M]
+    recall = np.broadcast_to(value, (len(IOU_THRS), len(cat_ids), len(AREA_RANGES), len(MAX_DETS))).copy()
+    precision = np.broadcast_to(value, (len(IOU_THRS), len(REC_THRS), *recall.shape[1:])).copy()
     return CocoEvalResult(precision, recall, summarize(precision, recall), cat_ids)
 
 
@@ -355,7 +306,14 @@ def _mean_defined(s: np.ndarray) -> float:
     return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
 
 
-def _summary_value(precision, recall, ap: bool, iou_thr=None, area="all", max_dets=100) -> float:  # type: ignore[no-untyped-def]
+def _summary_value(
+    precision: np.ndarray,
+    recall: np.ndarray,
+    ap: bool,
+    iou_thr: float | None = None,
+    area: str = "all",
+    max_dets: int = 100,
+) -> float:
     aind = [i for i, label in enumerate(AREA_LABELS) if label == area]
     mind = [i for i, m in enumerate(MAX_DETS) if m == max_dets]
     s = precision if ap else recall

@@ -1,8 +1,9 @@
 """COCO bbox metrics (the 12 standard stats at maxDets 1/10/100, mAP50, per-class AP/AR).
 
-Computed by :mod:`detfold.evaluate.cocoeval`, whose numbers equal pycocotools' bit for bit (the tests
-check this against pycocotools itself). Predictions are COCO results: ``image_id, category_id,
-bbox (xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
+Computed by :func:`detfold.evaluate.cocoeval.evaluate_bbox` (hotcoco), whose numbers equal
+pycocotools' bit for bit (the tests check this against pycocotools itself). Predictions are
+:class:`detfold.core.coco.Detections` or COCO results: ``image_id, category_id, bbox
+(xywh_abs), score``. A stat that is undefined (no ground truth in that area range) is
 ``None``; an empty prediction list scores 0 instead of crashing.
 """
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from detfold.core.coco import Coco, Detections, check_detection_ids, check_predictions
-from detfold.evaluate.cocoeval import REC_THRS, evaluate_columns
+from detfold.core.coco import Coco, Detections, check_detection_ids, check_results
+from detfold.evaluate.cocoeval import REC_THRS, evaluate_bbox
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +46,16 @@ def evaluate_coco(
 
     With ``pr_curves`` each class also gets its precision at the 101 recall points (area all,
     100 detections), at IoU 0.5 and averaged over IoU 0.5:0.95 (-1 where undefined)."""
-    if isinstance(predictions, Detections):  # checked for values when loaded (load_detections)
-        check_detection_ids(gt, predictions, source)
-        detections = predictions
-    else:
-        check_predictions(gt, predictions, source)
-        detections = Detections.from_results(predictions)
-    result = evaluate_columns(
-        gt.data, detections.image_id, detections.category_id, detections.bbox_xywh, detections.score
-    )
+    if not isinstance(predictions, Detections):  # Detections were checked for values where made
+        predictions = Detections.from_results(check_results(predictions, source))
+    check_detection_ids(gt, predictions, source)
+    result = evaluate_bbox(gt.data, predictions)
     stats = {name: _defined(v) for name, v in zip(STAT_NAMES, result.stats, strict=True)}
     names = {cat["id"]: cat["name"] for cat in gt.categories}
     n_gt: dict[int, int] = {}
     for ann in gt.annotations:
         n_gt[ann["category_id"]] = n_gt.get(ann["category_id"], 0) + 1
-    per_class = {}
+    per_class: dict[str, dict[str, Any]] = {}
     for k, cat_id in enumerate(result.cat_ids):  # classes in sorted id order, as pycocotools
         p_all = result.precision[:, :, k, 0, -1]
         p_50 = result.precision[0, :, k, 0, -1]

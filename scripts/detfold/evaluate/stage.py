@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from detfold.core.coco import (
-    Coco,
-    Detections,
-    is_labelled,
-    load_coco,
-    read_detections,
-)
-from detfold.core.io import atomic_open, write_json
+from detfold.core.coco import Coco, Detections, is_labelled, load_coco, load_detections
+from detfold.core.io import atomic_open, read_product, write_json
 from detfold.evaluate.metrics import evaluate_coco, mean_std
 
 log = logging.getLogger(__name__)
@@ -28,8 +23,8 @@ def run_evaluate(
     test_json: str | None,
     test_preds: Sequence[str],
     out: str,
-    out_pr_curves: str | None = None,
-    seed: int = 42,
+    out_pr_curves: str | None,
+    seed: int,
 ) -> None:
     """Per-fold OOF metrics, mean +- std (ddof 1) over folds, pooled OOF metrics with bootstrap
     95 % intervals over the images (and per-class PR curves, also as CSV), and per-fold test
@@ -37,8 +32,8 @@ def run_evaluate(
     per_fold, parts, pooled_gt = [], [], None
     for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
         gt = load_coco(val_json)
-        preds = read_detections(gt, pred_json)
-        per_fold.append({"fold": fold, **evaluate_coco(gt, preds, pred_json)})
+        preds, metrics = evaluate_file(gt, pred_json)
+        per_fold.append({"fold": fold, **metrics})
         parts.append(preds)
         pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
     pooled_preds = Detections.concat(parts)
@@ -59,26 +54,35 @@ def run_evaluate(
     result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False) if test_json else None
     if test is not None and is_labelled(test):
-        result["test"] = [
-            {"fold": fold, **evaluate_coco(test, read_detections(test, path), path)}
-            for fold, path in enumerate(test_preds)
-        ]
+        result["test"] = [{"fold": fold, **evaluate_file(test, path)[1]} for fold, path in enumerate(test_preds)]
     write_json(out, result)
     log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
 
 
+def evaluate_file(
+    gt: Coco, pred_json: str, read: Callable[[str | Path], Any] = read_product
+) -> tuple[Detections, dict[str, Any]]:
+    """One predictions file checked (values, and ids against ``gt``) and scored
+    (:func:`detfold.evaluate.metrics.evaluate_coco`): its detections and metrics. ``read``
+    reads a file that does not decode, for the message: :func:`detfold.core.io.read_product`
+    (a file an earlier job wrote: deleted when corrupt, so the next run redoes that job) or
+    :func:`detfold.core.io.read_json` (a user's file)."""
+    detections = load_detections(pred_json, read)
+    return detections, evaluate_coco(gt, detections, pred_json)
+
+
 def _pooled_intervals(gt: Coco, preds: Detections, seed: int) -> dict[str, Any]:
     """Bootstrap (over images, seeded) 95 % intervals of mAP and mAP50."""
-    from detfold.ensemble import selection
+    from detfold.evaluate import stats
     from detfold.evaluate.cocoeval import BboxEvaluator
 
     matched = BboxEvaluator(gt.data).match_results(preds)
-    counts = selection.bootstrap_counts(len(gt.images), selection.BOOTSTRAP_SAMPLES, seed)
-    boot = selection.bootstrap_scores(matched, counts)
+    counts = stats.bootstrap_counts(len(gt.images), stats.BOOTSTRAP_SAMPLES, seed)
+    boot = stats.bootstrap_scores(matched, counts)
     return {
-        "mAP_ci95": selection.interval(boot[:, 0]),
-        "mAP50_ci95": selection.interval(boot[:, 1]),
-        "bootstrap": {"samples": selection.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
+        "mAP_ci95": stats.interval(boot[:, 0]),
+        "mAP50_ci95": stats.interval(boot[:, 1]),
+        "bootstrap": {"samples": stats.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
     }
 
 

@@ -31,7 +31,6 @@ from detfold.core.io import atomic_open
 log = logging.getLogger(__name__)
 
 FOLD_COLUMNS = ["image_id", "file_name", "fold"]
-METHODS = ("balanced", "iterstrat", "sgkf", "random")
 #: COCO area ranges (px^2): small < 32^2 <= medium < 96^2 <= large
 SIZE_EDGES = (32.0**2, 96.0**2)
 
@@ -173,7 +172,7 @@ def _balanced(x_units: np.ndarray, feature_w: np.ndarray, k: int, rng: np.random
         xt = x @ t.T  # (n, k)
         delta = 2 * (xt - xt[np.arange(n), fold][:, None]) + 2 * sq[:, None]
         delta[np.arange(n), fold] = np.inf
-        u, g = np.unravel_index(np.argmin(delta), delta.shape)
+        u, g = (int(i) for i in np.unravel_index(np.argmin(delta), delta.shape))
         if delta[u, g] < -1e-9:
             t[fold[u]] -= x[u]
             t[g] += x[u]
@@ -206,10 +205,72 @@ def _balanced(x_units: np.ndarray, feature_w: np.ndarray, k: int, rng: np.random
     return fold
 
 
+@dataclass(frozen=True)
+class _Units:
+    """What the methods assign: units (an image, or a group of images that share a fold)."""
+
+    coco: Coco
+    unit: np.ndarray  # unit index per image (coco.images order)
+    counts: np.ndarray  # (n_images, n_classes) box counts
+    per_unit: np.ndarray  # (n_units, n_classes) box counts
+    weights: BalanceWeights | None
+
+
+def _by_balance(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+    weights = units.weights or BalanceWeights()
+    sizes = size_bucket_counts(units.coco) if weights.size_buckets > 0 else None
+    feats, feat_w = _features(units.counts, sizes, weights)
+    x_units = np.zeros((len(units.per_unit), feats.shape[1]))
+    np.add.at(x_units, units.unit, feats)
+    return _balanced(x_units, feat_w, k, rng)
+
+
+def _by_iterstrat(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    labels_present = (units.per_unit > 0).astype(int)
+    if labels_present.shape[1] < 2:  # iterstrat needs 2+ label columns: add "has no box"
+        labels_present = np.hstack([labels_present, 1 - labels_present.max(1, keepdims=True)])
+    splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    unit_fold = np.full(len(units.per_unit), -1, dtype=np.int64)
+    for f, (_, idx) in enumerate(splitter.split(np.zeros((len(unit_fold), 1)), labels_present)):
+        unit_fold[idx] = f
+    return unit_fold
+
+
+def _by_sgkf(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_unit = units.per_unit
+    box_unit = np.repeat(np.arange(len(per_unit)), per_unit.sum(1))
+    box_class = np.concatenate([np.repeat(np.arange(per_unit.shape[1]), row) for row in per_unit])
+    unit_fold = np.full(len(per_unit), -1, dtype=np.int64)
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, idx) in enumerate(splitter.split(np.zeros(len(box_unit)), box_class, box_unit)):
+        unit_fold[np.unique(box_unit[idx])] = f
+    empty = np.flatnonzero(unit_fold < 0)  # units without boxes: spread over the folds
+    unit_fold[empty] = rng.permutation(np.arange(len(empty)) % k)
+    return unit_fold
+
+
+def _by_random(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+    from sklearn.model_selection import KFold
+
+    unit_fold = np.full(len(units.per_unit), -1, dtype=np.int64)
+    for f, (_, idx) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(unit_fold)))):
+        unit_fold[idx] = f
+    return unit_fold
+
+
+#: method -> the fold (0..k-1) of every unit
+ASSIGNERS = {"balanced": _by_balance, "iterstrat": _by_iterstrat, "sgkf": _by_sgkf, "random": _by_random}
+METHODS = tuple(ASSIGNERS)
+
+
 def assign_folds(
     coco: Coco,
     k: int,
-    seed: int = 42,
+    seed: int,
     method: str = "balanced",
     groups: Sequence[str] | np.ndarray | None = None,
     weights: BalanceWeights | None = None,
@@ -242,40 +303,8 @@ def assign_folds(
             log.warning("class %r is in only %d images, fewer than k=%d folds: some folds lack it", name, n, k)
     per_unit = np.zeros((n_units, counts.shape[1]), dtype=np.int64)
     np.add.at(per_unit, unit, counts)
-    rng = np.random.default_rng(seed)
-    if method == "balanced":
-        weights = weights or BalanceWeights()
-        feats, feat_w = _features(counts, size_bucket_counts(coco) if weights.size_buckets > 0 else None, weights)
-        x_units = np.zeros((n_units, feats.shape[1]))
-        np.add.at(x_units, unit, feats)
-        unit_fold = _balanced(x_units, feat_w, k, rng)
-    elif method == "iterstrat":
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-        labels_present = (per_unit > 0).astype(int)
-        if labels_present.shape[1] < 2:  # iterstrat needs 2+ label columns: add "has no box"
-            labels_present = np.hstack([labels_present, 1 - labels_present.max(1, keepdims=True)])
-        splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        unit_fold = np.full(n_units, -1, dtype=np.int64)
-        for f, (_, idx) in enumerate(splitter.split(np.zeros((n_units, 1)), labels_present)):
-            unit_fold[idx] = f
-    elif method == "sgkf":
-        from sklearn.model_selection import StratifiedGroupKFold
-
-        box_unit = np.repeat(np.arange(n_units), per_unit.sum(1))
-        box_class = np.concatenate([np.repeat(np.arange(per_unit.shape[1]), row) for row in per_unit])
-        unit_fold = np.full(n_units, -1, dtype=np.int64)
-        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-        for f, (_, idx) in enumerate(splitter.split(np.zeros(len(box_unit)), box_class, box_unit)):
-            unit_fold[np.unique(box_unit[idx])] = f
-        empty = np.flatnonzero(unit_fold < 0)  # units without boxes: spread over the folds
-        unit_fold[empty] = rng.permutation(np.arange(len(empty)) % k)
-    else:
-        from sklearn.model_selection import KFold
-
-        unit_fold = np.full(n_units, -1, dtype=np.int64)
-        for f, (_, idx) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n_units))):
-            unit_fold[idx] = f
+    units = _Units(coco, unit, counts, per_unit, weights)
+    unit_fold = ASSIGNERS[method](units, k, seed, np.random.default_rng(seed))
     table = pd.DataFrame(
         {"image_id": coco.image_ids, "file_name": [im["file_name"] for im in coco.images], "fold": unit_fold[unit]}
     )
@@ -285,8 +314,8 @@ def assign_folds(
 def split_blend(
     coco: Coco,
     share: float,
-    seed: int = 42,
-    method: str = "balanced",
+    seed: int,
+    method: str,
     groups: Sequence[str] | np.ndarray | None = None,
     weights: BalanceWeights | None = None,
 ) -> list[int]:
@@ -407,9 +436,7 @@ def dhash(path: str | Path, size: int = 8) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
-def near_duplicate_groups(
-    coco: Coco, images_dir: str | Path, max_distance: int = 4
-) -> tuple[dict[str, str], pd.DataFrame]:
+def near_duplicate_groups(coco: Coco, images_dir: str | Path, max_distance: int) -> tuple[dict[str, str], pd.DataFrame]:
     """Find likely near-identical frames by dHash Hamming distance <= ``max_distance``.
 
     Returns {file_name: group} for images in a group of two or more (groups = connected pairs,

@@ -8,10 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detfold.core.coco import (
-    load_coco,
-    write_coco,
-)
+from detfold.core.coco import Coco, load_coco, write_coco
 from detfold.core.io import atomic_open, write_json
 from detfold.folds import assign
 
@@ -22,37 +19,28 @@ def run_split(
     annotations: str,
     k: int,
     seed: int,
+    method: str,
+    group_by: str | None,
+    weights: dict[str, float],
+    images: str | None,
+    near_duplicate_distance: int,
+    blend_share: float,
     out_table: str,
-    method: str = "balanced",
-    group_by: str | None = None,
-    weights: dict[str, float] | None = None,
-    images: str | None = None,
-    near_duplicate_distance: int = 4,
     out_balance: str | None = None,
     out_plot: str | None = None,
     out_summary: str | None = None,
     out_near_duplicates: str | None = None,
-    blend_share: float = 0.0,
     out_blend: str | None = None,
 ) -> dict[str, Any]:
-    """Assign folds; write the table and (when paths are given) the balance report and the
-    near-duplicate pairs. ``group_by: auto`` keeps near-duplicate images in one fold.
+    """Assign folds; write the table and (the ``out_*`` paths given) the balance report, its
+    plot and summary, the near-duplicate pairs and the blend split. ``group_by: auto`` keeps
+    near-duplicate images in one fold.
 
     With ``blend_share`` > 0 a balanced share of the images is first set aside as the blend
-    split (``out_blend``, a COCO file): no fold trains on it, every fold model predicts it,
-    and the ensembles are chosen there; the K folds split the other images."""
+    split (``out_blend``, a COCO file): no fold model trains on it, every fold model predicts it,
+    and the ensembles are chosen there; the K folds split the other images (0: no blend split)."""
     coco = load_coco(annotations)
-    mapping = None
-    pairs = None
-    if images is not None and (out_near_duplicates or group_by == "auto"):
-        found, pairs = assign.near_duplicate_groups(coco, images, near_duplicate_distance)
-        log.info("near-duplicate image pairs (dHash distance <= %d): %d", near_duplicate_distance, len(pairs))
-        mapping = found if group_by == "auto" else None
-    elif group_by == "auto":
-        raise ValueError("folds.group_by: auto needs the image folder to hash the images")
-    if group_by and group_by.startswith("csv:"):
-        mapping = assign.read_group_csv(group_by[4:])
-    groups = assign.groups_from(coco, group_by, mapping)
+    groups, pairs = _groups(coco, group_by, images, near_duplicate_distance, bool(out_near_duplicates))
     balance_weights = assign.BalanceWeights.from_config(weights)
     blend_ids: list[int] = []
     if blend_share:
@@ -83,13 +71,7 @@ def run_split(
     if pairs is not None and out_near_duplicates:
         with atomic_open(out_near_duplicates) as handle:
             pairs.to_csv(handle, index=False, lineterminator="\n")
-    if out_balance or out_plot:
-        balance = assign.balance_table(coco, table)
-        if out_balance:
-            with atomic_open(out_balance) as handle:
-                balance.to_csv(handle, index=False, lineterminator="\n")
-        if out_plot:
-            assign.plot_balance(balance, out_plot)
+    _write_balance(coco, table, out_balance, out_plot)
     if out_summary:
         write_json(out_summary, summary)
     assign.write_folds(table, out_table)
@@ -100,6 +82,34 @@ def run_split(
         summary["max_image_share_deviation"],
     )
     return summary
+
+
+def _groups(
+    coco: Coco, group_by: str | None, images: str | None, distance: int, find_pairs: bool
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """One group label per image (:func:`detfold.folds.assign.groups_from`) and, when the images
+    are hashed (``group_by: auto``, or ``find_pairs``), the near-duplicate pairs."""
+    mapping, pairs = None, None
+    if images is not None and (find_pairs or group_by == "auto"):
+        found, pairs = assign.near_duplicate_groups(coco, images, distance)
+        log.info("near-duplicate image pairs (dHash distance <= %d): %d", distance, len(pairs))
+        mapping = found if group_by == "auto" else None
+    elif group_by == "auto":
+        raise ValueError("folds.group_by: auto needs the image folder to hash the images")
+    if group_by and group_by.startswith("csv:"):
+        mapping = assign.read_group_csv(group_by[4:])
+    return assign.groups_from(coco, group_by, mapping), pairs
+
+
+def _write_balance(coco: Coco, table: pd.DataFrame, out_balance: str | None, out_plot: str | None) -> None:
+    """The balance table (per fold x class) as CSV and as a plot, where paths are given."""
+    if out_balance or out_plot:
+        balance = assign.balance_table(coco, table)
+        if out_balance:
+            with atomic_open(out_balance) as handle:
+                balance.to_csv(handle, index=False, lineterminator="\n")
+        if out_plot:
+            assign.plot_balance(balance, out_plot)
 
 
 def run_fold_files(annotations: str, table: str, fold: int, out_train: str, out_val: str) -> None:

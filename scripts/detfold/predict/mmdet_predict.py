@@ -151,7 +151,7 @@ def merge_views(
         len(views),
         method=tta.merge,
         iou_thr=tta.iou_thr,
-        max_per_image=max_per_img,
+        max_per_img=max_per_img,
     )
     return fused * scale, fused_scores, fused_labels.astype(int)
 

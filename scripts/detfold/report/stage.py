@@ -1,15 +1,113 @@
-"""Stage report (workflow/report.smk): what its rule scripts call (read inputs, call the library, write outputs)."""
+"""Stage report (workflow/report.smk): what its rule scripts call (read inputs, call the library, write outputs).
+
+The plots are :mod:`detfold.report.plots`, the HTML pages :mod:`detfold.report.tables`, the
+run summary :mod:`detfold.report.summary`, the run facts :mod:`detfold.report.facts`.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from detfold.core.io import read_json, write_json, write_text
-from detfold.evaluate.metrics import STAT_NAMES, headline
 from detfold.folds import assign
+from detfold.report import facts, plots, tables
+from detfold.report.summary import summary_json, summary_markdown
 
 log = logging.getLogger(__name__)
+
+
+def report_fold_sizes(fold_table: str, balance_csv: str, out_png: str) -> None:
+    """Images and boxes per fold as bars (:func:`detfold.report.plots.fold_sizes`)."""
+    folds = pd.read_csv(fold_table)
+    balance = pd.read_csv(balance_csv)
+    images = folds.fold.value_counts().sort_index()
+    boxes = balance.groupby("fold").boxes.sum().reindex(images.index, fill_value=0)
+    plots.fold_sizes(images, boxes, out_png)
+
+
+def report_audit(summary_json: str, out_png: str, out_html: str) -> None:
+    """Findings per check (every check, zero included), stacked by action, as a PNG; the same
+    counts with the images and boxes before/after per split as an HTML table."""
+    summary = read_json(summary_json)
+    found = summary["findings_per_check"]
+    checks = list(dict.fromkeys([*summary.get("checks", {}), *found]))
+    actions = sorted({a for entry in found.values() for a in entry["by_action"]})
+    plots.audit_findings(found, checks, actions, out_png)
+    write_text(out_html, tables.audit_page(summary, checks, actions))
+
+
+def report_training(model: str, checkpoints: Sequence[str], out_png: str) -> None:
+    """One model's training curves, one line per fold, read from the mmengine work dir beside
+    each fold's checkpoint (``.../fold{k}/model.pth`` -> ``.../fold{k}/work``)."""
+    runs = [plots.read_scalars(Path(checkpoint).parent / "work") for checkpoint in checkpoints]
+    plots.training(model, runs, out_png)
+
+
+def report_cv(
+    model_metrics: Mapping[str, str], pr_curves: Mapping[str, str], out_html: str, out_ap: str, out_pr: str
+) -> None:
+    """Per model: the per-fold / mean +- std / pooled OOF table, per-class AP and the test score
+    of each fold model (HTML); per-class pooled OOF AP and AP50 bars of every model (PNG); pooled
+    OOF precision-recall curves per class, IoU 0.5 solid and 0.5:0.95 dashed (PNG)."""
+    models = {name: read_json(path) for name, path in sorted(model_metrics.items())}
+    write_text(out_html, tables.cv_page(models))
+    classes = list(dict.fromkeys(c for m in models.values() for c in m["pooled_oof"]["per_class"]))
+    plots.per_class_ap(models, classes, out_ap)
+    curves = {name: pd.read_csv(path) for name, path in sorted(pr_curves.items())}
+    plots.pr_curves(curves, classes, out_pr)
+
+
+def report_analysis(
+    analyses: Mapping[str, Mapping[str, str]], out_breakdown: str, out_confusion: str, out_thresholds: str
+) -> None:
+    """Per analysis (a model, or the OOF ensemble; files ``tide``, ``thresholds``, ``confusion``
+    of :func:`detfold.analyze.analysis.write_analysis`): TIDE's dAP per error type, overall and
+    per class (PNG bars); the confusion matrix at the best-F1 thresholds (PNG heatmaps); the
+    per-class thresholds, in-sample and on the blend split, and the breakdown (HTML)."""
+    names = sorted(analyses)
+    tides = {n: read_json(analyses[n]["tide"]) for n in names}
+    thresholds = {n: read_json(analyses[n]["thresholds"]) for n in names}
+    confusions = {n: pd.read_csv(analyses[n]["confusion"], index_col=0) for n in names}
+    plots.tide_breakdown(tides, out_breakdown)
+    plots.confusion(confusions, len(plots.tide_classes(tides)), out_confusion)
+    write_text(out_thresholds, tables.analysis_page(tides, thresholds))
+
+
+def report_ensemble(
+    selection_json: str,
+    test_metrics: str | None,
+    search_csv: str,
+    out_png: str,
+    out_html: str,
+    out_search: str,
+    max_rows: int = 200,
+) -> None:
+    """Candidates on the blend split (in-sample vs nested, with intervals) and on the test set:
+    bars (PNG; single fold models left out) and the full table (HTML); the search of both
+    fusion steps on the blend split, best first (HTML, first ``max_rows`` rows)."""
+    selection = read_json(selection_json)
+    test = read_json(test_metrics) if test_metrics else None
+    rows = tables.ensemble_rows(selection, test)
+    plots.candidates(rows[rows.what != "single fold model"].reset_index(drop=True), selection["metric"], out_png)
+    write_text(out_html, tables.ensemble_page(selection, rows))
+    write_text(out_search, tables.search_page(pd.read_csv(search_csv), selection["metric"], max_rows))
+
+
+def report_run_facts(
+    benchmarks: Sequence[str], config: Mapping[str, Any], out_html: str, root: str = "benchmarks"
+) -> None:
+    """Seed, versions, machine, run time per rule and per job (from Snakemake's benchmark files)
+    and the config used, as one HTML page."""
+    import yaml
+
+    per_rule, jobs = facts.run_times(facts.read_benchmarks(benchmarks, root))
+    config_yaml = yaml.safe_dump(dict(config), sort_keys=False)
+    write_text(out_html, tables.run_facts_page(facts.facts_table(config), per_rule, jobs, config_yaml))
 
 
 def run_summary(
@@ -23,39 +121,14 @@ def run_summary(
     test_metrics: str | None = None,
 ) -> None:
     """Headline numbers of the run as markdown (for the terminal) and JSON
-    (:func:`detfold.report.pages.summary_markdown`)."""
-    from detfold.report.pages import summary_markdown
-
+    (:mod:`detfold.report.summary`)."""
     aud = read_json(audit_summary)
-    table = assign.read_folds(fold_table)
+    sizes = assign.read_folds(fold_table).fold.value_counts().sort_index()
+    fold_sizes = {int(k): int(v) for k, v in sizes.items()}
     balance = read_json(fold_balance) if fold_balance else None
     models = {name: read_json(path) for name, path in sorted(model_metrics.items())}
     selection = read_json(selection_json)
     test = read_json(test_metrics) if test_metrics else None
-    sizes = table.fold.value_counts().sort_index()
-    write_text(out_md, summary_markdown(aud, sizes.tolist(), balance, models, selection, test))
-    write_json(
-        out_json,
-        {
-            "audit": aud,
-            "fold_sizes": {int(k): int(v) for k, v in sizes.items()},
-            "fold_balance": balance,
-            "models": {
-                n: {
-                    "cv": m["cv"],
-                    "pooled_oof": {k: m["pooled_oof"][k] for k in ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")},
-                }
-                for n, m in models.items()
-            },
-            "delivered": selection["delivered"],
-            "test": None
-            if test is None
-            else {
-                "delivered": {k: test["delivered"].get(k) for k in ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")},
-                "single": {n: headline(m) for n, m in test.get("single", {}).items()},
-                "candidates": {n: headline(m) for n, m in test.get("candidates", {}).items()},
-            },
-            "stat_names": list(STAT_NAMES),
-        },
-    )
+    write_text(out_md, summary_markdown(aud, fold_sizes, balance, models, selection, test))
+    write_json(out_json, summary_json(aud, fold_sizes, balance, models, selection, test))
     log.info("summary written to %s", Path(out_md))

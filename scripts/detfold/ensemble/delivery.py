@@ -1,0 +1,80 @@
+"""The delivered plan on the test set: its predictions, and on a labelled test set the scores of
+every single model and every candidate (each as chosen on the blend split) and the bootstrap
+intervals of the delivered predictions, also paired against the single model best on the test
+set (an after-the-fact choice: the hardest comparison)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detfold.core.coco import Coco, Detections, is_labelled
+from detfold.ensemble.plan import Plan, apply_plan
+from detfold.evaluate.cocoeval import BboxEvaluator
+from detfold.evaluate.metrics import evaluate_coco, headline
+from detfold.evaluate.stats import bootstrap_counts, bootstrap_scores, intervals
+
+
+def deliver(
+    test: Coco,
+    fold_preds: dict[str, list[Detections]],
+    external: dict[str, Detections],
+    untuned: dict[str, Detections],
+    best: dict[str, Any],
+    selection: dict[str, Any],
+    settings: dict[str, Any],
+    seed: int,
+) -> tuple[Detections, dict[str, Any]]:
+    """The plan of ``best`` (best.json) applied to the test predictions, and the metrics
+    (metrics.json). ``external``: the external models that took part in the choice;
+    ``untuned``: those without blend predictions (they join the model ensemble only);
+    ``selection``: selection.json (the candidates); ``settings``: the resolved ``ensemble``
+    config (max_per_img, bootstrap_samples)."""
+    plan = Plan.from_dict(best["plan"])
+    max_per_img = int(settings["max_per_img"])
+    delivered = apply_plan(plan, fold_preds, external, test.images, max_per_img, untuned)
+    metrics: dict[str, Any] = {
+        "delivered": {"kind": best["kind"], "plan": plan.to_dict(), "description": plan.describe()},
+        "members": [*sorted(fold_preds), *external, *untuned],
+        "n_predictions": len(delivered),
+        "labelled": is_labelled(test),
+    }
+    if not is_labelled(test):
+        return delivered, metrics
+    singles = {f"{m}/fold{k}": p for m, folds in fold_preds.items() for k, p in enumerate(folds)}
+    singles.update({**external, **untuned})
+    metrics["single"] = {name: evaluate_coco(test, p, name) for name, p in singles.items()}
+    metrics["candidates"] = {}
+    for kind, cand in selection["candidates"].items():
+        preds = apply_plan(Plan.from_dict(cand["plan"]), fold_preds, external, test.images, max_per_img, untuned)
+        metrics["candidates"][kind] = {
+            "label": cand["label"],
+            "description": cand["description"],
+            **headline(evaluate_coco(test, preds, kind)),
+        }
+    metrics["delivered"].update(evaluate_coco(test, delivered, "delivered"))
+    samples = int(settings["bootstrap_samples"])
+    metrics["delivered"].update(_test_intervals(test, delivered, metrics["single"], singles, seed, samples))
+    return delivered, metrics
+
+
+def _test_intervals(
+    test: Coco,
+    delivered: Detections,
+    scores: dict[str, dict[str, Any]],
+    singles: dict[str, Detections],
+    seed: int,
+    samples: int,
+) -> dict[str, Any]:
+    """Bootstrap intervals over the test images of the delivered predictions, and of their
+    difference from the single model (``singles``, by name) that scores best on the test set
+    (``scores``: by mAP50, then mAP; paired resamples)."""
+    best_single = max(scores, key=lambda n: (scores[n]["mAP50"] or 0.0, scores[n]["mAP"] or 0.0))
+    ev = BboxEvaluator(test.data)
+    counts = bootstrap_counts(len(test.images), samples, seed)
+    boot = {"delivered": bootstrap_scores(ev.match_results(delivered), counts)}
+    boot["single"] = bootstrap_scores(ev.match_results(singles[best_single]), counts)
+    return {
+        **intervals(boot["delivered"]),
+        "best_single_on_test": best_single,
+        "vs_best_single": intervals(boot["delivered"] - boot["single"]),
+    }

@@ -1,0 +1,298 @@
+"""The search engine of the blend-split choice: every fusion parameter combination fused and
+matched once on all blend images, then scored under any weighting of the images.
+
+A combination is named by a small frozen key: :class:`SingleKey` (one member as it is),
+:class:`FoldKey` (a model's fold models fused with one fold-grid entry) or :class:`ModelKey`
+(the chosen fold ensembles and the external models fused with one model-grid entry). Matching
+is done once per combination (:class:`detfold.evaluate.cocoeval.Matched`); subsets and
+resamples of the images are weights, which is what makes nested selection affordable.
+Combinations that fuse alike (:func:`detfold.ensemble.fusion.effective_params`) share one key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from detfold.core.coco import Coco, Detections
+from detfold.ensemble.fusion import Member, ResultArrays, as_detections, effective_params
+from detfold.evaluate.cocoeval import BboxEvaluator, Matched
+
+log = logging.getLogger(__name__)
+
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # image position, category id, xywh_abs, score
+Scores = tuple[float, float]  # (mAP, mAP50)
+
+
+@dataclass(frozen=True)
+class SingleKey:
+    """One member as it is: "model/foldK" or an external model's name."""
+
+    member: str
+
+
+@dataclass(frozen=True)
+class FoldKey:
+    """``model``'s fold models fused with fold-grid entry ``combo``."""
+
+    model: str
+    combo: int
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    """The fold ensembles (per model, in name order, its fold-grid entry) and the external
+    models fused with model-grid entry ``combo``."""
+
+    fold_choice: tuple[int, ...]
+    combo: int
+
+
+Key = SingleKey | FoldKey | ModelKey
+
+
+class Search:
+    """The fused and matched prediction sets of every combination on the blend images, cached.
+
+    ``fold_preds``: per model its K fold models' predictions on the blend images of ``gt``;
+    ``external``: per external model its predictions there; ``fold_grid`` / ``model_grid``: the
+    parameter combinations of the two fusion steps; ``weightings``: the image weights
+    a selection will ask for, each combination is scored under all of them at once (on
+    ``processes`` forked processes) and only its scores are kept. The matched sets of the
+    combinations a fit returns are kept too (each is a few bytes per detection; all
+    combinations' sets together would not fit in memory at scale).
+    """
+
+    def __init__(
+        self,
+        gt: Coco,
+        fold_preds: Mapping[str, Sequence[Member]],
+        external: Mapping[str, Member],
+        fold_grid: list[dict[str, Any]],
+        model_grid: list[dict[str, Any]],
+        max_per_img: int,
+        weightings: list[np.ndarray],
+        processes: int = 1,
+    ) -> None:
+        self.evaluator = BboxEvaluator(gt.data)
+        self.models = sorted(fold_preds)
+        self.external = {name: as_detections(preds) for name, preds in external.items()}
+        self.fold_grid, self.model_grid = fold_grid, model_grid
+        self.max_per_img = max_per_img
+        self.weightings = weightings
+        self.processes = max(1, int(processes))
+        self.singles: dict[str, Matched] = {}
+        for m in self.models:
+            for k, preds in enumerate(fold_preds[m]):
+                self.singles[f"{m}/fold{k}"] = self.evaluator.match_results(preds)
+        for name, preds in self.external.items():
+            self.singles[name] = self.evaluator.match_results(preds)
+        self._arrays = {m: ResultArrays([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
+        self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
+        self._fused: dict[FoldKey, Columns] = {}
+        self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
+        self._sorted_of: ResultArrays | None = None  # the member set whose sorted boxes are kept
+        self._matched: dict[Key, Matched] = {}
+        self._scores: dict[Key, dict[bytes, Scores]] = {}
+        self._summarized: set[Key] = set()
+        # combinations that fuse alike (e.g. gaussian soft-NMS at every iou_thr) computed once
+        self._fold_same = _first_alike(self.fold_grid)
+        self._model_same = _first_alike(self.model_grid)
+
+    @property
+    def fuses_folds(self) -> bool:
+        """Whether every model has several fold models (else its fold ensemble is itself)."""
+        return all(self._arrays[m].n_models > 1 for m in self.models)
+
+    def same(self, key: Key) -> Key:
+        """The key of the first combination that fuses like ``key`` (its results are shared)."""
+        if isinstance(key, FoldKey):
+            return self._same_fold(key)
+        if isinstance(key, ModelKey):
+            return self._same_model(key)
+        return key
+
+    def _same_fold(self, key: FoldKey) -> FoldKey:
+        return FoldKey(key.model, self._fold_same[key.combo])
+
+    def _same_model(self, key: ModelKey) -> ModelKey:
+        return ModelKey(tuple(self._fold_same[i] for i in key.fold_choice), self._model_same[key.combo])
+
+    # scores and matched sets ----------------------------------------------------------------
+    def score(self, key: Key, weights: np.ndarray) -> Scores:
+        """The scores of combination ``key`` with the images weighted ``weights``, cached:
+        nested selection asks for the same image subsets of the same prediction set many times."""
+        key = self.same(key)
+        weights_key = np.asarray(weights, dtype=np.int64).tobytes()
+        scores = self._scores.setdefault(key, {})
+        if weights_key not in scores:
+            scores[weights_key] = self.matched(key).scores(weights)
+        return scores[weights_key]
+
+    def matched(self, key: Key) -> Matched:
+        """The matched prediction set of ``key``, kept."""
+        key = self.same(key)
+        if key not in self._matched:
+            self._matched[key] = self._compute(key)
+        return self._matched[key]
+
+    def summarize_folds(self) -> None:
+        """Score every fold-fusion combination of every model under the weightings."""
+        keys = {self._same_fold(FoldKey(m, i)) for m in self.models for i in range(len(self.fold_grid))}
+
+        def order(k: FoldKey) -> tuple[str, float, int]:  # consecutive ones share fusion's filtered, sorted boxes
+            return k.model, self.fold_grid[k.combo].get("skip_box_thr", 0.0), k.combo
+
+        ordered: list[FoldKey] = sorted(keys, key=order)
+        self._summarize(ordered)
+        for m in self.models:
+            log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
+
+    def summarize_models(self, fold_choice: tuple[int, ...]) -> None:
+        """Score every model-fusion combination of the fold ensembles ``fold_choice`` under the
+        weightings (those not scored yet)."""
+        keys = {self._same_model(ModelKey(fold_choice, j)) for j in range(len(self.model_grid))}
+        keys = {k for k in keys if k not in self._summarized}
+        if not keys:
+            return
+        self._model_members(fold_choice)  # the fold ensembles fused here once, then inherited by the workers
+
+        def order(k: ModelKey) -> tuple[float, str, int]:  # consecutive ones share fusion's sorted boxes
+            params = self.model_grid[k.combo]
+            return params.get("skip_box_thr", 0.0), repr(params.get("weights")), k.combo
+
+        ordered: list[ModelKey] = sorted(keys, key=order)
+        self._summarize(ordered)
+
+    def _summarize(self, keys: Sequence[Key]) -> None:
+        """Score the combinations ``keys`` under the weightings, on the worker processes; the
+        scores are kept, the matched sets are not."""
+        for key, summary in zip(keys, map_forked(self._summary, keys, self.processes), strict=True):
+            self._scores.setdefault(key, {}).update(summary)
+            self._summarized.add(key)
+
+    def _summary(self, key: Key) -> dict[bytes, Scores]:
+        """The scores of one combination under every weighting (in a worker process)."""
+        matched = self._compute(key)
+        return {w.tobytes(): matched.scores(w) for w in self.weightings}
+
+    def _compute(self, key: Key) -> Matched:
+        """The matched prediction set of a combination key, computed (not kept)."""
+        if isinstance(key, SingleKey):
+            return self.singles[key.member]
+        if isinstance(key, FoldKey):
+            fused = self._fused.get(key) or self._fuse(self._arrays[key.model], self.fold_grid[key.combo])
+            return self._match(fused)
+        return self._match(self._fuse(self._model_members(key.fold_choice), self.model_grid[key.combo]))
+
+    def _match(self, columns: Columns) -> Matched:
+        images, labels, xywh, scores = columns
+        cat = self.evaluator.category_positions(labels)
+        return self.evaluator.match(images, cat, xywh, scores, by_image_and_score=True)  # as fusion returns them
+
+    # fused prediction sets --------------------------------------------------------------------
+    def fused(self, key: FoldKey | ModelKey) -> Detections:
+        """The fused predictions of ``key`` on the blend images."""
+        if isinstance(key, FoldKey):
+            columns = self._fold_fused(key)
+        else:
+            columns = self._fuse(self._model_members(key.fold_choice), self.model_grid[key.combo])
+        images, labels, xywh, scores = columns
+        return Detections(self.evaluator.img_ids[images], np.asarray(labels, dtype=np.int64), xywh, scores)
+
+    def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> Columns:
+        """``arrays`` fused with ``params``, reusing its sorted boxes from the previous call;
+        the member set fused before drops its own (one sorted copy per process, not one per
+        model: each is as large as the member set)."""
+        if self._sorted_of is not None and self._sorted_of is not arrays:
+            self._sorted_of.drop_cache()
+        self._sorted_of = arrays
+        return arrays.fuse(self.max_per_img, **params)
+
+    def _fold_fused(self, key: FoldKey) -> Columns:
+        """A fold ensemble, kept (the model step fuses the chosen ones again and again)."""
+        key = self._same_fold(key)
+        if key not in self._fused:
+            self._fused[key] = self._fuse(self._arrays[key.model], self.fold_grid[key.combo])
+        return self._fused[key]
+
+    def _model_members(self, fold_choice: tuple[int, ...]) -> ResultArrays:
+        """The model step's members (the chosen fold ensembles, the external models) as one
+        :class:`ResultArrays`, kept for the latest fold choice."""
+        fold_choice = tuple(self._fold_same[i] for i in fold_choice)
+        if self._members_of is None or self._members_of[0] != fold_choice:
+            sets = [self._fold_fused(FoldKey(m, i)) for m, i in zip(self.models, fold_choice, strict=True)]
+            sets += self._external_columns()
+            arrays = ResultArrays.from_columns(self.evaluator.img_ids, self._arrays[self.models[0]].wh, sets)
+            self._members_of = (fold_choice, arrays)
+        return self._members_of[1]
+
+    def _external_columns(self) -> list[Columns]:
+        """Each external model's predictions as columns (xywh_abs from the normalised boxes)."""
+        if self._external_arrays is None:
+            return []
+        a, wh = self._external_arrays.arrays, self._external_arrays.wh
+        sets = []
+        for e in range(len(self.external)):
+            sel = a["model"] == e
+            xyxy = a["box"][sel] * np.hstack([wh[a["image"][sel]]] * 2)
+            xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+            sets.append((a["image"][sel], a["label"][sel], xywh, a["score"][sel]))
+        return sets
+
+
+def _first_alike(combos: list[dict[str, Any]]) -> list[int]:
+    """Per combination, the index of the first one with the same effective fusion parameters."""
+    first: dict[str, int] = {}
+    return [first.setdefault(repr(sorted(effective_params(c).items())), i) for i, c in enumerate(combos)]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def map_forked(function: Callable[[T], R], items: Sequence[T], processes: int) -> list[R]:
+    """``function`` over ``items`` on ``processes`` forked processes, each with its share of
+    the items in order (consecutive items share caches); ``function`` and what it reaches are
+    inherited (copy on write), only the results are sent back. With deterministic work the
+    results are those of the serial loop, in the same order (tests/ensemble/test_selection.py
+    compares them)."""
+    processes = min(processes, len(items))
+    if processes <= 1:
+        return [function(item) for item in items]
+    context = multiprocessing.get_context("fork")
+    size = math.ceil(len(items) / processes)
+    receivers, workers = [], []
+    for start in range(0, len(items), size):
+        receiver, sender = context.Pipe(duplex=False)
+        worker = context.Process(target=_run_share, args=(function, items[start : start + size], sender))
+        worker.start()
+        sender.close()
+        receivers.append(receiver)
+        workers.append(worker)
+    try:
+        outcomes = [receiver.recv() for receiver in receivers]
+    finally:
+        for worker in workers:
+            worker.join()
+    results: list[R] = []
+    for ok, value in outcomes:
+        if not ok:
+            raise value
+        results += value
+    return results
+
+
+def _run_share(function: Callable[[T], R], share: Sequence[T], sender: Any) -> None:  # in a forked worker
+    try:
+        sender.send((True, [function(item) for item in share]))
+    except Exception as err:  # sent back and raised there
+        sender.send((False, err))
+    finally:
+        sender.close()

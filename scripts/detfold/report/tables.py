@@ -1,0 +1,278 @@
+"""The report's HTML pages: tables with inline CSS, no scripts, nothing fetched. Each ``*_page``
+function turns result data into one page's text; numbers are right aligned, None shows as n/a."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES
+from detfold.evaluate.metrics import STAT_NAMES, mean_std
+
+STYLE = (
+    "body{font-family:sans-serif;font-size:13px;margin:12px;color:#111;background:#fff}"
+    "table{border-collapse:collapse;margin:6px 0 18px}"
+    "th,td{border:1px solid #bbb;padding:3px 8px;text-align:left;white-space:nowrap}th{background:#e8e8e8}"
+    "td.n{text-align:right}tr.key td{font-weight:bold;background:#f3f7ff}"
+    "pre{background:#f4f4f4;padding:8px;font-size:12px}p.note{color:#555}"
+)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A float with ``digits`` decimals; None and NaN as n/a; anything else as ``str``."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def interval(values: Sequence[float] | None) -> str:
+    """A 95 % interval as ``[lo, hi]`` (nothing when there is none)."""
+    return "" if not values else f"[{values[0]:.4f}, {values[1]:.4f}]"
+
+
+def _cell(value: Any, digits: int) -> str:
+    numeric = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    return f"<td{' class=n' if numeric else ''}>{html.escape(fmt(value, digits))}</td>"
+
+
+def table(df: pd.DataFrame, key_rows: Sequence[bool] | None = None, digits: int = 4) -> str:
+    """An HTML table of ``df`` (floats with ``digits`` decimals, None as n/a, numbers right
+    aligned); ``key_rows`` are bold."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for i, row in enumerate(df.itertuples(index=False)):
+        cls = ' class="key"' if key_rows is not None and key_rows[i] else ""
+        rows.append(f"<tr{cls}>" + "".join(_cell(v, digits) for v in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def page(title: str, body: str) -> str:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n<h2>{html.escape(title)}</h2>\n{body}\n</body></html>\n"
+    )
+
+
+def heading(text: str) -> str:
+    return f"<h3>{html.escape(text)}</h3>"
+
+
+def note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def audit_page(summary: Mapping[str, Any], checks: Sequence[str], actions: Sequence[str]) -> str:
+    """Findings per check (``checks``, by ``actions`` and split) and the images and boxes
+    before/after per split (``summary``: the audit's summary.json)."""
+    found = summary["findings_per_check"]
+    rows = [
+        {
+            "check": c,
+            "finds": summary.get("checks", {}).get(c, ""),
+            "total": found.get(c, {}).get("total", 0),
+            **{a: found.get(c, {}).get("by_action", {}).get(a, 0) for a in actions},
+            **{f"in {s}": found.get(c, {}).get("by_split", {}).get(s, 0) for s in summary["splits"]},
+        }
+        for c in checks
+    ]
+    split_rows = [{"split": s, **v} for s, v in summary["splits"].items()]
+    body = (
+        heading("Findings per check")
+        + table(pd.DataFrame(rows))
+        + heading("Images and boxes per split, before and after the audit")
+        + table(pd.DataFrame(split_rows))
+    )
+    return page("Ground-truth audit", body)
+
+
+def _stat_columns(result: Mapping[str, Any]) -> dict[str, float | None]:
+    names = {"AP": "mAP", "AP50": "mAP50"}  # the names detfold uses; the rest as COCO's summary
+    return {names.get(n, n): result["stats"][n] for n in STAT_NAMES}
+
+
+def cv_table(metrics: Mapping[str, Any]) -> tuple[pd.DataFrame, list[bool]]:
+    """Per-fold OOF rows, mean +- std over folds and pooled OOF of one model's metrics.json:
+    images, GT boxes and the 12 COCO stats (maxDets 100; AP and AP50 named mAP and mAP50)."""
+    rows: list[dict[str, Any]] = [
+        {"OOF predictions": f"fold {f['fold']}", "images": f["n_images"], "GT boxes": f["n_gt"], **_stat_columns(f)}
+        for f in metrics["folds"]
+    ]
+    stats = [_stat_columns(f) for f in metrics["folds"]]
+    spread = {name: mean_std([s[name] for s in stats]) for name in stats[0]}
+    rows.append(
+        {
+            "OOF predictions": "mean +- std over folds",
+            "images": "",
+            "GT boxes": "",
+            **{n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()},
+        }
+    )
+    pooled = metrics["pooled_oof"]
+    rows.append(
+        {
+            "OOF predictions": "pooled OOF (all folds together)",
+            "images": pooled["n_images"],
+            "GT boxes": pooled["n_gt"],
+            **_stat_columns(pooled),
+        }
+    )
+    return pd.DataFrame(rows), [False] * (len(rows) - 1) + [True]
+
+
+def cv_page(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per model (its metrics.json): the per-fold / mean +- std / pooled OOF table, per-class AP
+    and the test score of each fold model."""
+    body = ""
+    for name, m in models.items():
+        cv, key = cv_table(m)
+        body += heading(f"{name}: out-of-fold COCO metrics (maxDets 100)") + table(cv, key)
+        per_class = [
+            {"class": c, "GT boxes": v["n_gt"], "AP": v["AP"], "AP50": v["AP50"], "AR_100": v["AR_100"]}
+            for c, v in m["pooled_oof"]["per_class"].items()
+        ]
+        body += heading(f"{name}: per-class AP, pooled OOF") + table(pd.DataFrame(per_class))
+        if m.get("test"):
+            test = [{"fold model": f"fold {t['fold']}", "mAP": t["mAP"], "mAP50": t["mAP50"]} for t in m["test"]]
+            body += heading(f"{name}: each fold model on the test set") + table(pd.DataFrame(test))
+    return page("Cross-validation results", body)
+
+
+def _threshold_rows(thresholds: Mapping[str, Any]) -> pd.DataFrame:
+    """Per class its best-F1 threshold with the OOF (in-sample) and blend-split numbers."""
+    rows = []
+    for cls, v in thresholds["per_class"].items():
+        held = (thresholds.get("holdout") or {}).get("per_class", {}).get(cls, {})
+        rows.append(
+            {
+                "class": cls,
+                "score_thr": v["score_thr"],
+                "OOF precision": v["precision"],
+                "OOF recall": v["recall"],
+                "OOF F1 (in-sample)": v["f1"],
+                "TP": v["tp"],
+                "FP": v["fp"],
+                "FN": v["fn"],
+                "blend precision": held.get("precision"),
+                "blend recall": held.get("recall"),
+                "blend F1": held.get("f1"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per analysis (by name, in order: tide.json and thresholds.json of
+    :func:`detfold.analyze.analysis.write_analysis`): the per-class thresholds with precision,
+    recall and F1 on the pooled OOF predictions where they were chosen and on the blend split
+    where they were not, and TIDE's breakdown."""
+    body = note(
+        "Per class the score threshold of the best F1 at IoU 0.5, chosen on the pooled out-of-fold "
+        "predictions (their precision, recall and F1 there are in-sample: the threshold was picked on them), "
+        "and the same threshold on the blend split, images no fold model trained on and where nothing was "
+        "chosen (each fold model's predictions there, counts summed): the honest estimate. The file "
+        "results/analysis/<model>/thresholds.json holds them for a deployment (key score_thr)."
+    )
+    for name, t in tides.items():
+        body += heading(f"{name}: best-F1 thresholds") + table(_threshold_rows(thresholds[name]), digits=3)
+        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES] + [
+            {"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES
+        ]
+        body += heading(f"{name}: TIDE breakdown (mAP50 {t['mAP']:.4f}, pooled OOF)") + table(pd.DataFrame(breakdown))
+    return page("Error analysis: thresholds and breakdown", body)
+
+
+def ensemble_rows(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> pd.DataFrame:
+    """Every candidate: its in-sample blend score (chosen and scored on the same images:
+    optimistic), its nested blend estimate with the 95 % bootstrap interval (honest), and its
+    test score; the single fold models (no choice made: their blend score is honest as it
+    is); and the delivered predictions, whose honest estimate nests the whole choice."""
+    metric = selection["metric"]
+    cands = (test or {}).get("candidates", {})
+    singles = (test or {}).get("single", {})
+
+    def row(name: str, kind: str, optimistic: Any, honest: Any, ci: Any, t: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            "predictions": name,
+            "what": kind,
+            f"blend {metric}, in-sample (optimistic)": optimistic,
+            f"blend {metric}, nested (honest)": honest,
+            "95 % interval": interval(ci),
+            "test mAP": t.get("mAP") if t else None,
+            "test mAP50": t.get("mAP50") if t else None,
+        }
+
+    rows = [
+        row(name, "single fold model", None, scores[metric], None, singles.get(name))
+        for name, scores in selection["singles"].items()
+    ]
+    for kind in selection["kinds"]:
+        c = selection["candidates"][kind]
+        nested = c["nested"]
+        rows.append(
+            row(
+                c["label"],
+                c["description"],
+                c["in_sample"][metric],
+                nested[metric],
+                nested[f"{metric}_ci95"],
+                cands.get(kind),
+            )
+        )
+    d = selection["delivered"]
+    honest = d["honest"]
+    delivered = (test or {}).get("delivered")
+    what = f"{d['label']}: {d['description']}"
+    rows.append(row("delivered", what, None, honest[metric], honest[f"{metric}_ci95"], delivered))
+    return pd.DataFrame(rows, dtype=object)  # object: None stays None
+
+
+def ensemble_page(selection: Mapping[str, Any], rows: pd.DataFrame) -> str:
+    """The candidates' table (``rows``: :func:`ensemble_rows`) under a note on how the blend
+    split chose and scored them (``selection``: selection.json)."""
+    key = [name == "delivered" for name in rows.predictions]
+    d = selection["delivered"]
+    parts = selection["nested_parts"]
+    body = note(
+        f"Blend split: {selection['blend_images']} training images that no fold model trained on. In-sample: "
+        "chosen and scored on all of them (optimistic). Nested: chosen on the other "
+        f"{parts - 1} of {parts} parts, scored on the held-out part, "
+        f"pooled (honest); 95 % intervals: {selection['bootstrap_samples']} bootstrap resamples of the images. "
+        f"Delivered: {d['description']}, because it has the {d['why']}; its honest estimate nests that choice "
+        "as well. Test: scored once, never used to choose."
+    ) + table(rows, key)
+    return page("Ensembles: chosen on the blend split", body)
+
+
+def search_page(search: pd.DataFrame, metric: str, max_rows: int) -> str:
+    """The fusion search of both steps on the blend split (search.csv, best first per step):
+    the first ``max_rows`` rows, each step's best in bold."""
+    text = (
+        f"{len(search)} fusion parameter combinations scored on all blend images by {metric} (in-sample), "
+        "best first per step; the model step fuses the fold ensembles chosen there"
+        + (f"; the first {max_rows} shown." if len(search) > max_rows else ".")
+    )
+    rows = search.head(max_rows)
+    rows = rows.astype(object).where(rows.notna(), None)
+    key = [i == 0 or rows.step.iloc[i] != rows.step.iloc[i - 1] for i in range(len(rows))]
+    return page("Fusion parameter search (blend split)", note(text) + table(rows, key))
+
+
+def run_facts_page(facts: pd.DataFrame, per_rule: pd.DataFrame, jobs: pd.DataFrame, config_yaml: str) -> str:
+    """Seed, versions and machine (``facts``), run time per rule (the last row: the total) and
+    per job, and the config used."""
+    body = (
+        heading("Run facts")
+        + note("Versions and machine as seen by this rule (on a cluster: the node that ran it).")
+        + table(facts)
+        + heading("Run time per rule (Snakemake benchmark files)")
+        + table(per_rule, [False] * (len(per_rule) - 1) + [True], digits=1)
+        + heading("Run time per job")
+        + table(jobs, digits=1)
+        + heading("Config used")
+        + f"<pre>{html.escape(config_yaml)}</pre>"
+    )
+    return page("Run facts", body)
