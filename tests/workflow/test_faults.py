@@ -18,7 +18,7 @@ import pytest
 from detfold.audit.checks import Finding, write_findings
 from detfold.core.coco import write_coco
 from detfold.core.io import atomic_open, read_product, write_json
-from detfold.ensemble.selection import write_submission
+from detfold.ensemble.external import write_submission
 from detfold.folds.assign import assign_folds, balance_table, plot_balance, write_folds
 
 
@@ -38,7 +38,7 @@ def writers(bccd):
         "folds csv": ("folds.csv", lambda p: write_folds(folds, p)),
         "balance png": ("balance.png", lambda p: plot_balance(balance_table(small, folds), p)),
         "findings csv": ("findings.csv", lambda p: write_findings([finding], p)),
-        "submission csv": ("submission.csv", lambda p: write_submission(preds, small, p)),
+        "submission csv": ("submission.csv", lambda p: write_submission(preds, small, p, "index")),
         "binary (checkpoint)": ("model.pth", lambda p: _write_bytes(p, b"\0" * 4096)),
     }
 
