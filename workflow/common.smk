@@ -2,14 +2,22 @@
 import re
 
 from detfold.analyze import OOF_ENSEMBLE
-from detfold.core.io import age_incomplete_products
+from detfold.core.io import incomplete_products, mark_outdated
 
 MODELS = sorted(config["models"])
 
 # Outputs of an earlier run that were cut short or are garbage (a crash of an older version, a
 # bad copy) are not trusted: marked outdated before the DAG is built, so this very run redoes them.
-for path in age_incomplete_products("results"):
-    logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
+# Only by the run's own snakemake (not a cluster job's), and never by a dry run (-n) or --lint
+# (the one mode that parses the workflow with check_envvars off): those change no file.
+if workflow.is_main_process:
+    LOOKING_ONLY = workflow.output_settings.dryrun or not workflow.check_envvars
+    for path in incomplete_products("results"):
+        if LOOKING_ONLY:
+            logger.warning(f"detfold: {path} is incomplete or corrupt: a run will redo it")
+        else:
+            mark_outdated(path)
+            logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
 FOLDS = list(range(config["folds"]["k"]))
 # The error analysis of the models fused (OOF_ENSEMBLE, several models only); check_feasible
 # refuses a model of this name.

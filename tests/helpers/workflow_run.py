@@ -19,6 +19,19 @@ def snakemake(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env={**os.environ, **(env or {})})
 
 
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a dry run (``-n``)."""
+    lines = (result.stdout + result.stderr).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
+    counts = {}
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
 def tiny_config(repo: Path, bccd_dir: Path, workdir: Path, n_train: int = 30, n_test: int = 8) -> dict[str, Any]:
     """The first ``n_train`` train + ``n_test`` test images of the bundled data in ``workdir``;
     2 models x 3 folds, 1 epoch."""

@@ -1,28 +1,41 @@
 """GPU slot pool: concurrent jobs never share a slot; a killed job gives its slot back."""
 
+import fcntl
 import json
 import multiprocessing
 import os
 import signal
-import time
 
+import pytest
 from detfold.train.gpu_slots import available_slots, gpu_slot, overlapping_same_slot
 
+WAIT_S = 30
 
-def hold(n_slots, job, lock_dir, record, seconds):
-    with gpu_slot(n_slots, job, lock_dir, record, poll_s=0.02) as slot:
+
+def hold_until_another_holds(job, lock_dir, record, holding, together):
+    """Hold one of 2 slots until a second job holds the other one too (``holding``: jobs in a
+    slot now, ``together``: set once two were at the same time), then release it."""
+    with gpu_slot(2, job, lock_dir, record, poll_s=0.02) as slot:
         assert os.environ["CUDA_VISIBLE_DEVICES"] == str(slot)
-        time.sleep(seconds)
+        with holding.get_lock():
+            holding.value += 1
+            if holding.value == 2:
+                together.set()
+        assert together.wait(WAIT_S), f"{job}: no second job got a slot while this one held slot {slot}"
+        with holding.get_lock():
+            holding.value -= 1
 
 
 def test_concurrent_jobs_get_distinct_slots(tmp_path):
     record = tmp_path / "slots.jsonl"
     ctx = multiprocessing.get_context("fork")
-    jobs = [ctx.Process(target=hold, args=(2, f"job{i}", tmp_path / "locks", str(record), 0.3)) for i in range(5)]
+    holding, together = ctx.Value("i", 0), ctx.Event()
+    args = (tmp_path / "locks", str(record), holding, together)
+    jobs = [ctx.Process(target=hold_until_another_holds, args=(f"job{i}", *args)) for i in range(5)]
     for p in jobs:
         p.start()
     for p in jobs:
-        p.join(30)
+        p.join(2 * WAIT_S)
         assert p.exitcode == 0
     records = [json.loads(line) for line in record.read_text().splitlines()]
     assert sorted(r["job"] for r in records) == [f"job{i}" for i in range(5)]
@@ -34,17 +47,39 @@ def test_concurrent_jobs_get_distinct_slots(tmp_path):
     assert overlaps >= 1  # two slots: jobs did run side by side
 
 
-def test_killed_job_releases_its_slot(tmp_path):
+def hold_until_killed(lock_dir, holding):
+    with gpu_slot(1, "holder", lock_dir, poll_s=0.02):
+        holding.set()
+        signal.pause()
+
+
+def slot_is_free(lock_dir, slot: int) -> bool:
+    """Whether nobody holds ``slot``'s lock (tried without waiting; released at once)."""
+    with open(lock_dir / f"slot{slot}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return True
+
+
+def test_killed_job_releases_its_slot(tmp_path, caplog):
     ctx = multiprocessing.get_context("fork")
-    holder = ctx.Process(target=hold, args=(1, "holder", tmp_path, None, 60))
+    holding = ctx.Event()
+    holder = ctx.Process(target=hold_until_killed, args=(tmp_path, holding))
     holder.start()
-    time.sleep(0.5)
+    if not holding.wait(WAIT_S):
+        holder.kill()
+        pytest.fail("the holder never got its slot")
+    assert not slot_is_free(tmp_path, 0)
     os.kill(holder.pid, signal.SIGKILL)
-    holder.join(10)
-    start = time.time()
-    with gpu_slot(1, "next", tmp_path, poll_s=0.02) as slot:
+    holder.join(WAIT_S)
+    assert holder.exitcode == -signal.SIGKILL
+    assert slot_is_free(tmp_path, 0)  # the operating system dropped the dead job's lock
+    with caplog.at_level("INFO", logger="detfold.train.gpu_slots"), gpu_slot(1, "next", tmp_path) as slot:
         assert slot == 0
-    assert time.time() - start < 5
+    assert "busy, waiting" not in caplog.text
 
 
 def test_no_pool_leaves_the_environment_alone(monkeypatch):

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from detfold.core.coco import load_coco, write_coco
+from helpers.waiting import wait_until
 
 pytestmark = pytest.mark.workflow
 
@@ -66,10 +66,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(repo, tiny_data):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 300
-    while not (out / "work" / "epoch_1.pth").exists() and time.time() < deadline and job.poll() is None:
-        time.sleep(0.2)
-    time.sleep(0.5)  # let epoch 1's checkpoint finish writing
+    # saved through the atomic backend: the file exists only once it is complete
+    wait_until(lambda: (out / "work" / "epoch_1.pth").exists(), "epoch 1's checkpoint", 300, proc=job, stop=job.kill)
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
     assert not (out / "model.pth").exists()  # not declared done

@@ -18,7 +18,7 @@ import pytest
 from detfold.audit.checks import Finding, write_findings
 from detfold.core.coco import write_coco
 from detfold.core.io import atomic_open, read_product, write_json
-from detfold.ensemble.selection import write_submission
+from detfold.ensemble.external import write_submission
 from detfold.folds.assign import assign_folds, balance_table, plot_balance, write_folds
 
 
@@ -38,7 +38,7 @@ def writers(bccd):
         "folds csv": ("folds.csv", lambda p: write_folds(folds, p)),
         "balance png": ("balance.png", lambda p: plot_balance(balance_table(small, folds), p)),
         "findings csv": ("findings.csv", lambda p: write_findings([finding], p)),
-        "submission csv": ("submission.csv", lambda p: write_submission(preds, small, p)),
+        "submission csv": ("submission.csv", lambda p: write_submission(preds, small, p, "index")),
         "binary (checkpoint)": ("model.pth", lambda p: _write_bytes(p, b"\0" * 4096)),
     }
 
@@ -159,7 +159,7 @@ def test_incomplete_products_are_found_at_every_cut(tmp_path, bccd):
     """Every prefix of a real metrics file, a predictions file and a checkpoint cut at a line
     (or byte) boundary is recognised as incomplete; the whole files are not."""
     import torch
-    from detfold.core.io import age_incomplete_products, looks_complete
+    from detfold.core.io import incomplete_products, looks_complete, mark_outdated
     from detfold.evaluate.metrics import evaluate_coco
 
     small = bccd.subset(bccd.image_ids[:5])
@@ -176,7 +176,7 @@ def test_incomplete_products_are_found_at_every_cut(tmp_path, bccd):
     torch.save({"state_dict": {"w": torch.ones(50)}}, checkpoint)
     (tmp_path / "results/train/m/fold0/work").mkdir()
     (tmp_path / "results/train/m/fold0/work/scalars.json").write_text('{"loss": 1}\n{"loss": 0.5}\n')
-    assert age_incomplete_products(tmp_path / "results") == []  # JSON lines of mmengine left alone
+    assert incomplete_products(tmp_path / "results") == []  # JSON lines of mmengine left alone
 
     for name in files:
         text = (tmp_path / name).read_text()
@@ -192,10 +192,13 @@ def test_incomplete_products_are_found_at_every_cut(tmp_path, bccd):
 
     (tmp_path / "results/predict/m/fold0/oof.json").write_text(files and '[\n {"image_id": 1,\n')
     checkpoint.write_bytes(b"garbage")
-    aged = age_incomplete_products(tmp_path / "results")
-    assert [p.relative_to(tmp_path).as_posix() for p in aged] == [
+    found = incomplete_products(tmp_path / "results")
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "results/predict/m/fold0/oof.json",
         "results/train/m/fold0/model.pth",
     ]
-    assert [p.stat().st_mtime for p in aged] == [0, 0]  # older than any input: snakemake redoes them
+    assert all(p.stat().st_mtime > 0 for p in found)  # finding them changes nothing
+    for path in found:
+        mark_outdated(path)
+    assert [p.stat().st_mtime for p in found] == [0, 0]  # older than any input: snakemake redoes them
     assert (tmp_path / "results/eval/m/metrics.json").stat().st_mtime > 0

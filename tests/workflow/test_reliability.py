@@ -8,21 +8,25 @@ very same config and data in other folders.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import signal
 import subprocess
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
-from helpers.workflow_run import SNAKEMAKE, snakemake, tiny_config
+from helpers.waiting import wait_until
+from helpers.workflow_run import SNAKEMAKE, planned_jobs, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 MODELS = ("frcnn", "tiny")
 FOLDS = (0, 1, 2)
-HOLD = "DETFOLD_HOLD_BEFORE_RENAME"  # detfold.core.io's fault-injection hook
+HOLD_RENAME = Path(__file__).resolve().parents[1] / "helpers" / "hold_rename"  # its sitecustomize holds a write
+TIMEOUT_S = 900
 
 
 def reproducible_files() -> list[str]:
@@ -66,15 +70,9 @@ def start(repo: Path, workdir: Path, *args: str, env: dict[str, str] | None = No
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environment, start_new_session=True)
 
 
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 900) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"snakemake ended (rc {proc.returncode}) before {what}")
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def wait_for(condition, proc: subprocess.Popen, what: str) -> Any:
+    """Poll ``condition`` while snakemake runs; a timeout kills the run and fails the test."""
+    return wait_until(condition, what, TIMEOUT_S, proc=proc, stop=lambda: os.killpg(proc.pid, signal.SIGKILL))
 
 
 def kill(proc: subprocess.Popen) -> None:
@@ -87,16 +85,9 @@ def held_files(workdir: Path, stage: str) -> list[Path]:
     return sorted((workdir / "results" / stage).rglob(".*.tmp")) if (workdir / "results" / stage).exists() else []
 
 
-def final_name(tmp: Path) -> Path:
-    """``.oof.json.abc123.tmp`` -> ``oof.json`` (detfold.core.io.atomic_open's naming)."""
-    return tmp.with_name(tmp.name[1:].rsplit(".", 2)[0])
-
-
 def all_json_outputs_parse(workdir: Path) -> None:
     """Every results JSON parses whole: stricter than detfold.core.io.looks_complete, which the
     workflow uses at start-up and checks only the first and last bytes (cheap on big files)."""
-    import json
-
     for path in (workdir / "results").rglob("*.json"):
         if "work" not in path.relative_to(workdir).parts:  # mmengine's own files (JSON lines) aside
             json.loads(path.read_text())  # a half-written JSON would raise here
@@ -117,13 +108,7 @@ def killed_three_times(tmp_path_factory, repo, bccd_dir, tiny_run):
 
     # 1. during training: a fold model is being trained
     proc = start(repo, workdir)
-    train_logs = workdir / "logs" / "train"
-    wait_for(
-        lambda: any("training " in p.read_text() for p in train_logs.rglob("*.log")) if train_logs.exists() else False,
-        proc,
-        "training to start",
-    )
-    time.sleep(3)
+    wait_for(lambda: training_started(workdir), proc, "mmengine's training loop to start")
     kill(proc)
     facts["models_after_training_kill"] = sorted(str(p) for p in (workdir / "results").rglob("model.pth"))
     all_json_outputs_parse(workdir)
@@ -140,16 +125,38 @@ def killed_three_times(tmp_path_factory, repo, bccd_dir, tiny_run):
     return workdir, facts
 
 
+def training_started(workdir: Path) -> bool:
+    """Whether a training job's mmengine Runner has begun its training loop (its CheckpointHook
+    says where checkpoints go, in the job's log, before the first iteration)."""
+    logs = workdir / "logs" / "train"
+    return logs.exists() and any("Checkpoints will be saved to" in p.read_text() for p in logs.rglob("*.log"))
+
+
 def kill_during_write(repo: Path, workdir: Path, stage: str) -> tuple[Path, bool]:
-    """Restart as the README says, hold the first write under results/<stage>/ just before its
-    rename (detfold.core.io's hook) and SIGKILL everything there: the held temp file, and whether a
-    file already existed under its final name."""
+    """Restart as the README says, hold the first write under results/<stage>/ between its
+    complete temporary file and the rename (tests/helpers/hold_rename, loaded into every process
+    of the run through PYTHONPATH) and SIGKILL everything there: the held temp file, and whether
+    a file already existed under its final name."""
     subprocess.run([*base(repo, workdir), "--unlock"], check=True, capture_output=True)
-    proc = start(repo, workdir, "--rerun-incomplete", env={HOLD: f"results/{stage}/"})
-    wait_for(lambda: held_files(workdir, stage), proc, f"a write under results/{stage}/")
-    held = held_files(workdir, stage)[0]
+    holds = workdir / f"holds_{stage}"
+    holds.mkdir()
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(HOLD_RENAME), os.environ.get("PYTHONPATH")])),
+        "DETFOLD_TEST_HOLD_RENAME": f"results/{stage}/",
+        "DETFOLD_TEST_HOLD_DIR": str(holds),
+    }
+    proc = start(repo, workdir, "--rerun-incomplete", env=env)
+    held = wait_for(lambda: sorted(holds.glob("[0-9]*")), proc, f"a write under results/{stage}/ to be held")
     kill(proc)
-    return held, final_name(held).exists()
+    for hold in held:  # a held job outside snakemake's process group, if any: killed by its pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(hold.name), signal.SIGKILL)
+    _, tmp, target = held[0].read_text().rstrip("\n").split("\t")
+    tmp_path, target_path = Path(tmp), workdir / target  # target: as the job named it, maybe relative
+    assert tmp_path.parent.resolve() == target_path.parent.resolve(), (tmp, target)
+    if target_path.suffix == ".json":  # the temporary file is whole: only the rename was missing
+        json.loads(tmp_path.read_text())
+    return tmp_path, target_path.exists()
 
 
 def base(repo: Path, workdir: Path) -> list[str]:
@@ -186,18 +193,6 @@ def test_finished_run_reruns_nothing(second_clean_run, repo):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def planned_rules(result: subprocess.CompletedProcess) -> set[str]:
-    """Rule names in the job stats table of ``snakemake -n``."""
-    lines = (result.stdout + result.stderr).splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("job ")) + 2
-    rules = set()
-    for line in lines[start:]:
-        if not line.strip() or line.startswith("total"):
-            break
-        rules.add(line.split()[0])
-    return rules
-
-
 def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo):
     config_file = second_clean_run / "config.yaml"
     original = config_file.read_text()
@@ -209,7 +204,7 @@ def test_ensemble_edit_reruns_only_fusion_and_its_reports(second_clean_run, repo
     finally:
         config_file.write_text(original)
     assert result.returncode == 0, result.stderr[-3000:]
-    rules = planned_rules(result)
+    rules = set(planned_jobs(result))
     assert {"ensemble_select", "ensemble_test"} <= rules
     # the error analysis fuses with the untuned model fusion (ensemble.method, iou_thr, ...)
     allowed = {"ensemble_select", "ensemble_test", "summary", "all", "analyze", "analyze_ensemble"} | {
@@ -248,7 +243,7 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
 
-    command = [*base(repo, second_clean_run), "--forcerun", "ensemble", "--resources", "gpu=2"]
+    command = [*base(repo, second_clean_run), "--forcerun", "ensemble_test", "--resources", "gpu=2"]
     result = subprocess.run(
         command,
         capture_output=True,
@@ -257,12 +252,12 @@ def test_refused_write_fails_the_job_cleanly(second_clean_run, repo, tiny_run):
         preexec_fn=limit,
     )
     assert result.returncode != 0
-    log = (second_clean_run / "logs" / "ensemble.log").read_text()
+    log = (second_clean_run / "logs" / "ensemble_test.log").read_text()
     assert "cannot write results/ensemble/test.json: File too large; nothing written under that name" in log
     assert not fused.exists() or fused.read_bytes() == (tiny_run / "results/ensemble/test.json").read_bytes()
     assert held_files(second_clean_run, "ensemble") == []
 
-    # the same command once the cause is gone (a plain rerun would not redo ensemble: Snakemake
+    # the same command once the cause is gone (a plain rerun would not redo ensemble_test: Snakemake
     # leaves a failed job's deleted outputs alone while the files after them are up to date)
     again = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

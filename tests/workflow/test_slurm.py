@@ -22,7 +22,6 @@ import atexit
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,10 +29,9 @@ import pytest
 import yaml
 from detfold.core.coco import load_coco
 from helpers.slurm_cluster import LocalCluster, SlurmUnavailable, install
-from helpers.workflow_run import tiny_config
+from helpers.workflow_run import SNAKEMAKE, tiny_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 GPU_RULES = {"train", "predict"}
 RESOURCES = {  # small job sizes for the 2-CPU test node; they must reach sbatch unchanged
     "train_threads": 1,

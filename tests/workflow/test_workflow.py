@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from detfold.core.coco import load_coco, write_coco
 from helpers.predictions import pycocotools_eval
-from helpers.workflow_run import snakemake
+from helpers.workflow_run import planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 
@@ -153,19 +152,6 @@ def test_second_run_has_nothing_to_do(repo, tiny_run):
     result = snakemake(repo, tiny_run, "-n")
     assert result.returncode == 0, result.stderr
     assert "Nothing to be done" in result.stdout + result.stderr
-
-
-def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts from the 'Job stats' table of a dry run."""
-    lines = result.stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats")) + 3
-    counts = {}
-    for line in lines[start:]:
-        parts = line.split()
-        if len(parts) != 2 or parts[0] == "total":
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, tiny_run):

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +28,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        _hold_for_fault_tests(target)
         os.replace(tmp, target)
     except BaseException as err:
         if tmp is not None:
@@ -38,18 +36,6 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
             reason = err.strerror or str(err)  # say which output failed, once
             raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
         raise
-
-
-HOLD_ENV = "DETFOLD_HOLD_BEFORE_RENAME"
-
-
-def _hold_for_fault_tests(target: Path) -> None:
-    """Fault-injection hook of the test suite: with ``DETFOLD_HOLD_BEFORE_RENAME=TEXT`` set, a
-    write whose path contains TEXT waits 120 s between its complete temporary file and the
-    rename, so a test can kill the run at exactly that point. Unset in normal use."""
-    pattern = os.environ.get(HOLD_ENV)
-    if pattern and pattern in str(target):
-        time.sleep(120)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -168,23 +154,22 @@ def looks_complete(path: str | os.PathLike[str]) -> bool:
     return last_line == closer or last_line == head + closer  # "]" / "}", or an empty "[]" / "{}"
 
 
-def age_incomplete_products(results: str | os.PathLike[str] = "results") -> list[Path]:
-    """Find the JSON files and fold checkpoints under ``results`` (mmengine's work dirs aside)
-    that :func:`looks_complete` rejects (a crash of an older version, a bad copy) and set their
-    modification time to 1970: older than their inputs, Snakemake redoes the jobs that write
-    them and everything downstream (a deleted file would not do: Snakemake does not rerun a
-    missing intermediate file whose consumers are up to date). Returns them."""
+def incomplete_products(results: str | os.PathLike[str] = "results") -> list[Path]:
+    """The JSON files and fold checkpoints under ``results`` (mmengine's work dirs aside) that
+    :func:`looks_complete` rejects (a crash of an older version, a bad copy), sorted. Reads only."""
     root = Path(results)
     if not root.is_dir():
         return []
     candidates = [p for p in root.rglob("*.json") if "work" not in p.relative_to(root).parts]
     candidates += list(root.glob("train/*/fold*/model.pth"))
-    aged = []
-    for path in sorted(candidates):
-        if path.is_file() and not looks_complete(path):
-            os.utime(path, (0, 0))
-            aged.append(path)
-    return aged
+    return [path for path in sorted(candidates) if path.is_file() and not looks_complete(path)]
+
+
+def mark_outdated(path: str | os.PathLike[str]) -> None:
+    """Set ``path``'s modification time to 1970: older than its inputs, Snakemake redoes the job
+    that writes it and everything downstream (a deleted file would not do: Snakemake does not
+    rerun a missing intermediate file whose consumers are up to date)."""
+    os.utime(path, (0, 0))
 
 
 def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, list[str]]:

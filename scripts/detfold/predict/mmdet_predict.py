@@ -187,34 +187,18 @@ def predict_images(
     checkpoint: str,
     coco: Coco,
     images_dir: str,
-    score_thr: float = 0.05,
-    max_per_img: int = 100,
+    score_thr: float,
+    max_per_img: int,
     threads: int = 1,
     tta: TTA | None = None,
 ) -> list[dict[str, Any]]:
     """Run the model on every image of ``coco``; return COCO results (category ids of ``coco``).
-    With ``tta``, every image is predicted in each of its views and the views are merged."""
-    import torch
-    from mmdet.apis import inference_detector, init_detector
-    from mmdet.utils import register_all_modules
-
-    from detfold.train.mmdet_compat import patch_mmdet
-    from detfold.train.mmdet_train import load_resolved_config
-
-    register_all_modules(init_default_scope=True)
-    patch_mmdet()
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-    cfg = load_resolved_config(config_path)
+    ``score_thr`` and ``max_per_img`` are the resolved ``predict`` settings. With ``tta``, every
+    image is predicted in each of its views and the views are merged."""
+    cfg = load_config(config_path, threads)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    check_checkpoint(checkpoint)
-    model = init_detector(cfg, checkpoint, device=device)
-    classes = list(model.dataset_meta["classes"])
-    by_name = {cat["name"]: cat["id"] for cat in coco.categories}
-    missing = [c for c in classes if c not in by_name]
-    if missing:
-        raise ValueError(f"model classes {missing} are not categories of {coco.path} ({sorted(by_name)})")
-    label_to_cat = [by_name[c] for c in classes]
+    model, device = load_model(cfg, checkpoint)
+    label_to_cat = category_ids(model, coco)
     log.info(
         "predicting %d images on %s (score_thr=%s, max_per_img=%d, enforced by detfold; model's score key: %s)",
         len(coco.images),
@@ -231,9 +215,7 @@ def predict_images(
     for n, image in enumerate(coco.images, start=1):
         path = str(Path(images_dir) / image["file_name"])
         if pipelines is None:
-            with torch.no_grad():
-                pred = inference_detector(model, path).pred_instances
-            bboxes, scores, labels = pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
+            bboxes, scores, labels = predict_plain(model, path)
         else:
             views = predict_views(model, read_image(path, image), tta, pipelines)
             bboxes, scores, labels = merge_views(views, image["width"], image["height"], tta, max_per_img)
@@ -242,6 +224,53 @@ def predict_images(
         if n % 50 == 0 or n == len(coco.images):
             log.info("predicted %d/%d images", n, len(coco.images))
     return results
+
+
+def load_config(config_path: str, threads: int) -> Any:
+    """A fold model's resolved config, with mmdet's modules registered and ``threads`` CPU
+    threads."""
+    import torch
+    from mmdet.utils import register_all_modules
+
+    from detfold.train.mmdet_compat import patch_mmdet
+    from detfold.train.mmdet_train import load_resolved_config
+
+    register_all_modules(init_default_scope=True)
+    patch_mmdet()
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    return load_resolved_config(config_path)
+
+
+def load_model(cfg: Any, checkpoint: str) -> tuple[Any, str]:
+    """The detector of ``cfg`` with the fold model's weights (checked first), on the GPU when
+    there is one; and that device."""
+    import torch
+    from mmdet.apis import init_detector
+
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    check_checkpoint(checkpoint)
+    return init_detector(cfg, checkpoint, device=device), device
+
+
+def category_ids(model: Any, coco: Coco) -> list[int]:
+    """The category id of ``coco`` for each label of the model (its classes, by name); raises
+    naming the model classes that are not categories of ``coco``."""
+    classes = list(model.dataset_meta["classes"])
+    by_name = {cat["name"]: cat["id"] for cat in coco.categories}
+    missing = [c for c in classes if c not in by_name]
+    if missing:
+        raise ValueError(f"model classes {missing} are not categories of {coco.path} ({sorted(by_name)})")
+    return [by_name[c] for c in classes]
+
+
+def predict_plain(model: Any, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's (bboxes_xyxy_abs, scores, labels) for the image file at ``path``."""
+    import torch
+    from mmdet.apis import inference_detector
+
+    with torch.no_grad():
+        pred = inference_detector(model, path).pred_instances
+    return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
 
 
 def check_checkpoint(checkpoint: str) -> None:

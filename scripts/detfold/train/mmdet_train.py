@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from detfold.core.coco import load_coco
+from detfold.core.coco import Coco, load_coco
 from detfold.core.io import atomic_open, write_text
+from detfold.train import mmdet_config as adapt
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +119,35 @@ def resolve_config(
     device: str = "cpu",
 ) -> Any:
     """The full mmdet config for one fold: the model's config with the fold's data filled in,
-    adapted by :mod:`detfold.train.mmdet_config` (each change logged)."""
-    from detfold.train import mmdet_config as adapt
-
+    adapted by :mod:`detfold.train.mmdet_config` and the steps below, in this order (each
+    change logged)."""
     unknown = sorted(set(settings) - set(MODEL_KEYS))
     if unknown:
         raise ValueError(f"unknown model setting(s) {unknown}; allowed: {list(MODEL_KEYS)}")
     name = str(settings["config"])
     cfg = load_mmdet_config(name)
     coco = load_coco(train_json)
+    changes = _set_fold_data(cfg, coco, train_json, val_json, images_dir, name)
+    changes += _set_batches_and_schedule(cfg, settings, coco, name)
+    _set_run(cfg, settings, work_dir, seed)
+    changes += _set_input_size(cfg, settings, name)
+    changes += _set_optim_wrapper(cfg, settings, device)
+    _set_validation(cfg, settings, val_json)
+    _set_visualizer(cfg, settings, work_dir)
+    if settings.get("cfg_options"):
+        cfg.merge_from_dict(dict(settings["cfg_options"]))
+        changes.append(f"cfg_options merged: {sorted(settings['cfg_options'])}")
+    # after cfg_options, so that no option can bring back a download
+    changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
+    for line in changes:
+        log.info("config: %s", line)
+    return cfg
+
+
+def _set_fold_data(cfg: Any, coco: Coco, train_json: str, val_json: str, images_dir: str, name: str) -> list[str]:
+    """The fold's classes (every ``num_classes`` of the model), annotation files and images in
+    the train and test dataloaders; no evaluation inside training (detfold predicts and scores
+    each fold itself)."""
     classes = tuple(coco.class_names)
     if adapt.set_num_classes(cfg.model, len(classes)) == 0:
         raise ValueError(f"{name}: no num_classes key in the model config")
@@ -134,13 +155,18 @@ def resolve_config(
     for split in ("val", "test"):
         changes += adapt.set_fold_data(cfg[f"{split}_dataloader"], val_json, images_dir, classes, train=False)
         cfg[f"{split}_evaluator"] = _evaluator(val_json)
-    # No evaluation inside training (detfold predicts and scores each fold itself).
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
+    return changes
+
+
+def _set_batches_and_schedule(cfg: Any, settings: dict[str, Any], coco: Coco, name: str) -> list[str]:
+    """Batch size, epochs (every epoch number stretched to them), data loader workers, lr and
+    mmdet's linear lr scaling."""
     if "batch_size" in settings:
         cfg.train_dataloader.batch_size = int(settings["batch_size"])
     batch_size = int(cfg.train_dataloader.batch_size)
     iters_per_epoch = max(1, math.ceil(len({a["image_id"] for a in coco.annotations}) / batch_size))
-    changes += adapt.set_schedule(cfg, settings.get("epochs"), iters_per_epoch, name)
+    changes = adapt.set_schedule(cfg, settings.get("epochs"), iters_per_epoch, name)
     if "num_workers" in settings:
         workers = int(settings["num_workers"])
         for split in ("train", "test"):
@@ -148,7 +174,12 @@ def resolve_config(
             cfg[f"{split}_dataloader"].persistent_workers = workers > 0
     if "lr" in settings:
         cfg.optim_wrapper.optimizer.lr = float(settings["lr"])
-    changes += adapt.scale_lr(cfg, settings, batch_size, config_file(name), name)
+    return changes + adapt.scale_lr(cfg, settings, batch_size, config_file(name), name)
+
+
+def _set_run(cfg: Any, settings: dict[str, Any], work_dir: str, seed: int) -> None:
+    """The starting weights (``load_from``), the seed, the work dir, and how checkpoints are
+    saved: every epoch, atomically, of builtin types only."""
     load_from = settings.get("load_from")
     if load_from and not Path(load_from).is_file():
         raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
@@ -166,10 +197,21 @@ def resolve_config(
     cfg.custom_hooks = [*(cfg.get("custom_hooks") or []), dict(type=PLAIN_STATE_HOOK)]
     cfg.work_dir = str(Path(work_dir).resolve())
     cfg.resume = False
+
+
+def _set_input_size(cfg: Any, settings: dict[str, Any], name: str) -> list[str]:
+    """``img_scale`` (the network input, train and test) and ``multi_scale`` training."""
+    changes: list[str] = []
     if settings.get("img_scale"):
         changes += adapt.set_img_scale(cfg, tuple(int(v) for v in settings["img_scale"]), name)
     if settings.get("multi_scale"):  # each training image resized to one of these (w, h), at random
         changes += adapt.set_multi_scale(cfg, settings["multi_scale"], name)
+    return changes
+
+
+def _set_optim_wrapper(cfg: Any, settings: dict[str, Any], device: str) -> list[str]:
+    """Gradient accumulation, and mixed precision on a GPU only (a config's own AmpOptimWrapper
+    becomes a plain one on CPU)."""
     if int(settings.get("accumulate", 1)) > 1:
         cfg.optim_wrapper.accumulative_counts = int(settings["accumulate"])
     if settings.get("amp"):
@@ -181,7 +223,13 @@ def resolve_config(
     elif cfg.optim_wrapper.get("type") == "AmpOptimWrapper" and device != "cuda":
         cfg.optim_wrapper.type = "OptimWrapper"
         cfg.optim_wrapper.pop("loss_scale", None)
-        changes.append("AmpOptimWrapper -> OptimWrapper (mixed precision needs a GPU)")
+        return ["AmpOptimWrapper -> OptimWrapper (mixed precision needs a GPU)"]
+    return []
+
+
+def _set_validation(cfg: Any, settings: dict[str, Any], val_json: str) -> None:
+    """Validation on the fold's val images during training (bbox mAP at 100 detections), when
+    ``checkpoint: best``, ``early_stopping`` or ``val_interval`` asks for it."""
     checkpoint = settings.get("checkpoint", "last")
     if checkpoint not in ("last", "best"):
         raise ValueError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
@@ -202,6 +250,11 @@ def resolve_config(
             *cfg.get("custom_hooks", []),
             dict(type="EarlyStoppingHook", monitor=VAL_METRIC, patience=patience, min_delta=0.001),
         ]
+
+
+def _set_visualizer(cfg: Any, settings: dict[str, Any], work_dir: str) -> None:
+    """Where training logs go: local files, TensorBoard (default on), Weights & Biases (one
+    run per fold, named model-foldK)."""
     backends = [dict(type="LocalVisBackend")]
     if settings.get("tensorboard", True):
         backends.append(dict(type="TensorboardVisBackend"))
@@ -210,14 +263,6 @@ def resolve_config(
         init = {"name": f"{run.parent.name}-{run.name}", "group": run.parent.name, **dict(settings["wandb"])}
         backends.append(dict(type="WandbVisBackend", init_kwargs=init))
     cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=backends, name="visualizer")
-    if settings.get("cfg_options"):
-        cfg.merge_from_dict(dict(settings["cfg_options"]))
-        changes.append(f"cfg_options merged: {sorted(settings['cfg_options'])}")
-    # after cfg_options, so that no option can bring back a download
-    changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
-    for line in changes:
-        log.info("config: %s", line)
-    return cfg
 
 
 def register_atomic_checkpoint_backend() -> None:
@@ -363,57 +408,85 @@ def train_fold(
     from detfold.train.gpu_slots import RECORD, available_slots, gpu_slot
 
     with gpu_slot(available_slots(), job=str(checkpoint_out), record=RECORD):
-        import torch
-        from mmdet.utils import register_all_modules
-        from mmengine.runner import Runner
-
-        from detfold.train.mmdet_compat import patch_mmdet
-
-        register_all_modules(init_default_scope=True)
-        patch_mmdet()  # validation during training predicts too
-        register_atomic_checkpoint_backend()
-        register_plain_state_hook()
-        torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-        out_dir = Path(checkpoint_out).parent
-        work_dir = out_dir / "work"
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _prepare_mmdet(threads)
+        work_dir = Path(checkpoint_out).parent / "work"
         cfg = resolve_config(settings, train_json, val_json, images_dir, str(work_dir), seed, device)
         resolved_text = cfg.pretty_text
         for key in ("load_from", "backbone_weights"):
             if settings.get(key) not in (None, False):
                 check_weights_file(str(settings[key]), key)
-        fingerprint = _run_fingerprint(resolved_text, [train_json, val_json])
-        if _resumable(work_dir, fingerprint):
-            own = (work_dir / "last_checkpoint").read_text().strip()
-            log.info("resuming from %s", own)
-            # mmengine resumes from load_from when it is set: point it at this job's own last
-            # epoch checkpoint, never at the pretrained file (that one has no training state)
-            cfg.resume, cfg.load_from = True, own
-        elif work_dir.exists():
-            log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
-            shutil.rmtree(work_dir)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        write_text(work_dir / "run_fingerprint.txt", fingerprint)
+        _start_or_resume(cfg, work_dir, _run_fingerprint(resolved_text, [train_json, val_json]))
         log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
-        runner = Runner.from_cfg(cfg)
-        for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
-            if isinstance(handler, logging.FileHandler):
-                runner.logger.addHandler(handler)
-        runner.train()  # every checkpoint it reads with torch's weights_only loader: no code runs
-
-        last = Path((work_dir / "last_checkpoint").read_text().strip())
-        if settings.get("checkpoint", "last") == "best":
-            best = sorted(work_dir.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
-            if best:
-                last = best[-1]
-            else:
-                log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        # weights, classes and position only: mmengine's meta also holds the run's time, work dir
-        # and config text, which would make two identical trainings differ byte for byte
-        meta = {key: state.get("meta", {})[key] for key in SLIM_META if key in state.get("meta", {})}
-        slim = {"meta": meta, "state_dict": state["state_dict"]}
-        with atomic_open(checkpoint_out, "wb") as handle:
-            torch.save(slim, handle)
+        _run(cfg)
+        chosen = _chosen_checkpoint(work_dir, settings.get("checkpoint", "last"))
+        _save_weights(chosen, checkpoint_out)
         write_text(config_out, resolved_text)
-        log.info("wrote %s (from %s) and %s", checkpoint_out, last.name, config_out)
+        log.info("wrote %s (from %s) and %s", checkpoint_out, chosen.name, config_out)
+
+
+def _prepare_mmdet(threads: int) -> str:
+    """Register mmdet's modules and detfold's checkpoint backend and hook, use ``threads`` CPU
+    threads; return the device to train on (``cuda`` or ``cpu``)."""
+    import torch
+    from mmdet.utils import register_all_modules
+
+    from detfold.train.mmdet_compat import patch_mmdet
+
+    register_all_modules(init_default_scope=True)
+    patch_mmdet()  # validation during training predicts too
+    register_atomic_checkpoint_backend()
+    register_plain_state_hook()
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _start_or_resume(cfg: Any, work_dir: Path, fingerprint: str) -> None:
+    """Resume from the work dir's last readable epoch checkpoint of this very config and data;
+    otherwise discard the work dir and start over. Stamps the work dir with ``fingerprint``."""
+    if _resumable(work_dir, fingerprint):
+        own = (work_dir / "last_checkpoint").read_text().strip()
+        log.info("resuming from %s", own)
+        # mmengine resumes from load_from when it is set: point it at this job's own last
+        # epoch checkpoint, never at the pretrained file (that one has no training state)
+        cfg.resume, cfg.load_from = True, own
+    elif work_dir.exists():
+        log.info("discarding %s: no checkpoint of this exact config and data", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    write_text(work_dir / "run_fingerprint.txt", fingerprint)
+
+
+def _run(cfg: Any) -> None:
+    """Train with mmengine's Runner, its progress lines also in the rule's log file."""
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg)
+    for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
+        if isinstance(handler, logging.FileHandler):
+            runner.logger.addHandler(handler)
+    runner.train()  # every checkpoint it reads with torch's weights_only loader: no code runs
+
+
+def _chosen_checkpoint(work_dir: Path, checkpoint: str) -> Path:
+    """The epoch checkpoint that becomes the fold model: the last one, or with ``checkpoint:
+    best`` the newest best one (the last one when validation gave no bbox mAP)."""
+    last = Path((work_dir / "last_checkpoint").read_text().strip())
+    if checkpoint == "best":
+        best = sorted(work_dir.glob("best_*.pth"), key=lambda p: p.stat().st_mtime)
+        if best:
+            return best[-1]
+        log.warning("no best checkpoint (validation produced no bbox mAP): using the last one")
+    return last
+
+
+def _save_weights(chosen: Path, checkpoint_out: str) -> None:
+    """Write ``chosen``'s weights, classes and position to ``checkpoint_out`` (atomically).
+    mmengine's meta also holds the run's time, work dir and config text, which would make two
+    identical trainings differ byte for byte: only :data:`SLIM_META` of it is kept."""
+    import torch
+
+    state = torch.load(chosen, map_location="cpu", weights_only=True)
+    meta = {key: state.get("meta", {})[key] for key in SLIM_META if key in state.get("meta", {})}
+    slim = {"meta": meta, "state_dict": state["state_dict"]}
+    with atomic_open(checkpoint_out, "wb") as handle:
+        torch.save(slim, handle)
