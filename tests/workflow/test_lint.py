@@ -26,8 +26,9 @@ def run(repo, *cmd):
         ("ruff", "format", "--check", "."),
         ("snakefmt", "--check", "Snakefile", "workflow"),
         ("snakemake", "--lint"),
+        ("mypy",),  # the library, as configured in pyproject.toml
     ],
-    ids=["ruff-check", "ruff-format", "snakefmt", "snakemake-lint"],
+    ids=["ruff-check", "ruff-format", "snakefmt", "snakemake-lint", "mypy"],
 )
 def test_lint_clean(repo, cmd):
     result = run(repo, *cmd)

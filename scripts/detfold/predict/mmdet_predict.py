@@ -214,7 +214,7 @@ def predict_images(
     results: list[dict[str, Any]] = []
     for n, image in enumerate(coco.images, start=1):
         path = str(Path(images_dir) / image["file_name"])
-        if pipelines is None:
+        if tta is None or pipelines is None:
             bboxes, scores, labels = predict_plain(model, path)
         else:
             views = predict_views(model, read_image(path, image), tta, pipelines)

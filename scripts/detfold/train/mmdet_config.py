@@ -73,7 +73,7 @@ def _reads_coco(kind: str) -> bool:
     from mmdet.registry import DATASETS
 
     cls = DATASETS.get(kind)
-    return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list
+    return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list  # type: ignore[attr-defined]  # mypy types cls as a bare type
 
 
 def set_fold_data(
@@ -165,7 +165,8 @@ class ScaleMap:
         self.short = min(img_scale) / min(reference)
 
     def exact(self, value: Any) -> tuple[int, int]:
-        return tuple(max(1, round(v * i / r)) for v, i, r in zip(value, self.img, self.ref, strict=True))  # type: ignore[return-value]
+        (w, h), (img_w, img_h), (ref_w, ref_h) = value, self.img, self.ref
+        return max(1, round(w * img_w / ref_w)), max(1, round(h * img_h / ref_h))
 
     def keep_ratio(self, value: Any) -> tuple[int, int]:
         a, b = value
@@ -173,7 +174,8 @@ class ScaleMap:
         return max(1, round(a * fa)), max(1, round(b * fb))
 
     def range(self, value: Any, factor: float) -> tuple[int, int]:
-        return tuple(max(1, round(v * factor)) for v in value)  # type: ignore[return-value]
+        w, h = value
+        return max(1, round(w * factor)), max(1, round(h * factor))
 
 
 def _scale_step(step: dict[str, Any], scale: ScaleMap, where: str) -> str | None:

@@ -203,7 +203,8 @@ def _set_input_size(cfg: Any, settings: dict[str, Any], name: str) -> list[str]:
     """``img_scale`` (the network input, train and test) and ``multi_scale`` training."""
     changes: list[str] = []
     if settings.get("img_scale"):
-        changes += adapt.set_img_scale(cfg, tuple(int(v) for v in settings["img_scale"]), name)
+        width, height = (int(v) for v in settings["img_scale"])
+        changes += adapt.set_img_scale(cfg, (width, height), name)
     if settings.get("multi_scale"):  # each training image resized to one of these (w, h), at random
         changes += adapt.set_multi_scale(cfg, settings["multi_scale"], name)
     return changes
@@ -255,12 +256,13 @@ def _set_validation(cfg: Any, settings: dict[str, Any], val_json: str) -> None:
 def _set_visualizer(cfg: Any, settings: dict[str, Any], work_dir: str) -> None:
     """Where training logs go: local files, TensorBoard (default on), Weights & Biases (one
     run per fold, named model-foldK)."""
-    backends = [dict(type="LocalVisBackend")]
+    backends: list[dict[str, Any]] = [dict(type="LocalVisBackend")]
     if settings.get("tensorboard", True):
         backends.append(dict(type="TensorboardVisBackend"))
     if settings.get("wandb"):
         run = Path(work_dir).resolve().parent  # results/train/{model}/fold{k}: one wandb run per fold
-        init = {"name": f"{run.parent.name}-{run.name}", "group": run.parent.name, **dict(settings["wandb"])}
+        init: dict[str, Any] = {"name": f"{run.parent.name}-{run.name}", "group": run.parent.name}
+        init.update(settings["wandb"])
         backends.append(dict(type="WandbVisBackend", init_kwargs=init))
     cfg.visualizer = dict(type="DetLocalVisualizer", vis_backends=backends, name="visualizer")
 
