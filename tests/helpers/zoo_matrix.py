@@ -141,7 +141,7 @@ STEPS = {"coco_checkpoint": step_coco_checkpoint, "train": step_train, "predict"
 def run_step(name: str, timeout: float = 1800, **kwargs: Any) -> dict[str, Any]:
     """One step in a fresh process; its return value, or RuntimeError with the error's last line."""
     code = (
-        f"import json, sys; sys.path.insert(0, {str(REPO / 'tests')!r}); import zoo_matrix as z; "
+        f"import json, sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from helpers import zoo_matrix as z; "
         f"print('ZOO-RESULT ' + json.dumps(z.STEPS[{name!r}](**json.loads(sys.argv[1]))))"
     )
     result = subprocess.run(
