@@ -96,6 +96,9 @@ def test_deliberate_differences():
     }
     result = evaluate_bbox(one, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "score": 0.9}])
     assert result.stats[0] == pytest.approx(1.0)  # area missing: w * h is used
+    # nothing found: 0 where there is ground truth (all, small), undefined (-1) where there is none
+    nothing = evaluate_bbox(one, []).stats
+    assert nothing.tolist() == [0, 0, 0, 0, -1, -1, 0, 0, 0, 0, -1, -1]
 
 
 @pytest.mark.parametrize("decimals", [6, 2, None])

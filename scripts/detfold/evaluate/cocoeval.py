@@ -31,9 +31,8 @@ from detfold.core.coco import Detections, take_rows
 
 IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
-AREA_RANGES = np.array([[0, 1e5**2], [0, 32**2], [32**2, 96**2], [96**2, 1e5**2]], dtype=np.float64)
-AREA_LABELS = ("all", "small", "medium", "large")
-MAX_DETS = (1, 10, 100)
+AREA_ALL = np.array([[0, 1e5**2]], dtype=np.float64)  #: the area range "all" (the matching uses only it)
+MAX_DETS = 100  #: per image and class
 
 
 @dataclass
@@ -131,8 +130,7 @@ class BboxEvaluator:
     @functools.cached_property
     def _gt_counts(self) -> np.ndarray:
         """The counted ground truth (not crowd, area all) per image and category position."""
-        area_all = AREA_RANGES[0]
-        counted = ~self.g_crowd & ~((self.g_area < area_all[0]) | (self.g_area > area_all[1]))
+        counted = ~self.g_crowd & ~((self.g_area < AREA_ALL[0, 0]) | (self.g_area > AREA_ALL[0, 1]))
         gt_counts = np.zeros((len(self.img_ids), self.n_cat), dtype=np.int64)
         np.add.at(gt_counts, (self.g_key[counted] // self.n_cat, self.g_cat[counted]), 1)
         return gt_counts
@@ -166,17 +164,16 @@ class BboxEvaluator:
         d_key, d_box, d_score = d_key[d_order], take_rows(d_box, d_order), d_score[d_order]
         bounds = _runs(d_key)
         d_rank = np.arange(len(d_key)) - np.repeat(bounds[:-1], np.diff(bounds))
-        keep = d_rank < MAX_DETS[-1]
+        keep = d_rank < MAX_DETS
         if not keep.all():
             d_key, d_box, d_score = d_key[keep], take_rows(d_box, keep), d_score[keep]
             bounds = _runs(d_key)
         # only the (image, category) groups with detections: the others match nothing
         ds, de = bounds[:-1], bounds[1:]
         gs, ge = _group_bounds(self.g_key, d_key[ds])
-        area_all = AREA_RANGES[:1]
         d_area = d_box[:, 2] * d_box[:, 3]
         matched, ignored = match_groups(
-            gs, ge, ds, de, self.g_box, self.g_area, self.g_crowd, d_box, d_area, IOU_THRS.astype(np.float64), area_all
+            gs, ge, ds, de, self.g_box, self.g_area, self.g_crowd, d_box, d_area, IOU_THRS, AREA_ALL
         )
         img, cat = (d_key // n_cat).astype(np.int32), (d_key % n_cat).astype(np.int32)  # compact: kept per combination
         return Matched.sorted(img, cat, d_score, matched[0], ignored[0], self._gt_counts)
@@ -249,15 +246,14 @@ def evaluate_bbox(gt: dict[str, Any], predictions: Detections | list[dict[str, A
     """All 12 stats and the precision / recall arrays of detections (:class:`Detections` or a
     COCO results list) against a COCO ground-truth dict (images, annotations, categories), by
     hotcoco's COCOeval: pycocotools' numbers bit for bit, in Rust, with no Python object per
-    box. The ids must be those of ``gt`` (:func:`detfold.core.coco.check_detection_ids`)."""
+    box; an empty detection list scores 0 (pycocotools raises). The ids must be those of ``gt``
+    (:func:`detfold.core.coco.check_detection_ids`)."""
     import contextlib
     import io
 
     import hotcoco
 
     d = predictions if isinstance(predictions, Detections) else Detections.from_results(predictions)
-    if len(d) == 0:
-        return _nothing_found(gt)
     anns = gt["annotations"]
     n = len(anns)
     coco_gt = hotcoco.COCO.from_arrays(
@@ -283,48 +279,8 @@ def evaluate_bbox(gt: dict[str, Any], predictions: Detections | list[dict[str, A
     precision = np.asarray(ev.eval["precision"], dtype=np.float64)
     recall = np.asarray(ev.eval["recall"], dtype=np.float64)
     cat_ids = sorted(c["id"] for c in gt["categories"])
-    return CocoEvalResult(precision, recall, summarize(precision, recall), cat_ids)
-
-
-def _nothing_found(gt: dict[str, Any]) -> CocoEvalResult:
-    """What pycocotools would give an empty detection list if it did not raise: precision and
-    recall 0 where a class has counted ground truth (not crowd) in an area range, -1 elsewhere."""
-    cat_ids = sorted(c["id"] for c in gt["categories"])
-    position = {c: k for k, c in enumerate(cat_ids)}
-    counted = np.zeros((len(cat_ids), len(AREA_RANGES)), dtype=bool)  # [K, A]
-    for a in gt["annotations"]:
-        if not a.get("iscrowd", 0):
-            area = a.get("area", a["bbox"][2] * a["bbox"][3])
-            counted[position[a["category_id"]]] |= (AREA_RANGES[:, 0] <= area) & (area <= AREA_RANGES[:, 1])
-    value = np.where(counted, 0.0, -1.0)[:, :, None]  # [K, A, M]
-    recall = np.broadcast_to(value, (len(IOU_THRS), len(cat_ids), len(AREA_RANGES), len(MAX_DETS))).copy()
-    precision = np.broadcast_to(value, (len(IOU_THRS), len(REC_THRS), *recall.shape[1:])).copy()
-    return CocoEvalResult(precision, recall, summarize(precision, recall), cat_ids)
+    return CocoEvalResult(precision, recall, np.asarray(ev.stats, dtype=np.float64), cat_ids)
 
 
 def _mean_defined(s: np.ndarray) -> float:
     return -1.0 if len(s[s > -1]) == 0 else float(np.mean(s[s > -1]))
-
-
-#: the 12 standard stats as (AP or AR, IoU threshold (None: all), area range, max detections)
-_STATS = (
-    *((True, iou, "all", 100) for iou in (None, 0.5, 0.75)),
-    *((True, None, area, 100) for area in ("small", "medium", "large")),
-    *((False, None, "all", m) for m in MAX_DETS),
-    *((False, None, area, 100) for area in ("small", "medium", "large")),
-)
-
-
-def _summary_value(
-    precision: np.ndarray, recall: np.ndarray, ap: bool, iou_thr: float | None, area: str, max_dets: int
-) -> float:
-    a, m = AREA_LABELS.index(area), MAX_DETS.index(max_dets)
-    s = precision[..., a, m] if ap else recall[..., a, m]
-    if iou_thr is not None:
-        s = s[np.flatnonzero(iou_thr == IOU_THRS)]
-    return _mean_defined(s)
-
-
-def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
-    """The 12 standard stats (AP, AP50, AP75, AP S/M/L, AR 1/10/100, AR S/M/L)."""
-    return np.array([_summary_value(precision, recall, *stat) for stat in _STATS])
