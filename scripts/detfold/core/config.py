@@ -304,6 +304,42 @@ def _fold_count_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _ensemble_problems(config: dict[str, Any]) -> list[str]:
+    """Ensemble settings that would fail only after every model trained: search weight vectors
+    of the wrong length, external prediction files in another format than stated."""
+    ensemble = config.get("ensemble") or {}
+    external = ensemble.get("external") or []
+    members = len(config.get("models") or {}) + len(external)
+    problems = [
+        f"ensemble.search.weights[{i}] = {w!r} has {len(w)} weights for {members} members "
+        "(the models in name order, then the external ones)"
+        for i, w in enumerate((ensemble.get("search") or {}).get("weights") or [])
+        if isinstance(w, list) and len(w) != members
+    ]
+    for i, spec in enumerate(external):
+        fmt = spec["format"]
+        for split in ("oof", "test"):
+            path = spec.get(split)
+            if not path or not Path(path).is_file():
+                continue
+            with open(path, encoding="utf-8-sig", errors="replace") as handle:
+                head = handle.read(4096).lstrip()
+            looks = "coco" if head.startswith("[") else "csv" if "PredictionString" in head.split("\n", 1)[0] else None
+            if looks != fmt:
+                seen = (
+                    f"looks like {looks}" if looks else "is neither a COCO results list nor a CSV with PredictionString"
+                )
+                problems.append(f"ensemble.external[{i}].{split} = {path!r}: format is {fmt} but the file {seen}")
+    return problems
+
+
+def check_feasible(config: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` listing every problem :func:`feasibility_problems` finds."""
+    problems = feasibility_problems(config)
+    if problems:
+        raise ConfigError(problems)
+
+
 DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
 
 
@@ -351,39 +387,3 @@ def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
     for line in warnings:
         log.warning("detfold: %s", line)
     return warnings
-
-
-def _ensemble_problems(config: dict[str, Any]) -> list[str]:
-    """Ensemble settings that would fail only after every model trained: search weight vectors
-    of the wrong length, external prediction files in another format than stated."""
-    ensemble = config.get("ensemble") or {}
-    external = ensemble.get("external") or []
-    members = len(config.get("models") or {}) + len(external)
-    problems = [
-        f"ensemble.search.weights[{i}] = {w!r} has {len(w)} weights for {members} members "
-        "(the models in name order, then the external ones)"
-        for i, w in enumerate((ensemble.get("search") or {}).get("weights") or [])
-        if isinstance(w, list) and len(w) != members
-    ]
-    for i, spec in enumerate(external):
-        fmt = spec["format"]
-        for split in ("oof", "test"):
-            path = spec.get(split)
-            if not path or not Path(path).is_file():
-                continue
-            with open(path, encoding="utf-8-sig", errors="replace") as handle:
-                head = handle.read(4096).lstrip()
-            looks = "coco" if head.startswith("[") else "csv" if "PredictionString" in head.split("\n", 1)[0] else None
-            if looks != fmt:
-                seen = (
-                    f"looks like {looks}" if looks else "is neither a COCO results list nor a CSV with PredictionString"
-                )
-                problems.append(f"ensemble.external[{i}].{split} = {path!r}: format is {fmt} but the file {seen}")
-    return problems
-
-
-def check_feasible(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` listing every problem :func:`feasibility_problems` finds."""
-    problems = feasibility_problems(config)
-    if problems:
-        raise ConfigError(problems)
