@@ -21,6 +21,17 @@ STYLE = (
     "pre{background:#f4f4f4;padding:8px;font-size:12px}p.note{color:#555}"
 )
 
+OOF_COLUMNS = {
+    "score_thr": "score_thr",
+    "precision": "OOF precision",
+    "recall": "OOF recall",
+    "f1": "OOF F1 (in-sample)",
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+}  # thresholds.json's key -> column, on the pooled OOF predictions where the threshold was chosen
+BLEND_COLUMNS = {"precision": "blend precision", "recall": "blend recall", "f1": "blend F1"}
+
 
 def fmt(value: Any, digits: int = 4) -> str:
     """A float with ``digits`` decimals; None and NaN as n/a; anything else as ``str``."""
@@ -68,58 +79,40 @@ def note(text: str) -> str:
 def audit_page(summary: Mapping[str, Any], checks: Sequence[str], actions: Sequence[str]) -> str:
     """Findings per check (``checks``, by ``actions`` and split) and the images and boxes
     before/after per split (``summary``: the audit's summary.json)."""
-    found = summary["findings_per_check"]
-    rows = [
-        {
-            "check": c,
-            "finds": summary.get("checks", {}).get(c, ""),
-            "total": found.get(c, {}).get("total", 0),
-            **{a: found.get(c, {}).get("by_action", {}).get(a, 0) for a in actions},
-            **{f"in {s}": found.get(c, {}).get("by_split", {}).get(s, 0) for s in summary["splits"]},
-        }
-        for c in checks
-    ]
-    split_rows = [{"split": s, **v} for s, v in summary["splits"].items()]
-    body = (
-        heading("Findings per check")
-        + table(pd.DataFrame(rows))
-        + heading("Images and boxes per split, before and after the audit")
-        + table(pd.DataFrame(split_rows))
-    )
+    rows = []
+    for c in checks:
+        found = summary["findings_per_check"].get(c, {})
+        by_action, by_split = found.get("by_action", {}), found.get("by_split", {})
+        rows.append(
+            {"check": c, "finds": summary.get("checks", {}).get(c, ""), "total": found.get("total", 0)}
+            | {a: by_action.get(a, 0) for a in actions}
+            | {f"in {s}": by_split.get(s, 0) for s in summary["splits"]}
+        )
+    splits = pd.DataFrame([{"split": s, **v} for s, v in summary["splits"].items()])
+    body = heading("Findings per check") + table(pd.DataFrame(rows))
+    body += heading("Images and boxes per split, before and after the audit") + table(splits)
     return page("Ground-truth audit", body)
 
 
-def _stat_columns(result: Mapping[str, Any]) -> dict[str, float | None]:
+def _cv_row(label: str, images: Any, gt: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
     names = {"AP": "mAP", "AP50": "mAP50"}  # the names detfold uses; the rest as COCO's summary
-    return {names.get(n, n): result["stats"][n] for n in STAT_NAMES}
+    return {"OOF predictions": label, "images": images, "GT boxes": gt} | {
+        names.get(n, n): stats[n] for n in STAT_NAMES
+    }
 
 
 def cv_table(metrics: Mapping[str, Any]) -> tuple[pd.DataFrame, list[bool]]:
     """Per-fold OOF rows, mean +- std over folds and pooled OOF of one model's metrics.json:
     images, GT boxes and the 12 COCO stats (maxDets 100; AP and AP50 named mAP and mAP50)."""
-    rows: list[dict[str, Any]] = [
-        {"OOF predictions": f"fold {f['fold']}", "images": f["n_images"], "GT boxes": f["n_gt"], **_stat_columns(f)}
-        for f in metrics["folds"]
-    ]
-    stats = [_stat_columns(f) for f in metrics["folds"]]
-    spread = {name: mean_std([s[name] for s in stats]) for name in stats[0]}
+    folds, pooled = metrics["folds"], metrics["pooled_oof"]
+    spread = {n: mean_std([f["stats"][n] for f in folds]) for n in STAT_NAMES}
+    rows = [_cv_row(f"fold {f['fold']}", f["n_images"], f["n_gt"], f["stats"]) for f in folds]
     rows.append(
-        {
-            "OOF predictions": "mean +- std over folds",
-            "images": "",
-            "GT boxes": "",
-            **{n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()},
-        }
+        _cv_row(
+            "mean +- std over folds", "", "", {n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()}
+        )
     )
-    pooled = metrics["pooled_oof"]
-    rows.append(
-        {
-            "OOF predictions": "pooled OOF (all folds together)",
-            "images": pooled["n_images"],
-            "GT boxes": pooled["n_gt"],
-            **_stat_columns(pooled),
-        }
-    )
+    rows.append(_cv_row("pooled OOF (all folds together)", pooled["n_images"], pooled["n_gt"], pooled["stats"]))
     return pd.DataFrame(rows), [False] * (len(rows) - 1) + [True]
 
 
@@ -143,25 +136,15 @@ def cv_page(models: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _threshold_rows(thresholds: Mapping[str, Any]) -> pd.DataFrame:
     """Per class its best-F1 threshold with the OOF (in-sample) and blend-split numbers."""
-    rows = []
-    for cls, v in thresholds["per_class"].items():
-        held = (thresholds.get("holdout") or {}).get("per_class", {}).get(cls, {})
-        rows.append(
-            {
-                "class": cls,
-                "score_thr": v["score_thr"],
-                "OOF precision": v["precision"],
-                "OOF recall": v["recall"],
-                "OOF F1 (in-sample)": v["f1"],
-                "TP": v["tp"],
-                "FP": v["fp"],
-                "FN": v["fn"],
-                "blend precision": held.get("precision"),
-                "blend recall": held.get("recall"),
-                "blend F1": held.get("f1"),
-            }
-        )
-    return pd.DataFrame(rows)
+    held = (thresholds.get("holdout") or {}).get("per_class", {})
+    return pd.DataFrame(
+        [
+            {"class": c}
+            | {col: v[k] for k, col in OOF_COLUMNS.items()}
+            | {col: held.get(c, {}).get(k) for k, col in BLEND_COLUMNS.items()}
+            for c, v in thresholds["per_class"].items()
+        ]
+    )
 
 
 def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, Mapping[str, Any]]) -> str:
@@ -191,42 +174,30 @@ def ensemble_rows(selection: Mapping[str, Any], test: Mapping[str, Any] | None) 
     test score; the single fold models (no choice made: their blend score is honest as it
     is); and the delivered predictions, whose honest estimate nests the whole choice."""
     metric = selection["metric"]
-    cands = (test or {}).get("candidates", {})
-    singles = (test or {}).get("single", {})
+    test = test or {}
 
-    def row(name: str, kind: str, optimistic: Any, honest: Any, ci: Any, t: Mapping[str, Any] | None) -> dict[str, Any]:
+    def row(
+        name: str, what: str, optimistic: Any, honest: Mapping[str, Any], scored: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "predictions": name,
-            "what": kind,
+            "what": what,
             f"blend {metric}, in-sample (optimistic)": optimistic,
-            f"blend {metric}, nested (honest)": honest,
-            "95 % interval": interval(ci),
-            "test mAP": t.get("mAP") if t else None,
-            "test mAP50": t.get("mAP50") if t else None,
+            f"blend {metric}, nested (honest)": honest[metric],
+            "95 % interval": interval(honest.get(f"{metric}_ci95")),
+            "test mAP": scored.get("mAP") if scored else None,
+            "test mAP50": scored.get("mAP50") if scored else None,
         }
 
-    rows = [
-        row(name, "single fold model", None, scores[metric], None, singles.get(name))
-        for name, scores in selection["singles"].items()
-    ]
+    singles = test.get("single", {})
+    rows = [row(name, "single fold model", None, s, singles.get(name)) for name, s in selection["singles"].items()]
     for kind in selection["kinds"]:
         c = selection["candidates"][kind]
-        nested = c["nested"]
         rows.append(
-            row(
-                c["label"],
-                c["description"],
-                c["in_sample"][metric],
-                nested[metric],
-                nested[f"{metric}_ci95"],
-                cands.get(kind),
-            )
+            row(c["label"], c["description"], c["in_sample"][metric], c["nested"], test.get("candidates", {}).get(kind))
         )
     d = selection["delivered"]
-    honest = d["honest"]
-    delivered = (test or {}).get("delivered")
-    what = f"{d['label']}: {d['description']}"
-    rows.append(row("delivered", what, None, honest[metric], honest[f"{metric}_ci95"], delivered))
+    rows.append(row("delivered", f"{d['label']}: {d['description']}", None, d["honest"], test.get("delivered")))
     return pd.DataFrame(rows, dtype=object)  # object: None stays None
 
 
