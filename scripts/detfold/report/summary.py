@@ -3,7 +3,7 @@ optimistic ones, the audit, the folds, CV per model and class) and ``results/sum
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +31,28 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _estimates(scores: Mapping[str, Any], number: Callable[[Any], str] = _num) -> str:
+    """``mAP x [lo, hi], mAP50 y [lo, hi]``."""
+    return ", ".join(f"{k} {number(scores[k])} {interval(scores[f'{k}_ci95'])}" for k in ("mAP", "mAP50"))
+
+
 def _delivered(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> list[str]:
     """What is delivered, why, its honest estimate and its test score."""
-    d = selection["delivered"]
-    h, v, parts = d["honest"], d["vs_best_single"], selection["nested_parts"]
-    lines = [
+    d, parts = selection["delivered"], selection["nested_parts"]
+    gain = _estimates(d["vs_best_single"], "{:+.4f}".format)
+    if test and test.get("labelled"):
+        t = test["delivered"]
+        vs = t["vs_best_single"]
+        on_test = (
+            f"Test set (never used to choose): {_estimates(t)}; paired difference from the single model best on "
+            f"the test set ({t['best_single_on_test']}): mAP {interval(vs['mAP_ci95'])}, "
+            f"mAP50 {interval(vs['mAP50_ci95'])}."
+        )
+    elif test:
+        on_test = f"Test set unlabelled: {test['n_predictions']} predictions written, not scored."
+    else:
+        on_test = "No test set configured: the run ends with cross-validation and the blend-split choice."
+    return [
         "## Delivered predictions",
         "",
         f"**{d['label']}**: {d['description']}.",
@@ -44,27 +61,12 @@ def _delivered(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> 
         f"because it has the {d['why']}.",
         "",
         f"Honest estimate (the whole choice nested: made on {parts - 1} of {parts} parts of the blend images, "
-        f"scored on the held-out part, pooled): mAP {_num(h['mAP'])} {interval(h['mAP_ci95'])}, "
-        f"mAP50 {_num(h['mAP50'])} {interval(h['mAP50_ci95'])} "
-        f"(95 % bootstrap intervals over the images); difference from the best single model (nested too): "
-        f"mAP {v['mAP']:+.4f} {interval(v['mAP_ci95'])}, mAP50 {v['mAP50']:+.4f} {interval(v['mAP50_ci95'])}.",
+        f"scored on the held-out part, pooled): {_estimates(d['honest'])} (95 % bootstrap intervals over the "
+        f"images); difference from the best single model (nested too): {gain}.",
+        "",
+        on_test,
         "",
     ]
-    if test and test.get("labelled"):
-        t = test["delivered"]
-        vs = t["vs_best_single"]
-        lines += [
-            f"Test set (never used to choose): mAP {_num(t['mAP'])} {interval(t['mAP_ci95'])}, "
-            f"mAP50 {_num(t['mAP50'])} {interval(t['mAP50_ci95'])}; paired difference from the single model "
-            f"best on the test set ({t['best_single_on_test']}): mAP {interval(vs['mAP_ci95'])}, "
-            f"mAP50 {interval(vs['mAP50_ci95'])}.",
-            "",
-        ]
-    elif test:
-        lines += [f"Test set unlabelled: {test['n_predictions']} predictions written, not scored.", ""]
-    else:
-        lines += ["No test set configured: the run ends with cross-validation and the blend-split choice.", ""]
-    return lines
 
 
 def _row(cells: Iterable[Any]) -> str:

@@ -31,6 +31,7 @@ OOF_COLUMNS = {
     "fn": "FN",
 }  # thresholds.json's key -> column, on the pooled OOF predictions where the threshold was chosen
 BLEND_COLUMNS = {"precision": "blend precision", "recall": "blend recall", "f1": "blend F1"}
+STAT_COLUMNS = {n: {"AP": "mAP", "AP50": "mAP50"}.get(n, n) for n in STAT_NAMES}  # detfold's names for AP, AP50
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -51,8 +52,7 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def table(df: pd.DataFrame, key_rows: Sequence[bool] | None = None, digits: int = 4) -> str:
-    """An HTML table of ``df`` (floats with ``digits`` decimals, None as n/a, numbers right
-    aligned); ``key_rows`` are bold."""
+    """An HTML table of ``df`` (floats with ``digits`` decimals, numbers right aligned); ``key_rows`` bold."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
@@ -95,10 +95,7 @@ def audit_page(summary: Mapping[str, Any], checks: Sequence[str], actions: Seque
 
 
 def _cv_row(label: str, images: Any, gt: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
-    names = {"AP": "mAP", "AP50": "mAP50"}  # the names detfold uses; the rest as COCO's summary
-    return {"OOF predictions": label, "images": images, "GT boxes": gt} | {
-        names.get(n, n): stats[n] for n in STAT_NAMES
-    }
+    return {"OOF predictions": label, "images": images, "GT boxes": gt} | {c: stats[n] for n, c in STAT_COLUMNS.items()}
 
 
 def cv_table(metrics: Mapping[str, Any]) -> tuple[pd.DataFrame, list[bool]]:
@@ -106,12 +103,9 @@ def cv_table(metrics: Mapping[str, Any]) -> tuple[pd.DataFrame, list[bool]]:
     images, GT boxes and the 12 COCO stats (maxDets 100; AP and AP50 named mAP and mAP50)."""
     folds, pooled = metrics["folds"], metrics["pooled_oof"]
     spread = {n: mean_std([f["stats"][n] for f in folds]) for n in STAT_NAMES}
+    mean = {n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()}
     rows = [_cv_row(f"fold {f['fold']}", f["n_images"], f["n_gt"], f["stats"]) for f in folds]
-    rows.append(
-        _cv_row(
-            "mean +- std over folds", "", "", {n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()}
-        )
-    )
+    rows.append(_cv_row("mean +- std over folds", "", "", mean))
     rows.append(_cv_row("pooled OOF (all folds together)", pooled["n_images"], pooled["n_gt"], pooled["stats"]))
     return pd.DataFrame(rows), [False] * (len(rows) - 1) + [True]
 
@@ -148,10 +142,8 @@ def _threshold_rows(thresholds: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per analysis (by name, in order: tide.json and thresholds.json of
-    :func:`detfold.analyze.analysis.write_analysis`): the per-class thresholds with precision,
-    recall and F1 on the pooled OOF predictions where they were chosen and on the blend split
-    where they were not, and TIDE's breakdown."""
+    """Per analysis (tide.json and thresholds.json by name, in order): the per-class thresholds
+    with their precision, recall and F1 in-sample and on the blend split, and TIDE's breakdown."""
     body = note(
         "Per class the score threshold of the best F1 at IoU 0.5, chosen on the pooled out-of-fold "
         "predictions (their precision, recall and F1 there are in-sample: the threshold was picked on them), "
@@ -161,9 +153,8 @@ def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[st
     )
     for name, t in tides.items():
         body += heading(f"{name}: best-F1 thresholds") + table(_threshold_rows(thresholds[name]), digits=3)
-        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES] + [
-            {"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES
-        ]
+        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES]
+        breakdown += [{"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES]
         body += heading(f"{name}: TIDE breakdown (mAP50 {t['mAP']:.4f}, pooled OOF)") + table(pd.DataFrame(breakdown))
     return page("Error analysis: thresholds and breakdown", body)
 
