@@ -36,8 +36,7 @@ def _save(fig: Any, path: str | Path) -> None:
 def _message(ax: Any, text: str) -> None:
     """An empty panel that says why it is empty."""
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, fontsize=10, color="#a00")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
 
 
 def _bars(ax: Any, i: int, n: int, heights: Sequence[float], label: str, texts: Sequence[str], fontsize: int) -> None:
@@ -124,16 +123,14 @@ def training(model: str, runs: Sequence[tuple[pd.DataFrame, pd.DataFrame, bool]]
     total loss and learning rate per iteration, and val bbox mAP (solid) and mAP50 (dashed) per
     epoch. A panel without data says why."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    any_train, any_val, any_validated = False, False, False
-    for fold, (train, val, validated) in enumerate(runs):
+    any_train = any(not train.empty for train, _, _ in runs)
+    any_val = any(VAL_KEYS[0] in val for _, val, _ in runs)
+    for fold, (train, val, _) in enumerate(runs):
         color = f"C{fold}"  # the colour cycle's
-        any_validated |= validated
         if not train.empty:
-            any_train = True
             axes[0].plot(train["iter"], train["loss"], color=color, label=f"fold {fold}", marker=".")
             axes[1].plot(train["iter"], train["lr"], color=color, label=f"fold {fold}", marker=".")
-        if not val.empty and VAL_KEYS[0] in val:
-            any_val = True
+        if VAL_KEYS[0] in val:
             axes[2].plot(val["epoch"], val[VAL_KEYS[0]], color=color, marker="o", label=f"fold {fold} mAP")
             if VAL_KEYS[1] in val:
                 axes[2].plot(val["epoch"], val[VAL_KEYS[1]], color=color, ls="--", marker="x", label="mAP50")
@@ -148,7 +145,7 @@ def training(model: str, runs: Sequence[tuple[pd.DataFrame, pd.DataFrame, bool]]
     if any_val:
         axes[2].set(xlabel="epoch", ylim=(0, 1))
         axes[2].legend(fontsize=8, ncol=2)
-    elif any_validated:
+    elif any(validated for _, _, validated in runs):
         _message(axes[2], "validation ran but gave no bbox mAP\n(the model predicted no boxes yet)")
     else:
         _message(axes[2], f"no validation ran during training\n(set models.{model}.val_interval: 1)")

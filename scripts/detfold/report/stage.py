@@ -19,8 +19,6 @@ from detfold.report.summary import RunResults, summary_json, summary_markdown
 
 log = logging.getLogger(__name__)
 
-SEARCH_ROWS = 200  # the search page shows the best this many
-
 
 def report_fold_sizes(fold_table: str, balance_csv: str, out_png: str) -> None:
     """Images and boxes per fold as bars."""
@@ -82,7 +80,7 @@ def report_ensemble(
     rows = tables.ensemble_rows(selection, read_json(test_metrics) if test_metrics else None)
     plots.candidates(rows[rows.what != "single fold model"].reset_index(drop=True), selection["metric"], out_png)
     write_text(out_html, tables.ensemble_page(selection, rows))
-    write_text(out_search, tables.search_page(pd.read_csv(search_csv), selection["metric"], SEARCH_ROWS))
+    write_text(out_search, tables.search_page(pd.read_csv(search_csv), selection["metric"]))
 
 
 def report_run_facts(benchmarks: Sequence[str], config: Mapping[str, Any], out_html: str) -> None:

@@ -31,6 +31,7 @@ OOF_COLUMNS = {
     "fn": "FN",
 }  # thresholds.json's key -> column, on the pooled OOF predictions where the threshold was chosen
 BLEND_COLUMNS = {"precision": "blend precision", "recall": "blend recall", "f1": "blend F1"}
+SEARCH_ROWS = 200  # the search page shows the best this many
 STAT_COLUMNS = {n: {"AP": "mAP", "AP50": "mAP50"}.get(n, n) for n in STAT_NAMES}  # detfold's names for AP, AP50
 
 
@@ -209,15 +210,15 @@ def ensemble_page(selection: Mapping[str, Any], rows: pd.DataFrame) -> str:
     return page("Ensembles: chosen on the blend split", body)
 
 
-def search_page(search: pd.DataFrame, metric: str, max_rows: int) -> str:
+def search_page(search: pd.DataFrame, metric: str) -> str:
     """The fusion search of both steps on the blend split (search.csv, best first per step):
-    the first ``max_rows`` rows, each step's best in bold."""
+    the first :data:`SEARCH_ROWS` rows, each step's best in bold."""
     text = (
         f"{len(search)} fusion parameter combinations scored on all blend images by {metric} (in-sample), "
         "best first per step; the model step fuses the fold ensembles chosen there"
-        + (f"; the first {max_rows} shown." if len(search) > max_rows else ".")
+        + (f"; the first {SEARCH_ROWS} shown." if len(search) > SEARCH_ROWS else ".")
     )
-    rows = search.head(max_rows)
+    rows = search.head(SEARCH_ROWS)
     rows = rows.astype(object).where(rows.notna(), None)
     key = [i == 0 or rows.step.iloc[i] != rows.step.iloc[i - 1] for i in range(len(rows))]
     return page("Fusion parameter search (blend split)", note(text) + table(rows, key))
