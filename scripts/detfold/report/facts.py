@@ -73,9 +73,9 @@ def read_benchmarks(paths: Sequence[str], root: str = "benchmarks") -> pd.DataFr
         bench = pd.read_csv(path, sep="\t").reindex(columns=["s", "max_rss", "cpu_time"])
         numbers = bench.apply(pd.to_numeric, errors="coerce").astype(float)
         frames.append(numbers.set_axis(BENCHMARK_COLUMNS[2:], axis=1).assign(rule=rule, job="/".join(job)))
-    return (
-        pd.concat(frames, ignore_index=True)[BENCHMARK_COLUMNS] if frames else pd.DataFrame(columns=BENCHMARK_COLUMNS)
-    )
+    if not frames:
+        return pd.DataFrame(columns=BENCHMARK_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[BENCHMARK_COLUMNS]
 
 
 def run_times(bench: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

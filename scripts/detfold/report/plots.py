@@ -186,15 +186,10 @@ def pr_curves(curves: Mapping[str, pd.DataFrame], classes: Sequence[str], out_pn
     _save(fig, out_png)
 
 
-def tide_classes(tides: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The classes of the TIDE breakdowns ``tides`` (tide.json by name), in order of appearance."""
-    return list(dict.fromkeys(c for t in tides.values() for c in t["per_class"]))
-
-
-def tide_breakdown(tides: Mapping[str, Mapping[str, Any]], out_png: str) -> None:
+def tide_breakdown(tides: Mapping[str, Mapping[str, Any]], classes: Sequence[str], out_png: str) -> None:
     """TIDE's dAP per error type of each analysis (``tides``: tide.json by name, in order),
     overall and per class, as bars."""
-    panels = ["all classes", *tide_classes(tides)]
+    panels = ["all classes", *classes]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 3.8), squeeze=False)
     kinds = [*ERROR_TYPES, *SPECIAL_TYPES]
     for ax, panel in zip(axes[0], panels, strict=True):

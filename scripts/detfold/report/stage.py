@@ -65,8 +65,9 @@ def report_analysis(
     names = sorted(analyses)
     tides = {n: read_json(analyses[n]["tide"]) for n in names}
     confusions = {n: pd.read_csv(analyses[n]["confusion"], index_col=0) for n in names}
-    plots.tide_breakdown(tides, out_breakdown)
-    plots.confusion(confusions, len(plots.tide_classes(tides)), out_confusion)
+    classes = list(dict.fromkeys(c for t in tides.values() for c in t["per_class"]))
+    plots.tide_breakdown(tides, classes, out_breakdown)
+    plots.confusion(confusions, len(classes), out_confusion)
     thresholds = {n: read_json(analyses[n]["thresholds"]) for n in names}
     write_text(out_thresholds, tables.analysis_page(tides, thresholds))
 
