@@ -22,6 +22,35 @@ def _iou(a, b, crowd):
 
 
 @njit(cache=True)
+def _first_max(values, ok):
+    """The first index of the largest ``values[j]`` where ``ok[j]`` (elsewhere 0), and that value."""
+    arg, best = 0, -1.0
+    for j in range(values.shape[0]):
+        v = values[j] if ok[j] else 0.0
+        if v > best:
+            best, arg = v, j
+    return arg, best
+
+
+@njit(cache=True)
+def _error(ious, same, taken, pos_thr, bg_thr):
+    """tidecv's error of an unmatched detection, from its IoU with each box (``same``: of its class,
+    ``taken``: matched): (error code, the box's index or -1)."""
+    if ious.shape[0] == 0:
+        return BKG, -1
+    j, best = _first_max(ious, same)
+    if bg_thr <= best <= pos_thr:
+        return LOC, j
+    j, best = _first_max(ious, ~same)
+    if best >= pos_thr:
+        return CLS, j
+    j, best = _first_max(ious, same & taken)
+    if best >= pos_thr:
+        return DUPE, j
+    return (BKG if ious.max() <= bg_thr else BOTH), -1
+
+
+@njit(cache=True)
 def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_cls, pos_thr, bg_thr):
     """Per image (ground truth ``g_start[i]:g_end[i]`` in file order, detections
     ``d_start[i]:d_end[i]`` by score descending): tidecv's greedy class-aware matching
@@ -32,99 +61,41 @@ def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_
     every box), else Both.
 
     Returns per detection: tp, ignored (by a crowd region), error code, the ground-truth index
-    of a Loc / Cls / Dupe error (-1 otherwise), the best same-class IoU, the best IoU with any box;
-    per ground truth: used (matched).
+    of a Loc / Cls / Dupe error (-1 otherwise), the best IoU with any box; per ground truth:
+    used (matched).
     """
     n_d = d_box.shape[0]
     tp = np.zeros(n_d, dtype=np.bool_)
     ign = np.zeros(n_d, dtype=np.bool_)
     err = np.zeros(n_d, dtype=np.int8)
     err_gt = -np.ones(n_d, dtype=np.int64)
-    iou_same = np.zeros(n_d)
     iou_any = np.zeros(n_d)
     g_used = np.zeros(g_box.shape[0], dtype=np.bool_)
     for i in range(g_start.shape[0]):
-        ds, de = d_start[i], d_end[i]
-        if de == ds:
-            continue
-        gs, ge = g_start[i], g_end[i]
-        n_g = 0
-        for g in range(gs, ge):
-            if not g_crowd[g]:
-                n_g += 1
-        real = np.empty(n_g, dtype=np.int64)
-        k = 0
-        for g in range(gs, ge):
-            if not g_crowd[g]:
-                real[k] = g
-                k += 1
-        ious = np.zeros((de - ds, n_g))
+        ds, de, gs, ge = d_start[i], d_end[i], g_start[i], g_end[i]
+        real = np.flatnonzero(~g_crowd[gs:ge]) + gs
+        real_cls = g_cls[real]
+        ious = np.zeros((de - ds, real.shape[0]))
         for d in range(de - ds):
-            for j in range(n_g):
+            for j in range(real.shape[0]):
                 ious[d, j] = _iou(d_box[ds + d], g_box[real[j]], False)
-        taken = np.zeros(n_g, dtype=np.bool_)
+        taken = np.zeros(real.shape[0], dtype=np.bool_)
         for d in range(de - ds):
-            best, arg = 0.0, -1
-            top = 0.0
-            for j in range(n_g):
-                if g_cls[real[j]] != d_cls[ds + d]:
-                    continue
-                if ious[d, j] > top:
-                    top = ious[d, j]
-                if taken[j]:
-                    continue
-                if arg == -1 or ious[d, j] > best:
-                    best, arg = ious[d, j], j
-            iou_same[ds + d] = top
-            if arg > -1 and best >= pos_thr:
-                tp[ds + d] = True
-                taken[arg] = True
-                g_used[real[arg]] = True
+            j, best = _first_max(ious[d], (real_cls == d_cls[ds + d]) & ~taken)
+            if best >= pos_thr:
+                tp[ds + d], taken[j], g_used[real[j]] = True, True, True
         for g in range(gs, ge):  # crowd regions
-            if not g_crowd[g]:
-                continue
-            for d in range(de - ds):
-                same = not tp[ds + d] and not ign[ds + d] and g_cls[g] == d_cls[ds + d]
-                if same and _iou(d_box[ds + d], g_box[g], True) > pos_thr:
-                    ign[ds + d] = True
+            if g_crowd[g]:
+                for d in range(ds, de):
+                    if not tp[d] and not ign[d] and g_cls[g] == d_cls[d] and _iou(d_box[d], g_box[g], True) > pos_thr:
+                        ign[d] = True
         for d in range(de - ds):
-            top_any = 0.0
-            for j in range(n_g):
-                if ious[d, j] > top_any:
-                    top_any = ious[d, j]
-            iou_any[ds + d] = top_any
-            if tp[ds + d]:
-                continue
-            if n_g == 0:
-                err[ds + d] = BKG
-                continue
-            c = d_cls[ds + d]
-            arg, best = 0, -1.0  # argmax over the same-class IoU (other classes count 0), first wins
-            for j in range(n_g):
-                v = ious[d, j] if g_cls[real[j]] == c else 0.0
-                if v > best:
-                    best, arg = v, j
-            if bg_thr <= best <= pos_thr:
-                err[ds + d], err_gt[ds + d] = LOC, real[arg]
-                continue
-            arg, best = 0, -1.0
-            for j in range(n_g):
-                v = ious[d, j] if g_cls[real[j]] != c else 0.0
-                if v > best:
-                    best, arg = v, j
-            if best >= pos_thr:
-                err[ds + d], err_gt[ds + d] = CLS, real[arg]
-                continue
-            arg, best = 0, -1.0
-            for j in range(n_g):
-                v = ious[d, j] if (g_cls[real[j]] == c and taken[j]) else 0.0
-                if v > best:
-                    best, arg = v, j
-            if best >= pos_thr:
-                err[ds + d], err_gt[ds + d] = DUPE, real[arg]
-                continue
-            err[ds + d] = BKG if top_any <= bg_thr else BOTH
-    return tp, ign, err, err_gt, iou_same, iou_any, g_used
+            if real.shape[0]:
+                iou_any[ds + d] = ious[d].max()
+            if not tp[ds + d]:
+                err[ds + d], j = _error(ious[d], real_cls == d_cls[ds + d], taken, pos_thr, bg_thr)
+                err_gt[ds + d] = real[j] if j >= 0 else -1
+    return tp, ign, err, err_gt, iou_any, g_used
 
 
 @njit(cache=True)
@@ -199,66 +170,34 @@ def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_bo
     true class + background, columns: predicted class + background; crowd boxes left out) and
     per image its false positives, missed boxes and class confusions."""
     cm = np.zeros((n_cls + 1, n_cls + 1), dtype=np.int64)
-    n_img = g_start.shape[0]
-    per_image = np.zeros((n_img, 3), dtype=np.int64)
-    for i in range(n_img):
+    per_image = np.zeros((g_start.shape[0], 3), dtype=np.int64)
+    for i in range(g_start.shape[0]):
         gs, ge, ds, de = g_start[i], g_end[i], d_start[i], d_end[i]
-        n_g = ge - gs
-        n_d = de - ds
-        ious = np.zeros((n_d, n_g))
-        for x in range(n_d):
-            if not keep[ds + x]:
-                continue
-            for y in range(n_g):
-                if not g_crowd[gs + y]:
-                    ious[x, y] = _iou(d_box[ds + x], g_box[gs + y], False)
-        g_free = np.ones(n_g, dtype=np.bool_)
-        d_free = np.ones(n_d, dtype=np.bool_)
-        for y in range(n_g):
-            if g_crowd[gs + y]:
-                g_free[y] = False
-        for x in range(n_d):
-            if not keep[ds + x]:
-                d_free[x] = False
-                continue
-            best, arg = -1.0, -1
-            for y in range(n_g):
-                if g_free[y] and g_idx[gs + y] == d_idx[ds + x] and ious[x, y] >= iou_thr and ious[x, y] > best:
-                    best, arg = ious[x, y], y
-            if arg > -1:
-                g_free[arg] = False
-                d_free[x] = False
-                cm[g_idx[gs + arg], d_idx[ds + x]] += 1
-        n_pairs = 0
-        for x in range(n_d):
-            for y in range(n_g):
-                if d_free[x] and g_free[y] and ious[x, y] >= iou_thr:
-                    n_pairs += 1
-        if n_pairs:
-            px = np.empty(n_pairs, dtype=np.int64)
-            py = np.empty(n_pairs, dtype=np.int64)
-            pv = np.empty(n_pairs)
-            k = 0
-            for x in range(n_d):
-                for y in range(n_g):
-                    if d_free[x] and g_free[y] and ious[x, y] >= iou_thr:
-                        px[k], py[k], pv[k] = x, y, -ious[x, y]
-                        k += 1
-            for k in np.argsort(pv, kind="mergesort"):
-                x, y = px[k], py[k]
+        g_free = ~g_crowd[gs:ge]
+        d_free = keep[ds:de].copy()
+        ious = np.zeros((de - ds, ge - gs))
+        for x in range(de - ds):
+            for y in range(ge - gs):
                 if d_free[x] and g_free[y]:
-                    d_free[x] = False
-                    g_free[y] = False
+                    ious[x, y] = _iou(d_box[ds + x], g_box[gs + y], False)
+        for x in range(de - ds):
+            if d_free[x]:
+                y, best = _first_max(ious[x], g_free & (g_idx[gs:ge] == d_idx[ds + x]))
+                if best >= iou_thr:
+                    g_free[y], d_free[x] = False, False
                     cm[g_idx[gs + y], d_idx[ds + x]] += 1
-                    per_image[i, 2] += 1
-        for y in range(n_g):
-            if g_free[y]:
-                cm[g_idx[gs + y], n_cls] += 1
-                per_image[i, 1] += 1
-        for x in range(n_d):
-            if d_free[x] and keep[ds + x]:
-                cm[n_cls, d_idx[ds + x]] += 1
-                per_image[i, 0] += 1
+        pairs = np.flatnonzero((d_free.reshape(-1, 1) & g_free.reshape(1, -1) & (ious >= iou_thr)).ravel())
+        for k in pairs[np.argsort(-ious.ravel()[pairs], kind="mergesort")]:  # by IoU, then in order
+            x, y = k // (ge - gs), k % (ge - gs)
+            if d_free[x] and g_free[y]:
+                d_free[x], g_free[y] = False, False
+                cm[g_idx[gs + y], d_idx[ds + x]] += 1
+                per_image[i, 2] += 1
+        for g in np.flatnonzero(g_free) + gs:
+            cm[g_idx[g], n_cls] += 1
+        for d in np.flatnonzero(d_free) + ds:
+            cm[n_cls, d_idx[d]] += 1
+        per_image[i, 0], per_image[i, 1] = d_free.sum(), g_free.sum()
     return cm, per_image
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import REVIEW_EXTRA_FIELDS, review_candidates
 from detfold.analyze.thresholds import best_f1_thresholds, kept_detections, scores_at_thresholds
-from detfold.analyze.tide import POS_IOU, TideMatch, prepare, tide, tide_match
+from detfold.analyze.tide import POS_IOU, prepare, tide, tide_match
 from detfold.core.coco import Detections
 from detfold.core.io import atomic_open, write_json
 
@@ -85,32 +85,10 @@ def _write_review(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
             writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
 
 
-def _draw_galleries(
-    match: TideMatch,
-    gt: Mapping[str, Any],
-    keep: np.ndarray,
-    per_image: np.ndarray,
-    review: tuple[TideMatch, Sequence[Mapping[str, Any]]],
-    images_dir: str,
-    gallery_dir: Path,
-) -> None:
-    """The error galleries of ``match`` (``keep``, ``per_image``: at the best-F1 thresholds) and
-    the review galleries of ``review`` (its matching and candidates)."""
-    from detfold.analyze import galleries
-
-    sheets = {
-        **galleries.error_tiles(match, gt, images_dir),
-        "worst_images": galleries.worst_image_tiles(match, per_image, keep, images_dir),
-        **galleries.review_tiles(*review, images_dir),
-    }
-    galleries.write_galleries(sheets, gallery_dir)
-
-
 def write_analysis(
     gt: Mapping[str, Any],
     predictions: Detections,
     out_dir: str,
-    split: str = "train",
     images_dir: str | None = None,
     holdout: Split | None = None,
     holdout_sets: Sequence[Detections] | None = None,
@@ -132,18 +110,18 @@ def write_analysis(
     result = tide(gt, predictions, match=match)
     thresholds = _thresholds(gt, predictions, holdout, holdout_sets)
     names, cm, per_image = confusion_matrix(gt, predictions, thresholds["score_thr"], arrays=arrays)
-    review_gt, review_preds, review_match = gt, predictions, match
-    if holdout is not None:
-        review_gt, review_preds = merge_splits([(gt, predictions), holdout])
-        review_match = tide_match(prepare(review_gt, review_preds))
-    rows = review_candidates(review_gt, review_preds, split=split, match=review_match)
+    review = (gt, predictions) if holdout is None else merge_splits([(gt, predictions), holdout])
+    review_match = match if holdout is None else tide_match(prepare(*review))
+    rows = review_candidates(*review, match=review_match)
     write_json(out / "tide.json", result)
     write_json(out / "thresholds.json", thresholds)
     _write_confusion(out / "confusion.csv", names, cm)
     _write_review(out / "review.csv", rows)
     if images_dir is not None:
-        keep = kept_detections(gt, arrays, thresholds["score_thr"])
+        from detfold.analyze.galleries import write_galleries
+
+        keep = kept_detections(arrays, thresholds["score_thr"])
         gallery = Path(gallery_dir) if gallery_dir else out / "gallery"
-        _draw_galleries(match, gt, keep, per_image, (review_match, rows), images_dir, gallery)
+        write_galleries(match, keep, per_image, (review_match, rows), images_dir, gallery)
     log.info("analysis: TIDE mAP50 %.4f; %d review candidates; wrote %s", result["mAP"], len(rows), out)
     return result
