@@ -102,14 +102,15 @@ def tide_images(g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, d_box, d_
 def review_images(
     g_start, g_end, d_start, d_end, g_box, g_cls, g_crowd, g_used, d_box, d_cls, d_score, d_tp, pos_thr, bg_thr
 ):
-    """Per ground-truth box (crowd boxes skipped): the highest-scoring same-class detection at
-    IoU >= ``pos_thr`` (index, -1: none) and the second-best score there (-1: none); the
-    highest-scoring other-class detection at IoU >= ``pos_thr`` (index); the highest-scoring
-    unmatched same-class detection whose closest unmatched same-class box it is, at IoU in [``bg_thr``,
-    ``pos_thr``) (index) and that IoU; the best score of a same-class detection at IoU >=
-    ``bg_thr`` (-1: none); the same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is
-    the same one (index, -1: none) and their IoU. Per detection: its best IoU with a box no
-    detection matched (``g_used`` false)."""
+    """Per ground-truth box (crowd boxes skipped; detections by score descending, so the first
+    found is the best): the highest-scoring same-class detection at IoU >= ``pos_thr`` (index,
+    -1: none) and the second-best score there (-1: none); the highest-scoring other-class
+    detection at IoU >= ``pos_thr`` (index); the highest-scoring unmatched same-class detection
+    whose closest unmatched same-class box it is, at IoU in [``bg_thr``, ``pos_thr``) (index)
+    and that IoU; the best score of a same-class detection at IoU >= ``bg_thr`` (-1: none); the
+    same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is the same
+    one (index, -1: none) and their IoU. Per detection: its best IoU with a box no detection
+    matched (``g_used`` false)."""
     n_g = g_box.shape[0]
     same_best = -np.ones(n_g, dtype=np.int64)
     same_2nd = -np.ones(n_g)
@@ -125,9 +126,7 @@ def review_images(
         for d in range(ds, de):
             closest, closest_iou = -1, 0.0
             for g in range(gs, ge):
-                if g_crowd[g]:
-                    continue
-                v = _iou(d_box[d], g_box[g], False)
+                v = 0.0 if g_crowd[g] else _iou(d_box[d], g_box[g], False)
                 if v <= 0:
                     continue
                 if not g_used[g] and v > free_iou[d]:
@@ -135,19 +134,15 @@ def review_images(
                 if v >= bg_thr and g_cls[g] == d_cls[d] and d_score[d] > own_hi[g]:
                     own_hi[g] = d_score[d]
                 if g_cls[g] == d_cls[d]:
-                    if v >= pos_thr:
-                        if same_best[g] == -1 or d_score[d] > d_score[same_best[g]]:
-                            if same_best[g] > -1:
-                                same_2nd[g] = d_score[same_best[g]]
-                            same_best[g] = d
-                        elif d_score[d] > same_2nd[g]:
-                            same_2nd[g] = d_score[d]
+                    if v >= pos_thr and same_best[g] == -1:
+                        same_best[g] = d
+                    elif v >= pos_thr and d_score[d] > same_2nd[g]:
+                        same_2nd[g] = d_score[d]
                     if not g_used[g] and v > closest_iou:
                         closest, closest_iou = g, v
-                elif v >= pos_thr and (other[g] == -1 or d_score[d] > d_score[other[g]]):
+                elif v >= pos_thr and other[g] == -1:
                     other[g] = d
-            near = closest > -1 and not d_tp[d] and bg_thr <= closest_iou < pos_thr
-            if near and (loc[closest] == -1 or d_score[d] > d_score[loc[closest]]):
+            if closest > -1 and not d_tp[d] and bg_thr <= closest_iou < pos_thr and loc[closest] == -1:
                 loc[closest], loc_iou[closest] = d, closest_iou
         for g in range(gs, ge):
             if g_crowd[g] or same_best[g] == -1:

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from detfold.core.coco import load_coco, read_detections
+from detfold.core.coco import Coco, Detections, load_coco, read_detections
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +15,7 @@ def run_analyze(
     name: str,
     val_jsons: Sequence[str],
     oof_preds: Sequence[Sequence[str]],
-    blend_json: str | None,
+    blend_json: str,
     blend_preds: Sequence[Sequence[str]],
     images_dir: str,
     out_dir: str,
@@ -37,33 +37,23 @@ def run_analyze(
     from detfold.ensemble.fusion import fuse_members, fusion_params
 
     params = {k: v for k, v in fusion_params(fusion).items() if k != "weights"}  # untuned: equal
-    max_per_img = int(fusion["max_per_img"])
+
+    def fused(gt: Coco, members: list[Detections]) -> Detections:
+        return fuse_members(members, gt.images, params, int(fusion["max_per_img"]))
+
     parts = []
     for fold, val_json in enumerate(val_jsons):
         gt = load_coco(val_json)
-        members = [read_detections(gt, files[fold]) for files in oof_preds]
-        parts.append((gt.data, fuse_members(members, gt.images, params, max_per_img)))
+        parts.append((gt.data, fused(gt, [read_detections(gt, files[fold]) for files in oof_preds])))
         log.info("%s: fold %d: %d images, %d predictions", name, fold, len(gt.images), len(parts[-1][1]))
+    blend = load_coco(blend_json)
+    member_folds = [[read_detections(blend, path) for path in files] for files in blend_preds]
+    # the thresholds are measured on what they were chosen on: per fold, the members fused
+    holdout_sets = [fused(blend, [m[fold] for m in member_folds]) for fold in range(len(val_jsons))]
+    # the review looks at the best prediction there is: every fold model of every member fused
+    holdout = (blend.data, fused(blend, [preds for sets in member_folds for preds in sets]))
+    log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     pooled_gt, pooled = analysis.merge_splits(parts)
-    holdout, holdout_sets = None, None
-    if blend_json is not None and blend_preds:
-        blend = load_coco(blend_json)
-        member_folds = [[read_detections(blend, path) for path in files] for files in blend_preds]
-        # the thresholds are measured on what they were chosen on: per fold, the members fused
-        holdout_sets = [
-            fuse_members([m[fold] for m in member_folds], blend.images, params, max_per_img)
-            for fold in range(len(val_jsons))
-        ]
-        # the review looks at the best prediction there is: every fold model of every member fused
-        every = [preds for sets in member_folds for preds in sets]
-        holdout = (blend.data, fuse_members(every, blend.images, params, max_per_img))
-        log.info("%s: blend split: %d images, %d fused predictions", name, len(blend.images), len(holdout[1]))
     analysis.write_analysis(
-        pooled_gt,
-        pooled,
-        out_dir,
-        images_dir=images_dir,
-        holdout=holdout,
-        holdout_sets=holdout_sets,
-        gallery_dir=gallery_dir,
+        pooled_gt, pooled, out_dir, images_dir, holdout=holdout, holdout_sets=holdout_sets, gallery_dir=gallery_dir
     )

@@ -11,6 +11,7 @@ here (:func:`tide_match`) is also the one the label review and the galleries sta
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,29 +59,25 @@ def prepare(gt: Mapping[str, Any], predictions: Detections) -> Arrays:
     """COCO ground truth + detections -> :class:`Arrays` (ids already checked by the caller)."""
     image_ids = np.array([im["id"] for im in gt["images"]], dtype=np.int64)
     pos = {int(i): p for p, i in enumerate(image_ids)}
-    anns = gt.get("annotations", [])
-    g_img = np.array([pos[a["image_id"]] for a in anns], dtype=np.int64)
-    order = np.argsort(g_img, kind="stable")
+    anns = sorted(gt.get("annotations", []), key=lambda a: pos[a["image_id"]])  # stable: file order per image
     d_img = np.array([pos[i] for i in predictions.image_id.tolist()], dtype=np.int64)
     d_score = np.asarray(predictions.score, dtype=np.float64)
-    d_order = np.lexsort((-d_score, d_img))  # by image, then score descending, stable
-    d_img, d_score = d_img[d_order], d_score[d_order]
-    rank = np.arange(len(d_img)) - np.searchsorted(d_img, d_img, side="left")
-    keep = rank < MAX_DETS
-    d_order = d_order[keep]
+    order = np.lexsort((-d_score, d_img))  # by image, then score descending, stable
+    rank = np.arange(len(order)) - np.searchsorted(d_img[order], d_img[order], side="left")
+    order = order[rank < MAX_DETS]
     return Arrays(
         image_ids=image_ids,
         file_names=[im.get("file_name", "") for im in gt["images"]],
         names={c["id"]: c["name"] for c in gt["categories"]},
-        g_img=g_img[order],
-        g_cls=np.array([a["category_id"] for a in anns], dtype=np.int64)[order],
-        g_box=np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)[order],
-        g_crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_)[order],
-        g_ann_id=np.array([a.get("id", -1) for a in anns], dtype=np.int64)[order],
-        d_img=d_img[keep],
-        d_cls=np.asarray(predictions.category_id, dtype=np.int64)[d_order],
-        d_box=np.asarray(predictions.bbox_xywh, dtype=np.float64).reshape(-1, 4)[d_order],
-        d_score=d_score[keep],
+        g_img=np.array([pos[a["image_id"]] for a in anns], dtype=np.int64),
+        g_cls=np.array([a["category_id"] for a in anns], dtype=np.int64),
+        g_box=np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4),
+        g_crowd=np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=np.bool_),
+        g_ann_id=np.array([a.get("id", -1) for a in anns], dtype=np.int64),
+        d_img=d_img[order],
+        d_cls=np.asarray(predictions.category_id, dtype=np.int64)[order],
+        d_box=np.asarray(predictions.bbox_xywh, dtype=np.float64).reshape(-1, 4)[order],
+        d_score=d_score[order],
     )
 
 
@@ -160,15 +157,7 @@ def _mean(aps: Mapping[int, float]) -> float:
     return sum(aps.values()) / len(aps) if aps else 0.0
 
 
-def _less_npos(npos: Mapping[int, int], removed_cls: np.ndarray) -> dict[int, int]:
-    """``npos`` with the boxes of classes ``removed_cls`` (one entry per box) taken away."""
-    out = dict(npos)
-    for c, n in zip(*np.unique(removed_cls, return_counts=True), strict=True):
-        out[int(c)] -= int(n)
-    return out
-
-
-def _fixed_aps(m: TideMatch, kind: str, classes: list[int], npos: dict[int, int]) -> dict[int, float]:
+def _fixed_aps(m: TideMatch, kind: str, classes: list[int], npos: Counter[int]) -> dict[int, float]:
     """Per class the AP with the errors of type ``kind`` fixed: a Cls / Loc error that is the
     best fix of its box becomes a true positive (of the box's class for Cls), the others of the
     type go; Both / Dupe / Bkg errors go; Miss: the missed boxes go. tidecv pushes the errors'
@@ -176,7 +165,7 @@ def _fixed_aps(m: TideMatch, kind: str, classes: list[int], npos: dict[int, int]
     a = m.arrays
     errors, cls, hit = ~m.tp & ~m.ignored, a.d_cls, m.tp
     if kind == "Miss":
-        npos = _less_npos(npos, a.g_cls[m.missed])
+        npos = npos - Counter(a.g_cls[m.missed].tolist())
     else:
         sel = m.error == error_codes()[kind]
         good = sel & m.best_fix if kind in ("Cls", "Loc") else np.zeros_like(sel)
@@ -196,7 +185,7 @@ def tide(gt: Mapping[str, Any], predictions: Detections, match: TideMatch | None
     a = m.arrays
     real = ~a.g_crowd
     classes = sorted(set(a.g_cls[real].tolist()) | set(a.d_cls[~m.ignored].tolist()))
-    npos = {int(c): int(n) for c, n in zip(*np.unique(a.g_cls[real], return_counts=True), strict=True)}
+    npos = Counter(a.g_cls[real].tolist())  # boxes per class
     base = _class_aps(classes, np.flatnonzero(~m.ignored), a.d_cls, a.d_score, m.tp, npos)
     base_map = _mean(base)
     per_class: dict[str, dict[str, Any]] = {
@@ -216,7 +205,9 @@ def tide(gt: Mapping[str, Any], predictions: Detections, match: TideMatch | None
     # FalsePos: every false positive scored 0 and every true positive 1; FalseNeg: every unmatched box gone
     points = np.concatenate([np.flatnonzero(~m.tp & ~m.ignored), np.flatnonzero(m.tp)])
     false_pos = _class_aps(classes, points, a.d_cls, m.tp.astype(np.float64), m.tp, npos)
-    false_neg = _class_aps(classes, points, a.d_cls, a.d_score, m.tp, _less_npos(npos, a.g_cls[real & ~m.g_used]))
+    false_neg = _class_aps(
+        classes, points, a.d_cls, a.d_score, m.tp, npos - Counter(a.g_cls[real & ~m.g_used].tolist())
+    )
     return {
         "mAP": base_map,
         "pos_iou": POS_IOU,
