@@ -1,5 +1,6 @@
-"""Compiled (numba) kernel of :mod:`detfold.analyze.analysis`: TIDE's per-image matching and error
-classification, with tidecv 1.0.1's exact rules (see :func:`tide_images`)."""
+"""Compiled (numba) kernels of the error analysis: TIDE's per-image matching and error
+classification with tidecv 1.0.1's exact rules (:func:`tide_images`), the label review's
+evidence (:func:`review_images`) and the confusion matrix (:func:`confusion_images`)."""
 
 import numpy as np
 from numba import njit
@@ -104,8 +105,8 @@ def review_images(
 ):
     """Per ground-truth box (crowd boxes skipped; detections by score descending, so the first
     found is the best): the highest-scoring same-class detection at IoU >= ``pos_thr`` (index,
-    -1: none) and the second-best score there (-1: none); the highest-scoring other-class
-    detection at IoU >= ``pos_thr`` (index); the highest-scoring unmatched same-class detection
+    -1: none; its IoU) and the second-best score there (-1: none); the highest-scoring other-class
+    detection at IoU >= ``pos_thr`` (index; its IoU); the highest-scoring unmatched same-class detection
     whose closest unmatched same-class box it is, at IoU in [``bg_thr``, ``pos_thr``) (index)
     and that IoU; the best score of a same-class detection at IoU >= ``bg_thr`` (-1: none); the
     same-class box overlapping it most at IoU >= ``pos_thr`` whose best detection is the same
@@ -113,8 +114,10 @@ def review_images(
     matched (``g_used`` false)."""
     n_g = g_box.shape[0]
     same_best = -np.ones(n_g, dtype=np.int64)
+    same_iou = np.zeros(n_g)
     same_2nd = -np.ones(n_g)
     other = -np.ones(n_g, dtype=np.int64)
+    other_iou = np.zeros(n_g)
     loc = -np.ones(n_g, dtype=np.int64)
     loc_iou = np.zeros(n_g)
     own_hi = -np.ones(n_g)
@@ -135,13 +138,13 @@ def review_images(
                     own_hi[g] = d_score[d]
                 if g_cls[g] == d_cls[d]:
                     if v >= pos_thr and same_best[g] == -1:
-                        same_best[g] = d
+                        same_best[g], same_iou[g] = d, v
                     elif v >= pos_thr and d_score[d] > same_2nd[g]:
                         same_2nd[g] = d_score[d]
                     if not g_used[g] and v > closest_iou:
                         closest, closest_iou = g, v
                 elif v >= pos_thr and other[g] == -1:
-                    other[g] = d
+                    other[g], other_iou[g] = d, v
             if closest > -1 and not d_tp[d] and bg_thr <= closest_iou < pos_thr and loc[closest] == -1:
                 loc[closest], loc_iou[closest] = d, closest_iou
         for g in range(gs, ge):
@@ -153,17 +156,14 @@ def review_images(
                 v = _iou(g_box[g], g_box[h], False)
                 if v >= pos_thr and v > twin_iou[g]:
                     twin[g], twin_iou[g] = h, v
-    return same_best, same_2nd, other, loc, loc_iou, own_hi, twin, twin_iou, free_iou
+    return same_best, same_iou, same_2nd, other, other_iou, loc, loc_iou, own_hi, twin, twin_iou, free_iou
 
 
 @njit(cache=True)
 def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_box, d_idx, keep, iou_thr, n_cls):
-    """Per image (detections by score descending; ``g_idx`` / ``d_idx``: class index 0..n-1):
-    the kept detections matched first within their class (score order, the best free box at IoU
-    >= ``iou_thr``, one to one, as COCO), then the leftovers across classes by IoU descending
-    (ties: detection, then box, in order), one to one. Returns the (n+1) x (n+1) matrix (rows:
-    true class + background, columns: predicted class + background; crowd boxes left out) and
-    per image its false positives, missed boxes and class confusions."""
+    """The matching of :func:`detfold.analyze.thresholds.confusion_matrix` and its results, per
+    image (detections by score descending; ``g_idx`` / ``d_idx``: class index 0..n-1; ties
+    across classes: detection, then box, in order)."""
     cm = np.zeros((n_cls + 1, n_cls + 1), dtype=np.int64)
     per_image = np.zeros((g_start.shape[0], 3), dtype=np.int64)
     for i in range(g_start.shape[0]):
@@ -197,27 +197,16 @@ def confusion_images(g_start, g_end, d_start, d_end, g_box, g_idx, g_crowd, d_bo
 
 
 @njit(cache=True)
-def pair_iou(g_box, d_box, g, d):
-    """IoU of each pair (box ``g[i]``, detection ``d[i]``)."""
-    out = np.zeros(g.shape[0])
-    for i in range(g.shape[0]):
-        out[i] = _iou(d_box[d[i]], g_box[g[i]], False)
-    return out
-
-
-@njit(cache=True)
 def first_per_object(cand, d_img, d_box, iou_thr):
     """``cand``: detections sorted by image, then score descending. True for each that overlaps
     no earlier kept one of its image at IoU >= ``iou_thr`` (one candidate per object)."""
-    keep = np.zeros(cand.shape[0], dtype=np.bool_)
+    keep = np.ones(cand.shape[0], dtype=np.bool_)
     start = 0
     for i in range(cand.shape[0]):
         if i > 0 and d_img[cand[i]] != d_img[cand[i - 1]]:
             start = i
-        ok = True
         for j in range(start, i):
             if keep[j] and _iou(d_box[cand[j]], d_box[cand[i]], False) >= iou_thr:
-                ok = False
+                keep[i] = False
                 break
-        keep[i] = ok
     return keep

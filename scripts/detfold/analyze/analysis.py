@@ -4,7 +4,7 @@
 - ``tide.json``: TIDE's error breakdown (:mod:`detfold.analyze.tide`);
 - ``thresholds.json``: per class the score threshold of the best F1 at IoU 0.5, measured on
   other images too (:mod:`detfold.analyze.thresholds`);
-- ``confusion.csv``: classes + background at those thresholds (:mod:`detfold.analyze.confusion`);
+- ``confusion.csv``: classes + background at those thresholds (:func:`detfold.analyze.thresholds.confusion_matrix`);
 - ``review.csv``: label-review candidates in ``findings.csv`` columns (:mod:`detfold.analyze.review`);
 - ``gallery/*.png``: the errors, the worst images and the candidates (:mod:`detfold.analyze.galleries`).
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import REVIEW_EXTRA_FIELDS, review_candidates
-from detfold.analyze.thresholds import best_f1_thresholds, kept_detections, scores_at_thresholds
+from detfold.analyze.thresholds import best_f1_thresholds, confusion_matrix, kept_detections, scores_at_thresholds
 from detfold.analyze.tide import POS_IOU, prepare, tide, tide_match
+from detfold.audit.checks import FINDING_FIELDS
 from detfold.core.coco import Detections
 from detfold.core.io import atomic_open, write_json
 
@@ -33,9 +33,8 @@ Split = tuple[Mapping[str, Any], Detections]  #: (COCO ground truth, predictions
 
 def merge_splits(parts: Sequence[Split]) -> tuple[dict[str, Any], Detections]:
     """Several (ground truth, predictions) of one dataset's disjoint image sets as one."""
-    first = parts[0][0]
     gt = {
-        **first,
+        **parts[0][0],
         "images": [im for g, _ in parts for im in g["images"]],
         "annotations": [a for g, _ in parts for a in g.get("annotations", [])],
     }
@@ -76,8 +75,6 @@ def _write_confusion(path: Path, names: Sequence[str], cm: np.ndarray) -> None:
 
 
 def _write_review(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    from detfold.audit.checks import FINDING_FIELDS
-
     with atomic_open(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=[*FINDING_FIELDS, *REVIEW_EXTRA_FIELDS], lineterminator="\n")
         writer.writeheader()
@@ -94,15 +91,13 @@ def write_analysis(
     holdout_sets: Sequence[Detections] | None = None,
     gallery_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The breakdown (``tide.json``), the best-F1 thresholds (``thresholds.json``), the confusion
-    matrix at them (``confusion.csv``), the review candidates (``review.csv``) and, with
-    ``images_dir``, the galleries (``gallery/*.png``, or ``gallery_dir``) in ``out_dir``; each
-    file written atomically. ``holdout``: (ground truth, predictions) of other images of the
-    dataset (the blend split), whose boxes join the review; the thresholds chosen on ``gt`` are
-    measured there too (an honest estimate of their precision and recall), on ``holdout_sets``
-    (default: the holdout's predictions) with their counts summed: predictions of the kind the
-    thresholds were chosen on (each fold model's, not their fusion, whose scores differ).
-    Returns the TIDE result."""
+    """The folder of the module docstring in ``out_dir``, each file written atomically; the
+    galleries only with ``images_dir`` (in ``gallery_dir``, default ``out_dir/gallery``).
+    ``holdout``: (ground truth, predictions) of other images of the dataset (the blend split),
+    whose boxes join the review; the thresholds chosen on ``gt`` are measured there too (an
+    honest estimate of their precision and recall), on ``holdout_sets`` (default: the holdout's
+    predictions) with their counts summed: predictions of the kind the thresholds were chosen
+    on (each fold model's, not their fusion, whose scores differ). Returns the TIDE result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = prepare(gt, predictions)

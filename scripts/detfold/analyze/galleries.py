@@ -46,7 +46,6 @@ def review_tiles(match: TideMatch, review: Sequence[Mapping[str, Any]], images_d
     """The review galleries' items, by file stem ``review_<kind>``: the top candidates of each
     kind (``review``: :func:`detfold.analyze.review.review_candidates` of ``match``)."""
     a = match.arrays
-    pos = {int(i): p for p, i in enumerate(a.image_ids)}
     ann_box = {int(i): a.g_box[n].tolist() for n, i in enumerate(a.g_ann_id)}
     out: dict[str, list[Tile]] = {}
     for kind in REVIEW_KINDS:
@@ -62,7 +61,7 @@ def review_tiles(match: TideMatch, review: Sequence[Mapping[str, Any]], images_d
                 f"{short}{r[key]:.2f}" for key, short in (("score", "s"), ("iou", "iou")) if r.get(key) is not None
             ]
             detail = " ".join(values) or f"v{r['value']:.2f}"
-            source = Path(images_dir) / a.file_names[pos[r["image_id"]]]
+            source = Path(images_dir) / r["file_name"]
             caption = (f"#{r['rank']} {label}", detail)
             tiles.append(_tile(source, gt_boxes, pred, caption, union([*gt_boxes, *pred, *related]), related))
         out[f"review_{kind}"] = tiles
@@ -105,7 +104,7 @@ def _error_tiles(match: TideMatch, kind: str, images_dir: str) -> list[Tile]:
 
 def worst_image_tiles(match: TideMatch, per_image: np.ndarray, keep: np.ndarray, images_dir: str) -> list[Tile]:
     """The images with the most errors at the best-F1 thresholds (false positives + missed
-    boxes + class confusions, ``per_image`` of :func:`detfold.analyze.confusion.confusion_matrix`),
+    boxes + class confusions, ``per_image`` of :func:`detfold.analyze.thresholds.confusion_matrix`),
     whole, with their boxes and the detections ``keep`` marks (those at or above the thresholds)."""
     a = match.arrays
     gs, ge, ds, de = a.bounds()

@@ -28,17 +28,15 @@ SPURIOUS_BELOW_SCORE = 0.1
 
 @dataclass
 class Evidence:
-    """Per box, what the predictions around it say (:func:`detfold.analyze._analysis_kernels.review_images`):
-    its best and second-best own-class prediction (``same_best``; ``same_2nd`` a score), the
-    best other-class one at IoU >= 0.5 (``other``), the unmatched own-class one that meets it
-    only at IoU in [0.1, 0.5) (``loc``, ``loc_iou``), the best own-class score at IoU >= 0.1
-    (``own_hi``), a same-class box sharing its best prediction (``twin``, ``twin_iou``); per
-    detection the best IoU with an unmatched box (``free_iou``). -1: none."""
+    """Per box, what the predictions around it say, and per detection its best IoU with an
+    unmatched box: the arrays of :func:`detfold.analyze._analysis_kernels.review_images`."""
 
     m: TideMatch
     same_best: np.ndarray
+    same_iou: np.ndarray
     same_2nd: np.ndarray
     other: np.ndarray
+    other_iou: np.ndarray
     loc: np.ndarray
     loc_iou: np.ndarray
     own_hi: np.ndarray
@@ -57,8 +55,7 @@ class Evidence:
     @property
     def own(self) -> np.ndarray:
         """Per box: the score of its best own-class prediction (0: none)."""
-        d_score_pad = np.append(self.m.arrays.d_score, 0.0)  # index -1 (none) valid without any detection
-        return np.where(self.same_best >= 0, d_score_pad[self.same_best], 0.0)
+        return np.append(self.m.arrays.d_score, 0.0)[self.same_best]  # padded: index -1 (none) is 0
 
 
 @dataclass
@@ -85,28 +82,26 @@ def possibly_missing(e: Evidence) -> Found:
     return Found(-np.ones(len(cand), np.int64), cand, a.d_score[cand], m.iou_any[cand])
 
 
-def _beats_own(e: Evidence, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The boxes whose detection ``cand`` (per box, -1: none) scores higher than their best
-    own-class prediction: (boxes, detections, the score margins)."""
+def _beats_own(e: Evidence, cand: np.ndarray, cand_iou: np.ndarray) -> Found:
+    """The boxes whose detection ``cand`` (per box, -1: none; at IoU ``cand_iou``) scores higher
+    than their best own-class prediction (value: the score margin)."""
     a, own = e.m.arrays, e.own
     g = np.flatnonzero((cand >= 0) & ~a.g_crowd)
     g = g[a.d_score[cand[g]] > own[g]]
-    return g, cand[g], a.d_score[cand[g]] - own[g]
+    return Found(g, cand[g], a.d_score[cand[g]] - own[g], cand_iou[g])
 
 
 def possibly_wrong_class(e: Evidence) -> Found:
     """A box that a prediction of another class covers at IoU >= 0.5 with a higher score than
     any prediction of the box's own class there (value: the score margin)."""
-    g, d, margin = _beats_own(e, e.other)
-    return Found(g, d, margin, k.pair_iou(e.m.arrays.g_box, e.m.arrays.d_box, g, d))
+    return _beats_own(e, e.other, e.other_iou)
 
 
 def possibly_misplaced(e: Evidence) -> Found:
     """An unmatched box whose own-class prediction (unmatched, and closest to it of the
     unmatched boxes) meets it only at IoU in [0.1, 0.5), with a higher score than any own-class
     prediction at IoU >= 0.5 (value: the score margin)."""
-    g, d, margin = _beats_own(e, e.loc)
-    return Found(g, d, margin, e.loc_iou[g])
+    return _beats_own(e, e.loc, e.loc_iou)
 
 
 def possibly_duplicate(e: Evidence) -> Found:
@@ -120,7 +115,7 @@ def possibly_duplicate(e: Evidence) -> Found:
     first = (g < h) | (e.twin[h] != g)  # a pair whose twin points back is seen from its lower index
     g, h = g[first], h[first]
     shared = e.same_best[g]
-    swap = k.pair_iou(a.g_box, a.d_box, g, shared) > k.pair_iou(a.g_box, a.d_box, h, shared)
+    swap = e.same_iou[g] > e.same_iou[h]  # both boxes' IoU with their shared prediction
     g, h = np.where(swap, h, g), np.where(swap, g, h)
     margin = a.d_score[shared] - np.maximum(np.maximum(e.same_2nd[g], e.same_2nd[h]), 0.0)
     return Found(g, shared, margin, e.twin_iou[g], h)

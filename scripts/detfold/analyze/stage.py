@@ -22,17 +22,14 @@ def run_analyze(
     gallery_dir: str,
     fusion: dict[str, Any],
 ) -> None:
-    """Error analysis and label review (detfold.analyze.analysis) of the pooled out-of-fold predictions
-    of one model or of several fused (the OOF ensemble).
+    """Error analysis and label review (:func:`detfold.analyze.analysis.write_analysis`) of the
+    pooled out-of-fold predictions of one model or of several fused (the OOF ensemble).
 
-    ``oof_preds``: per member (a model), its K fold files (fold f's OOF predictions cover
-    ``val_jsons[f]``); with several members each fold's predictions are fused with ``fusion``
-    (the untuned model fusion of config.yaml, ``max_per_img`` included: nothing here is chosen
-    on these images). The breakdown, the thresholds and the confusion matrix are those of the
-    pooled OOF predictions; the blend split (no fold model trained on it; ``blend_preds``: per
-    member its K fold files) measures the thresholds on other images (per fold the members
-    fused, counts summed over the folds) and joins the label review (every fold model of every
-    member fused), so that every training image is reviewed."""
+    ``oof_preds`` / ``blend_preds``: per member (a model), its K fold files (fold f's OOF
+    predictions cover ``val_jsons[f]``); several members are fused with ``fusion`` (the untuned
+    model fusion of config.yaml, ``max_per_img`` included: nothing here is chosen on these
+    images). The blend split (no fold model trained on it) is the holdout, so that every
+    training image is reviewed."""
     from detfold.analyze import analysis
     from detfold.ensemble.fusion import fuse_members, fusion_params
 
