@@ -37,9 +37,7 @@ def _first_max(values, ok):
 def _error(ious, same, taken, pos_thr, bg_thr):
     """tidecv's error of an unmatched detection, from its IoU with each box (``same``: of its class,
     ``taken``: matched): (error code, the box's index or -1)."""
-    if ious.shape[0] == 0:
-        return BKG, -1
-    j, best = _first_max(ious, same)
+    j, best = _first_max(ious, same)  # no box at all: best -1
     if bg_thr <= best <= pos_thr:
         return LOC, j
     j, best = _first_max(ious, ~same)
@@ -48,7 +46,7 @@ def _error(ious, same, taken, pos_thr, bg_thr):
     j, best = _first_max(ious, same & taken)
     if best >= pos_thr:
         return DUPE, j
-    return (BKG if ious.max() <= bg_thr else BOTH), -1
+    return (BKG if ious.shape[0] == 0 or ious.max() <= bg_thr else BOTH), -1
 
 
 @njit(cache=True)
@@ -147,15 +145,12 @@ def review_images(
                     other[g], other_iou[g] = d, v
             if closest > -1 and not d_tp[d] and bg_thr <= closest_iou < pos_thr and loc[closest] == -1:
                 loc[closest], loc_iou[closest] = d, closest_iou
-        for g in range(gs, ge):
-            if g_crowd[g] or same_best[g] == -1:
-                continue
+        for g in range(gs, ge):  # a best detection is of its box's class, and crowd boxes have none
             for h in range(gs, ge):
-                if h == g or g_crowd[h] or g_cls[h] != g_cls[g] or same_best[h] != same_best[g]:
-                    continue
-                v = _iou(g_box[g], g_box[h], False)
-                if v >= pos_thr and v > twin_iou[g]:
-                    twin[g], twin_iou[g] = h, v
+                if h != g and same_best[g] > -1 and same_best[h] == same_best[g]:
+                    v = _iou(g_box[g], g_box[h], False)
+                    if v >= pos_thr and v > twin_iou[g]:
+                        twin[g], twin_iou[g] = h, v
     return same_best, same_iou, same_2nd, other, other_iou, loc, loc_iou, own_hi, twin, twin_iou, free_iou
 
 

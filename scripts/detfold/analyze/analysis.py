@@ -70,16 +70,14 @@ def _write_confusion(path: Path, names: Sequence[str], cm: np.ndarray) -> None:
     with atomic_open(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["true \\ predicted", *names])
-        for name, counts in zip(names, cm.tolist(), strict=True):
-            writer.writerow([name, *counts])
+        writer.writerows([name, *counts] for name, counts in zip(names, cm.tolist(), strict=True))
 
 
 def _write_review(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     with atomic_open(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=[*FINDING_FIELDS, *REVIEW_EXTRA_FIELDS], lineterminator="\n")
         writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
+        writer.writerows({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in rows)
 
 
 def write_analysis(

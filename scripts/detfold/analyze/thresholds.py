@@ -67,14 +67,11 @@ def scores_at_thresholds(
     (each fold model's), their counts are summed: how one such model does at the threshold."""
     names, sets = _matches(gt, prediction_sets)
     cls_thr = np.array([np.inf if score_thr.get(n) is None else score_thr[n] for n in names])
-    tp = np.zeros(len(names), dtype=np.int64)
-    fp = np.zeros(len(names), dtype=np.int64)
-    npos = np.zeros(len(names), dtype=np.int64)
-    for cat, score, hit, n in sets:
-        sel = score >= cls_thr[cat]
-        tp += np.bincount(cat[sel & hit], minlength=len(names))
-        fp += np.bincount(cat[sel & ~hit], minlength=len(names))
-        npos += n
+    cat, score, hit = (np.concatenate([s[i] for s in sets]) for i in range(3))  # the sets pooled
+    sel = score >= cls_thr[cat]
+    tp = np.bincount(cat[sel & hit], minlength=len(names))
+    fp = np.bincount(cat[sel & ~hit], minlength=len(names))
+    npos = np.sum([s[3] for s in sets], axis=0)
     return {name: _counts(int(tp[k]), int(fp[k]), int(npos[k])) for k, name in enumerate(names)}
 
 
