@@ -1,9 +1,6 @@
 """What the ensemble stage delivers: a :class:`Plan` (which members, fused how), the kinds of
 candidate the choice compares, the fusion parameter grids it searches, and the plan applied to
-other images (the test set).
-
-Members are detections (:class:`detfold.core.coco.Detections`, columns; a COCO result list
-``image_id, category_id, bbox xywh_abs, score`` is accepted too) on the same images.
+other images (the test set). Members are detections on the same images.
 """
 
 from __future__ import annotations
@@ -77,28 +74,20 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
     """Every combination of the search lists (an axis not listed: :data:`DEFAULT_FOLD_FUSION`'s
     value); conf_type only varies for WBF; weights are vectors of one weight per member (an
     empty list means equal weights)."""
-    methods = search.get("method", [DEFAULT_FOLD_FUSION["method"]])
+    axes = {**{k: [v] for k, v in DEFAULT_FOLD_FUSION.items()}, **search}
     weights = search.get("weights") or [None]
     for w in weights:
         if w is not None and len(w) != n_members:
             raise ValueError(f"ensemble.search.weights: {w} has {len(w)} weights for {n_members} members")
     combos = []
-    for method in methods:
-        conf_types = search.get("conf_type", [DEFAULT_FOLD_FUSION["conf_type"]]) if method == "wbf" else [None]
+    for method in axes["method"]:
+        conf_types = axes["conf_type"] if method == "wbf" else [None]
         for conf in conf_types:
             check_fusion(method, conf or DEFAULT_FOLD_FUSION["conf_type"], "ensemble.search")
-        for iou, skip, conf, w in itertools.product(
-            search.get("iou_thr", [DEFAULT_FOLD_FUSION["iou_thr"]]),
-            search.get("skip_box_thr", [DEFAULT_FOLD_FUSION["skip_box_thr"]]),
-            conf_types,
-            weights,
-        ):
-            params = {"method": method, "iou_thr": float(iou), "skip_box_thr": float(skip)}
-            if conf is not None:
-                params["conf_type"] = conf
-            if w is not None:
-                params["weights"] = [float(x) for x in w]
-            combos.append(params)
+        for iou, skip, conf, w in itertools.product(axes["iou_thr"], axes["skip_box_thr"], conf_types, weights):
+            weight = None if w is None else [float(x) for x in w]
+            params = {"method": method, "iou_thr": float(iou), "skip_box_thr": float(skip), "conf_type": conf}
+            combos.append({k: v for k, v in {**params, "weights": weight}.items() if v is not None})
     return combos
 
 
@@ -122,13 +111,10 @@ def model_grid(settings: dict[str, Any], n_members: int) -> list[dict[str, Any]]
 
 
 def _unique(combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, out = set(), []
+    first: dict[str, dict[str, Any]] = {}
     for c in combos:
-        key = repr(sorted(c.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-    return out
+        first.setdefault(repr(sorted(c.items())), c)
+    return list(first.values())
 
 
 def apply_plan(
