@@ -99,7 +99,7 @@ def fuse_arrays(
     rescore: bool = True,
     class_agnostic: bool = False,
     max_per_img: int | None = None,
-    prepared: dict[tuple[Any, ...], _Prepared] | None = None,
+    prepared: dict[Any, _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
     model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
@@ -167,36 +167,12 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResultArrays:
-    """Several models' detections on the COCO images ``images`` (id, width, height), as the flat
-    arrays fusion works on: boxes clipped to their image (predictions, not ground truth) and
-    normalised to ``xyxy_norm``; image positions index the sorted image ids (``self.ids``). An
-    image id outside ``images`` raises."""
+    """Several models' predictions (per model :data:`Columns`) on the images ``ids`` (sorted)
+    with sizes ``wh`` ([N, 2] width, height in px), as the flat arrays fusion works on: boxes
+    clipped to their image (predictions, not ground truth) and normalised to ``xyxy_norm``."""
 
-    def __init__(self, prediction_sets: Sequence[Detections], images: Sequence[dict[str, Any]]) -> None:
-        ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
-        size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-        wh = np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)
-        sets = []
-        for m, d in enumerate(prediction_sets):
-            img = np.searchsorted(ids, d.image_id)
-            unknown = (img >= len(ids)) | (ids[np.minimum(img, len(ids) - 1)] != d.image_id)
-            if unknown.any():
-                i = int(np.argmax(unknown))
-                raise ValueError(f"prediction set {m}, item {i}: image_id {int(d.image_id[i])!r} is not a known image")
-            sets.append((img, d.category_id, d.bbox_xywh, d.score))
-        self._set_columns(ids, wh, sets)
-
-    @classmethod
-    def from_columns(cls, ids: np.ndarray, wh: np.ndarray, sets: Sequence[Columns]) -> ResultArrays:
-        """Prediction sets already as columns (e.g. the output of :meth:`fuse`) on the images
-        ``ids`` with sizes ``wh``."""
-        self = cls.__new__(cls)
-        self._set_columns(ids, wh, sets)
-        return self
-
-    def _set_columns(self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[Columns]) -> None:
+    def __init__(self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[Columns]) -> None:
         self.ids, self.wh, self.n_models = ids, wh, len(sets)
-        self._prepared: dict[tuple[Any, ...], _Prepared] = {}  # fuse_arrays' sort, reused by a search
         image = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s[0], dtype=np.int64) for s in sets)])
         label = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s[1], dtype=np.int64) for s in sets)])
         xywh = np.concatenate([np.zeros((0, 4)), *(np.asarray(s[2], dtype=float).reshape(-1, 4) for s in sets)])
@@ -206,21 +182,32 @@ class ResultArrays:
         model = np.repeat(np.arange(len(sets), dtype=np.int64), [len(s[0]) for s in sets])
         self.columns = (box, score, label, model, image)  # fuse_arrays' first arguments
 
+    @classmethod
+    def of(cls, prediction_sets: Sequence[Detections], images: Sequence[dict[str, Any]]) -> ResultArrays:
+        """Detections on the COCO images ``images`` (id, width, height); an image id outside them raises."""
+        ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+        size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
+        sets = []
+        for m, d in enumerate(prediction_sets):
+            img = np.searchsorted(ids, d.image_id)
+            unknown = (img >= len(ids)) | (ids[np.minimum(img, len(ids) - 1)] != d.image_id)
+            if unknown.any():
+                i = int(np.argmax(unknown))
+                raise ValueError(f"prediction set {m}, item {i}: image_id {int(d.image_id[i])!r} is not a known image")
+            sets.append((img, d.category_id, d.bbox_xywh, d.score))
+        return cls(ids, np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2), sets)
+
     def member_columns(self) -> list[Columns]:
-        """Each member's predictions as :class:`Columns` again, from the clipped boxes."""
+        """Each member's predictions as :data:`Columns` again, from the clipped boxes."""
         box, score, label, model, image = self.columns
         xyxy = box * np.tile(take_rows(self.wh, image), 2)
         xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
         return [(image[s], label[s], xywh[s], score[s]) for s in (model == m for m in range(self.n_models))]
 
-    def drop_cache(self) -> None:
-        """Forget the sorted boxes (and clustering) kept from the previous :meth:`fuse`."""
-        self._prepared.clear()
-
-    def fuse(self, max_per_img: int | None, **params: Any) -> Columns:
-        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments), by image then score,
-        at most ``max_per_img`` per image."""
-        fused = fuse_arrays(*self.columns, self.n_models, max_per_img=max_per_img, prepared=self._prepared, **params)
+    def fuse(self, max_per_img: int | None, prepared: dict[Any, _Prepared] | None = None, **params: Any) -> Columns:
+        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments, ``prepared`` its cache),
+        by image then score, at most ``max_per_img`` per image."""
+        fused = fuse_arrays(*self.columns, self.n_models, max_per_img=max_per_img, prepared=prepared, **params)
         boxes, scores, labels, images = fused
         # rounded here, as the written files hold them, so the search scores what is written
         xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
@@ -244,6 +231,6 @@ def fuse_members(
     itself only changes its boxes and scores for the worse)."""
     if len(members) == 1:
         return as_detections(members[0])
-    arrays = ResultArrays([as_detections(m) for m in members], images)
+    arrays = ResultArrays.of([as_detections(m) for m in members], images)
     img, labels, xywh, scores = arrays.fuse(max_per_img, **params)
     return Detections(arrays.ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

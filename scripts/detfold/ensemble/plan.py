@@ -47,18 +47,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
-
 
 def _short(params: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k} {v}" for k, v in params.items() if k != "class_agnostic") + ")"
-
-
-def fold_kind(model: str) -> str:
-    """The candidate kind of ``model``'s fold ensemble: 'fold_ensemble:NAME'."""
-    return f"{FOLD_ENSEMBLE}:{model}"
 
 
 def kind_label(kind: str) -> str:

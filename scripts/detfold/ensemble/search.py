@@ -83,11 +83,12 @@ class Search:
         self.weightings, self.processes = weightings, max(1, int(processes))
         folds = {f"{m}/fold{k}": preds for m in self.models for k, preds in enumerate(fold_preds[m])}
         self.singles = {name: self.evaluator.match_results(p) for name, p in {**folds, **self.external}.items()}
-        self._arrays = {m: ResultArrays([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
-        self._external_columns = ResultArrays(list(self.external.values()), gt.images).member_columns()
+        self._arrays = {m: ResultArrays.of([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
+        self._external_columns = ResultArrays.of(list(self.external.values()), gt.images).member_columns()
         self._fused: dict[FoldKey, Columns] = {}  # the fold ensembles the model step fuses again and again
         self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
         self._sorted_of: ResultArrays | None = None  # the member set whose sorted boxes are kept
+        self._prepared: dict[Any, Any] = {}  # its sorted boxes (fuse_arrays' cache)
         self._matched: dict[Key, Matched] = {}
         self._scores: dict[Key, dict[bytes, Scores]] = {}
         self._summarized: set[Key] = set()
@@ -181,25 +182,23 @@ class Search:
         return self._fuse(self._model_members(key.fold_choice), self._params(key))
 
     def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> Columns:
-        """``arrays`` fused with ``params``, reusing its sorted boxes from the previous call;
-        the member set fused before drops its own (one sorted copy per process, not one per
-        model: each is as large as the member set)."""
-        if self._sorted_of is not None and self._sorted_of is not arrays:
-            self._sorted_of.drop_cache()
-        self._sorted_of = arrays
-        return arrays.fuse(self.max_per_img, **params)
+        """``arrays`` fused with ``params``, reusing the sorted boxes of the previous call on the
+        same arrays (one sorted copy per process, not one per member set: each is as large)."""
+        if arrays is not self._sorted_of:
+            self._prepared.clear()
+            self._sorted_of = arrays
+        return arrays.fuse(self.max_per_img, self._prepared, **params)
 
     def _model_members(self, fold_choice: tuple[int, ...]) -> ResultArrays:
         """The model step's members (the chosen fold ensembles, the external models) as one
         :class:`ResultArrays`, kept for the latest fold choice."""
         fold_choice = tuple(self._fold_same[i] for i in fold_choice)
         if self._members_of is None or self._members_of[0] != fold_choice:
-            for key in (FoldKey(m, i) for m, i in zip(self.models, fold_choice, strict=True)):
-                self._fused[key] = self._columns(key)
-            sets = [self._fused[FoldKey(m, i)] for m, i in zip(self.models, fold_choice, strict=True)]
+            keys = [FoldKey(m, i) for m, i in zip(self.models, fold_choice, strict=True)]
+            self._fused.update({key: self._columns(key) for key in keys})
+            sets = [self._fused[key] for key in keys] + self._external_columns
             wh = self._arrays[self.models[0]].wh
-            arrays = ResultArrays.from_columns(self.evaluator.img_ids, wh, sets + self._external_columns)
-            self._members_of = (fold_choice, arrays)
+            self._members_of = (fold_choice, ResultArrays(self.evaluator.img_ids, wh, sets))
         return self._members_of[1]
 
 

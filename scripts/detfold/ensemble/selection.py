@@ -25,7 +25,6 @@ from detfold.ensemble.plan import (
     Plan,
     apply_plan,
     fold_grid,
-    fold_kind,
     kind_label,
     model_grid,
 )
@@ -61,7 +60,7 @@ def choose_on_blend(
     selector = BlendSelector(gt, fold_preds, external, settings, seed=seed, processes=processes)
     selection = select_on_blend(selector, int(settings["bootstrap_samples"]), seed)
     d = selection["delivered"]
-    plan = Plan.from_dict(d["plan"])
+    plan = Plan(**d["plan"])
     fused = selector.plan_predictions(plan)  # the search's own fusions: what apply_plan gives (test)
     if fused is None:
         fused = apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
@@ -119,7 +118,7 @@ class BlendSelector:
     def kinds(self) -> list[str]:
         """The kinds of candidate, simplest first (ties go to the simpler)."""
         models, external = self.search.models, self.search.external
-        kinds = [SINGLE] + [fold_kind(m) for m in models]
+        kinds = [SINGLE] + [f"{FOLD_ENSEMBLE}:{m}" for m in models]
         return kinds + ([MODEL_ENSEMBLE] if len(models) + len(external) > 1 else [])
 
     def _best(self, scored: Sequence[tuple[T, Scores]]) -> T:
