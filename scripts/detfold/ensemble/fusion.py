@@ -1,14 +1,7 @@
-"""Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted.
-
-:func:`fuse_arrays` takes flat arrays: boxes ``xyxy_norm`` (x1, y1, x2, y2 divided by the image
-width/height, within [0, 1]), float scores, integer labels, each row's model and image index;
-boxes of zero area are skipped, as in ensemble-boxes, and the caller's arrays are never modified.
-:func:`fuse_members` takes and returns COCO results (``xywh_abs``), clipping each box to its image.
-Every method runs as one compiled (numba) pass over all (image, label) groups.
-
-The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
-ties in score keep the input order (a stable sort), and soft-NMS returns the decayed scores
-(``rescore=True``; ensemble-boxes returns the original ones: ``rescore=False``).
+"""Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted, each
+one compiled (numba) pass over all (image, label) groups. The semantics follow ensemble-boxes
+(the tests compare within 1e-6), except: ties in score keep the input order (a stable sort), and
+soft-NMS returns the decayed scores (``rescore=True``; ensemble-boxes: ``rescore=False``).
 """
 
 from __future__ import annotations
@@ -101,17 +94,14 @@ def fuse_arrays(
     max_per_img: int | None = None,
     prepared: dict[Any, _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
-    model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable), the first ``max_per_img`` of each image (all when None).
-    ``prepared``: a cache (one entry, owned by the caller, for the same input arrays) of the
-    filtered, weighted and group-sorted boxes, which depend on ``skip_box_thr``, the weights and
-    ``class_agnostic`` only: a search over the other parameters sorts once."""
+    """Fuse boxes of many images in one pass. One row per box: ``boxes`` [N, 4] ``xyxy_norm``
+    (divided by the image width/height, within [0, 1]), its score, label, model and image index;
+    boxes of zero area are skipped (as in ensemble-boxes), the inputs never modified. Returns
+    (boxes xyxy_norm, scores, labels, image index), by image, then score descending (stable), the
+    first ``max_per_img`` of each image (all when None). ``prepared``: the caller's one-entry
+    cache, for the same input arrays, of the filtered, weighted and sorted boxes (they depend on
+    ``skip_box_thr``, the weights and ``class_agnostic`` only)."""
     check_fusion(method, conf_type)
-    if soft_method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
-    if not 0 <= iou_thr <= 1:
-        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
     w = _method_weights(method, weights, n_models)
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
     prep = (prepared or {}).get(key)
@@ -151,10 +141,8 @@ def fuse_arrays(
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`fuse_arrays` in ``params`` that can change its output:
-    ``conf_type`` and ``allows_overflow`` are WBF's only; ``sigma``, ``thresh``, ``soft_method``
-    and ``rescore`` soft-NMS's only; gaussian soft-NMS ignores ``iou_thr`` too. Parameter sets
-    with equal effective parameters fuse to the same boxes (a search fuses them once)."""
+    """The keyword arguments of :func:`fuse_arrays` in ``params`` that can change its output
+    (parameter sets with equal effective parameters fuse to the same boxes)."""
     method = params.get("method", "wbf")
     unused = {"conf_type", "allows_overflow", "sigma", "thresh", "soft_method", "rescore"}
     if method == "wbf":
@@ -225,10 +213,9 @@ def as_detections(member: Member) -> Detections:
 def fuse_members(
     members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_img: int
 ) -> Detections:
-    """Several models' COCO results on the COCO images ``images`` (id, width, height) fused with
-    ``params`` (:data:`FUSION_KEYS`) as :class:`ResultArrays` and :meth:`ResultArrays.fuse` do.
-    One member is returned as it is: a one-member fusion is the identity (re-fusing a model with
-    itself only changes its boxes and scores for the worse)."""
+    """Several models' detections on the COCO images ``images`` (id, width, height) fused with
+    ``params`` (:data:`FUSION_KEYS`), as :meth:`ResultArrays.fuse` does. One member is returned
+    as it is (re-fusing a model with itself only changes its boxes and scores for the worse)."""
     if len(members) == 1:
         return as_detections(members[0])
     arrays = ResultArrays.of([as_detections(m) for m in members], images)

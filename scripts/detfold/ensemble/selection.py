@@ -82,10 +82,8 @@ def selection_weights(part: np.ndarray) -> list[np.ndarray]:
     """The image weights selection fits on (:func:`select_on_blend`): all images, every part
     left out, every two parts left out (the nested selection of the whole procedure)."""
     n_parts = int(part.max()) + 1 if len(part) else 0
-    out = [np.ones(len(part), dtype=np.int64)]
-    for left_out in [(p,) for p in range(n_parts)] + list(itertools.combinations(range(n_parts), 2)):
-        out.append(np.where(np.isin(part, left_out), 0, 1).astype(np.int64))
-    return out
+    left_out = [(p,) for p in range(n_parts)] + list(itertools.combinations(range(n_parts), 2))
+    return [np.ones(len(part), dtype=np.int64)] + [(~np.isin(part, out)).astype(np.int64) for out in left_out]
 
 
 class BlendSelector:
@@ -113,13 +111,10 @@ class BlendSelector:
         weightings = selection_weights(self.part)
         self.search = Search(gt, fold_preds, external, *grids, self.max_per_img, weightings, processes)
         self.search.summarize_folds()
-
-    @property
-    def kinds(self) -> list[str]:
-        """The kinds of candidate, simplest first (ties go to the simpler)."""
-        models, external = self.search.models, self.search.external
-        kinds = [SINGLE] + [f"{FOLD_ENSEMBLE}:{m}" for m in models]
-        return kinds + ([MODEL_ENSEMBLE] if len(models) + len(external) > 1 else [])
+        # the kinds of candidate, simplest first (ties go to the simpler)
+        self.kinds = [SINGLE] + [f"{FOLD_ENSEMBLE}:{m}" for m in self.search.models]
+        if len(fold_preds) + len(external) > 1:
+            self.kinds.append(MODEL_ENSEMBLE)
 
     def _best(self, scored: Sequence[tuple[T, Scores]]) -> T:
         """The best scored item by the metric (ties: the first)."""
@@ -171,18 +166,16 @@ class BlendSelector:
         """Nested selection of ``kind``: its pooled predictions and the plan of each part."""
         return self._nested(lambda w: self.fit(kind, w), weights)
 
-    def choose(self, weights: np.ndarray) -> tuple[str, dict[str, Scores]]:
-        """The kind with the best nested estimate on the weighted images (ties: the simpler,
-        in the order of :attr:`kinds`), and every kind's nested estimate."""
-        estimates = {kind: self.nested(kind, weights)[0].scores(weights) for kind in self.kinds}
-        return self._best(list(estimates.items())), estimates
+    def choose(self, weights: np.ndarray) -> str:
+        """The kind with the best nested estimate on the weighted images (ties: the simpler)."""
+        return self._best([(kind, self.nested(kind, weights)[0].scores(weights)) for kind in self.kinds])
 
     def procedure_nested(self) -> tuple[Matched, list[str]]:
         """The whole choice (every kind fitted, the kind with the best nested estimate kept),
         itself nested: its pooled predictions and the kind chosen for each part."""
 
         def choose_and_fit(weights: np.ndarray) -> tuple[str, Matched]:
-            kind, _ = self.choose(weights)
+            kind = self.choose(weights)
             return kind, self.fit(kind, weights)[1]
 
         return self._nested(choose_and_fit, np.ones(len(self.part), dtype=np.int64))
@@ -235,19 +228,15 @@ def _rounded(scores: Scores) -> dict[str, float]:
 
 
 def select_on_blend(selector: BlendSelector, samples: int, seed: int = 42) -> dict[str, Any]:
-    """Choose the delivered candidate on the blend split and say how good it is, honestly.
-
-    Per kind of candidate: its plan fitted on all blend images with the in-sample score (the
-    optimistic number: chosen and scored on the same images) and the nested estimate (chosen
-    on the other parts, scored on the held-out part, pooled) with its bootstrap interval
-    (``samples`` resamples of the images, seeded). The delivered kind is the one with the best
-    nested estimate; the whole choice is nested once more for its honest estimate; the paired
-    bootstrap interval of the difference is against the best single model (nested too: the
-    single model is also a choice).
-    """
+    """Choose the delivered candidate on the blend split and say how good it is, honestly
+    (selection.json). Per kind of candidate: its plan fitted on all blend images, the in-sample
+    score (optimistic) and the nested estimate with its bootstrap interval (``samples``
+    resamples of the images, seeded). The kind with the best nested estimate is delivered; the
+    whole choice is nested once more for its honest estimate, also paired against the best
+    single model (nested too: the single model is also a choice)."""
     n, ids = len(selector.part), selector.search.evaluator.img_ids
     counts = bootstrap_counts(n, samples, seed)
-    winner, _ = selector.choose(np.ones(n, dtype=np.int64))
+    winner = selector.choose(np.ones(n, dtype=np.int64))
     candidates: dict[str, Any] = {}
     nested_boot: dict[str, np.ndarray] = {}
     for kind in selector.kinds:
