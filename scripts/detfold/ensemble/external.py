@@ -106,21 +106,19 @@ def _csv_box(
 ) -> dict[str, Any]:
     """One "label score x1 y1 x2 y2" of a PredictionString as a COCO result; ``categories``:
     the category ids by class name, and in class order."""
-    label, score, x1, y1, x2, y2 = values
+    label = values[0]
     by_name, cat_ids = categories
-    if label in by_name:
-        cat_id = by_name[label]
-    elif label.isdigit() and int(label) < len(cat_ids):
-        cat_id = cat_ids[int(label)]
-    else:
+    index = int(label) if label.isdigit() and int(label) < len(cat_ids) else None
+    cat_id = by_name.get(label, None if index is None else cat_ids[index])
+    if cat_id is None:
         raise ValueError(f"{where}: label {label!r} is neither a class name nor an index")
     try:
-        x1f, y1f, x2f, y2f, scoref = (float(v) for v in (x1, y1, x2, y2, score))
+        score, x1, y1, x2, y2 = (float(v) for v in values[1:])
     except ValueError:
         raise ValueError(f"{where}: a box value is not a number: {values}") from None
-    if not all(math.isfinite(v) for v in (x1f, y1f, x2f, y2f, scoref)) or x2f < x1f or y2f < y1f:
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2, score)) or x2 < x1 or y2 < y1:
         raise ValueError(f"{where}: box {values} is not finite or has x2 < x1 / y2 < y1")
-    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1f, y1f, x2f - x1f, y2f - y1f], "score": scoref}
+    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
 
 
 def write_submission(results: Member, coco: Coco, path: str | Path, label: str) -> None:

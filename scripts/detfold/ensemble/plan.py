@@ -128,12 +128,9 @@ def apply_plan(
     if plan.kind == FOLD_ENSEMBLE:
         model = str(plan.model)
         return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_img)
-    members: list[Member] = [
-        fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_img) for m in sorted(fold_preds)
-    ]
-    members += [external[name] for name in external]
-    params = dict(plan.model_params or {})
+    fused = [fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_img) for m in sorted(fold_preds)]
     extra = list((untuned_external or {}).values())
+    params = dict(plan.model_params or {})
     if extra and "weights" in params:
         params["weights"] = list(params["weights"]) + [1.0] * len(extra)
-    return fuse_members(members + extra, images, params, max_per_img)
+    return fuse_members([*fused, *external.values(), *extra], images, params, max_per_img)

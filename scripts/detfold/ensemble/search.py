@@ -54,15 +54,14 @@ K = TypeVar("K", bound=Key)
 
 
 class Search:
-    """The fused and matched prediction sets of every combination on the blend images, cached.
+    """The fused and matched prediction sets of every combination on the blend images of ``gt``.
 
-    ``fold_preds``: per model its K fold models' predictions on the blend images of ``gt``;
-    ``external``: per external model its predictions there; ``fold_grid`` / ``model_grid``: the
-    parameter combinations of the two fusion steps; ``weightings``: the image weights a
-    selection will ask for: each combination is scored under all of them at once (on
-    ``processes`` forked processes) and only its scores are kept. The matched sets of the
-    combinations a fit returns are kept too (all combinations' sets together would not fit in
-    memory at scale).
+    ``fold_preds``: per model its K fold models' predictions; ``external``: per external model
+    its predictions; ``fold_grid`` / ``model_grid``: the parameter combinations of the two
+    fusion steps; ``weightings``: the image weights a selection will ask for: each combination is
+    scored under all of them at once (on ``processes`` forked processes) and only its scores
+    are kept, with the matched sets of the combinations a fit returns (all combinations' sets
+    together would not fit in memory at scale).
     """
 
     def __init__(

@@ -190,7 +190,7 @@ class BlendSelector:
                 scores = _rounded(search.score(FoldKey(m, i), ones))
                 rows.append({"step": "fold fusion", "model": m, **_row(params), **scores})
         if MODEL_ENSEMBLE in self.kinds:
-            choice = tuple(self._fold_choice(self.fit(MODEL_ENSEMBLE, ones)[0]))
+            choice = self._fold_choice(self.fit(MODEL_ENSEMBLE, ones)[0])
             for j, params in enumerate(search.model_grid):
                 scores = _rounded(search.score(ModelKey(choice, j), ones))
                 rows.append({"step": "model fusion", "model": "", **_row(params), **scores})
