@@ -146,7 +146,8 @@ class Search:
 
         def order(key: FoldKey | ModelKey) -> tuple[str, float, str, int]:  # neighbours share fusion's sorted boxes
             params = self._params(key)
-            return getattr(key, "model", ""), params.get("skip_box_thr", 0.0), repr(params.get("weights")), key.combo
+            model = key.model if isinstance(key, FoldKey) else ""
+            return model, params.get("skip_box_thr", 0.0), repr(params.get("weights")), key.combo
 
         ordered = sorted(keys, key=order)
         for key, summary in zip(ordered, map_forked(self._summary, ordered, self.processes), strict=True):
