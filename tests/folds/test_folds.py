@@ -16,7 +16,6 @@ from detfold.folds.assign import (
     groups_from,
     near_duplicate_groups,
     read_folds,
-    size_bucket_counts,
     write_folds,
 )
 from hypothesis import HealthCheck, given, settings
@@ -128,11 +127,18 @@ def test_rare_class_warns_but_splits(bccd, caplog):
     assert sorted(folds.image_id) == sorted(few.image_ids)
 
 
-def test_weights_validated():
-    with pytest.raises(ValueError, match="unknown key"):
-        BalanceWeights.from_config({"boxes": 1})
-    with pytest.raises(ValueError, match=">= 0"):
-        BalanceWeights.from_config({"class_boxes": -1})
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"boxes": 1}, "unknown key 'folds.weights.boxes'"),
+        ({"class_boxes": -1}, "folds.weights.class_boxes = -1 is out of range: must be >= 0"),
+    ],
+)
+def test_weights_validated_by_the_config_gate(weights, message):
+    from detfold.core.config import load_schema, schema_problems
+
+    problems = schema_problems({"folds": {"weights": weights}}, load_schema())
+    assert any(message in p for p in problems), problems
 
 
 @st.composite
@@ -179,7 +185,7 @@ def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights |
     weight x ((fold total - total / K) / (total / K))^2."""
     weights = weights or BalanceWeights()
     counts = class_counts(coco)
-    feats, feat_w = _features(counts, size_bucket_counts(coco) if weights.size_buckets > 0 else None, weights)
+    feats, feat_w = _features(counts, class_counts(coco, by_size=True) if weights.size_buckets > 0 else None, weights)
     fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
     k = int(folds.fold.max()) + 1
     per_fold = np.zeros((k, feats.shape[1]))

@@ -41,7 +41,7 @@ def run_split(
     and the ensembles are chosen there; the K folds split the other images (0: no blend split)."""
     coco = load_coco(annotations)
     groups, pairs = _groups(coco, group_by, images, near_duplicate_distance, bool(out_near_duplicates))
-    balance_weights = assign.BalanceWeights.from_config(weights)
+    balance_weights = assign.BalanceWeights(**weights)
     blend_ids: list[int] = []
     if blend_share:
         blend_ids = assign.split_blend(coco, blend_share, seed, method, groups, balance_weights)
@@ -113,4 +113,7 @@ def _write_balance(coco: Coco, table: pd.DataFrame, out_balance: str | None, out
 
 
 def run_fold_files(annotations: str, table: str, fold: int, out_train: str, out_val: str) -> None:
-    assign.write_fold_split(load_coco(annotations), assign.read_folds(table), fold, out_train, out_val)
+    train, val = assign.fold_split(load_coco(annotations), assign.read_folds(table), fold)
+    write_coco(train, out_train)
+    write_coco(val, out_val)
+    log.info("fold %d: %d train images, %d val images", fold, len(train.images), len(val.images))
