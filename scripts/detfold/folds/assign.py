@@ -65,8 +65,8 @@ def groups_from(coco: Coco, group_by: str | None, mapping: dict[str, str] | None
 
     ``group_by``: None (each image its own group), ``regex:PATTERN`` (the first capture group,
     or the whole match, of the pattern searched in the file name; no match = own group),
-    ``field:NAME`` (a key of the image record), or ``csv:PATH`` / ``auto`` (``mapping`` from
-    file name to group, read or computed by the caller).
+    ``field:NAME`` (a key of the image record), ``csv:PATH`` (:func:`read_group_csv`) or
+    ``auto`` (``mapping`` from file name to group, as :func:`near_duplicate_groups` finds it).
     """
     names = [im["file_name"] for im in coco.images]
     if not group_by:
@@ -88,7 +88,7 @@ def groups_from(coco: Coco, group_by: str | None, mapping: dict[str, str] | None
             raise ValueError(f"folds.group_by: field {arg!r} missing from image ids {missing[:5]} in {coco.path}")
         return np.array([f"group:{im[arg]}" for im in coco.images], dtype=object)
     if kind in ("csv", "auto"):
-        mapping = mapping or {}
+        mapping = read_group_csv(arg) if kind == "csv" else mapping or {}
         return np.array([f"group:{mapping[n]}" if n in mapping else f"image:{n}" for n in names], dtype=object)
     raise ValueError(f"folds.group_by must be regex:PATTERN, field:NAME, csv:PATH or auto, got {group_by!r}")
 
