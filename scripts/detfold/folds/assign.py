@@ -102,8 +102,10 @@ def read_group_csv(path: str | Path) -> dict[str, str]:
     return dict(zip(table.file_name, table.group, strict=True))
 
 
-def _features(counts: np.ndarray, sizes: np.ndarray | None, weights: BalanceWeights) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image feature columns and their weights: class boxes, class images, 1 image, boxes."""
+def _features(coco: Coco, weights: BalanceWeights) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image feature columns and their weights: class boxes, class images, 1 image, boxes
+    and, when weighted, class boxes by size bucket."""
+    counts = class_counts(coco)
     cols = [counts, (counts > 0).astype(np.int64), np.ones((len(counts), 1), np.int64), counts.sum(1, keepdims=True)]
     w = [
         np.full(counts.shape[1], weights.class_boxes),
@@ -111,7 +113,8 @@ def _features(counts: np.ndarray, sizes: np.ndarray | None, weights: BalanceWeig
         [weights.fold_images],
         [weights.fold_boxes],
     ]
-    if sizes is not None and weights.size_buckets > 0:
+    if weights.size_buckets > 0:
+        sizes = class_counts(coco, by_size=True)
         cols.append(sizes)
         w.append(np.full(sizes.shape[1], weights.size_buckets))
     return np.hstack(cols).astype(float), np.concatenate([np.asarray(x, dtype=float) for x in w])
@@ -182,7 +185,6 @@ class _Units:
 
     coco: Coco
     unit: np.ndarray  # unit index per image (coco.images order)
-    counts: np.ndarray  # (n_images, n_classes) box counts
     per_unit: np.ndarray  # (n_units, n_classes) box counts
     weights: BalanceWeights | None
 
@@ -196,9 +198,7 @@ def _test_folds(splitter: Any, n: int, *labels: np.ndarray) -> np.ndarray:
 
 
 def _by_balance(units: _Units, k: int, seed: int) -> np.ndarray:
-    weights = units.weights or BalanceWeights()
-    sizes = class_counts(units.coco, by_size=True) if weights.size_buckets > 0 else None
-    feats, feat_w = _features(units.counts, sizes, weights)
+    feats, feat_w = _features(units.coco, units.weights or BalanceWeights())
     x_units = np.zeros((len(units.per_unit), feats.shape[1]))
     np.add.at(x_units, units.unit, feats)
     return _balanced(x_units, feat_w, k, np.random.default_rng(seed))
@@ -274,8 +274,7 @@ def assign_folds(
             log.warning("class %r is in only %d images, fewer than k=%d folds: some folds lack it", name, n, k)
     per_unit = np.zeros((n_units, counts.shape[1]), dtype=np.int64)
     np.add.at(per_unit, unit, counts)
-    units = _Units(coco, unit, counts, per_unit, weights)
-    unit_fold = ASSIGNERS[method](units, k, seed)
+    unit_fold = ASSIGNERS[method](_Units(coco, unit, per_unit, weights), k, seed)
     table = pd.DataFrame(
         {"image_id": coco.image_ids, "file_name": [im["file_name"] for im in coco.images], "fold": unit_fold[unit]}
     )
