@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from detfold.audit.convert import listed_lines
 from detfold.core.coco import Coco
 from detfold.core.io import atomic_open
 
@@ -172,23 +173,18 @@ def coco_from_image_list(path: str | Path, images_dir: str | Path | None, catego
     """An unlabelled test set given as a text file of image file names (one per line, relative to
     ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
     their sizes are read from the files by :func:`check_image_files`."""
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        if name in seen:
-            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {seen[name]})")
+    first_line: dict[str, int] = {}  # file name -> line, in file order
+    for n, name in listed_lines(path):
+        if name in first_line:
+            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {first_line[name]})")
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"{path}: line {n}: {name!r} must be relative to data.test_images, without '..'")
-        seen[name] = n
-        names.append(name)
-    if not names:
+        first_line[name] = n
+    if not first_line:
         raise ValueError(f"{path}: lists no image file name (one per line)")
     if images_dir is None:
         raise ValueError("data.test_images is needed with a test image list")
-    images = [{"id": i, "file_name": name} for i, name in enumerate(names, start=1)]
+    images = [{"id": i, "file_name": name} for i, name in enumerate(first_line, start=1)]
     return Coco({"images": images, "annotations": [], "categories": categories}, path=str(path))
 
 

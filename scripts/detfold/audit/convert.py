@@ -24,17 +24,22 @@ class AnnotationImportError(ValueError):
     """An annotation file of another format is malformed; the message names file and value."""
 
 
+def listed_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (a byte-order mark is fine) that is
+    neither blank nor a ``#`` comment, stripped."""
+    lines = [(n, line.strip()) for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1)]
+    return [(n, text) for n, text in lines if text and not text.startswith("#")]
+
+
 def read_class_names(path: str | Path, by_line: bool = False) -> list[str]:
     """One class name per line, stripped (blank lines and # comments ignored); raise if none,
     duplicates, or names that differ only in case. ``by_line`` (YOLO, whose class index is the
     line number): a blank or comment line before the last name is an error, it would shift
     every later class."""
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        kept = listed_lines(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: class names file not found") from None
-    kept = [(n, line.strip()) for n, line in enumerate(lines, start=1)]
-    kept = [(n, name) for n, name in kept if name and not name.startswith("#")]
     if not kept:
         raise AnnotationImportError(f"{path}: no class names in the file")
     if by_line:

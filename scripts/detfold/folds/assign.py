@@ -413,14 +413,12 @@ def near_duplicate_groups(coco: Coco, images_dir: str | Path, max_distance: int)
 
 def plot_balance(table: pd.DataFrame, path: str | Path) -> None:
     """Heatmaps of box share and image share per fold x class (deviation from 1/K annotated)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     k = int(table.fold.max()) + 1
     classes = list(dict.fromkeys(table["class"]))
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(classes) * 2, 1.5 + 0.5 * k), squeeze=False)
+    fig = Figure(figsize=(2 + 1.1 * len(classes) * 2, 1.5 + 0.5 * k))
+    axes = fig.subplots(1, 2, squeeze=False)
     for ax, column, title in zip(axes[0], ("box_share", "image_share"), ("boxes", "images"), strict=True):
         grid = table.pivot(index="fold", columns="class", values=column)[classes].to_numpy()
         image = ax.imshow(grid - 1 / k, cmap="coolwarm", vmin=-0.05, vmax=0.05, aspect="auto")
@@ -433,4 +431,3 @@ def plot_balance(table: pd.DataFrame, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)
