@@ -293,9 +293,8 @@ def split_blend(
     (the same method, groups kept whole), that no fold model trains on.
 
     The images are split into ``round(1 / share)`` balanced parts and the first part is the
-    blend split, so its size is ``1 / round(1 / share)`` of the images (share 0.2: a fifth)."""
-    if not 0 < share <= 0.5:
-        raise ValueError(f"folds.blend_share must be in (0, 0.5], got {share!r}")
+    blend split, so its size is ``1 / round(1 / share)`` of the images (share 0.2: a fifth;
+    the config gate keeps it in (0, 0.5])."""
     parts = max(2, round(1 / share))
     table = assign_folds(coco, k=parts, seed=seed, method=method, groups=groups, weights=weights)
     return table.loc[table.fold == 0, "image_id"].astype(int).tolist()
