@@ -2,20 +2,15 @@
 
 The score threshold and the per-image cap are enforced by detfold on what the model returns,
 for every head (DETR-family heads read no ``score_thr``, YOLOX no cap), and after a TTA merge.
-They are also set at the model's own ``test_cfg`` key (``test_cfg.score_thr`` for one-stage
-detectors, ``test_cfg.rcnn.score_thr`` for two-stage ones), where they only save time.
-
-Test-time augmentation (``predict.tta``) runs the model on several views of each image
-(horizontal flip, the test input size times each scale factor), maps every view's boxes back to
-the original image, and merges them per class as mmdet's ``DetTTAModel`` does (NMS over the
-union, then the per-image cap), or with weighted boxes fusion.
+Test-time augmentation (``predict.tta``) runs the model on several views of each image (flip,
+the test input size times each scale factor), maps their boxes back to the original image and
+merges them per class as mmdet's ``DetTTAModel`` does (NMS, then the cap), or by WBF.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +26,6 @@ def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img:
     """Set score threshold and detections cap at the model's test_cfg (a speed-up: detfold
     enforces both itself, :func:`enforce_thresholds`); return the score key the model reads,
     or ``none (detfold filters)`` when its config has none (DETR-family heads)."""
-    if not 0 <= score_thr <= 1:
-        raise ValueError(f"predict.score_thr must be in [0, 1], got {score_thr!r}")
-    if max_per_img < 1:
-        raise ValueError(f"predict.max_per_img must be >= 1, got {max_per_img!r}")
     target, key = test_cfg, "test_cfg"
     if isinstance(test_cfg.get("rcnn"), dict):
         target, key = test_cfg["rcnn"], "test_cfg.rcnn"
@@ -56,38 +47,22 @@ def enforce_thresholds(
     return bboxes[order], scores[order], labels[order]
 
 
-TTA_MERGES = ("nms", "wbf")
-
-
 @dataclass(frozen=True)
 class TTA:
-    """Test-time augmentation views and how their boxes are merged."""
+    """Test-time augmentation views and how their boxes are merged (``predict.tta``)."""
 
-    flip: bool = False  # also run on the horizontally flipped image
-    scales: tuple[float, ...] = (1.0,)  # factors on the test pipeline's input size (w, h)
-    merge: str = "nms"  # per-class NMS over all views (mmdet DetTTAModel) or "wbf"
-    iou_thr: float = 0.6
+    flip: bool  # also run on the horizontally flipped image
+    scales: tuple[float, ...]  # factors on the test pipeline's input size (w, h)
+    merge: str  # "nms": per-class NMS over all views (mmdet DetTTAModel), or "wbf"
+    iou_thr: float
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> TTA | None:
-        """``predict.tta`` -> TTA; None when absent or when it asks for the single plain view."""
+        """The resolved ``predict.tta`` settings (the config gate checked them and filled in
+        their defaults) -> TTA; None when absent or when they ask for the single plain view."""
         if not config:
             return None
-        unknown = sorted(set(config) - {"flip", "scales", "merge", "iou_thr"})
-        if unknown:
-            raise ValueError(f"predict.tta: unknown keys {unknown} (allowed: flip, scales, merge, iou_thr)")
-        scales = tuple(float(s) for s in config.get("scales", (1.0,)))
-        if not scales or any(not 0.1 <= s <= 10 for s in scales):
-            raise ValueError(f"predict.tta.scales must be factors in [0.1, 10], got {list(scales)!r}")
-        if len(set(scales)) != len(scales):
-            raise ValueError(f"predict.tta.scales has duplicates: {list(scales)!r}")
-        merge = str(config.get("merge", "nms"))
-        if merge not in TTA_MERGES:
-            raise ValueError(f"predict.tta.merge must be one of {TTA_MERGES}, got {merge!r}")
-        iou_thr = float(config.get("iou_thr", 0.6))
-        if not 0 < iou_thr <= 1:
-            raise ValueError(f"predict.tta.iou_thr must be in (0, 1], got {iou_thr!r}")
-        tta = cls(bool(config.get("flip", False)), scales, merge, iou_thr)
+        tta = cls(config["flip"], tuple(config["scales"]), config["merge"], config["iou_thr"])
         return None if tta.views() == [(1.0, False)] else tta
 
     def views(self) -> list[tuple[float, bool]]:
@@ -195,9 +170,16 @@ def predict_images(
     """Run the model on every image of ``coco``; return COCO results (category ids of ``coco``).
     ``score_thr`` and ``max_per_img`` are the resolved ``predict`` settings. With ``tta``, every
     image is predicted in each of its views and the views are merged."""
-    cfg = load_config(config_path, threads)
+    from mmdet.apis import init_detector
+
+    from detfold.train.mmdet_compat import prepare_mmdet
+    from detfold.train.mmdet_train import load_resolved_config
+
+    device = prepare_mmdet(threads)
+    cfg = load_resolved_config(config_path)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)
-    model, device = load_model(cfg, checkpoint)
+    check_checkpoint(checkpoint)
+    model = init_detector(cfg, checkpoint, device=device)
     label_to_cat = category_ids(model, coco)
     log.info(
         "predicting %d images on %s (score_thr=%s, max_per_img=%d, enforced by detfold; model's score key: %s)",
@@ -207,15 +189,14 @@ def predict_images(
         max_per_img,
         key,
     )
-    pipelines = None
+    pipelines = tta_pipelines(cfg, tta) if tta is not None else {}
     if tta is not None:
-        pipelines = tta_pipelines(cfg, tta)
         log.info("test-time augmentation: %d views %s, merged by %s", len(tta.views()), tta.views(), tta.merge)
     results: list[dict[str, Any]] = []
     for n, image in enumerate(coco.images, start=1):
         path = str(Path(images_dir) / image["file_name"])
-        if tta is None or pipelines is None:
-            bboxes, scores, labels = predict_plain(model, path)
+        if tta is None:
+            bboxes, scores, labels = _infer(model, path)
         else:
             views = predict_views(model, read_image(path, image), tta, pipelines)
             bboxes, scores, labels = merge_views(views, image["width"], image["height"], tta, max_per_img)
@@ -224,32 +205,6 @@ def predict_images(
         if n % 50 == 0 or n == len(coco.images):
             log.info("predicted %d/%d images", n, len(coco.images))
     return results
-
-
-def load_config(config_path: str, threads: int) -> Any:
-    """A fold model's resolved config, with mmdet's modules registered and ``threads`` CPU
-    threads."""
-    import torch
-    from mmdet.utils import register_all_modules
-
-    from detfold.train.mmdet_compat import patch_mmdet
-    from detfold.train.mmdet_train import load_resolved_config
-
-    register_all_modules(init_default_scope=True)
-    patch_mmdet()
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-    return load_resolved_config(config_path)
-
-
-def load_model(cfg: Any, checkpoint: str) -> tuple[Any, str]:
-    """The detector of ``cfg`` with the fold model's weights (checked first), on the GPU when
-    there is one; and that device."""
-    import torch
-    from mmdet.apis import init_detector
-
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    check_checkpoint(checkpoint)
-    return init_detector(cfg, checkpoint, device=device), device
 
 
 def category_ids(model: Any, coco: Coco) -> list[int]:
@@ -261,16 +216,6 @@ def category_ids(model: Any, coco: Coco) -> list[int]:
     if missing:
         raise ValueError(f"model classes {missing} are not categories of {coco.path} ({sorted(by_name)})")
     return [by_name[c] for c in classes]
-
-
-def predict_plain(model: Any, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's (bboxes_xyxy_abs, scores, labels) for the image file at ``path``."""
-    import torch
-    from mmdet.apis import inference_detector
-
-    with torch.no_grad():
-        pred = inference_detector(model, path).pred_instances
-    return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
 
 
 def check_checkpoint(checkpoint: str) -> None:
@@ -307,22 +252,29 @@ def read_image(path: str, image: dict[str, Any]) -> np.ndarray:
     return pixels
 
 
+def _infer(model: Any, image: str | np.ndarray, pipeline: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model's (bboxes_xyxy_abs, scores, labels) for an image file or BGR pixels, through
+    ``pipeline`` (default: the config's test pipeline)."""
+    import torch
+    from mmdet.apis import inference_detector
+
+    with torch.no_grad():
+        pred = inference_detector(model, image, test_pipeline=pipeline).pred_instances
+    return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
+
+
 def predict_views(
     model: Any, pixels: np.ndarray, tta: TTA, pipelines: dict[float, Any]
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Predictions (bboxes_xyxy_abs, scores, labels) of every TTA view of one image, in the
     order of ``tta.views()``, each mapped back to the original image's pixels."""
-    import torch
-    from mmdet.apis import inference_detector
-
     width = pixels.shape[1]
     views = []
     for scale, flipped in tta.views():
         view = np.ascontiguousarray(pixels[:, ::-1]) if flipped else pixels
-        with torch.no_grad():
-            pred = inference_detector(model, view, test_pipeline=pipelines[scale]).pred_instances
-        boxes = pred.bboxes.cpu().numpy().reshape(-1, 4).astype(float)
+        boxes, scores, labels = _infer(model, view, pipelines[scale])
+        boxes = boxes.reshape(-1, 4).astype(float)
         if flipped:  # x -> width - x, so x1 and x2 swap
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        views.append((boxes, pred.scores.cpu().numpy(), pred.labels.cpu().numpy()))
+        views.append((boxes, scores, labels))
     return views
