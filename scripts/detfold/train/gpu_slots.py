@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,19 @@ def available_slots() -> int:
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
 
 
+def _take_free_slot(directory: Path, n_slots: int) -> tuple[IO[str], int] | None:
+    """The locked file and index of the first free slot, without waiting; None when all are held."""
+    for i in range(n_slots):
+        handle = open(directory / f"slot{i}.lock", "a+")  # noqa: SIM115 (held past this function)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return handle, i
+    return None
+
+
 @contextmanager
 def gpu_slot(
     n_slots: int, job: str, lock_dir: str | os.PathLike[str] = LOCK_DIR, record: str | None = None, poll_s: float = 0.2
@@ -64,24 +78,12 @@ def gpu_slot(
         return
     directory = Path(lock_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    handle = None
-    slot = -1
-    waited = 0.0
-    while handle is None:
-        for i in range(n_slots):
-            candidate = open(directory / f"slot{i}.lock", "a+")  # noqa: SIM115 (held past this block)
-            try:
-                fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                candidate.close()
-                continue
-            handle, slot = candidate, i
-            break
-        if handle is None:
-            if waited == 0.0:
-                log.info("%s: all %d GPU slots busy, waiting", job, n_slots)
-            time.sleep(poll_s)
-            waited += poll_s
+    if (taken := _take_free_slot(directory, n_slots)) is None:
+        log.info("%s: all %d GPU slots busy, waiting", job, n_slots)
+    while taken is None:
+        time.sleep(poll_s)
+        taken = _take_free_slot(directory, n_slots)
+    handle, slot = taken
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
     start = time.time()
@@ -101,13 +103,3 @@ def gpu_slot(
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-def overlapping_same_slot(records: list[dict]) -> list[tuple[str, str]]:
-    """Pairs of jobs that held the same slot at overlapping times (should be none)."""
-    clashes = []
-    for i, a in enumerate(records):
-        for b in records[i + 1 :]:
-            if a["slot"] == b["slot"] and a["start"] < b["end"] and b["start"] < a["end"]:
-                clashes.append((a["job"], b["job"]))
-    return clashes
