@@ -112,21 +112,13 @@ def merge_views(
 
     scale = np.array([width, height, width, height], dtype=float)
     boxes = [np.asarray(b, dtype=float).reshape(-1, 4) for b, _, _ in views]
-    flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    flat = np.clip(flat / scale, 0.0, 1.0)
+    flat = np.clip(np.concatenate(boxes) / scale, 0.0, 1.0)
     scores = np.concatenate([np.asarray(s, dtype=float).reshape(-1) for _, s, _ in views])
     labels = np.concatenate([np.asarray(lab, dtype=int).reshape(-1) for _, _, lab in views])
-    models = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)]).astype(int)
+    models = np.repeat(np.arange(len(views)), [len(b) for b in boxes])  # each box's view
+    images = np.zeros(len(flat), dtype=int)
     fused, fused_scores, fused_labels, _ = fuse_arrays(
-        flat,
-        scores,
-        labels,
-        models,
-        np.zeros(len(flat), dtype=int),
-        len(views),
-        method=tta.merge,
-        iou_thr=tta.iou_thr,
-        max_per_img=max_per_img,
+        flat, scores, labels, models, images, len(views), method=tta.merge, iou_thr=tta.iou_thr, max_per_img=max_per_img
     )
     return fused * scale, fused_scores, fused_labels.astype(int)
 

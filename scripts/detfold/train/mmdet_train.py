@@ -13,7 +13,6 @@ import copy
 import hashlib
 import logging
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -35,13 +34,10 @@ def load_mmdet_config(config: str) -> Any:
     folder is importable, so ``custom_imports`` of a module beside it work."""
     from mmengine.config import Config
 
-    if config.startswith("mmdet::"):
-        with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as handle:
-            handle.write(f"_base_ = {config!r}\n")
-        try:
-            return Config.fromfile(handle.name)
-        finally:
-            os.unlink(handle.name)
+    if config.startswith("mmdet::"):  # a config file that inherits it, as a user's config would
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "config.py").write_text(f"_base_ = {config!r}\n")
+            return Config.fromfile(Path(folder) / "config.py")
     if not Path(config).is_file():
         raise FileNotFoundError(f"model config {config!r} not found (a path, or mmdet::family/name.py)")
     folder = str(Path(config).resolve().parent)
@@ -159,14 +155,9 @@ def _set_run(cfg: Any, settings: dict[str, Any], work_dir: str, seed: int) -> No
         raise FileNotFoundError(f"load_from checkpoint {load_from!r} not found (weights are never downloaded)")
     cfg.load_from = str(Path(load_from).resolve()) if load_from else None
     cfg.randomness = dict(seed=int(seed), deterministic=bool(settings.get("deterministic", False)))
+    backend = dict(backend=checkpoints.ATOMIC_BACKEND)  # temp file + rename: a kill never leaves a torn epoch_N.pth
     cfg.default_hooks.checkpoint = dict(
-        type="CheckpointHook",
-        interval=1,
-        max_keep_ckpts=2,
-        save_last=True,
-        backend_args=dict(
-            backend=checkpoints.ATOMIC_BACKEND
-        ),  # temp file + rename: a kill never leaves a torn epoch_N.pth
+        type="CheckpointHook", interval=1, max_keep_ckpts=2, save_last=True, backend_args=backend
     )
     cfg.default_hooks.visualization = dict(type="DetVisualizationHook", draw=False)
     # epoch checkpoints of builtin types only: resuming reads them with weights_only (no code runs)
@@ -197,12 +188,8 @@ def _set_validation(cfg: Any, settings: dict[str, Any], val_json: str) -> None:
     """Validation on the fold's val images during training (bbox mAP at 100 detections), when
     ``checkpoint: best``, ``early_stopping`` or ``val_interval`` asks for it."""
     checkpoint = settings.get("checkpoint", "last")
-    if checkpoint not in ("last", "best"):
-        raise ValueError(f"checkpoint must be 'last' or 'best', got {checkpoint!r}")
     patience = int(settings.get("early_stopping", 0))
     val_interval = int(settings.get("val_interval", 0))  # epochs between validations, 0 = off
-    if val_interval < 0:
-        raise ValueError(f"val_interval must be >= 0 epochs, got {val_interval}")
     if checkpoint == "best" or patience > 0 or val_interval:  # validate on the fold's val images
         cfg.val_dataloader = copy.deepcopy(cfg.test_dataloader)
         cfg.val_evaluator = _evaluator(val_json, proposal_nums=(1, 10, 100))
