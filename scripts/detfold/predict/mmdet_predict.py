@@ -21,6 +21,8 @@ from detfold.core.coco import Coco
 
 log = logging.getLogger(__name__)
 
+Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # bboxes (n, 4) xyxy_abs, scores (n,), labels (n,)
+
 
 def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img: int) -> str:
     """Set score threshold and detections cap at the model's test_cfg (a speed-up: detfold
@@ -37,7 +39,7 @@ def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img:
 
 def enforce_thresholds(
     bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, score_thr: float, max_per_img: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Predictions:
     """Keep the detections with score >= ``score_thr``, best first, at most ``max_per_img``
     (ties keep the model's order); whatever the head did with its test_cfg."""
     bboxes = np.asarray(bboxes, dtype=float).reshape(-1, 4)
@@ -98,16 +100,9 @@ def tta_pipelines(cfg: Any, tta: TTA) -> dict[float, Any]:
     return {scale: Compose(scaled_test_pipeline(base, scale)) for scale in tta.scales}
 
 
-def merge_views(
-    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    width: int,
-    height: int,
-    tta: TTA,
-    max_per_img: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge (bboxes_xyxy_abs, scores, labels) of every view of one image, all already in the
-    original image's pixels; return the merged boxes (xyxy_abs), scores and labels, best first,
-    at most ``max_per_img``."""
+def merge_views(views: list[Predictions], width: int, height: int, tta: TTA, max_per_img: int) -> Predictions:
+    """Merge the predictions of every view of one image, all already in the original image's
+    pixels; return the merged ones, best first, at most ``max_per_img``."""
     from detfold.ensemble.fusion import fuse_arrays
 
     scale = np.array([width, height, width, height], dtype=float)
@@ -138,13 +133,10 @@ def to_coco_results(
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         if x2 <= x1 or y2 <= y1:
             continue
+        bbox = [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
+        category = int(label_to_cat[int(labels[i])])
         results.append(
-            {
-                "image_id": int(image["id"]),
-                "category_id": int(label_to_cat[int(labels[i])]),
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "score": round(float(scores[i]), 6),
-            }
+            {"image_id": int(image["id"]), "category_id": category, "bbox": bbox, "score": round(float(scores[i]), 6)}
         )
     return results
 
@@ -164,8 +156,7 @@ def predict_images(
     image is predicted in each of its views and the views are merged."""
     from mmdet.apis import init_detector
 
-    from detfold.train.mmdet_compat import prepare_mmdet
-    from detfold.train.mmdet_train import load_resolved_config
+    from detfold.train.mmdet_train import load_resolved_config, prepare_mmdet
 
     device = prepare_mmdet(threads)
     cfg = load_resolved_config(config_path)
@@ -173,14 +164,8 @@ def predict_images(
     check_checkpoint(checkpoint)
     model = init_detector(cfg, checkpoint, device=device)
     label_to_cat = category_ids(model, coco)
-    log.info(
-        "predicting %d images on %s (score_thr=%s, max_per_img=%d, enforced by detfold; model's score key: %s)",
-        len(coco.images),
-        device,
-        score_thr,
-        max_per_img,
-        key,
-    )
+    thresholds = f"score_thr={score_thr}, max_per_img={max_per_img}, enforced by detfold; model's score key: {key}"
+    log.info("predicting %d images on %s (%s)", len(coco.images), device, thresholds)
     pipelines = tta_pipelines(cfg, tta) if tta is not None else {}
     if tta is not None:
         log.info("test-time augmentation: %d views %s, merged by %s", len(tta.views()), tta.views(), tta.merge)
@@ -244,9 +229,9 @@ def read_image(path: str, image: dict[str, Any]) -> np.ndarray:
     return pixels
 
 
-def _infer(model: Any, image: str | np.ndarray, pipeline: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's (bboxes_xyxy_abs, scores, labels) for an image file or BGR pixels, through
-    ``pipeline`` (default: the config's test pipeline)."""
+def _infer(model: Any, image: str | np.ndarray, pipeline: Any = None) -> Predictions:
+    """The model's predictions for an image file or BGR pixels, through ``pipeline`` (default:
+    the config's test pipeline)."""
     import torch
     from mmdet.apis import inference_detector
 
@@ -255,11 +240,9 @@ def _infer(model: Any, image: str | np.ndarray, pipeline: Any = None) -> tuple[n
     return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
 
 
-def predict_views(
-    model: Any, pixels: np.ndarray, tta: TTA, pipelines: dict[float, Any]
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Predictions (bboxes_xyxy_abs, scores, labels) of every TTA view of one image, in the
-    order of ``tta.views()``, each mapped back to the original image's pixels."""
+def predict_views(model: Any, pixels: np.ndarray, tta: TTA, pipelines: dict[float, Any]) -> list[Predictions]:
+    """The predictions of every TTA view of one image, in the order of ``tta.views()``, each
+    mapped back to the original image's pixels."""
     width = pixels.shape[1]
     views = []
     for scale, flipped in tta.views():

@@ -107,26 +107,20 @@ def check_weights_file(path: str, key: str) -> None:
         )
 
 
-def _readable(path: Path) -> bool:
-    import torch
-
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a checkpoint cut short by a kill: any unpickling error
-        log.warning("checkpoint %s is unreadable (%s): not resuming from it", path, err)
-        return False
-    return True
-
-
 def start_or_resume(cfg: Any, work_dir: Path, fingerprint: str) -> None:
     """Resume from the newest readable epoch checkpoint in ``work_dir`` when it holds a run with
     the same ``fingerprint`` (resolved config and data); an unreadable one (killed while saving)
     is deleted and the previous one tried. Otherwise discard the work dir and start over."""
+    import torch
+
     stamp = work_dir / "run_fingerprint.txt"
     if stamp.is_file() and stamp.read_text() == fingerprint:
         epochs = sorted(work_dir.glob("epoch_*.pth"), key=lambda p: int(p.stem.split("_")[1]), reverse=True)
         for candidate in epochs:
-            if not _readable(candidate):
+            try:
+                torch.load(candidate, map_location="cpu", weights_only=True)
+            except Exception as err:  # a checkpoint cut short by a kill: any unpickling error
+                log.warning("checkpoint %s is unreadable (%s): not resuming from it", candidate, err)
                 candidate.unlink()
                 continue
             own = str(candidate.resolve())

@@ -67,13 +67,9 @@ def gpu_slot(
     ``n_slots`` is 0: no pool, CUDA_VISIBLE_DEVICES is left alone). With ``record``, one JSON
     line per job (job, slot, pid, start, end) is appended there."""
     if n_slots <= 0:
-        slurm_job = os.environ.get("SLURM_JOB_ID")
-        log.info(
-            "%s: no GPU slot pool; CUDA_VISIBLE_DEVICES=%s as given%s",
-            job,
-            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-            f" (SLURM job {slurm_job})" if slurm_job else "",
-        )
+        given = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        slurm = f" (SLURM job {os.environ['SLURM_JOB_ID']})" if os.environ.get("SLURM_JOB_ID") else ""
+        log.info("%s: no GPU slot pool; CUDA_VISIBLE_DEVICES=%s as given%s", job, given, slurm)
         yield None
         return
     directory = Path(lock_dir)

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import logging
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,24 @@ log = logging.getLogger(__name__)
 
 VAL_METRIC = "coco/bbox_mAP"
 IMPORT_PATHS = "detfold_import_paths"  # resolved-config key: folders custom_imports are found in
+
+
+def prepare_mmdet(threads: int) -> str:
+    """Register mmdet's modules, work around known bugs of the pinned mmdet (3.3.0) where the
+    installed one has them, use ``threads`` CPU threads; return the device (``cuda`` or ``cpu``)."""
+    import torch
+    from mmdet.models.dense_heads import SSDHead
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    # open-mmlab/mmdetection#11305 (#11780; PR #11524 unmerged): BaseDenseHead's prediction reads
+    # self.loss_cls, which SSDHead never sets, so every SSD predicts with AttributeError. No loss
+    # object means no custom class channels: the plain softmax path, as before mmdet 3.3.
+    if not hasattr(SSDHead, "loss_cls"):
+        SSDHead.loss_cls = None
+        log.info("mmdet work-around: SSDHead.loss_cls = None (mmdetection#11305)")
+    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_mmdet_config(config: str) -> Any:
@@ -235,7 +254,6 @@ def train_fold(
     from mmengine.runner import Runner
 
     from detfold.train.gpu_slots import RECORD, available_slots, gpu_slot
-    from detfold.train.mmdet_compat import prepare_mmdet
 
     with gpu_slot(available_slots(), job=str(checkpoint_out), record=RECORD):
         device = prepare_mmdet(threads)
