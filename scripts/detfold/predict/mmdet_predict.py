@@ -74,9 +74,8 @@ class TTA:
 
 def scaled_test_pipeline(pipeline: list[dict[str, Any]], factor: float, stride: int = 32) -> list[dict[str, Any]]:
     """A copy of a test pipeline that reads an in-memory image and sizes it to ``factor`` times
-    its input size (every Resize/Pad scale), rounded to a multiple of ``stride`` px (detectors'
-    feature pyramids need sizes divisible by their largest stride). Raises when the pipeline has
-    no Resize."""
+    its input size (every Resize/Pad scale), rounded to a multiple of ``stride`` px (feature
+    pyramids need sizes divisible by their largest stride). Raises when it has no Resize."""
     from detfold.train.mmdet_config import ScaleMap, reference_size, scale_pipeline
 
     steps = copy.deepcopy(list(pipeline))

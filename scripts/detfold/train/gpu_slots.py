@@ -35,9 +35,7 @@ def available_slots() -> int:
     without initialising CUDA in this process, so CUDA_VISIBLE_DEVICES can still be set); else 0."""
     if os.environ.get("DETFOLD_GPU_SLOTS"):
         return int(os.environ["DETFOLD_GPU_SLOTS"])
-    if os.environ.get("SLURM_JOB_ID"):
-        return 0
-    if shutil.which("nvidia-smi") is None:
+    if os.environ.get("SLURM_JOB_ID") or shutil.which("nvidia-smi") is None:
         return 0
     try:
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)

@@ -1,10 +1,9 @@
 """Adapting an MMDetection config (a zoo config or the user's own) to one fold of a run.
 
-A zoo config is a tree detfold did not write. Each function below changes one concern the
-way mmdet itself would, finds its targets by walking the tree instead of assuming where they
-sit, and returns a line per change (``resolve_config`` logs them). A shape it does not
-understand stops with an error that names the key. Works on plain dicts and on mmengine's
-``Config`` / ``ConfigDict`` (dict subclasses); nothing here imports torch.
+Each function changes one concern the way mmdet itself would, finds its targets by walking the
+tree instead of assuming where they sit, and returns a line per change (``resolve_config`` logs
+them); a shape it does not understand stops with an error naming the key. Works on plain dicts
+and on mmengine's ``Config`` / ``ConfigDict`` (dict subclasses); nothing here imports torch.
 """
 
 from __future__ import annotations
