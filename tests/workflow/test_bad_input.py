@@ -144,6 +144,27 @@ def pred_case(mutate, command="evaluate", extra=()):
     return make
 
 
+def gt_case(mutate, command="evaluate"):
+    """One good prediction scored or fused against GOOD ``mutate``d (the ground truth is bad)."""
+
+    def make(tmp):
+        args = pred_case(lambda p: None, command)(tmp)
+        data = json.loads(json.dumps(GOOD))
+        mutate(data)
+        (tmp / "gt.json").write_text(json.dumps(data))
+        return args
+
+    return make
+
+
+def set_ann(**values):
+    return lambda d: d["annotations"][0].update(values)
+
+
+def set_image(**values):
+    return lambda d: d["images"][0].update(values)
+
+
 def set_pred(**values):
     return lambda preds: preds[0].update(values)
 
@@ -179,6 +200,56 @@ CASES = {
     ),
     "coco-size-mismatch": (coco_case(lambda d: d["images"][0].update(width=640)), "size on disk 320x240 differs"),
     "coco-top-level-list": (coco_case(lambda d: "[]"), "top level must be a JSON object"),
+    "coco-area-negative": (
+        coco_case(set_ann(area=-5)),
+        "in.json: annotations[0] (id 1): area must be a finite number >= 0 (square px), got -5",
+    ),
+    "coco-area-text": (coco_case(set_ann(area="400")), "annotations[0] (id 1): area must be a finite number"),
+    "coco-area-zero": (
+        coco_case(set_ann(area=0)),
+        "annotations[0] (id 1): area is 0 but bbox [10, 10, 20, 20] is not empty: MMDetection would skip this box",
+    ),
+    "coco-area-huge": (coco_case(set_ann(area=1e300)), "area must be a finite number >= 0 (square px), got 1e+300"),
+    "coco-width-zero": (
+        coco_case(set_image(width=0)),
+        "in.json: images[0] ('BloodImage_00000.jpg').width must be an integer > 0 (pixels), got 0",
+    ),
+    "coco-height-missing": (
+        coco_case(lambda d: d["images"][0].pop("height")),
+        "images[0] ('BloodImage_00000.jpg').height must be an integer > 0 (pixels), got nothing (the key is missing)",
+    ),
+    "coco-width-fraction": (coco_case(set_image(width=320.5)), "width must be an integer > 0 (pixels), got 320.5"),
+    "coco-height-text": (coco_case(set_image(height="240")), "height must be an integer > 0 (pixels), got '240'"),
+    "coco-no-categories": (
+        coco_case(lambda d: d.update(categories=[], annotations=[])),
+        "in.json: 'categories' is empty: a detection dataset needs at least one category",
+    ),
+    "coco-bbox-absurd-x": (
+        coco_case(set_ann(bbox=[1e308, 10, 20, 20])),
+        "annotations[0] (id 1): bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [1e+308, 10, 20, 20]",
+    ),
+    "coco-bbox-absurd-size": (coco_case(set_ann(bbox=[10, 10, 1e200, 20])), "got [10, 10, 1e+200, 20]"),
+    "evaluate-gt-area-text": (
+        gt_case(set_ann(area="big")),
+        "gt.json: annotations[0] (id 1): area must be a finite number >= 0 (square px), got 'big'",
+    ),
+    "evaluate-gt-no-categories": (gt_case(lambda d: d.update(categories=[], annotations=[])), "'categories' is empty"),
+    "fuse-gt-width-zero": (
+        gt_case(set_image(width=0), "ensemble"),
+        "gt.json: images[0] ('BloodImage_00000.jpg').width must be an integer > 0 (pixels), got 0",
+    ),
+    "fuse-gt-height-missing": (
+        gt_case(lambda d: d["images"][0].pop("height"), "ensemble"),
+        "gt.json: images[0] ('BloodImage_00000.jpg').height must be an integer > 0 (pixels), got nothing",
+    ),
+    "evaluate-pred-absurd-box": (
+        pred_case(set_pred(bbox=[10, 10, 1e200, 20])),
+        "pred.json[0].bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [10, 10, 1e+200, 20]",
+    ),
+    "fuse-pred-absurd-box": (
+        pred_case(set_pred(bbox=[-1e300, 10, 20, 20]), "ensemble"),
+        "pred.json[0].bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [-1e+300, 10, 20, 20]",
+    ),
     "voc-bad-xml": (voc_case("<annotation><object></annotation>"), "a.xml: not valid XML"),
     "voc-no-name": (voc_case(VOC_OK.format("<object><bndbox/></object>")), "object 0: missing <name>"),
     "voc-no-bndbox": (voc_case(VOC_OK.format("<object><name>RBC</name></object>")), "missing <bndbox>"),

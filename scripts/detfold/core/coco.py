@@ -92,9 +92,19 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+#: The largest coordinate or size in px a box may have: no image is that large, and a larger
+#: finite number (1e200) overflows pixel arithmetic (crops, areas) further on.
+MAX_COORDINATE = 1e7
+
+
 def _is_box(value: Any) -> bool:
-    """4 finite numbers ``[x, y, w, h]``."""
-    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
+    """4 finite numbers ``[x, y, w, h]`` within :data:`MAX_COORDINATE` px."""
+    return (
+        isinstance(value, list) and len(value) == 4 and all(_is_number(v) and abs(v) <= MAX_COORDINATE for v in value)
+    )
+
+
+BOX_RULE = f"4 finite numbers [x, y, w, h] within +-{MAX_COORDINATE:.0e} px"
 
 
 def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
@@ -111,13 +121,31 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
     ]
     if problems:
         return problems
+    if not data["categories"]:
+        return [f"{path}: 'categories' is empty: a detection dataset needs at least one category"]
     annotations = data.get("annotations", [])
     image_ids, image_problems = _unique_ids(data["images"], "images", path)
     category_ids, category_problems = _unique_ids(data["categories"], "categories", path)
     problems = image_problems + category_problems + _unique_ids(annotations, "annotations", path)[1]
     problems += _unique_names(data["images"], "images", "file_name", path)
     problems += _unique_names(data["categories"], "categories", "name", path)
+    problems += _size_problems(data["images"], path)
     return problems + _annotation_problems(annotations, image_ids, category_ids, path)
+
+
+def _size_problems(images: list[Any], path: str) -> list[str]:
+    """An image's ``width`` and ``height`` must be integers > 0 (pixels; COCO requires both)."""
+    problems = []
+    for i, im in enumerate(images):
+        if not isinstance(im, dict):
+            continue
+        for key in ("width", "height"):
+            value = im.get(key)
+            if not _is_id(value) or value <= 0:
+                got = "nothing (the key is missing)" if key not in im else repr(value)
+                name = im.get("file_name")
+                problems.append(f"{path}: images[{i}] ({name!r}).{key} must be an integer > 0 (pixels), got {got}")
+    return problems
 
 
 def _unique_ids(records: list[Any], key: str, path: str) -> tuple[set[Any], list[str]]:
@@ -166,12 +194,25 @@ def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_i
             found.append(f"image_id {ann.get('image_id')!r} is not in 'images'")
         if ann.get("category_id") not in category_ids:
             found.append(f"category_id {ann.get('category_id')!r} is not in 'categories'")
-        if not _is_box(ann.get("bbox")):
-            found.append(f"bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
+        bbox = ann.get("bbox")
+        if not _is_box(bbox):
+            found.append(f"bbox must be {BOX_RULE}, got {bbox!r}")
+        elif "area" in ann:
+            found += _area_problem(ann["area"], bbox)
         if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
             found.append(f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
         problems += [f"{path}: annotations[{i}] (id {ann.get('id')!r}): {text}" for text in found]
     return problems
+
+
+def _area_problem(area: Any, bbox: list[float]) -> list[str]:
+    """``area`` (optional; the box's w * h when absent) must be a finite number, > 0 unless the
+    box itself has no width or height: MMDetection skips a box whose area is <= 0."""
+    if not _is_number(area) or area < 0 or area > MAX_COORDINATE**2:
+        return [f"area must be a finite number >= 0 (square px), got {area!r}"]
+    if area == 0 and bbox[2] > 0 and bbox[3] > 0:
+        return [f"area is 0 but bbox {bbox!r} is not empty: MMDetection would skip this box (give w * h, or drop area)"]
+    return []
 
 
 def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> Coco:
@@ -224,7 +265,7 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
                 problems.append(f"{where}.{key} must be an integer, got {pred[key]!r}")
         bbox = pred["bbox"]
         if not _is_box(bbox):
-            problems.append(f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            problems.append(f"{where}.bbox must be {BOX_RULE}, got {bbox!r}")
         elif bbox[2] < 0 or bbox[3] < 0:
             problems.append(f"{where}.bbox has a negative width or height: {bbox!r}")
         score = pred["score"]
@@ -308,7 +349,7 @@ class Detections:
     def first_bad_row(self) -> int | None:
         """Index of the first row that :func:`results_problems` would refuse (a non-finite box
         or score, a negative width, height or score), or None."""
-        bad = ~np.isfinite(self.bbox_xywh).all(axis=1) | ~np.isfinite(self.score)
+        bad = ~(np.abs(self.bbox_xywh) <= MAX_COORDINATE).all(axis=1) | ~np.isfinite(self.score)
         bad |= (self.bbox_xywh[:, 2] < 0) | (self.bbox_xywh[:, 3] < 0) | (self.score < 0)
         return int(np.argmax(bad)) if bad.any() else None
 
