@@ -110,7 +110,7 @@ def _fuse(args: argparse.Namespace) -> None:
     from detfold.ensemble.fusion import fuse_members, fusion_params
 
     check_fusion_args(args)
-    gt = load_coco(args.gt, require_annotations=False)
+    gt = load_coco(args.gt, require_annotations=False, require_sizes=True)
     members = [load_detections(path) for path in args.pred]
     for path, member in zip(args.pred, members, strict=True):
         check_detection_ids(gt, member, path)

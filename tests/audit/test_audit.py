@@ -216,3 +216,28 @@ def test_iou_matrix():
     iou = iou_matrix_xywh(boxes)
     assert iou[0, 1] == pytest.approx(50 / 150)
     assert iou[0, 2] == 0 and iou[2, 2] == 0
+
+
+def test_audit_command_reads_missing_sizes_and_shows_a_box_wholly_outside(bccd_dir, tmp_path):
+    """An image record without width/height gets them from its file; a box wholly outside the
+    image is clipped to nothing, dropped, and shown in the gallery at the nearest image edge."""
+    import json
+
+    from detfold.cli import main
+
+    data = {
+        "images": [{"id": 1, "file_name": "BloodImage_00000.jpg"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [636, 10, 10, 5]},
+        ],
+        "categories": [{"id": 1, "name": "RBC"}],
+    }
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["audit", str(tmp_path / "in.json"), "--images", str(bccd_dir / "images"), "--out", str(out)]) == 0
+    clean = json.loads((out / "annotations.json").read_text())
+    assert clean["images"][0]["width"] == 320 and clean["images"][0]["height"] == 240
+    assert [a["id"] for a in clean["annotations"]] == [1]
+    sheet = np.asarray(Image.open(out / "gallery" / "outside_image.png").convert("RGB"))
+    assert sheet[:160, :160].std() > 0  # the tile shows the image's right edge, not a blank

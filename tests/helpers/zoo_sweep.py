@@ -40,6 +40,8 @@ from helpers.zoo_matrix import BCCD, fold_data  # noqa: E402
 NO_NETWORK = Path(__file__).resolve().parent / "no_network"
 #: words in a config's name that say it is not a plain box detector (picked last)
 NOT_BOX = re.compile(r"mask|panoptic|seg|solo|yolact|condinst|boxinst|track|reid|sort|rpn|grounding|glip|refcoco")
+#: configs that only override another's test pipeline or categories
+NOT_MODEL = re.compile(r"_tta\.py$|override")
 SETTINGS = {
     "epochs": 1,
     "batch_size": 2,
@@ -56,11 +58,20 @@ def configs_root() -> Path:
 
 
 def families() -> dict[str, str]:
-    """Family folder -> its chosen config (``mmdet::family/name.py``): plain box configs first,
-    then the shortest name."""
+    """Family folder -> its chosen config (``mmdet::family/name.py``): model configs at the
+    folder's top level first, plain box configs before others, then the shortest name."""
     chosen = {}
     for folder in sorted(p for p in configs_root().iterdir() if p.is_dir() and not p.name.startswith("_")):
-        files = sorted(folder.rglob("*.py"), key=lambda p: (bool(NOT_BOX.search(p.name)), len(p.name), p.name))
+        files = sorted(
+            folder.rglob("*.py"),
+            key=lambda p: (
+                p.parent != folder,
+                bool(NOT_MODEL.search(p.name)),
+                bool(NOT_BOX.search(p.name)),
+                len(p.name),
+                p.name,
+            ),
+        )
         if files:
             chosen[folder.name] = f"mmdet::{files[0].relative_to(configs_root()).as_posix()}"
     return chosen

@@ -107,8 +107,11 @@ def _is_box(value: Any) -> bool:
 BOX_RULE = f"4 finite numbers [x, y, w, h] within +-{MAX_COORDINATE:.0e} px"
 
 
-def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
-    """Return every structural problem of a COCO detection dict, one message each."""
+def validate_coco(
+    data: Any, path: str = "<memory>", require_annotations: bool = True, require_sizes: bool = False
+) -> list[str]:
+    """Return every structural problem of a COCO detection dict, one message each. Image sizes
+    may be absent (the audit reads them from the files) unless ``require_sizes``."""
     if not isinstance(data, dict):
         return [f"{path}: top level must be a JSON object, got {type(data).__name__}"]
     needed = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
@@ -129,18 +132,20 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
     problems = image_problems + category_problems + _unique_ids(annotations, "annotations", path)[1]
     problems += _unique_names(data["images"], "images", "file_name", path)
     problems += _unique_names(data["categories"], "categories", "name", path)
-    problems += _size_problems(data["images"], path)
+    problems += _size_problems(data["images"], path, require_sizes)
     return problems + _annotation_problems(annotations, image_ids, category_ids, path)
 
 
-def _size_problems(images: list[Any], path: str) -> list[str]:
-    """An image's ``width`` and ``height`` must be integers > 0 (pixels; COCO requires both)."""
+def _size_problems(images: list[Any], path: str, required: bool) -> list[str]:
+    """An image's ``width`` and ``height``, when given (or ``required``), must be integers > 0."""
     problems = []
     for i, im in enumerate(images):
         if not isinstance(im, dict):
             continue
         for key in ("width", "height"):
             value = im.get(key)
+            if key not in im and not required:
+                continue
             if not _is_id(value) or value <= 0:
                 got = "nothing (the key is missing)" if key not in im else repr(value)
                 name = im.get("file_name")
@@ -215,12 +220,14 @@ def _area_problem(area: Any, bbox: list[float]) -> list[str]:
     return []
 
 
-def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> Coco:
+def check_coco(
+    data: Any, path: str = "<memory>", require_annotations: bool = True, require_sizes: bool = False
+) -> Coco:
     """``data`` as a :class:`Coco` when it is a valid COCO detection dict; else
     ``CocoFormatError`` listing the problems (:func:`validate_coco`; the first 20 and how many
     more). ``require_annotations=False`` accepts an image list without labels (an unlabelled
     test set)."""
-    problems = validate_coco(data, path, require_annotations)
+    problems = validate_coco(data, path, require_annotations, require_sizes)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise CocoFormatError("\n".join(shown))
@@ -228,9 +235,9 @@ def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = Tr
     return Coco(data, path=path)
 
 
-def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
+def load_coco(path: str | Path, require_annotations: bool = True, require_sizes: bool = False) -> Coco:
     """Load a COCO detection file and check it (:func:`check_coco`)."""
-    return check_coco(read_json(path), str(path), require_annotations)
+    return check_coco(read_json(path), str(path), require_annotations, require_sizes)
 
 
 def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
