@@ -44,15 +44,12 @@ def _parse_checks(specs: list[str] | None) -> dict[str, dict[str, str | float]]:
     for spec in specs or []:
         name, _, value = spec.partition("=")
         threshold, _, action = value.partition(":")
-        entry: dict[str, str | float] = {}
-        if threshold:
-            try:
-                entry["threshold"] = float(threshold)
-            except ValueError:
-                raise ValueError(f"--check {spec!r}: threshold must be a number, got {threshold!r}") from None
+        try:
+            checks[name] = {"threshold": float(threshold)} if threshold else {}
+        except ValueError:
+            raise ValueError(f"--check {spec!r}: threshold must be a number, got {threshold!r}") from None
         if action:
-            entry["action"] = action
-        checks[name] = entry
+            checks[name]["action"] = action
     return checks
 
 

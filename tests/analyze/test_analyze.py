@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detfold.analyze import analysis
-from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import REVIEW_KINDS, review_candidates
-from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.thresholds import best_f1_thresholds, confusion_matrix
 from detfold.analyze.tide import ERROR_TYPES, SPECIAL_TYPES, tide
 from detfold.core import gallery
 from detfold.core.coco import Detections

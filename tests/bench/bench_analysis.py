@@ -25,9 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from bench_eval import run_pycocotools  # the same reference run as the evaluation benchmark
-from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import review_candidates
-from detfold.analyze.thresholds import best_f1_thresholds
+from detfold.analyze.thresholds import best_f1_thresholds, confusion_matrix
 from detfold.analyze.tide import ERROR_TYPES, prepare, tide, tide_match
 from detfold.core.coco import Detections
 from detfold.evaluate.cocoeval import evaluate_bbox

@@ -172,9 +172,7 @@ def test_a_single_model_is_delivered_when_fusing_only_loses(bccd_test):
     result = selection.select_on_blend(selection.BlendSelector(gt, {"a": [junk, good, junk]}, {}, SETTINGS), 100)
     assert result["delivered"]["kind"] == "single"
     assert result["delivered"]["plan"] == {"kind": "single", "member": "a/fold1"}
-    delivered = plan.apply_plan(
-        plan.Plan.from_dict(result["delivered"]["plan"]), {"a": [junk, good, junk]}, {}, gt.images, 100
-    )
+    delivered = plan.apply_plan(plan.Plan(**result["delivered"]["plan"]), {"a": [junk, good, junk]}, {}, gt.images, 100)
     assert delivered.to_results() == good
 
 
@@ -205,7 +203,7 @@ def test_alike_combinations_are_fused_once_and_scored_alike(bccd_test):
 def test_bootstrap_on_threads_and_presorted_matching_give_the_same_numbers(bccd_test):
     gt = clean(bccd_test)
     members = [noisy_member(gt, s) for s in range(3)]
-    arrays = ResultArrays([as_detections(m) for m in members], gt.images)
+    arrays = ResultArrays.of([as_detections(m) for m in members], gt.images)
     images, labels, xywh, scores = arrays.fuse(100, method="wbf", iou_thr=0.55)
     evaluator = BboxEvaluator(gt.data)
     _, cat = evaluator.positions(evaluator.img_ids[images], labels)
@@ -226,7 +224,7 @@ def test_the_plan_predictions_kept_by_the_search_are_those_of_apply_plan(bccd_te
     result = selection.select_on_blend(selector, 20, 5)
     assert set(result["candidates"]) == {"single", "fold_ensemble:a", "fold_ensemble:b", "model_ensemble"}
     for kind, candidate in result["candidates"].items():
-        chosen = plan.Plan.from_dict(candidate["plan"])
+        chosen = plan.Plan(**candidate["plan"])
         kept = selector.plan_predictions(chosen)
         if kind == "single":
             assert kept is None

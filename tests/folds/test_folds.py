@@ -16,7 +16,6 @@ from detfold.folds.assign import (
     groups_from,
     near_duplicate_groups,
     read_folds,
-    size_bucket_counts,
     write_folds,
 )
 from hypothesis import HealthCheck, given, settings
@@ -40,6 +39,22 @@ def test_balanced_is_at_least_as_balanced_as_iterstrat_and_sgkf(bccd, k):
         assert bal[key] <= 1.1 * min(result["iterstrat"][key], result["sgkf"][key]) + 1e-9, key
     assert bal["max_box_share_deviation"] < 0.01 and bal["max_image_share_deviation"] < 0.01
     assert bal["fold_images_spread"] < 0.03
+
+
+def test_class_counts_per_image_and_by_size_bucket():
+    boxes = [(1, 1, 10), (1, 2, 50), (2, 2, 100), (2, 2, 32)]  # (image, class, side): 32^2 is medium
+    coco = Coco(
+        {
+            "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+            "annotations": [
+                {"id": i, "image_id": im, "category_id": c, "bbox": [0, 0, side, side]}
+                for i, (im, c, side) in enumerate(boxes, start=1)
+            ],
+            "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+        }
+    )
+    assert class_counts(coco).tolist() == [[1, 1], [0, 2]]
+    assert class_counts(coco, by_size=True).tolist() == [[1, 0, 0, 0, 1, 0], [0, 0, 0, 0, 1, 1]]
 
 
 def test_seed_changes_the_split(bccd):
@@ -128,11 +143,18 @@ def test_rare_class_warns_but_splits(bccd, caplog):
     assert sorted(folds.image_id) == sorted(few.image_ids)
 
 
-def test_weights_validated():
-    with pytest.raises(ValueError, match="unknown key"):
-        BalanceWeights.from_config({"boxes": 1})
-    with pytest.raises(ValueError, match=">= 0"):
-        BalanceWeights.from_config({"class_boxes": -1})
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ({"boxes": 1}, "unknown key 'folds.weights.boxes'"),
+        ({"class_boxes": -1}, "folds.weights.class_boxes = -1 is out of range: must be >= 0"),
+    ],
+)
+def test_weights_validated_by_the_config_gate(weights, message):
+    from detfold.core.config import load_schema, schema_problems
+
+    problems = schema_problems({"folds": {"weights": weights}}, load_schema())
+    assert any(message in p for p in problems), problems
 
 
 @st.composite
@@ -177,9 +199,7 @@ def test_property_partition_groups_determinism(data, method, seed):
 def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights | None = None) -> float:
     """The quantity ``balanced`` minimises: sum over folds and balanced quantities of
     weight x ((fold total - total / K) / (total / K))^2."""
-    weights = weights or BalanceWeights()
-    counts = class_counts(coco)
-    feats, feat_w = _features(counts, size_bucket_counts(coco) if weights.size_buckets > 0 else None, weights)
+    feats, feat_w = _features(coco, weights or BalanceWeights())
     fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
     k = int(folds.fold.max()) + 1
     per_fold = np.zeros((k, feats.shape[1]))

@@ -106,7 +106,7 @@ def step_coco_checkpoint(config: str, out: str) -> dict[str, Any]:
 
     register_all_modules(init_default_scope=True)
     cfg = load_mmdet_config(config)
-    for _, owner, key in list(pretrained_inits(cfg.model)):
+    for _, owner, key, _ in list(pretrained_inits(cfg.model)):
         owner[key] = None
     model = MODELS.build(cfg.model)
     model.init_weights()  # the config's own initialisation, as training starts it (L2Norm, heads, ...)

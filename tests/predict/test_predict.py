@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from detfold.core.coco import load_coco, write_coco
+from detfold.core.config import load_schema, schema_problems, with_defaults
 from detfold.predict.mmdet_predict import TTA, merge_views, scaled_test_pipeline
 
 RTMDET_TEST_PIPELINE = [
@@ -21,28 +22,35 @@ RTMDET_TEST_PIPELINE = [
 ]
 
 
+def resolved_tta(tta):
+    """``predict.tta`` as the config gate hands it on: checked, defaults filled in."""
+    config = {"predict": {"tta": tta}}
+    assert [p for p in schema_problems(config, load_schema()) if p.startswith("predict")] == []
+    return with_defaults(config)["predict"]["tta"]
+
+
 def test_tta_views_and_plain_is_none():
     assert TTA.from_config(None) is None
-    assert TTA.from_config({"flip": False, "scales": [1.0]}) is None  # one plain view: no TTA
-    tta = TTA.from_config({"flip": True, "scales": [0.8, 1.2]})
+    assert TTA.from_config(resolved_tta({"flip": False, "scales": [1.0]})) is None  # one plain view: no TTA
+    tta = TTA.from_config(resolved_tta({"flip": True, "scales": [0.8, 1.2]}))
     assert tta.views() == [(0.8, False), (0.8, True), (1.2, False), (1.2, True)]
     assert (tta.merge, tta.iou_thr) == ("nms", 0.6)
 
 
 @pytest.mark.parametrize(
-    ("config", "message"),
+    ("tta", "message"),
     [
-        ({"flip": True, "scale": [1.0]}, "unknown keys ['scale']"),
-        ({"scales": [0.0, 1.0]}, "scales must be factors in [0.1, 10], got [0.0, 1.0]"),
-        ({"scales": [1.0, 1.0], "flip": True}, "duplicates: [1.0, 1.0]"),
-        ({"flip": True, "merge": "mean"}, "merge must be one of ('nms', 'wbf'), got 'mean'"),
-        ({"flip": True, "iou_thr": 1.5}, "iou_thr must be in (0, 1], got 1.5"),
+        ({"flip": True, "scale": [1.0]}, "unknown key 'predict.tta.scale'; did you mean 'scales'?"),
+        ({"scales": [0.0, 1.0]}, "predict.tta.scales.0 = 0.0 is out of range: must be >= 0.1"),
+        ({"scales": [1.0, 1.0], "flip": True}, "predict.tta.scales = [1.0, 1.0]: [1.0, 1.0] has non-unique elements"),
+        ({"flip": True, "merge": "mean"}, "predict.tta.merge = 'mean' is not allowed (allowed values: nms, wbf)"),
+        ({"flip": True, "iou_thr": 1.5}, "predict.tta.iou_thr = 1.5 is out of range: must be <= 1"),
     ],
 )
-def test_bad_tta_settings_name_the_value(config, message):
-    with pytest.raises(ValueError) as err:
-        TTA.from_config(config)
-    assert message in str(err.value)
+def test_bad_tta_settings_name_the_value(tta, message):
+    """The config gate refuses them (the library takes resolved settings)."""
+    problems = schema_problems({"predict": {"tta": tta}}, load_schema())
+    assert any(message in problem for problem in problems), problems
 
 
 def test_scaled_pipeline_resizes_real_images(bccd_dir):
@@ -68,7 +76,7 @@ def test_scaled_pipeline_resizes_real_images(bccd_dir):
 
 
 def test_merge_views_nms_keeps_best_of_overlapping_boxes_per_class():
-    tta = TTA(flip=True)
+    tta = TTA(flip=True, scales=(1.0,), merge="nms", iou_thr=0.6)
     plain = (np.array([[10, 10, 50, 50], [100, 100, 140, 150.0]]), np.array([0.9, 0.3]), np.array([0, 1]))
     flipped = (np.array([[11, 10, 51, 50], [12, 10, 50, 50.0]]), np.array([0.8, 0.7]), np.array([0, 2]))
     boxes, scores, labels = merge_views([plain, flipped], 320, 240, tta, max_per_img=100)
@@ -81,7 +89,7 @@ def test_merge_views_nms_keeps_best_of_overlapping_boxes_per_class():
 
 
 def test_merge_views_wbf_averages_coordinates():
-    tta = TTA(flip=True, merge="wbf", iou_thr=0.5)
+    tta = TTA(flip=True, scales=(1.0,), merge="wbf", iou_thr=0.5)
     a = (np.array([[10, 10, 50, 50.0]]), np.array([0.8]), np.array([0]))
     b = (np.array([[14, 10, 54, 50.0]]), np.array([0.8]), np.array([0]))
     boxes, scores, _ = merge_views([a, b], 320, 240, tta, max_per_img=100)
@@ -136,7 +144,7 @@ def test_flipped_view_is_the_mirror_images_prediction_mapped_back(one_epoch_mode
     mirror = one_epoch_model / "mirror.png"
     mmcv.imwrite(np.ascontiguousarray(pixels[:, ::-1]), str(mirror))
 
-    tta = TTA(flip=True)
+    tta = TTA(flip=True, scales=(1.0,), merge="nms", iou_thr=0.6)
     views = predict_views(model, pixels, tta, tta_pipelines(cfg, tta))
     plain = inference_detector(model, str(bccd_dir / "images" / image["file_name"])).pred_instances
     on_mirror = inference_detector(model, str(mirror)).pred_instances
@@ -155,7 +163,7 @@ def test_tta_predictions_are_valid_and_deterministic(one_epoch_model, bccd_dir):
     out = one_epoch_model / "out"
     coco = load_coco(one_epoch_model / "train.json")
     coco = coco.subset(coco.image_ids[:3])
-    tta = TTA(flip=True, scales=(0.8, 1.0, 1.25))
+    tta = TTA(flip=True, scales=(0.8, 1.0, 1.25), merge="nms", iou_thr=0.6)
 
     def run(aug):
         return predict_images(
@@ -177,7 +185,7 @@ def test_tta_predictions_are_valid_and_deterministic(one_epoch_model, bccd_dir):
 def test_checkpoint_backend_writes_atomically(tmp_path, monkeypatch):
     """The backend the CheckpointHook saves through: a failed write (disk full) leaves the
     earlier complete file and no temporary file behind."""
-    from detfold.train.mmdet_train import ATOMIC_BACKEND, register_atomic_checkpoint_backend
+    from detfold.train.checkpoints import ATOMIC_BACKEND, register_atomic_checkpoint_backend
     from mmengine.fileio import get_file_backend
 
     register_atomic_checkpoint_backend()
@@ -197,7 +205,8 @@ def test_checkpoint_backend_writes_atomically(tmp_path, monkeypatch):
 
 
 def test_resolved_config_saves_checkpoints_through_the_atomic_backend(repo, bccd_dir, tmp_path):
-    from detfold.train.mmdet_train import ATOMIC_BACKEND, resolve_config
+    from detfold.train.checkpoints import ATOMIC_BACKEND
+    from detfold.train.mmdet_train import resolve_config
 
     data = tmp_path / "train.json"
     coco = load_coco(bccd_dir / "train.json")

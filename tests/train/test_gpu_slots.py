@@ -7,7 +7,8 @@ import os
 import signal
 
 import pytest
-from detfold.train.gpu_slots import available_slots, gpu_slot, overlapping_same_slot
+from detfold.train.gpu_slots import available_slots, gpu_slot
+from helpers.gpu_slots import overlapping_same_slot
 
 WAIT_S = 30
 

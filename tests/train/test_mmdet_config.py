@@ -52,7 +52,7 @@ def test_every_zoo_family_resolves_onto_the_fold(fam, fold):
     assert datasets and all(d["ann_file"].endswith(("train.json", "val.json")) for d in datasets)
     assert all(d["metainfo"]["classes"] == tuple(load_coco(fold / "train.json").class_names) for d in datasets)
     assert all(d["type"] == "CocoDataset" for d in datasets)
-    remote = [key for key, owner, field in pretrained_inits(cfg.model) if owner[field]]
+    remote = [key for key, owner, field, _ in pretrained_inits(cfg.model) if owner[field]]
     assert remote == [], remote  # nothing would be downloaded: load_from overwrites the model
     assert cfg.train_cfg == {"type": "EpochBasedTrainLoop", "max_epochs": 3, "val_interval": 4}
     for sched in cfg.param_scheduler:  # every scheduler still runs inside the 3 epochs

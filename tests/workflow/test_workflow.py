@@ -62,7 +62,7 @@ def test_results_layout(tiny_run):
 
 
 def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
-    from detfold.train.gpu_slots import overlapping_same_slot
+    from helpers.gpu_slots import overlapping_same_slot
 
     records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 3 + 2 * 3 * 3  # 2 models x 3 folds trainings, x 3 splits predictions

@@ -4,7 +4,7 @@
 - ``tide.json``: TIDE's error breakdown (:mod:`detfold.analyze.tide`);
 - ``thresholds.json``: per class the score threshold of the best F1 at IoU 0.5, measured on
   other images too (:mod:`detfold.analyze.thresholds`);
-- ``confusion.csv``: classes + background at those thresholds (:mod:`detfold.analyze.confusion`);
+- ``confusion.csv``: classes + background at those thresholds (:func:`detfold.analyze.thresholds.confusion_matrix`);
 - ``review.csv``: label-review candidates in ``findings.csv`` columns (:mod:`detfold.analyze.review`);
 - ``gallery/*.png``: the errors, the worst images and the candidates (:mod:`detfold.analyze.galleries`).
 """
@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from detfold.analyze.confusion import confusion_matrix
 from detfold.analyze.review import REVIEW_EXTRA_FIELDS, review_candidates
-from detfold.analyze.thresholds import best_f1_thresholds, kept_detections, scores_at_thresholds
-from detfold.analyze.tide import POS_IOU, TideMatch, prepare, tide, tide_match
+from detfold.analyze.thresholds import best_f1_thresholds, confusion_matrix, kept_detections, scores_at_thresholds
+from detfold.analyze.tide import POS_IOU, prepare, tide, tide_match
+from detfold.audit.checks import FINDING_FIELDS
 from detfold.core.coco import Detections
 from detfold.core.io import atomic_open, write_json
 
@@ -33,9 +33,8 @@ Split = tuple[Mapping[str, Any], Detections]  #: (COCO ground truth, predictions
 
 def merge_splits(parts: Sequence[Split]) -> tuple[dict[str, Any], Detections]:
     """Several (ground truth, predictions) of one dataset's disjoint image sets as one."""
-    first = parts[0][0]
     gt = {
-        **first,
+        **parts[0][0],
         "images": [im for g, _ in parts for im in g["images"]],
         "annotations": [a for g, _ in parts for a in g.get("annotations", [])],
     }
@@ -71,60 +70,32 @@ def _write_confusion(path: Path, names: Sequence[str], cm: np.ndarray) -> None:
     with atomic_open(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["true \\ predicted", *names])
-        for name, counts in zip(names, cm.tolist(), strict=True):
-            writer.writerow([name, *counts])
+        writer.writerows([name, *counts] for name, counts in zip(names, cm.tolist(), strict=True))
 
 
 def _write_review(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    from detfold.audit.checks import FINDING_FIELDS
-
     with atomic_open(path) as handle:
         writer = csv.DictWriter(handle, fieldnames=[*FINDING_FIELDS, *REVIEW_EXTRA_FIELDS], lineterminator="\n")
         writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()})
-
-
-def _draw_galleries(
-    match: TideMatch,
-    gt: Mapping[str, Any],
-    keep: np.ndarray,
-    per_image: np.ndarray,
-    review: tuple[TideMatch, Sequence[Mapping[str, Any]]],
-    images_dir: str,
-    gallery_dir: Path,
-) -> None:
-    """The error galleries of ``match`` (``keep``, ``per_image``: at the best-F1 thresholds) and
-    the review galleries of ``review`` (its matching and candidates)."""
-    from detfold.analyze import galleries
-
-    sheets = {
-        **galleries.error_tiles(match, gt, images_dir),
-        "worst_images": galleries.worst_image_tiles(match, per_image, keep, images_dir),
-        **galleries.review_tiles(*review, images_dir),
-    }
-    galleries.write_galleries(sheets, gallery_dir)
+        writer.writerows({k: (" ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in rows)
 
 
 def write_analysis(
     gt: Mapping[str, Any],
     predictions: Detections,
     out_dir: str,
-    split: str = "train",
     images_dir: str | None = None,
     holdout: Split | None = None,
     holdout_sets: Sequence[Detections] | None = None,
     gallery_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The breakdown (``tide.json``), the best-F1 thresholds (``thresholds.json``), the confusion
-    matrix at them (``confusion.csv``), the review candidates (``review.csv``) and, with
-    ``images_dir``, the galleries (``gallery/*.png``, or ``gallery_dir``) in ``out_dir``; each
-    file written atomically. ``holdout``: (ground truth, predictions) of other images of the
-    dataset (the blend split), whose boxes join the review; the thresholds chosen on ``gt`` are
-    measured there too (an honest estimate of their precision and recall), on ``holdout_sets``
-    (default: the holdout's predictions) with their counts summed: predictions of the kind the
-    thresholds were chosen on (each fold model's, not their fusion, whose scores differ).
-    Returns the TIDE result."""
+    """The folder of the module docstring in ``out_dir``, each file written atomically; the
+    galleries only with ``images_dir`` (in ``gallery_dir``, default ``out_dir/gallery``).
+    ``holdout``: (ground truth, predictions) of other images of the dataset (the blend split),
+    whose boxes join the review; the thresholds chosen on ``gt`` are measured there too (an
+    honest estimate of their precision and recall), on ``holdout_sets`` (default: the holdout's
+    predictions) with their counts summed: predictions of the kind the thresholds were chosen
+    on (each fold model's, not their fusion, whose scores differ). Returns the TIDE result."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     arrays = prepare(gt, predictions)
@@ -132,18 +103,18 @@ def write_analysis(
     result = tide(gt, predictions, match=match)
     thresholds = _thresholds(gt, predictions, holdout, holdout_sets)
     names, cm, per_image = confusion_matrix(gt, predictions, thresholds["score_thr"], arrays=arrays)
-    review_gt, review_preds, review_match = gt, predictions, match
-    if holdout is not None:
-        review_gt, review_preds = merge_splits([(gt, predictions), holdout])
-        review_match = tide_match(prepare(review_gt, review_preds))
-    rows = review_candidates(review_gt, review_preds, split=split, match=review_match)
+    review = (gt, predictions) if holdout is None else merge_splits([(gt, predictions), holdout])
+    review_match = match if holdout is None else tide_match(prepare(*review))
+    rows = review_candidates(*review, match=review_match)
     write_json(out / "tide.json", result)
     write_json(out / "thresholds.json", thresholds)
     _write_confusion(out / "confusion.csv", names, cm)
     _write_review(out / "review.csv", rows)
     if images_dir is not None:
-        keep = kept_detections(gt, arrays, thresholds["score_thr"])
+        from detfold.analyze.galleries import write_galleries
+
+        keep = kept_detections(arrays, thresholds["score_thr"])
         gallery = Path(gallery_dir) if gallery_dir else out / "gallery"
-        _draw_galleries(match, gt, keep, per_image, (review_match, rows), images_dir, gallery)
+        write_galleries(match, keep, per_image, (review_match, rows), images_dir, gallery)
     log.info("analysis: TIDE mAP50 %.4f; %d review candidates; wrote %s", result["mAP"], len(rows), out)
     return result

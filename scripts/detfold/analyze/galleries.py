@@ -46,7 +46,6 @@ def review_tiles(match: TideMatch, review: Sequence[Mapping[str, Any]], images_d
     """The review galleries' items, by file stem ``review_<kind>``: the top candidates of each
     kind (``review``: :func:`detfold.analyze.review.review_candidates` of ``match``)."""
     a = match.arrays
-    pos = {int(i): p for p, i in enumerate(a.image_ids)}
     ann_box = {int(i): a.g_box[n].tolist() for n, i in enumerate(a.g_ann_id)}
     out: dict[str, list[Tile]] = {}
     for kind in REVIEW_KINDS:
@@ -62,14 +61,14 @@ def review_tiles(match: TideMatch, review: Sequence[Mapping[str, Any]], images_d
                 f"{short}{r[key]:.2f}" for key, short in (("score", "s"), ("iou", "iou")) if r.get(key) is not None
             ]
             detail = " ".join(values) or f"v{r['value']:.2f}"
-            source = Path(images_dir) / a.file_names[pos[r["image_id"]]]
+            source = Path(images_dir) / r["file_name"]
             caption = (f"#{r['rank']} {label}", detail)
             tiles.append(_tile(source, gt_boxes, pred, caption, union([*gt_boxes, *pred, *related]), related))
         out[f"review_{kind}"] = tiles
     return out
 
 
-def _missed_tiles(match: TideMatch, names: Mapping[int, str], images_dir: str) -> list[Tile]:
+def _missed_tiles(match: TideMatch, images_dir: str) -> list[Tile]:
     """The largest missed boxes."""
     a = match.arrays
     missed = np.flatnonzero(match.missed)
@@ -77,15 +76,17 @@ def _missed_tiles(match: TideMatch, names: Mapping[int, str], images_dir: str) -
     tiles = []
     for g in missed[np.argsort(-area, kind="stable")][:MAX_TILES]:
         box = a.g_box[g].tolist()
-        caption = (f"{a.g_ann_id[g]} {names.get(int(a.g_cls[g]), '')}", "missed")
+        caption = (f"{a.g_ann_id[g]} {a.names.get(int(a.g_cls[g]), '')}", "missed")
         tiles.append(_tile(Path(images_dir) / a.file_names[int(a.g_img[g])], [box], [], caption, box))
     return tiles
 
 
-def _error_tiles(match: TideMatch, kind: str, names: Mapping[int, str], images_dir: str) -> list[Tile]:
+def _error_tiles(match: TideMatch, kind: str, images_dir: str) -> list[Tile]:
     """The detections with an error of type ``kind``, highest score first, with the box they
-    were tested against."""
-    a = match.arrays
+    were tested against (Miss: the largest missed boxes)."""
+    if kind == "Miss":
+        return _missed_tiles(match, images_dir)
+    a, names = match.arrays, match.arrays.names
     dets = np.flatnonzero(match.error == error_codes()[kind])
     tiles = []
     for d in dets[np.argsort(-a.d_score[dets], kind="stable")][:MAX_TILES]:
@@ -103,7 +104,7 @@ def _error_tiles(match: TideMatch, kind: str, names: Mapping[int, str], images_d
 
 def worst_image_tiles(match: TideMatch, per_image: np.ndarray, keep: np.ndarray, images_dir: str) -> list[Tile]:
     """The images with the most errors at the best-F1 thresholds (false positives + missed
-    boxes + class confusions, ``per_image`` of :func:`detfold.analyze.confusion.confusion_matrix`),
+    boxes + class confusions, ``per_image`` of :func:`detfold.analyze.thresholds.confusion_matrix`),
     whole, with their boxes and the detections ``keep`` marks (those at or above the thresholds)."""
     a = match.arrays
     gs, ge, ds, de = a.bounds()
@@ -120,22 +121,21 @@ def worst_image_tiles(match: TideMatch, per_image: np.ndarray, keep: np.ndarray,
     ]
 
 
-def error_tiles(match: TideMatch, gt: Mapping[str, Any], images_dir: str) -> dict[str, list[Tile]]:
-    """The error galleries' items, by file stem ``error_<type>``: TIDE's errors of each type
-    (Miss: the largest missed boxes)."""
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    return {
-        f"error_{kind}": _missed_tiles(match, names, images_dir)
-        if kind == "Miss"
-        else _error_tiles(match, kind, names, images_dir)
-        for kind in ERROR_TYPES
-    }
-
-
-def write_galleries(sheets: Mapping[str, Sequence[Tile]], gallery_dir: str | Path) -> None:
-    """One PNG per entry of ``sheets`` (``gallery_dir/<stem>.png``)."""
-    gallery = Path(gallery_dir)
-    gallery.mkdir(parents=True, exist_ok=True)
+def write_galleries(
+    match: TideMatch,
+    keep: np.ndarray,
+    per_image: np.ndarray,
+    review: tuple[TideMatch, Sequence[Mapping[str, Any]]],
+    images_dir: str,
+    gallery_dir: Path,
+) -> None:
+    """One PNG per sheet in ``gallery_dir``: ``error_<type>`` of TIDE's errors in ``match``,
+    ``worst_images`` (``keep``, ``per_image``: at the best-F1 thresholds) and ``review_<kind>``
+    of the candidates in ``review`` (their matching and rows)."""
+    sheets = {f"error_{kind}": _error_tiles(match, kind, images_dir) for kind in ERROR_TYPES}
+    sheets["worst_images"] = worst_image_tiles(match, per_image, keep, images_dir)
+    sheets.update(review_tiles(*review, images_dir))
+    gallery_dir.mkdir(parents=True, exist_ok=True)
     for stem, tiles in sheets.items():
-        contact_sheet(tiles, gallery / f"{stem}.png", ANALYSIS_LOOK)
-    log.info("analysis: %d galleries in %s", len(sheets), gallery)
+        contact_sheet(tiles, gallery_dir / f"{stem}.png", ANALYSIS_LOOK)
+    log.info("analysis: %d galleries in %s", len(sheets), gallery_dir)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from detfold.analyze.tide import BG_IOU, POS_IOU, TideMatch, prepare, tide_match
+from detfold.analyze import _analysis_kernels as k
+from detfold.analyze.tide import BG_IOU, POS_IOU, Arrays, TideMatch, prepare, tide_match
 from detfold.core.coco import Detections
 
 log = logging.getLogger(__name__)
@@ -27,17 +28,15 @@ SPURIOUS_BELOW_SCORE = 0.1
 
 @dataclass
 class Evidence:
-    """Per box, what the predictions around it say (:func:`detfold.analyze._analysis_kernels.review_images`):
-    its best and second-best own-class prediction (``same_best``; ``same_2nd`` a score), the
-    best other-class one at IoU >= 0.5 (``other``), the unmatched own-class one that meets it
-    only at IoU in [0.1, 0.5) (``loc``, ``loc_iou``), the best own-class score at IoU >= 0.1
-    (``own_hi``), a same-class box sharing its best prediction (``twin``, ``twin_iou``); per
-    detection the best IoU with an unmatched box (``free_iou``). -1: none."""
+    """Per box, what the predictions around it say, and per detection its best IoU with an
+    unmatched box: the arrays of :func:`detfold.analyze._analysis_kernels.review_images`."""
 
     m: TideMatch
     same_best: np.ndarray
+    same_iou: np.ndarray
     same_2nd: np.ndarray
     other: np.ndarray
+    other_iou: np.ndarray
     loc: np.ndarray
     loc_iou: np.ndarray
     own_hi: np.ndarray
@@ -47,20 +46,16 @@ class Evidence:
 
     @classmethod
     def of(cls, m: TideMatch) -> Evidence:
-        from detfold.analyze import _analysis_kernels as k
-
         a = m.arrays
-        gs, ge, ds, de = a.bounds()
         found = k.review_images(
-            gs, ge, ds, de, a.g_box, a.g_cls, a.g_crowd, m.g_used, a.d_box, a.d_cls, a.d_score, m.tp, POS_IOU, BG_IOU
+            *a.bounds(), a.g_box, a.g_cls, a.g_crowd, m.g_used, a.d_box, a.d_cls, a.d_score, m.tp, POS_IOU, BG_IOU
         )
         return cls(m, *found)
 
     @property
     def own(self) -> np.ndarray:
         """Per box: the score of its best own-class prediction (0: none)."""
-        d_score_pad = np.append(self.m.arrays.d_score, 0.0)  # index -1 (none) valid without any detection
-        return np.where(self.same_best >= 0, d_score_pad[self.same_best], 0.0)
+        return np.append(self.m.arrays.d_score, 0.0)[self.same_best]  # padded: index -1 (none) is 0
 
 
 @dataclass
@@ -80,8 +75,6 @@ def possibly_missing(e: Evidence) -> Found:
     that no detection found) at IoU >= :data:`MISSING_NEAR_IOU`: what it overlaps is already
     explained by other detections (value: its score; one per object: overlapping candidates of
     an image at IoU >= 0.5 keep the highest score)."""
-    from detfold.analyze import _analysis_kernels as k
-
     m, a = e.m, e.m.arrays
     cand = np.flatnonzero(~m.tp & ~m.ignored & (m.iou_any < POS_IOU) & (e.free_iou < MISSING_NEAR_IOU))
     cand = cand[np.lexsort((cand, -a.d_score[cand], a.d_img[cand]))]
@@ -89,26 +82,26 @@ def possibly_missing(e: Evidence) -> Found:
     return Found(-np.ones(len(cand), np.int64), cand, a.d_score[cand], m.iou_any[cand])
 
 
+def _beats_own(e: Evidence, cand: np.ndarray, cand_iou: np.ndarray) -> Found:
+    """The boxes whose detection ``cand`` (per box, -1: none; at IoU ``cand_iou``) scores higher
+    than their best own-class prediction (value: the score margin)."""
+    a, own = e.m.arrays, e.own
+    g = np.flatnonzero((cand >= 0) & ~a.g_crowd)
+    g = g[a.d_score[cand[g]] > own[g]]
+    return Found(g, cand[g], a.d_score[cand[g]] - own[g], cand_iou[g])
+
+
 def possibly_wrong_class(e: Evidence) -> Found:
     """A box that a prediction of another class covers at IoU >= 0.5 with a higher score than
     any prediction of the box's own class there (value: the score margin)."""
-    from detfold.analyze import _analysis_kernels as k
-
-    a, own = e.m.arrays, e.own
-    g = np.flatnonzero((e.other >= 0) & ~a.g_crowd)
-    g = g[a.d_score[e.other[g]] > own[g]]
-    d = e.other[g]
-    return Found(g, d, a.d_score[d] - own[g], k.pair_iou(a.g_box, a.d_box, g, d))
+    return _beats_own(e, e.other, e.other_iou)
 
 
 def possibly_misplaced(e: Evidence) -> Found:
     """An unmatched box whose own-class prediction (unmatched, and closest to it of the
     unmatched boxes) meets it only at IoU in [0.1, 0.5), with a higher score than any own-class
     prediction at IoU >= 0.5 (value: the score margin)."""
-    a, own = e.m.arrays, e.own
-    g = np.flatnonzero((e.loc >= 0) & ~a.g_crowd)
-    g = g[a.d_score[e.loc[g]] > own[g]]
-    return Found(g, e.loc[g], a.d_score[e.loc[g]] - own[g], e.loc_iou[g])
+    return _beats_own(e, e.loc, e.loc_iou)
 
 
 def possibly_duplicate(e: Evidence) -> Found:
@@ -116,15 +109,13 @@ def possibly_duplicate(e: Evidence) -> Found:
     one object labelled twice (value: that prediction's score minus the next own-class score
     there; the box: the one it covers less, the likely extra label; related: the other). Each
     pair once."""
-    from detfold.analyze import _analysis_kernels as k
-
     a = e.m.arrays
     g = np.flatnonzero(e.twin >= 0)
     h = e.twin[g]
     first = (g < h) | (e.twin[h] != g)  # a pair whose twin points back is seen from its lower index
     g, h = g[first], h[first]
     shared = e.same_best[g]
-    swap = k.pair_iou(a.g_box, a.d_box, g, shared) > k.pair_iou(a.g_box, a.d_box, h, shared)
+    swap = e.same_iou[g] > e.same_iou[h]  # both boxes' IoU with their shared prediction
     g, h = np.where(swap, h, g), np.where(swap, g, h)
     margin = a.d_score[shared] - np.maximum(np.maximum(e.same_2nd[g], e.same_2nd[h]), 0.0)
     return Found(g, shared, margin, e.twin_iou[g], h)
@@ -158,12 +149,9 @@ REVIEWS: dict[str, tuple[Callable[[Evidence], Found], float]] = {
 REVIEW_KINDS = tuple(REVIEWS)
 
 
-def _rows(
-    kind: str, found: Found, m: TideMatch, names: Mapping[int, str], split: str, limit: int | None
-) -> list[dict[str, Any]]:
+def _rows(kind: str, found: Found, a: Arrays, limit: int | None) -> list[dict[str, Any]]:
     """One kind's candidates as findings rows, by value (largest first), then image id and box
     id; the first ``limit`` (None: all)."""
-    a = m.arrays
     g, d, iou, related = found.g, found.d, found.iou, found.related
     value = np.round(found.value.astype(np.float64), 6)
     # padded with one element so that index -1 (none) is valid even without any box or detection
@@ -177,11 +165,11 @@ def _rows(
         gi, di = int(g[i]), int(d[i])
         rows.append(
             {
-                "split": split,
+                "split": "train",
                 "image_id": int(a.image_ids[img[i]]),
                 "ann_id": None if gi < 0 else int(a.g_ann_id[gi]),
                 "file_name": a.file_names[img[i]],
-                "category": names.get(int(a.g_cls[gi] if gi >= 0 else a.d_cls[di]), ""),
+                "category": a.names.get(int(a.g_cls[gi] if gi >= 0 else a.d_cls[di]), ""),
                 "check": kind,
                 "value": float(value[i]),
                 "threshold": REVIEWS[kind][1],
@@ -190,7 +178,7 @@ def _rows(
                 "rank": n,
                 "score": None if di < 0 else round(float(a.d_score[di]), 6),
                 "iou": None if iou is None else round(float(iou[i]), 4),
-                "predicted_category": None if di < 0 else names.get(int(a.d_cls[di]), ""),
+                "predicted_category": None if di < 0 else a.names.get(int(a.d_cls[di]), ""),
                 "bbox": None if gi < 0 else [round(float(v), 2) for v in a.g_box[gi]],
                 "pred_bbox": None if di < 0 else [round(float(v), 2) for v in a.d_box[di]],
             }
@@ -199,22 +187,13 @@ def _rows(
 
 
 def review_candidates(
-    gt: Mapping[str, Any],
-    predictions: Detections,
-    split: str = "train",
-    limit: int | None = 500,
-    match: TideMatch | None = None,
+    gt: Mapping[str, Any], predictions: Detections, limit: int | None = 500, match: TideMatch | None = None
 ) -> list[dict[str, Any]]:
     """Label-review candidates from predictions of images the model never saw, as findings rows
-    (:data:`detfold.audit.checks.FINDING_FIELDS`, action ``flag``) plus :data:`REVIEW_EXTRA_FIELDS`;
-    ranked within each kind (:data:`REVIEWS`: ``possibly_missing``, ``possibly_wrong_class``,
-    ``possibly_misplaced``, ``possibly_duplicate``, ``possibly_spurious``) by ``value``
-    (largest first), at most ``limit`` per kind. ``match``: the matching of ``gt`` and
+    of the training images (:data:`detfold.audit.checks.FINDING_FIELDS`, split ``train``, action
+    ``flag``) plus :data:`REVIEW_EXTRA_FIELDS`; ranked within each kind (:data:`REVIEWS`) by
+    ``value`` (largest first), at most ``limit`` per kind. ``match``: the matching of ``gt`` and
     ``predictions`` when the caller has it."""
     m = match or tide_match(prepare(gt, predictions))
     evidence = Evidence.of(m)
-    names = {c["id"]: c["name"] for c in gt["categories"]}
-    rows: list[dict[str, Any]] = []
-    for kind, (find, _threshold) in REVIEWS.items():
-        rows += _rows(kind, find(evidence), m, names, split, limit)
-    return rows
+    return [row for kind, (find, _) in REVIEWS.items() for row in _rows(kind, find(evidence), m.arrays, limit)]

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import csv
 import logging
+import operator
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from detfold.audit.convert import listed_lines
 from detfold.core.coco import Coco
 from detfold.core.io import atomic_open
 
@@ -66,31 +69,31 @@ class CheckRule:
     action: str
 
 
+def _default_rules() -> dict[str, CheckRule]:
+    return {name: CheckRule(threshold, action) for name, (_, threshold, action, _) in CHECKS.items()}
+
+
 @dataclass
 class AuditPolicy:
     """Threshold and action per check (defaults in :data:`CHECKS`)."""
 
-    rules: dict[str, CheckRule] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name, (_, threshold, action, _) in CHECKS.items():
-            self.rules.setdefault(name, CheckRule(threshold, action))
+    rules: dict[str, CheckRule] = field(default_factory=_default_rules)
 
     @classmethod
     def from_config(cls, checks: dict[str, dict[str, Any]] | None) -> AuditPolicy:
-        """Build from ``{check: {threshold, action}}``; raise naming an unknown check or action."""
-        rules = {}
+        """Build from ``{check: {threshold, action}}`` (a check left out keeps its default); raise
+        naming an unknown check or action."""
+        rules = _default_rules()
         for name, spec in (checks or {}).items():
             if name not in CHECKS:
                 raise ValueError(f"audit.checks: unknown check {name!r}; known: {list(CHECKS)}")
-            _meaning, threshold, action, allowed = CHECKS[name]
             unknown = set(spec) - {"threshold", "action"}
             if unknown:
                 raise ValueError(f"audit.checks.{name}: unknown key(s) {sorted(unknown)}; allowed: threshold, action")
-            action = spec.get("action", action)
-            if action not in allowed:
-                raise ValueError(f"audit.checks.{name}.action: {action!r} is not one of {list(allowed)}")
-            rules[name] = CheckRule(float(spec.get("threshold", threshold)), action)
+            action = spec.get("action", rules[name].action)
+            if action not in CHECKS[name][3]:
+                raise ValueError(f"audit.checks.{name}.action: {action!r} is not one of {list(CHECKS[name][3])}")
+            rules[name] = CheckRule(float(spec.get("threshold", rules[name].threshold)), action)
         return cls(rules)
 
 
@@ -170,23 +173,18 @@ def coco_from_image_list(path: str | Path, images_dir: str | Path | None, catego
     """An unlabelled test set given as a text file of image file names (one per line, relative to
     ``images_dir``; blank lines and ``#`` comments skipped): images get ids 1..n in file order;
     their sizes are read from the files by :func:`check_image_files`."""
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
-        name = line.strip()
-        if not name or name.startswith("#"):
-            continue
-        if name in seen:
-            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {seen[name]})")
+    first_line: dict[str, int] = {}  # file name -> line, in file order
+    for n, name in listed_lines(path):
+        if name in first_line:
+            raise ValueError(f"{path}: line {n}: {name!r} is listed twice (first on line {first_line[name]})")
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ValueError(f"{path}: line {n}: {name!r} must be relative to data.test_images, without '..'")
-        seen[name] = n
-        names.append(name)
-    if not names:
+        first_line[name] = n
+    if not first_line:
         raise ValueError(f"{path}: lists no image file name (one per line)")
     if images_dir is None:
         raise ValueError("data.test_images is needed with a test image list")
-    images = [{"id": i, "file_name": name} for i, name in enumerate(names, start=1)]
+    images = [{"id": i, "file_name": name} for i, name in enumerate(first_line, start=1)]
     return Coco({"images": images, "annotations": [], "categories": categories}, path=str(path))
 
 
@@ -230,30 +228,25 @@ class _Ledger:
         apply a drop. Returns the action."""
         rule = self.policy.rules[check]
         action = "keep (override)" if ann is not None and ann["id"] in self.keep_anns else rule.action
-        self._record(image, ann, check, round(float(value), 4), rule.threshold, action, related)
+        self._record(Finding(*self._where(image, ann), check, round(float(value), 4), rule.threshold, action, related))
         return action
 
     def manual(self, image: dict[str, Any], ann: dict[str, Any] | None) -> None:
         """A person's "drop" of a box (``ann``) or of the whole image (``ann`` None)."""
-        self._record(image, ann, "manual", 0.0, 0.0, "drop_image" if ann is None else "drop_box")
+        action = "drop_image" if ann is None else "drop_box"
+        self._record(Finding(*self._where(image, ann), "manual", 0.0, 0.0, action))
 
-    def _record(
-        self,
-        image: dict[str, Any],
-        ann: dict[str, Any] | None,
-        check: str,
-        value: float,
-        threshold: float,
-        action: str,
-        related: int | None = None,
-    ) -> None:
+    def _where(self, image: dict[str, Any], ann: dict[str, Any] | None) -> tuple[str, int, int | None, str, str]:
+        """A finding's split, image id, box id, file name and class."""
         category, ann_id = ("", None) if ann is None else (self.names[ann["category_id"]], ann["id"])
-        where = (self.split, image["id"], ann_id, image["file_name"], category)
-        self.findings.append(Finding(*where, check, value, threshold, action, related))
-        if action == "drop_box" and ann is not None:
-            self.dropped_anns.add(ann["id"])
-        elif action == "drop_image":
-            self.dropped_images.add(image["id"])
+        return self.split, image["id"], ann_id, image["file_name"], category
+
+    def _record(self, finding: Finding) -> None:
+        self.findings.append(finding)
+        if finding.action == "drop_box" and finding.ann_id is not None:
+            self.dropped_anns.add(finding.ann_id)
+        elif finding.action == "drop_image":
+            self.dropped_images.add(finding.image_id)
 
     def clipped_away(self, ann: dict[str, Any]) -> None:
         """The last finding's clip left nothing of the box inside the image: the box is dropped."""
@@ -261,38 +254,20 @@ class _Ledger:
         self.dropped_anns.add(ann["id"])
 
 
-def _degenerate(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
-    return min(box[2], box[3]) if min(box[2], box[3]) <= threshold else None
-
-
-def _outside_image(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
+def _outside(box: list[float], image: dict[str, Any]) -> float:
+    """How far (px) the box reaches past the image border (negative: inside)."""
     x, y, w, h = box
-    outside = max(-x, -y, x + w - image["width"], y + h - image["height"])
-    return outside if outside > threshold + OUTSIDE_TOLERANCE_PX else None
+    return max(-x, -y, x + w - image["width"], y + h - image["height"])
 
 
-def _tiny(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
-    return min(box[2], box[3]) if min(box[2], box[3]) < threshold else None
-
-
-def _whole_image(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
-    share = box[2] * box[3] / (image["width"] * image["height"])
-    return share if share >= threshold else None
-
-
-def _extreme_aspect(box: list[float], image: dict[str, Any], threshold: float) -> float | None:
-    aspect = max(box[2] / box[3], box[3] / box[2])
-    return aspect if aspect >= threshold else None
-
-
-#: the checks of one box (xywh_abs) in its image, in the order they run: each gives the value
-#: that fails its threshold, or None
-BOX_CHECKS = {
-    "degenerate": _degenerate,
-    "outside_image": _outside_image,
-    "tiny": _tiny,
-    "whole_image": _whole_image,
-    "extreme_aspect": _extreme_aspect,
+#: the checks of one box (xywh_abs) in its image, in the order they run: what each measures,
+#: and when that value fails the threshold
+BOX_CHECKS: dict[str, tuple[Callable[[list[float], dict[str, Any]], float], Callable[[float, float], bool]]] = {
+    "degenerate": (lambda box, image: min(box[2], box[3]), operator.le),
+    "outside_image": (_outside, lambda value, threshold: value > threshold + OUTSIDE_TOLERANCE_PX),
+    "tiny": (lambda box, image: min(box[2], box[3]), operator.lt),
+    "whole_image": (lambda box, image: box[2] * box[3] / (image["width"] * image["height"]), operator.ge),
+    "extreme_aspect": (lambda box, image: max(box[2] / box[3], box[3] / box[2]), operator.ge),
 }
 #: the checks of two boxes of one image: same class or not
 PAIR_CHECKS = {"duplicate": True, "cross_class_overlap": False}
@@ -314,9 +289,9 @@ def _check_box(ledger: _Ledger, ann: dict[str, Any], image: dict[str, Any]) -> b
     """Run :data:`BOX_CHECKS` on one box; True when it stays for the checks between boxes (a
     degenerate box, or one that clipping leaves nothing of, does not; a clipped box is checked
     as clipped)."""
-    for check, measure in BOX_CHECKS.items():
-        value = measure(ann["bbox"], image, ledger.policy.rules[check].threshold)
-        if value is None:
+    for check, (measure, fails) in BOX_CHECKS.items():
+        value = measure(ann["bbox"], image)
+        if not fails(value, ledger.policy.rules[check].threshold):
             continue
         action = ledger.add(ann, image, check, value)
         if check == "degenerate":
@@ -434,13 +409,12 @@ def read_overrides(path: str | Path | None) -> list[Override]:
         raise FileNotFoundError(f"overrides file {str(path)!r} not found")
     overrides = []
     with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is fine
-        rows = [r for r in csv.DictReader(line for line in handle if not line.lstrip().startswith("#"))]
+        rows = list(csv.DictReader(line for line in handle if not line.lstrip().startswith("#")))
     for n, row in enumerate(rows, start=2):
         where = f"{path}: row {n}"
         decision = (row.get("decision") or "").strip()
         if decision not in ("keep", "drop"):
             raise ValueError(f"{where}: decision must be 'keep' or 'drop', got {decision!r}")
-
         ann_id, image_id = _csv_int(row, "ann_id", where), _csv_int(row, "image_id", where)
         if ann_id is None and (decision == "keep" or image_id is None):
             raise ValueError(

@@ -24,17 +24,22 @@ class AnnotationImportError(ValueError):
     """An annotation file of another format is malformed; the message names file and value."""
 
 
+def listed_lines(path: str | Path) -> list[tuple[int, str]]:
+    """(line number, text) of each line of a UTF-8 text file (a byte-order mark is fine) that is
+    neither blank nor a ``#`` comment, stripped."""
+    lines = [(n, line.strip()) for n, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), 1)]
+    return [(n, text) for n, text in lines if text and not text.startswith("#")]
+
+
 def read_class_names(path: str | Path, by_line: bool = False) -> list[str]:
     """One class name per line, stripped (blank lines and # comments ignored); raise if none,
     duplicates, or names that differ only in case. ``by_line`` (YOLO, whose class index is the
     line number): a blank or comment line before the last name is an error, it would shift
     every later class."""
     try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+        kept = listed_lines(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: class names file not found") from None
-    kept = [(n, line.strip()) for n, line in enumerate(lines, start=1)]
-    kept = [(n, name) for n, name in kept if name and not name.startswith("#")]
     if not kept:
         raise AnnotationImportError(f"{path}: no class names in the file")
     if by_line:
@@ -66,8 +71,29 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise AnnotationImportError(f"{path}: image file unreadable ({err})") from None
 
 
-def _categories(names: list[str]) -> list[dict[str, Any]]:
-    return [{"id": i, "name": name} for i, name in enumerate(names, start=1)]
+#: one image: file name, width, height and its boxes as (category id, [x, y, w, h] px)
+Record = tuple[str, int, int, list[tuple[int, list[float]]]]
+
+
+def _coco(records: list[Record], names: list[str]) -> dict:
+    """A COCO dict: images ids 1..N in ``records`` order, annotation ids 1..M in (image, box) order."""
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    for image_id, (file_name, width, height, boxes) in enumerate(records, start=1):
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for category_id, (x, y, w, h) in boxes:
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": i, "name": name} for i, name in enumerate(names, start=1)]
+    return {"images": images, "annotations": annotations, "categories": categories}
 
 
 def _number(text: str | None, where: str, what: str) -> float:
@@ -121,27 +147,15 @@ def voc_to_coco(
         records.append((file_name, width, height, objects))
     names = class_names or sorted({name for *_, objects in records for name, _ in objects})
     cat_id = {name: i for i, name in enumerate(names, start=1)}
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for image_id, (file_name, width, height, objects) in enumerate(sorted(records), start=1):
-        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
-        for name, (x1, y1, x2, y2) in objects:
-            if name not in cat_id:
-                raise AnnotationImportError(
-                    f"{xml_dir}/{Path(file_name).stem}.xml: class {name!r} is not in the class names {names}"
-                )
-            w, h = x2 - x1, y2 - y1
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cat_id[name],
-                    "bbox": [x1, y1, w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": annotations, "categories": _categories(names)}
+    boxed: list[Record] = []
+    for file_name, width, height, objects in sorted(records):
+        unknown = [name for name, _ in objects if name not in cat_id]
+        if unknown:
+            where = f"{xml_dir}/{Path(file_name).stem}.xml"
+            raise AnnotationImportError(f"{where}: class {unknown[0]!r} is not in the class names {names}")
+        boxes = [(cat_id[name], [x1, y1, x2 - x1, y2 - y1]) for name, (x1, y1, x2, y2) in objects]
+        boxed.append((file_name, width, height, boxes))
+    return _coco(boxed, names)
 
 
 def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: list[str]) -> dict:
@@ -161,11 +175,11 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
     orphans = sorted(p.name for p in Path(labels_dir).glob("*.txt") if p.stem not in stems)
     if orphans:
         raise AnnotationImportError(f"{labels_dir}: label files without an image in {images_dir}: {orphans[:5]}")
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for image_id, image_path in enumerate(image_files, start=1):
+    records: list[Record] = []
+    for image_path in image_files:
         width, height = _image_size(image_path)
-        images.append({"id": image_id, "file_name": image_path.name, "width": width, "height": height})
+        boxes: list[tuple[int, list[float]]] = []
+        records.append((image_path.name, width, height, boxes))
         label_path = Path(labels_dir) / f"{image_path.stem}.txt"
         if not label_path.is_file():
             continue
@@ -194,14 +208,5 @@ def yolo_to_coco(labels_dir: str | Path, images_dir: str | Path, class_names: li
                         "image size (pixel coordinates?)"
                     )
             bw, bh = w * width, h * height
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": cls + 1,
-                    "bbox": [cx * width - bw / 2, cy * height - bh / 2, bw, bh],
-                    "area": bw * bh,
-                    "iscrowd": 0,
-                }
-            )
-    return {"images": images, "annotations": annotations, "categories": _categories(class_names)}
+            boxes.append((cls + 1, [cx * width - bw / 2, cy * height - bh / 2, bw, bh]))
+    return _coco(records, class_names)

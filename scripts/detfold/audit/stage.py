@@ -7,13 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detfold.audit import checks
-from detfold.core.coco import (
-    Coco,
-    check_coco,
-    is_labelled,
-    load_coco,
-    write_coco,
-)
+from detfold.core.coco import Coco, check_coco, is_labelled, load_coco, write_coco
 from detfold.core.gallery import write_findings_gallery
 from detfold.core.io import write_json
 

@@ -1,10 +1,7 @@
-"""The config gate: every problem with ``config.yaml`` is reported before any job starts.
-
-Two steps, both run by the Snakefile: :func:`check_schema` validates against the JSON schema
-and names, for each problem, the key, the bad value and what is allowed (with a "did you
-mean" for near-miss keys and values); :func:`check_feasible` catches what a schema cannot:
-missing files and folders, test images absent, more folds than images, an unknown mmdet
-config, a missing ``load_from`` checkpoint, relative paths that leave the working folder.
+"""The config gate, run by the Snakefile before any job: :func:`check_schema` names each schema
+violation's key, bad value and what is allowed (with a "did you mean"); :func:`check_feasible`
+catches what a schema cannot: missing files, absent test images, more folds than images, an
+unknown mmdet config, relative paths that leave the working folder.
 """
 
 from __future__ import annotations
@@ -39,12 +36,7 @@ class ConfigError(ValueError):
 
 
 def _key(path: Any) -> str:
-    parts = [str(p) for p in path]
-    return ".".join(parts) if parts else "(top level)"
-
-
-def _child(key: str, name: str) -> str:
-    return name if key == "(top level)" else f"{key}.{name}"
+    return ".".join(map(str, path)) or "(top level)"
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -58,8 +50,9 @@ def _describe(error: Any) -> list[str]:
     schema, value, kind = error.schema, error.instance, error.validator
     if kind == "additionalProperties" and error.validator_value is False:
         allowed = sorted(schema.get("properties", {}))
+        listed = f"(allowed under {key}: {', '.join(allowed)})"
         return [
-            f"unknown key {_child(key, name)!r}{_suggest(name, allowed)} (allowed under {key}: {', '.join(allowed)})"
+            f"unknown key {_key([*error.absolute_path, name])!r}{_suggest(name, allowed)} {listed}"
             for name in sorted(set(value) - set(allowed))
         ]
     if kind in ("oneOf", "anyOf") and error.context:  # e.g. fold_fusion: 'search' or fusion settings
@@ -80,9 +73,9 @@ def _describe(error: Any) -> list[str]:
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if kind in bounds:
         return [f"{key} = {value!r} is out of range: must be {bounds[kind]} {error.validator_value}"]
-    if kind in ("minItems", "maxItems"):
-        word = "at least" if kind == "minItems" else "at most"
-        return [f"{key} = {value!r} must have {word} {error.validator_value} item(s)"]
+    counts = {"minItems": "at least", "maxItems": "at most"}
+    if kind in counts:
+        return [f"{key} = {value!r} must have {counts[kind]} {error.validator_value} item(s)"]
     if kind == "minProperties":
         return [f"{key} needs at least {error.validator_value} entry (got none)"]
     if kind == "pattern":
@@ -111,17 +104,13 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
     return list(dict.fromkeys(problems))
 
 
-def check_schema(
-    config: dict[str, Any], schema_path: str | os.PathLike[str], workdir: str | os.PathLike[str] = "."
-) -> None:
-    """Raise :class:`ConfigError` listing every schema violation of ``config``, and with them
-    the feasibility problems that can already be seen (missing files, ...), so that one try
-    shows them all."""
-    schema = load_schema(schema_path)
-    problems = schema_problems(config, schema)
+def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`ConfigError` listing every schema violation of ``config`` and, so that one
+    try shows them all, the feasibility problems already visible (missing files, ...)."""
+    problems = schema_problems(config, load_schema(schema_path))
     if problems:
         with contextlib.suppress(Exception):  # a config too broken to look further shows its schema problems
-            problems += [p for p in feasibility_problems(config, workdir) if p not in problems]
+            problems += [p for p in feasibility_problems(config) if p not in problems]
         raise ConfigError(problems)
 
 
@@ -129,19 +118,16 @@ SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.
 
 
 def load_schema(path: str | os.PathLike[str] = SCHEMA) -> dict[str, Any]:
-    """The config's JSON schema (workflow/schemas/config.schema.yaml): every key, its type and
-    its default."""
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    """The config's JSON schema: every key, its type and its default."""
+    return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 
 
-def with_defaults(config: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A copy of ``config`` with the schema's defaults where a key is left out, nested objects
-    and list items included: what Snakemake's ``validate`` fills in. The schema is where every
-    default is written; nothing else in detfold repeats one."""
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults where a key is left out (nested objects and
+    list items included), as Snakemake's ``validate`` fills them in; no default is written elsewhere."""
     import jsonschema
 
-    schema = load_schema() if schema is None else schema
+    schema = load_schema()
     base = jsonschema.validators.validator_for(schema)
     check_properties = base.VALIDATORS["properties"]
 
@@ -153,8 +139,7 @@ def with_defaults(config: dict[str, Any], schema: dict[str, Any] | None = None) 
         yield from check_properties(validator, properties, instance, node)
 
     filled = copy.deepcopy(config)
-    for _ in jsonschema.validators.extend(base, {"properties": set_defaults})(schema).iter_errors(filled):
-        pass  # the problems are check_schema's to report
+    list(jsonschema.validators.extend(base, {"properties": set_defaults})(schema).iter_errors(filled))  # fills in
     return filled
 
 
@@ -187,8 +172,7 @@ def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def mmdet_config_path(config: str) -> Path | None:
-    """Where ``mmdet::family/name.py`` lives in the installed mmdet (found without importing
-    it); None when mmdet is not installed in this environment."""
+    """Where ``mmdet::family/name.py`` lives in the installed mmdet (not imported); None without mmdet."""
     spec = importlib.util.find_spec("mmdet")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -210,28 +194,31 @@ def _count_train_images(data: dict[str, Any], path: Path) -> int:
     return sum(1 for p in path.iterdir() if p.suffix == suffix)
 
 
-def _missing_test_images(data: dict[str, Any]) -> list[str]:
+def _test_image_problems(data: dict[str, Any]) -> list[str]:
+    """The test file (COCO, or a list of file names) unreadable, or naming images the folder lacks."""
     listed = str(data["test_annotations"]).endswith(".txt")
     if data["format"] != "coco" and not listed:
         return []
-    root = Path(data["test_images"])
-    if listed:
-        lines = Path(data["test_annotations"]).read_text(encoding="utf-8-sig").splitlines()
-        names = [n.strip() for n in lines if n.strip() and not n.strip().startswith("#")]
-    else:
-        names = [
-            str(image.get("file_name", ""))
-            for image in _coco_images(data["test_annotations"])
-            if isinstance(image, dict)
-        ]
-    return [name for name in names if not (root / name).is_file()]
+    try:
+        if listed:
+            lines = Path(data["test_annotations"]).read_text(encoding="utf-8-sig").splitlines()
+            names = [n.strip() for n in lines if n.strip() and not n.strip().startswith("#")]
+        else:
+            images = _coco_images(data["test_annotations"])
+            names = [str(image.get("file_name", "")) for image in images if isinstance(image, dict)]
+    except ValueError as err:
+        return [f"data.test_annotations: {err}"]
+    absent = [name for name in names if not (Path(data["test_images"]) / name).is_file()]
+    if not absent:
+        return []
+    shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+    return [f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"]
 
 
-def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> list[str]:
-    """What would make the run fail later although the config is schema-valid (the schema's
-    defaults filled in where a key is left out)."""
+def feasibility_problems(config: dict[str, Any]) -> list[str]:
+    """What would make the run fail later although the config is schema-valid (defaults filled in)."""
     config = with_defaults(config)
-    problems, missing = _path_problems(config, Path(workdir).resolve())
+    problems, missing = _path_problems(config)
     problems += _model_problems(config)
     problems += _ensemble_problems(config)
     group_by = str(config["folds"]["group_by"] or "")
@@ -246,22 +233,14 @@ def feasibility_problems(config: dict[str, Any], workdir: str | os.PathLike[str]
     if data.get("test_annotations") and not data.get("test_images"):
         problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
     elif data.get("test_annotations") and not missing & {"data.test_annotations", "data.test_images"}:
-        try:
-            absent = _missing_test_images(data)
-        except ValueError as err:
-            problems.append(f"data.test_annotations: {err}")
-        else:
-            if absent:
-                shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
-                problems.append(
-                    f"data.test_images = {data['test_images']!r}: {len(absent)} test image(s) absent: {shown}"
-                )
+        problems += _test_image_problems(data)
     return problems
 
 
-def _path_problems(config: dict[str, Any], root: Path) -> tuple[list[str], set[str]]:
-    """Paths the config names that leave the working folder ``root`` or do not exist (a folder
-    where one is expected), and the keys of those missing."""
+def _path_problems(config: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Paths the config names that leave the working folder or do not exist (as a file or
+    folder, as expected), and the keys of those missing."""
+    root = Path.cwd().resolve()
     problems: list[str] = []
     folders = {"data.train_images", "data.test_images"}
     if config["data"]["format"] != "coco":
@@ -279,9 +258,8 @@ def _path_problems(config: dict[str, Any], root: Path) -> tuple[list[str], set[s
             missing.add(key)
         elif not want_dir and not path.is_file():
             weights = key.endswith(("load_from", "backbone_weights"))
-            what = "checkpoint" if weights else "file"
-            extra = " (weights are never downloaded)" if weights else ""
-            problems.append(f"{key} = {value!r}: {what} not found{extra}")
+            what = "checkpoint not found (weights are never downloaded)" if weights else "file not found"
+            problems.append(f"{key} = {value!r}: {what}")
             missing.add(key)
     return problems, missing
 
@@ -326,59 +304,6 @@ def _fold_count_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
-
-
-def drop_disabled_models(config: dict[str, Any]) -> list[str]:
-    """Remove the models set to null (``models: {rtmdet_tiny: null}``): how a ``--configfile``,
-    which Snakemake merges over config/config.yaml, leaves out a model of that file. Returns
-    their names."""
-    models = config.get("models")
-    if not isinstance(models, dict):
-        return []
-    dropped = sorted(name for name, settings in models.items() if settings is None)
-    for name in dropped:
-        del models[name]
-    return dropped
-
-
-def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[str] = "config/config.yaml") -> list[str]:
-    """What looks like the demo left in a user's config by Snakemake's merge of ``--configfile``
-    over config/config.yaml: the demo's data beside the user's own, or the demo's models with
-    the user's data."""
-    data = config.get("data") or {}
-    paths = {key: value for key, value in data.items() if key != "format" and isinstance(value, str)}
-    demo = sorted(key for key, value in paths.items() if DEMO_DATA in value)
-    if demo and len(demo) == len(paths):
-        return []  # the demo itself
-    warnings = [
-        f"data.{key} is still the bundled demo's ({paths[key]}) while other data keys are your own: Snakemake "
-        "merges --configfile over config/config.yaml (add --replace-workflow-config to use your file alone), "
-        "or set every data key in your file"
-        for key in demo
-    ]
-    if Path(default_config).is_file():
-        with open(default_config, encoding="utf-8") as handle:
-            default_models = (yaml.safe_load(handle) or {}).get("models") or {}
-        for name, settings in sorted((config.get("models") or {}).items()):
-            if name in default_models and (settings or {}).get("config") == (default_models[name] or {}).get("config"):
-                warnings.append(
-                    f"models.{name} is the demo's model from {default_config} and will be trained on your data "
-                    f"too (Snakemake merges --configfile over it): add --replace-workflow-config to use your file "
-                    f"alone, or write `{name}: null` under models to leave it out"
-                )
-    return warnings
-
-
-def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
-    """Log :func:`config_warnings` when a ``--configfile`` was merged over config/config.yaml
-    (``merged``); return them."""
-    warnings = config_warnings(config) if merged else []
-    for line in warnings:
-        log.warning("detfold: %s", line)
-    return warnings
-
-
 def _ensemble_problems(config: dict[str, Any]) -> list[str]:
     """Ensemble settings that would fail only after every model trained: search weight vectors
     of the wrong length, external prediction files in another format than stated."""
@@ -408,8 +333,57 @@ def _ensemble_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_feasible(config: dict[str, Any], workdir: str | os.PathLike[str] = ".") -> None:
+def check_feasible(config: dict[str, Any]) -> None:
     """Raise :class:`ConfigError` listing every problem :func:`feasibility_problems` finds."""
-    problems = feasibility_problems(config, workdir)
+    problems = feasibility_problems(config)
     if problems:
         raise ConfigError(problems)
+
+
+DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
+
+
+def drop_disabled_models(config: dict[str, Any]) -> list[str]:
+    """Remove the models set to null (``models: {rtmdet_tiny: null}``), and return their names: how a
+    ``--configfile``, which Snakemake merges over config/config.yaml, leaves out a model of that file."""
+    models = config.get("models")
+    if not isinstance(models, dict):
+        return []
+    dropped = sorted(name for name, settings in models.items() if settings is None)
+    for name in dropped:
+        del models[name]
+    return dropped
+
+
+def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[str] = "config/config.yaml") -> list[str]:
+    """The demo's data beside the user's own, or the demo's models with the user's data: what
+    Snakemake's merge of ``--configfile`` over config/config.yaml leaves in a user's config."""
+    data = config.get("data") or {}
+    paths = {key: value for key, value in data.items() if key != "format" and isinstance(value, str)}
+    demo = sorted(key for key, value in paths.items() if DEMO_DATA in value)
+    if demo and len(demo) == len(paths):
+        return []  # the demo itself
+    warnings = [
+        f"data.{key} is still the bundled demo's ({paths[key]}) while other data keys are your own: Snakemake "
+        "merges --configfile over config/config.yaml (add --replace-workflow-config to use your file alone), "
+        "or set every data key in your file"
+        for key in demo
+    ]
+    if Path(default_config).is_file():
+        default_models = (yaml.safe_load(Path(default_config).read_text(encoding="utf-8")) or {}).get("models") or {}
+        for name, settings in sorted((config.get("models") or {}).items()):
+            if name in default_models and (settings or {}).get("config") == (default_models[name] or {}).get("config"):
+                warnings.append(
+                    f"models.{name} is the demo's model from {default_config} and will be trained on your data "
+                    f"too (Snakemake merges --configfile over it): add --replace-workflow-config to use your file "
+                    f"alone, or write `{name}: null` under models to leave it out"
+                )
+    return warnings
+
+
+def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
+    """Log and return :func:`config_warnings` when a ``--configfile`` was ``merged`` over config/config.yaml."""
+    warnings = config_warnings(config) if merged else []
+    for line in warnings:
+        log.warning("detfold: %s", line)
+    return warnings

@@ -1,9 +1,5 @@
-"""Contact sheets: a grid of image crops with boxes drawn on them and a caption under each, for
-the audit's findings and the error analysis (its errors and label-review candidates).
-
-Boxes are COCO ``xywh_abs``. A sheet is :data:`COLUMNS` tiles of :data:`TILE` px wide. The
-audit's and the analysis's sheets differ only in their :class:`Look` (caption height, whether a
-small crop is enlarged to the tile), so each keeps its own pictures.
+"""Contact sheets: a grid of image crops with boxes (COCO ``xywh_abs``) drawn on them and a caption
+under each, for the audit's findings and the error analysis. The two differ only in their :class:`Look`.
 """
 
 from __future__ import annotations
@@ -88,7 +84,7 @@ def union(boxes: Sequence[Box]) -> list[float]:
 
 
 def _tile_image(tile: Tile, look: Look) -> Image.Image:
-    """The tile's picture: its image with the boxes drawn, cropped, fitted into TILE x TILE."""
+    """The tile's image with its boxes drawn, cropped, fitted into TILE x TILE."""
     try:
         with Image.open(tile.source) as handle:
             img = handle.convert("RGB")
@@ -108,8 +104,6 @@ def _tile_image(tile: Tile, look: Look) -> Image.Image:
 def contact_sheet(tiles: Sequence[Tile], path: str | Path, look: Look) -> None:
     """Draw ``tiles`` row by row into one PNG at ``path`` (written atomically); no tiles: a
     sheet that says so (a blank picture would look like a failed one)."""
-    from PIL import Image, ImageDraw
-
     rows = max(1, (len(tiles) + COLUMNS - 1) // COLUMNS)
     sheet = Image.new("RGB", (COLUMNS * TILE, rows * (TILE + look.caption_h)), "white")
     pen = ImageDraw.Draw(sheet)

@@ -66,22 +66,17 @@ def dumps_json(data: Any) -> bytes:
 
 
 def _non_finite(data: Any, where: str) -> str | None:
+    """Where in ``data`` (``where`` its name) the first NaN or infinity is; None when nowhere."""
+    if isinstance(data, dict | list | tuple):
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        found = (_non_finite(value, f"{where}[{key!r}]") for key, value in items)
+        return next((hit for hit in found if hit is not None), None)
     if isinstance(data, float):
         return None if math.isfinite(data) else f"{where} = {data}"
-    if isinstance(data, dict):
-        items: Any = data.items()
-    elif isinstance(data, list | tuple):
-        items = enumerate(data)
-    else:
-        import numpy as np
+    import numpy as np
 
-        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
-            return f"{where} (an array) = {data.ravel()[~np.isfinite(data.ravel())][0]}"
-        return None
-    for key, value in items:
-        found = _non_finite(value, f"{where}[{key!r}]")
-        if found is not None:
-            return found
+    if isinstance(data, np.ndarray) and data.dtype.kind == "f" and not np.isfinite(data).all():
+        return f"{where} (an array) = {data[~np.isfinite(data)][0]}"
     return None
 
 
@@ -92,9 +87,9 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file (orjson); raise ``ValueError`` naming the file and position when it is
-    not JSON. A file orjson refuses is read again by Python's ``json`` for its error message
-    (and its leniency: a NaN in a user's file is then refused by the checks that follow, by name)."""
+    """Read a JSON file; raise ``ValueError`` naming the file and position when it is not JSON.
+    A file orjson refuses is read by Python's ``json``, for its error message and its leniency
+    (a NaN in a user's file is then refused by name by the checks that follow)."""
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
@@ -131,10 +126,9 @@ def read_product(path: str | os.PathLike[str]) -> Any:
 
 
 def looks_complete(path: str | os.PathLike[str]) -> bool:
-    """Cheap check (first and last bytes only, whatever the size) that a file detfold wrote is
-    whole: a ``.json`` from :func:`write_json` starts with ``[``/``{`` and ends with the matching
-    bracket alone on the last line (nested brackets are indented); a ``.pth`` is a complete zip
-    archive (torch.save's format, whose directory sits at the end). Other files: True."""
+    """Whether a file detfold wrote is whole, from its first and last bytes: a ``.json`` of
+    :func:`write_json` ends with the bracket it opens with alone on the last line (nested ones
+    are indented); a ``.pth`` is a complete zip archive (torch.save's). Other files: True."""
     import zipfile
 
     path = Path(path)
@@ -166,9 +160,8 @@ def incomplete_products(results: str | os.PathLike[str] = "results") -> list[Pat
 
 
 def mark_outdated(path: str | os.PathLike[str]) -> None:
-    """Set ``path``'s modification time to 1970: older than its inputs, Snakemake redoes the job
-    that writes it and everything downstream (a deleted file would not do: Snakemake does not
-    rerun a missing intermediate file whose consumers are up to date)."""
+    """Date ``path`` 1970 so that Snakemake redoes its job and everything downstream (it does not
+    rerun a deleted intermediate file whose consumers are up to date)."""
     os.utime(path, (0, 0))
 
 

@@ -9,12 +9,12 @@ from types import TracebackType
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def log_to(path: str | None = None, level: int = logging.INFO) -> None:
+def log_to(path: str | None = None) -> None:
     """Send the library's log (and uncaught tracebacks) to ``path`` and to stderr."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if path:
         handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))
-    logging.basicConfig(level=level, format=FORMAT, handlers=handlers, force=True)
+    logging.basicConfig(level=logging.INFO, format=FORMAT, handlers=handlers, force=True)
 
     def log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         logging.getLogger("detfold").critical("failed: %s", exc, exc_info=(exc_type, exc, tb))

@@ -27,7 +27,7 @@ def sort_groups(group, neg_score):
             key = group[r] - low
             order[counts[key]] = r
             counts[key] += 1
-    else:  # sparse keys: quicksort; rows of a group are put in index order below
+    else:  # sparse keys: quicksort; rows of a group are put in (-score, index) order below
         order = np.argsort(group)
     starts = np.empty(n + 1, dtype=np.int64)
     n_groups = 0
@@ -36,19 +36,8 @@ def sort_groups(group, neg_score):
         j = i + 1
         while j < n and group[order[j]] == group[order[i]]:
             j += 1
-        if j - i > 32:
-            sub = np.sort(order[i:j])
-            order[i:j] = sub[np.argsort(neg_score[sub], kind="mergesort")]
-        else:  # insertion sort by (-score, index)
-            for a in range(i + 1, j):
-                v = order[a]
-                b = a - 1
-                while b >= i and (
-                    neg_score[order[b]] > neg_score[v] or (neg_score[order[b]] == neg_score[v] and order[b] > v)
-                ):
-                    order[b + 1] = order[b]
-                    b -= 1
-                order[b + 1] = v
+        sub = np.sort(order[i:j])
+        order[i:j] = sub[np.argsort(neg_score[sub], kind="mergesort")]
         starts[n_groups] = i
         n_groups += 1
         i = j

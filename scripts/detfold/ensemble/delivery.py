@@ -28,10 +28,14 @@ def deliver(
     (metrics.json). ``external``: the external models that took part in the choice;
     ``untuned``: those without blend predictions (they join the model ensemble only);
     ``selection``: selection.json (the candidates); ``settings``: the resolved ``ensemble``
-    config (max_per_img, bootstrap_samples)."""
-    plan = Plan.from_dict(best["plan"])
+    config."""
     max_per_img = int(settings["max_per_img"])
-    delivered = apply_plan(plan, fold_preds, external, test.images, max_per_img, untuned)
+
+    def predictions(plan: dict[str, Any]) -> Detections:
+        return apply_plan(Plan(**plan), fold_preds, external, test.images, max_per_img, untuned)
+
+    plan = Plan(**best["plan"])
+    delivered = predictions(best["plan"])
     metrics: dict[str, Any] = {
         "delivered": {"kind": best["kind"], "plan": plan.to_dict(), "description": plan.describe()},
         "members": [*sorted(fold_preds), *external, *untuned],
@@ -42,39 +46,24 @@ def deliver(
         return delivered, metrics
     singles = {f"{m}/fold{k}": p for m, folds in fold_preds.items() for k, p in enumerate(folds)}
     singles.update({**external, **untuned})
-    metrics["single"] = {name: evaluate_coco(test, p, name) for name, p in singles.items()}
-    metrics["candidates"] = {}
-    for kind, cand in selection["candidates"].items():
-        preds = apply_plan(Plan.from_dict(cand["plan"]), fold_preds, external, test.images, max_per_img, untuned)
-        metrics["candidates"][kind] = {
+    scores = {name: evaluate_coco(test, p, name) for name, p in singles.items()}
+    metrics["single"] = scores
+    metrics["candidates"] = {
+        kind: {
             "label": cand["label"],
             "description": cand["description"],
-            **headline(evaluate_coco(test, preds, kind)),
+            **headline(evaluate_coco(test, predictions(cand["plan"]), kind)),
         }
+        for kind, cand in selection["candidates"].items()
+    }
     metrics["delivered"].update(evaluate_coco(test, delivered, "delivered"))
-    samples = int(settings["bootstrap_samples"])
-    metrics["delivered"].update(_test_intervals(test, delivered, metrics["single"], singles, seed, samples))
-    return delivered, metrics
-
-
-def _test_intervals(
-    test: Coco,
-    delivered: Detections,
-    scores: dict[str, dict[str, Any]],
-    singles: dict[str, Detections],
-    seed: int,
-    samples: int,
-) -> dict[str, Any]:
-    """Bootstrap intervals over the test images of the delivered predictions, and of their
-    difference from the single model (``singles``, by name) that scores best on the test set
-    (``scores``: by mAP50, then mAP; paired resamples)."""
+    # bootstrap over the test images, paired with the single model best on the test set (by mAP50, then mAP)
     best_single = max(scores, key=lambda n: (scores[n]["mAP50"] or 0.0, scores[n]["mAP"] or 0.0))
     ev = BboxEvaluator(test.data)
-    counts = bootstrap_counts(len(test.images), samples, seed)
-    boot = {"delivered": bootstrap_scores(ev.match_results(delivered), counts)}
-    boot["single"] = bootstrap_scores(ev.match_results(singles[best_single]), counts)
-    return {
-        **intervals(boot["delivered"]),
-        "best_single_on_test": best_single,
-        "vs_best_single": intervals(boot["delivered"] - boot["single"]),
-    }
+    counts = bootstrap_counts(len(test.images), int(settings["bootstrap_samples"]), seed)
+    boot = bootstrap_scores(ev.match_results(delivered), counts)
+    boot_single = bootstrap_scores(ev.match_results(singles[best_single]), counts)
+    metrics["delivered"].update(
+        {**intervals(boot), "best_single_on_test": best_single, "vs_best_single": intervals(boot - boot_single)}
+    )
+    return delivered, metrics

@@ -54,12 +54,7 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> Detections:
     path = spec[split]
     if not path:
         raise ValueError(f"ensemble.external {spec['name']!r}: no '{split}' predictions file")
-    if spec["format"] == "coco":
-        results = _coco_results(path, coco, spec.get("id_source"))
-    elif spec["format"] == "csv":
-        results = _csv_results(path, coco)
-    else:
-        raise ValueError(f"ensemble.external {spec['name']!r}: format must be coco or csv, got {spec['format']!r}")
+    results = _coco_results(path, coco, spec.get("id_source")) if spec["format"] == "coco" else _csv_results(path, coco)
     log.info("external %s (%s): %d predictions from %s", spec["name"], split, len(results), path)
     return Detections.from_results(results)
 
@@ -67,22 +62,21 @@ def load_external(spec: dict[str, Any], split: str, coco: Coco) -> Detections:
 def _coco_results(path: str, coco: Coco, id_source: str | None) -> list[dict[str, Any]]:
     """A COCO results file's predictions with ``coco``'s ids (mapped through ``id_source``'s
     file names and class names when given)."""
-    by_name = {im["file_name"]: im["id"] for im in coco.images}
-    cat_by_name = {c["name"]: c["id"] for c in coco.categories}
-    known_img, known_cat = set(by_name.values()), set(cat_by_name.values())
-    img_map, cat_map = None, None
+    img_map = {im["id"]: im["id"] for im in coco.images}
+    cat_map = {c["id"]: c["id"] for c in coco.categories}
     if id_source:
         source = read_json(id_source)
+        by_name = {im["file_name"]: im["id"] for im in coco.images}
+        cat_by_name = {c["name"]: c["id"] for c in coco.categories}
         img_map = {im["id"]: by_name.get(im["file_name"]) for im in source.get("images", [])}
         cat_map = {c["id"]: cat_by_name.get(c["name"]) for c in source.get("categories", [])}
     results = []
     for i, p in enumerate(load_results(path)):
-        image_id = img_map.get(p.get("image_id")) if img_map is not None else p.get("image_id")
-        cat_id = cat_map.get(p.get("category_id")) if cat_map is not None else p.get("category_id")
-        if image_id not in known_img:
-            raise ValueError(f"{path}[{i}]: image_id {p.get('image_id')!r} is not an image of {coco.path}")
-        if cat_id not in known_cat:
-            raise ValueError(f"{path}[{i}]: category_id {p.get('category_id')!r} is not a class of {coco.path}")
+        image_id, cat_id = img_map.get(p["image_id"]), cat_map.get(p["category_id"])
+        if image_id is None:
+            raise ValueError(f"{path}[{i}]: image_id {p['image_id']!r} is not an image of {coco.path}")
+        if cat_id is None:
+            raise ValueError(f"{path}[{i}]: category_id {p['category_id']!r} is not a class of {coco.path}")
         results.append({"image_id": image_id, "category_id": cat_id, "bbox": p["bbox"], "score": p["score"]})
     return results
 
@@ -112,33 +106,29 @@ def _csv_box(
 ) -> dict[str, Any]:
     """One "label score x1 y1 x2 y2" of a PredictionString as a COCO result; ``categories``:
     the category ids by class name, and in class order."""
-    label, score, x1, y1, x2, y2 = values
+    label = values[0]
     by_name, cat_ids = categories
-    if label in by_name:
-        cat_id = by_name[label]
-    elif label.isdigit() and int(label) < len(cat_ids):
-        cat_id = cat_ids[int(label)]
-    else:
+    index = int(label) if label.isdigit() and int(label) < len(cat_ids) else None
+    cat_id = by_name.get(label, None if index is None else cat_ids[index])
+    if cat_id is None:
         raise ValueError(f"{where}: label {label!r} is neither a class name nor an index")
     try:
-        x1f, y1f, x2f, y2f, scoref = (float(v) for v in (x1, y1, x2, y2, score))
+        score, x1, y1, x2, y2 = (float(v) for v in values[1:])
     except ValueError:
         raise ValueError(f"{where}: a box value is not a number: {values}") from None
-    if not all(math.isfinite(v) for v in (x1f, y1f, x2f, y2f, scoref)) or x2f < x1f or y2f < y1f:
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2, score)) or x2 < x1 or y2 < y1:
         raise ValueError(f"{where}: box {values} is not finite or has x2 < x1 / y2 < y1")
-    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1f, y1f, x2f - x1f, y2f - y1f], "score": scoref}
+    return {"image_id": image_id, "category_id": cat_id, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score}
 
 
 def write_submission(results: Member, coco: Coco, path: str | Path, label: str) -> None:
     """Competition CSV: ``PredictionString,image_id`` with "label score xmin ymin xmax ymax ..."
     per image (every image listed, empty string when nothing was found); ``label`` is the
     0-based class index ('index'), the category id ('category_id') or the class name ('name')."""
-    if label not in ("index", "category_id", "name"):
-        raise ValueError(f"ensemble.submission_label must be index, category_id or name, got {label!r}")
     d = as_detections(results)
-    index = {c["id"]: i for i, c in enumerate(coco.categories)}
-    names = {c["id"]: c["name"] for c in coco.categories}
-    tags = {"index": index, "category_id": {c: c for c in index}, "name": names}[label]
+    tags = {
+        c["id"]: {"index": i, "category_id": c["id"], "name": c["name"]}[label] for i, c in enumerate(coco.categories)
+    }
     per_image: dict[int, list[str]] = {im["id"]: [] for im in coco.images}
     order = np.lexsort((-d.score, d.image_id))  # by image, then score descending (stable)
     x, y, w, h = d.bbox_xywh[order].T.tolist()

@@ -1,19 +1,11 @@
-"""Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted.
-
-:func:`fuse_arrays` takes flat arrays: boxes ``xyxy_norm`` (x1, y1, x2, y2 divided by the image
-width/height, within [0, 1]), float scores, integer labels, each row's model and image index;
-boxes of zero area are skipped, as in ensemble-boxes, and the caller's arrays are never modified.
-:func:`fuse_members` takes and returns COCO results (``xywh_abs``), clipping each box to its image
-and normalising it. Every method runs as one compiled (numba) pass over all (image, label) groups.
-
-The semantics follow ensemble-boxes (the tests compare within 1e-6 on random inputs), except:
-ties in score keep the input order (a stable sort), and soft-NMS returns the decayed scores
-(``rescore=True``; ensemble-boxes returns the original ones: ``rescore=False``).
+"""Fusing the detections of several models: WBF, NMS, soft-NMS and non-maximum weighted, each
+one compiled (numba) pass over all (image, label) groups. The semantics follow ensemble-boxes
+(the tests compare within 1e-6), except: ties in score keep the input order (a stable sort), and
+soft-NMS returns the decayed scores (``rescore=True``; ensemble-boxes: ``rescore=False``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,14 +15,12 @@ from detfold.core.coco import Detections, take_rows
 from detfold.ensemble import _fusion_kernels as kernels
 from detfold.evaluate.cocoeval import SCORE_DECIMALS
 
-log = logging.getLogger(__name__)
-
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 METHODS = ("wbf", "nms", "soft_nms", "nmw")
-_CONF_CODE = {name: i for i, name in enumerate(CONF_TYPES)}
 BOX_DECIMALS = 3  # fused boxes are rounded to 0.001 px (scores to SCORE_DECIMALS), as written: byte-reproducible
 #: The keyword arguments of a fusion that a settings dict can hold (:func:`fusion_params`).
 FUSION_KEYS = ("method", "iou_thr", "skip_box_thr", "conf_type", "weights", "sigma", "thresh", "class_agnostic")
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # image position, category id, xywh_abs, score
 
 
 def check_fusion(method: str, conf_type: str = "avg", source: str = "fusion") -> None:
@@ -44,35 +34,25 @@ def check_fusion(method: str, conf_type: str = "avg", source: str = "fusion") ->
 
 def fusion_params(settings: dict[str, Any]) -> dict[str, Any]:
     """The fusion keyword arguments of a settings dict (other keys, and None values, ignored)."""
-    return {k: settings[k] for k in FUSION_KEYS if k in settings and settings[k] is not None}
+    return {k: settings[k] for k in FUSION_KEYS if settings.get(k) is not None}
 
 
 class _Prepared:
     """All boxes of all models and images, filtered and weighted, with their group order."""
 
-    def __init__(
-        self,
-        boxes: np.ndarray,
-        scores: np.ndarray,
-        labels: np.ndarray,
-        models: np.ndarray,
-        images: np.ndarray,
-        weights: np.ndarray,
-        skip_box_thr: float,
-        class_agnostic: bool,
-    ) -> None:
+    def __init__(self, columns: Sequence[np.ndarray], weights: np.ndarray, skip_box_thr: float, agnostic: bool) -> None:
+        boxes, scores, labels, models, images = columns
         # the kernels' one signature: int64 indices, float64 values
         boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
         labels, models, images = (np.asarray(x, dtype=np.int64) for x in (labels, models, images))
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        keep = (scores >= skip_box_thr) & (area > 0)
+        keep = (scores >= skip_box_thr) & ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0)
         if not keep.all():
             boxes, scores, labels, models, images = (
                 take_rows(x, keep) for x in (boxes, scores, labels, models, images)
             )
         self.boxes, self.labels, self.models, self.images = boxes, labels, models, images
         self.scores = scores * weights[models]
-        if class_agnostic or not len(labels):
+        if agnostic or not len(labels):
             group = images
         else:  # (image, label) as one integer key
             low = int(labels.min())
@@ -89,10 +69,8 @@ def _method_weights(method: str, weights: Sequence[float] | None, n_models: int)
     if w.shape != (n_models,):
         raise ValueError(f"{w.size} weights given for {n_models} models")
     if method == "nmw":
-        w = w / w.max()
-    if method in ("nms", "soft_nms"):
-        w = w / w.sum() if weights is not None else w
-    return w
+        return w / w.max()
+    return w / w.sum() if method in ("nms", "soft_nms") and weights is not None else w
 
 
 def fuse_arrays(
@@ -114,39 +92,31 @@ def fuse_arrays(
     rescore: bool = True,
     class_agnostic: bool = False,
     max_per_img: int | None = None,
-    prepared: dict[tuple[Any, ...], _Prepared] | None = None,
+    prepared: dict[Any, _Prepared] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Fuse boxes of many images in one pass. Inputs are flat arrays (one row per box, with its
-    model and image index); returns (boxes xyxy_norm, scores, labels, image index), sorted by
-    image, then score descending (stable), the first ``max_per_img`` of each image (all when None).
-    ``prepared``: a cache (one entry, owned by the caller, for the same input arrays) of the
-    filtered, weighted and group-sorted boxes, which depend on ``skip_box_thr``, the weights and
-    ``class_agnostic`` only: a search over the other parameters sorts once."""
+    """Fuse boxes of many images in one pass. One row per box: ``boxes`` [N, 4] ``xyxy_norm``
+    (divided by the image width/height, within [0, 1]), its score, label, model and image index;
+    boxes of zero area are skipped (as in ensemble-boxes), the inputs never modified. Returns
+    (boxes xyxy_norm, scores, labels, image index), by image, then score descending (stable), the
+    first ``max_per_img`` of each image (all when None). ``prepared``: the caller's one-entry
+    cache, for the same input arrays, of the filtered, weighted and sorted boxes (they depend on
+    ``skip_box_thr``, the weights and ``class_agnostic`` only)."""
     check_fusion(method, conf_type)
-    if soft_method not in ("linear", "gaussian"):
-        raise ValueError(f"soft-NMS method must be 'linear' or 'gaussian', got {soft_method!r}")
-    if not 0 <= iou_thr <= 1:
-        raise ValueError(f"iou_thr must be in [0, 1], got {iou_thr!r}")
     w = _method_weights(method, weights, n_models)
     key = (float(skip_box_thr), w.tobytes(), bool(class_agnostic))
-    if prepared is not None and key in prepared:
-        prep = prepared[key]
-    else:
-        prep = _Prepared(boxes, scores, labels, models, images, w, skip_box_thr, class_agnostic)
+    prep = (prepared or {}).get(key)
+    if prep is None:
+        prep = _Prepared((boxes, scores, labels, models, images), w, skip_box_thr, class_agnostic)
         if prepared is not None:  # one entry: the memory of one sorted copy
             prepared.clear()
             prepared[key] = prep
     if method == "wbf":
         clustering = (float(iou_thr), bool(allows_overflow))
         if prep.wbf is None or prep.wbf[0] != clustering:
-            result = kernels.wbf_groups(
-                prep.order, prep.starts, prep.boxes, prep.scores, prep.models, w, int(n_models), *clustering
-            )
-            prep.wbf = (clustering, result) if prepared is not None else None
-        else:
-            result = prep.wbf[1]
-        out_box, out_scores, _, first = result
-        out_score = out_scores[:, _CONF_CODE[conf_type]]
+            kernel_args = (prep.order, prep.starts, prep.boxes, prep.scores, prep.models, w, int(n_models))
+            prep.wbf = clustering, kernels.wbf_groups(*kernel_args, *clustering)
+        out_box, out_scores, _, first = prep.wbf[1]
+        out_score = out_scores[:, CONF_TYPES.index(conf_type)]
     elif method == "nmw":
         out_box, out_score, _, first = kernels.nmw_groups(
             prep.order, prep.starts, prep.boxes, prep.scores, float(iou_thr)
@@ -166,15 +136,13 @@ def fuse_arrays(
     # groups come image by image; the first max_per_img of each image kept before gathering the rest
     order = kernels.order_within_images(out_image, -out_score, -1 if max_per_img is None else int(max_per_img))
     kept = first[order]  # rows of the kept boxes (NMS: the boxes themselves) in the prepared arrays
-    out_box = take_rows(prep.boxes if out_box is None else out_box, kept if out_box is None else order)
+    out_box = take_rows(prep.boxes, kept) if out_box is None else take_rows(out_box, order)
     return out_box, out_score[order], prep.labels[kept], out_image[order]
 
 
 def effective_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of :func:`fuse_arrays` in ``params`` that can change its output:
-    ``conf_type`` and ``allows_overflow`` are WBF's only; ``sigma``, ``thresh``, ``soft_method``
-    and ``rescore`` soft-NMS's only; gaussian soft-NMS ignores ``iou_thr`` too. Parameter sets
-    with equal effective parameters fuse to the same boxes (a search fuses them once)."""
+    """The keyword arguments of :func:`fuse_arrays` in ``params`` that can change its output
+    (parameter sets with equal effective parameters fuse to the same boxes)."""
     method = params.get("method", "wbf")
     unused = {"conf_type", "allows_overflow", "sigma", "thresh", "soft_method", "rescore"}
     if method == "wbf":
@@ -186,85 +154,49 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in unused}
 
 
-def _image_sizes(images: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """The sorted image ids and their (width, height) in px, [N, 2]."""
-    ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
-    size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
-    return ids, np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2)
-
-
 class ResultArrays:
-    """COCO result lists of several models on one image set, as the flat arrays fusion works on.
+    """Several models' predictions (per model :data:`Columns`) on the images ``ids`` (sorted)
+    with sizes ``wh`` ([N, 2] width, height in px), as the flat arrays fusion works on: boxes
+    clipped to their image (predictions, not ground truth) and normalised to ``xyxy_norm``."""
 
-    ``images`` are COCO image records (id, width, height). Boxes are clipped to their image
-    (predictions, not ground truth) and normalised to ``xyxy_norm``; an image id outside
-    ``images`` raises. Image positions index the sorted image ids (``self.ids``).
-    """
+    def __init__(self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[Columns]) -> None:
+        self.ids, self.wh, self.n_models = ids, wh, len(sets)
+        image = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s[0], dtype=np.int64) for s in sets)])
+        label = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s[1], dtype=np.int64) for s in sets)])
+        xywh = np.concatenate([np.zeros((0, 4)), *(np.asarray(s[2], dtype=float).reshape(-1, 4) for s in sets)])
+        score = np.concatenate([np.zeros(0), *(np.asarray(s[3], dtype=float) for s in sets)])
+        size = take_rows(wh, image)
+        box = np.clip(np.hstack([xywh[:, :2] / size, (xywh[:, :2] + xywh[:, 2:]) / size]), 0.0, 1.0)
+        model = np.repeat(np.arange(len(sets), dtype=np.int64), [len(s[0]) for s in sets])
+        self.columns = (box, score, label, model, image)  # fuse_arrays' first arguments
 
-    def __init__(
-        self, prediction_sets: Sequence[list[dict[str, Any]] | Detections], images: Sequence[dict[str, Any]]
-    ) -> None:
-        ids, wh = _image_sizes(images)
+    @classmethod
+    def of(cls, prediction_sets: Sequence[Detections], images: Sequence[dict[str, Any]]) -> ResultArrays:
+        """Detections on the COCO images ``images`` (id, width, height); an image id outside them raises."""
+        ids = np.array(sorted(im["id"] for im in images), dtype=np.int64)
+        size = {im["id"]: (float(im["width"]), float(im["height"])) for im in images}
         sets = []
-        for m, preds in enumerate(prediction_sets):
-            d = preds if isinstance(preds, Detections) else Detections.from_results(preds)
+        for m, d in enumerate(prediction_sets):
             img = np.searchsorted(ids, d.image_id)
             unknown = (img >= len(ids)) | (ids[np.minimum(img, len(ids) - 1)] != d.image_id)
             if unknown.any():
                 i = int(np.argmax(unknown))
                 raise ValueError(f"prediction set {m}, item {i}: image_id {int(d.image_id[i])!r} is not a known image")
             sets.append((img, d.category_id, d.bbox_xywh, d.score))
-        self._set_columns(ids, wh, sets)
+        return cls(ids, np.array([size[int(i)] for i in ids], dtype=np.float64).reshape(-1, 2), sets)
 
-    @classmethod
-    def from_columns(
-        cls, ids: np.ndarray, wh: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    ) -> ResultArrays:
-        """Prediction sets already as columns (image position in ``ids``, category id,
-        xywh_abs, score), e.g. the output of :meth:`fuse`, on the images ``ids`` / ``wh``."""
-        self = cls.__new__(cls)
-        self._set_columns(ids, wh, sets)
-        return self
+    def member_columns(self) -> list[Columns]:
+        """Each member's predictions as :data:`Columns` again, from the clipped boxes."""
+        box, score, label, model, image = self.columns
+        xyxy = box * np.tile(take_rows(self.wh, image), 2)
+        xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
+        return [(image[s], label[s], xywh[s], score[s]) for s in (model == m for m in range(self.n_models))]
 
-    def _set_columns(
-        self, ids: np.ndarray, wh: np.ndarray, sets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-    ) -> None:
-        self.ids, self.wh, self.n_models = ids, wh, len(sets)
-        self._prepared: dict[tuple[Any, ...], _Prepared] = {}  # fuse_arrays' sort, reused by a search
-        parts: dict[str, list[np.ndarray]] = {"box": [], "score": [], "label": [], "model": [], "image": []}
-        for m, (img, labels, xywh, scores) in enumerate(sets):
-            xywh = np.asarray(xywh, dtype=float).reshape(-1, 4)
-            size = take_rows(wh, img)
-            xyxy_norm = np.hstack([xywh[:, :2] / size, (xywh[:, :2] + xywh[:, 2:]) / size])
-            parts["box"].append(np.clip(xyxy_norm, 0.0, 1.0))
-            parts["score"].append(np.asarray(scores, dtype=float))
-            parts["label"].append(np.asarray(labels, dtype=np.int64))
-            parts["model"].append(np.full(len(img), m, dtype=np.int64))
-            parts["image"].append(np.asarray(img, dtype=np.int64))
-        empty = {"box": np.zeros((0, 4)), "score": np.zeros(0)}
-        self.arrays = {
-            k: np.concatenate(v) if v else empty.get(k, np.zeros(0, dtype=np.int64)) for k, v in parts.items()
-        }
-
-    def drop_cache(self) -> None:
-        """Forget the sorted boxes (and clustering) kept from the previous :meth:`fuse`."""
-        self._prepared.clear()
-
-    def fuse(self, max_per_img: int | None, **params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments): (image position,
-        category id, xywh_abs, score), by image then score, at most ``max_per_img`` per image."""
-        a = self.arrays
-        boxes, scores, labels, images = fuse_arrays(
-            a["box"],
-            a["score"],
-            a["label"],
-            a["model"],
-            a["image"],
-            self.n_models,
-            max_per_img=max_per_img,
-            prepared=self._prepared,
-            **params,
-        )
+    def fuse(self, max_per_img: int | None, prepared: dict[Any, _Prepared] | None = None, **params: Any) -> Columns:
+        """Fused with ``params`` (:func:`fuse_arrays`' keyword arguments, ``prepared`` its cache),
+        by image then score, at most ``max_per_img`` per image."""
+        fused = fuse_arrays(*self.columns, self.n_models, max_per_img=max_per_img, prepared=prepared, **params)
+        boxes, scores, labels, images = fused
         # rounded here, as the written files hold them, so the search scores what is written
         xywh, scores = kernels.to_xywh_abs(boxes, images, self.wh, scores, BOX_DECIMALS, SCORE_DECIMALS)
         return images, labels, xywh, scores
@@ -281,14 +213,11 @@ def as_detections(member: Member) -> Detections:
 def fuse_members(
     members: Sequence[Member], images: Sequence[dict[str, Any]], params: dict[str, Any], max_per_img: int
 ) -> Detections:
-    """Several models' COCO results on the COCO images ``images`` (id, width, height) fused with
-    ``params`` (:data:`FUSION_KEYS`: method, iou_thr, weights, ...): by image id, then score
-    descending, at most ``max_per_img`` per image, boxes rounded to 0.001 px and scores to 1e-6
-    (files byte-reproducible). An image id outside ``images`` raises. One member is returned as
-    it is: a one-member fusion is the identity (re-fusing a model with itself only changes its
-    boxes and scores for the worse)."""
+    """Several models' detections on the COCO images ``images`` (id, width, height) fused with
+    ``params`` (:data:`FUSION_KEYS`), as :meth:`ResultArrays.fuse` does. One member is returned
+    as it is (re-fusing a model with itself only changes its boxes and scores for the worse)."""
     if len(members) == 1:
         return as_detections(members[0])
-    arrays = ResultArrays(members, images)
+    arrays = ResultArrays.of([as_detections(m) for m in members], images)
     img, labels, xywh, scores = arrays.fuse(max_per_img, **params)
     return Detections(arrays.ids[img], np.asarray(labels, dtype=np.int64), xywh, scores)

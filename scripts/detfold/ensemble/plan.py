@@ -1,9 +1,6 @@
 """What the ensemble stage delivers: a :class:`Plan` (which members, fused how), the kinds of
 candidate the choice compares, the fusion parameter grids it searches, and the plan applied to
-other images (the test set).
-
-Members are detections (:class:`detfold.core.coco.Detections`, columns; a COCO result list
-``image_id, category_id, bbox xywh_abs, score`` is accepted too) on the same images.
+other images (the test set). Members are detections on the same images.
 """
 
 from __future__ import annotations
@@ -50,18 +47,9 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v not in (None, {})}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
-
 
 def _short(params: dict[str, Any]) -> str:
     return "(" + ", ".join(f"{k} {v}" for k, v in params.items() if k != "class_agnostic") + ")"
-
-
-def fold_kind(model: str) -> str:
-    """The candidate kind of ``model``'s fold ensemble: 'fold_ensemble:NAME'."""
-    return f"{FOLD_ENSEMBLE}:{model}"
 
 
 def kind_label(kind: str) -> str:
@@ -77,28 +65,20 @@ def grid(search: dict[str, Any], n_members: int) -> list[dict[str, Any]]:
     """Every combination of the search lists (an axis not listed: :data:`DEFAULT_FOLD_FUSION`'s
     value); conf_type only varies for WBF; weights are vectors of one weight per member (an
     empty list means equal weights)."""
-    methods = search.get("method", [DEFAULT_FOLD_FUSION["method"]])
+    axes = {**{k: [v] for k, v in DEFAULT_FOLD_FUSION.items()}, **search}
     weights = search.get("weights") or [None]
     for w in weights:
         if w is not None and len(w) != n_members:
             raise ValueError(f"ensemble.search.weights: {w} has {len(w)} weights for {n_members} members")
     combos = []
-    for method in methods:
-        conf_types = search.get("conf_type", [DEFAULT_FOLD_FUSION["conf_type"]]) if method == "wbf" else [None]
+    for method in axes["method"]:
+        conf_types = axes["conf_type"] if method == "wbf" else [None]
         for conf in conf_types:
             check_fusion(method, conf or DEFAULT_FOLD_FUSION["conf_type"], "ensemble.search")
-        for iou, skip, conf, w in itertools.product(
-            search.get("iou_thr", [DEFAULT_FOLD_FUSION["iou_thr"]]),
-            search.get("skip_box_thr", [DEFAULT_FOLD_FUSION["skip_box_thr"]]),
-            conf_types,
-            weights,
-        ):
-            params = {"method": method, "iou_thr": float(iou), "skip_box_thr": float(skip)}
-            if conf is not None:
-                params["conf_type"] = conf
-            if w is not None:
-                params["weights"] = [float(x) for x in w]
-            combos.append(params)
+        for iou, skip, conf, w in itertools.product(axes["iou_thr"], axes["skip_box_thr"], conf_types, weights):
+            weight = None if w is None else [float(x) for x in w]
+            params = {"method": method, "iou_thr": float(iou), "skip_box_thr": float(skip), "conf_type": conf}
+            combos.append({k: v for k, v in {**params, "weights": weight}.items() if v is not None})
     return combos
 
 
@@ -122,13 +102,10 @@ def model_grid(settings: dict[str, Any], n_members: int) -> list[dict[str, Any]]
 
 
 def _unique(combos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    seen, out = set(), []
+    first: dict[str, dict[str, Any]] = {}
     for c in combos:
-        key = repr(sorted(c.items()))
-        if key not in seen:
-            seen.add(key)
-            out.append(c)
-    return out
+        first.setdefault(repr(sorted(c.items())), c)
+    return list(first.values())
 
 
 def apply_plan(
@@ -151,12 +128,9 @@ def apply_plan(
     if plan.kind == FOLD_ENSEMBLE:
         model = str(plan.model)
         return fuse_members(fold_preds[model], images, plan.fold_params[model], max_per_img)
-    members: list[Member] = [
-        fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_img) for m in sorted(fold_preds)
-    ]
-    members += [external[name] for name in external]
-    params = dict(plan.model_params or {})
+    fused = [fuse_members(fold_preds[m], images, plan.fold_params[m], max_per_img) for m in sorted(fold_preds)]
     extra = list((untuned_external or {}).values())
+    params = dict(plan.model_params or {})
     if extra and "weights" in params:
         params["weights"] = list(params["weights"]) + [1.0] * len(extra)
-    return fuse_members(members + extra, images, params, max_per_img)
+    return fuse_members([*fused, *external.values(), *extra], images, params, max_per_img)

@@ -1,12 +1,8 @@
 """The search engine of the blend-split choice: every fusion parameter combination fused and
-matched once on all blend images, then scored under any weighting of the images.
-
-A combination is named by a small frozen key: :class:`SingleKey` (one member as it is),
-:class:`FoldKey` (a model's fold models fused with one fold-grid entry) or :class:`ModelKey`
-(the chosen fold ensembles and the external models fused with one model-grid entry). Matching
-is done once per combination (:class:`detfold.evaluate.cocoeval.Matched`); subsets and
-resamples of the images are weights, which is what makes nested selection affordable.
-Combinations that fuse alike (:func:`detfold.ensemble.fusion.effective_params`) share one key.
+matched once on all blend images (:class:`detfold.evaluate.cocoeval.Matched`), then scored under
+any weighting of the images: subsets and resamples of the images are weights, which is what
+makes nested selection affordable. Combinations that fuse alike
+(:func:`detfold.ensemble.fusion.effective_params`) share one key.
 """
 
 from __future__ import annotations
@@ -14,19 +10,18 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
 
 from detfold.core.coco import Coco, Detections
-from detfold.ensemble.fusion import Member, ResultArrays, as_detections, effective_params
+from detfold.ensemble.fusion import Columns, Member, ResultArrays, as_detections, effective_params
 from detfold.evaluate.cocoeval import BboxEvaluator, Matched
 
 log = logging.getLogger(__name__)
 
-Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # image position, category id, xywh_abs, score
 Scores = tuple[float, float]  # (mAP, mAP50)
 
 
@@ -55,18 +50,18 @@ class ModelKey:
 
 
 Key = SingleKey | FoldKey | ModelKey
+K = TypeVar("K", bound=Key)
 
 
 class Search:
-    """The fused and matched prediction sets of every combination on the blend images, cached.
+    """The fused and matched prediction sets of every combination on the blend images of ``gt``.
 
-    ``fold_preds``: per model its K fold models' predictions on the blend images of ``gt``;
-    ``external``: per external model its predictions there; ``fold_grid`` / ``model_grid``: the
-    parameter combinations of the two fusion steps; ``weightings``: the image weights
-    a selection will ask for, each combination is scored under all of them at once (on
-    ``processes`` forked processes) and only its scores are kept. The matched sets of the
-    combinations a fit returns are kept too (each is a few bytes per detection; all
-    combinations' sets together would not fit in memory at scale).
+    ``fold_preds``: per model its K fold models' predictions; ``external``: per external model
+    its predictions; ``fold_grid`` / ``model_grid``: the parameter combinations of the two
+    fusion steps; ``weightings``: the image weights a selection will ask for: each combination is
+    scored under all of them at once (on ``processes`` forked processes) and only its scores
+    are kept, with the matched sets of the combinations a fit returns (all combinations' sets
+    together would not fit in memory at scale).
     """
 
     def __init__(
@@ -83,21 +78,16 @@ class Search:
         self.evaluator = BboxEvaluator(gt.data)
         self.models = sorted(fold_preds)
         self.external = {name: as_detections(preds) for name, preds in external.items()}
-        self.fold_grid, self.model_grid = fold_grid, model_grid
-        self.max_per_img = max_per_img
-        self.weightings = weightings
-        self.processes = max(1, int(processes))
-        self.singles: dict[str, Matched] = {}
-        for m in self.models:
-            for k, preds in enumerate(fold_preds[m]):
-                self.singles[f"{m}/fold{k}"] = self.evaluator.match_results(preds)
-        for name, preds in self.external.items():
-            self.singles[name] = self.evaluator.match_results(preds)
-        self._arrays = {m: ResultArrays([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
-        self._external_arrays = ResultArrays(list(self.external.values()), gt.images) if self.external else None
-        self._fused: dict[FoldKey, Columns] = {}
+        self.fold_grid, self.model_grid, self.max_per_img = fold_grid, model_grid, max_per_img
+        self.weightings, self.processes = weightings, max(1, int(processes))
+        folds = {f"{m}/fold{k}": preds for m in self.models for k, preds in enumerate(fold_preds[m])}
+        self.singles = {name: self.evaluator.match_results(p) for name, p in {**folds, **self.external}.items()}
+        self._arrays = {m: ResultArrays.of([as_detections(p) for p in fold_preds[m]], gt.images) for m in self.models}
+        self._external_columns = ResultArrays.of(list(self.external.values()), gt.images).member_columns()
+        self._fused: dict[FoldKey, Columns] = {}  # the fold ensembles the model step fuses again and again
         self._members_of: tuple[tuple[int, ...], ResultArrays] | None = None
         self._sorted_of: ResultArrays | None = None  # the member set whose sorted boxes are kept
+        self._prepared: dict[Any, Any] = {}  # its sorted boxes (fuse_arrays' cache)
         self._matched: dict[Key, Matched] = {}
         self._scores: dict[Key, dict[bytes, Scores]] = {}
         self._summarized: set[Key] = set()
@@ -110,21 +100,15 @@ class Search:
         """Whether every model has several fold models (else its fold ensemble is itself)."""
         return all(self._arrays[m].n_models > 1 for m in self.models)
 
-    def same(self, key: Key) -> Key:
+    def same(self, key: K) -> K:
         """The key of the first combination that fuses like ``key`` (its results are shared)."""
         if isinstance(key, FoldKey):
-            return self._same_fold(key)
+            return replace(key, combo=self._fold_same[key.combo])
         if isinstance(key, ModelKey):
-            return self._same_model(key)
+            fold_choice = tuple(self._fold_same[i] for i in key.fold_choice)
+            return replace(key, fold_choice=fold_choice, combo=self._model_same[key.combo])
         return key
 
-    def _same_fold(self, key: FoldKey) -> FoldKey:
-        return FoldKey(key.model, self._fold_same[key.combo])
-
-    def _same_model(self, key: ModelKey) -> ModelKey:
-        return ModelKey(tuple(self._fold_same[i] for i in key.fold_choice), self._model_same[key.combo])
-
-    # scores and matched sets ----------------------------------------------------------------
     def score(self, key: Key, weights: np.ndarray) -> Scores:
         """The scores of combination ``key`` with the images weighted ``weights``, cached:
         nested selection asks for the same image subsets of the same prediction set many times."""
@@ -144,36 +128,29 @@ class Search:
 
     def summarize_folds(self) -> None:
         """Score every fold-fusion combination of every model under the weightings."""
-        keys = {self._same_fold(FoldKey(m, i)) for m in self.models for i in range(len(self.fold_grid))}
-
-        def order(k: FoldKey) -> tuple[str, float, int]:  # consecutive ones share fusion's filtered, sorted boxes
-            return k.model, self.fold_grid[k.combo].get("skip_box_thr", 0.0), k.combo
-
-        ordered: list[FoldKey] = sorted(keys, key=order)
-        self._summarize(ordered)
+        self._summarize({self.same(FoldKey(m, i)) for m in self.models for i in range(len(self.fold_grid))})
         for m in self.models:
             log.info("blend: %s fold fusion, %d combinations matched", m, len(self.fold_grid))
 
     def summarize_models(self, fold_choice: tuple[int, ...]) -> None:
         """Score every model-fusion combination of the fold ensembles ``fold_choice`` under the
         weightings (those not scored yet)."""
-        keys = {self._same_model(ModelKey(fold_choice, j)) for j in range(len(self.model_grid))}
-        keys = {k for k in keys if k not in self._summarized}
-        if not keys:
-            return
-        self._model_members(fold_choice)  # the fold ensembles fused here once, then inherited by the workers
+        keys = {self.same(ModelKey(fold_choice, j)) for j in range(len(self.model_grid))} - self._summarized
+        if keys:
+            self._model_members(fold_choice)  # the fold ensembles fused here once, then inherited by the workers
+            self._summarize(keys)
 
-        def order(k: ModelKey) -> tuple[float, str, int]:  # consecutive ones share fusion's sorted boxes
-            params = self.model_grid[k.combo]
-            return params.get("skip_box_thr", 0.0), repr(params.get("weights")), k.combo
-
-        ordered: list[ModelKey] = sorted(keys, key=order)
-        self._summarize(ordered)
-
-    def _summarize(self, keys: Sequence[Key]) -> None:
+    def _summarize(self, keys: Collection[FoldKey | ModelKey]) -> None:
         """Score the combinations ``keys`` under the weightings, on the worker processes; the
         scores are kept, the matched sets are not."""
-        for key, summary in zip(keys, map_forked(self._summary, keys, self.processes), strict=True):
+
+        def order(key: FoldKey | ModelKey) -> tuple[str, float, str, int]:  # neighbours share fusion's sorted boxes
+            params = self._params(key)
+            model = key.model if isinstance(key, FoldKey) else ""
+            return model, params.get("skip_box_thr", 0.0), repr(params.get("weights")), key.combo
+
+        ordered = sorted(keys, key=order)
+        for key, summary in zip(ordered, map_forked(self._summary, ordered, self.processes), strict=True):
             self._scores.setdefault(key, {}).update(summary)
             self._summarized.add(key)
 
@@ -186,65 +163,43 @@ class Search:
         """The matched prediction set of a combination key, computed (not kept)."""
         if isinstance(key, SingleKey):
             return self.singles[key.member]
-        if isinstance(key, FoldKey):
-            fused = self._fused.get(key) or self._fuse(self._arrays[key.model], self.fold_grid[key.combo])
-            return self._match(fused)
-        return self._match(self._fuse(self._model_members(key.fold_choice), self.model_grid[key.combo]))
-
-    def _match(self, columns: Columns) -> Matched:
-        images, labels, xywh, scores = columns
+        images, labels, xywh, scores = self._columns(key)
         cat = self.evaluator.category_positions(labels)
         return self.evaluator.match(images, cat, xywh, scores, by_image_and_score=True)  # as fusion returns them
 
-    # fused prediction sets --------------------------------------------------------------------
     def fused(self, key: FoldKey | ModelKey) -> Detections:
         """The fused predictions of ``key`` on the blend images."""
-        if isinstance(key, FoldKey):
-            columns = self._fold_fused(key)
-        else:
-            columns = self._fuse(self._model_members(key.fold_choice), self.model_grid[key.combo])
-        images, labels, xywh, scores = columns
+        images, labels, xywh, scores = self._columns(self.same(key))
         return Detections(self.evaluator.img_ids[images], np.asarray(labels, dtype=np.int64), xywh, scores)
 
-    def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> Columns:
-        """``arrays`` fused with ``params``, reusing its sorted boxes from the previous call;
-        the member set fused before drops its own (one sorted copy per process, not one per
-        model: each is as large as the member set)."""
-        if self._sorted_of is not None and self._sorted_of is not arrays:
-            self._sorted_of.drop_cache()
-        self._sorted_of = arrays
-        return arrays.fuse(self.max_per_img, **params)
+    def _params(self, key: FoldKey | ModelKey) -> dict[str, Any]:
+        return self.fold_grid[key.combo] if isinstance(key, FoldKey) else self.model_grid[key.combo]
 
-    def _fold_fused(self, key: FoldKey) -> Columns:
-        """A fold ensemble, kept (the model step fuses the chosen ones again and again)."""
-        key = self._same_fold(key)
-        if key not in self._fused:
-            self._fused[key] = self._fuse(self._arrays[key.model], self.fold_grid[key.combo])
-        return self._fused[key]
+    def _columns(self, key: FoldKey | ModelKey) -> Columns:
+        """The fused predictions of a combination key (of the first alike)."""
+        if isinstance(key, FoldKey):
+            return self._fused.get(key) or self._fuse(self._arrays[key.model], self._params(key))
+        return self._fuse(self._model_members(key.fold_choice), self._params(key))
+
+    def _fuse(self, arrays: ResultArrays, params: dict[str, Any]) -> Columns:
+        """``arrays`` fused with ``params``, reusing the sorted boxes of the previous call on the
+        same arrays (one sorted copy per process, not one per member set: each is as large)."""
+        if arrays is not self._sorted_of:
+            self._prepared.clear()
+            self._sorted_of = arrays
+        return arrays.fuse(self.max_per_img, self._prepared, **params)
 
     def _model_members(self, fold_choice: tuple[int, ...]) -> ResultArrays:
         """The model step's members (the chosen fold ensembles, the external models) as one
         :class:`ResultArrays`, kept for the latest fold choice."""
         fold_choice = tuple(self._fold_same[i] for i in fold_choice)
         if self._members_of is None or self._members_of[0] != fold_choice:
-            sets = [self._fold_fused(FoldKey(m, i)) for m, i in zip(self.models, fold_choice, strict=True)]
-            sets += self._external_columns()
-            arrays = ResultArrays.from_columns(self.evaluator.img_ids, self._arrays[self.models[0]].wh, sets)
-            self._members_of = (fold_choice, arrays)
+            keys = [FoldKey(m, i) for m, i in zip(self.models, fold_choice, strict=True)]
+            self._fused.update({key: self._columns(key) for key in keys})
+            sets = [self._fused[key] for key in keys] + self._external_columns
+            wh = self._arrays[self.models[0]].wh
+            self._members_of = (fold_choice, ResultArrays(self.evaluator.img_ids, wh, sets))
         return self._members_of[1]
-
-    def _external_columns(self) -> list[Columns]:
-        """Each external model's predictions as columns (xywh_abs from the normalised boxes)."""
-        if self._external_arrays is None:
-            return []
-        a, wh = self._external_arrays.arrays, self._external_arrays.wh
-        sets = []
-        for e in range(len(self.external)):
-            sel = a["model"] == e
-            xyxy = a["box"][sel] * np.hstack([wh[a["image"][sel]]] * 2)
-            xywh = np.hstack([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]])
-            sets.append((a["image"][sel], a["label"][sel], xywh, a["score"][sel]))
-        return sets
 
 
 def _first_alike(combos: list[dict[str, Any]]) -> list[int]:
@@ -261,8 +216,7 @@ def map_forked(function: Callable[[T], R], items: Sequence[T], processes: int) -
     """``function`` over ``items`` on ``processes`` forked processes, each with its share of
     the items in order (consecutive items share caches); ``function`` and what it reaches are
     inherited (copy on write), only the results are sent back. With deterministic work the
-    results are those of the serial loop, in the same order (tests/ensemble/test_selection.py
-    compares them)."""
+    results are those of the serial loop, in the same order."""
     processes = min(processes, len(items))
     if processes <= 1:
         return [function(item) for item in items]

@@ -1,19 +1,17 @@
-"""The choice on the blend split: each kind of candidate fitted on weighted images, nested
-selection, the delivered kind, and honest estimates with bootstrap intervals.
-
-Everything is chosen on the blend split, images that no fold model trained on, so every fold
-model's predictions there are clean; the choice is then applied to the test set
-(:mod:`detfold.ensemble.delivery`). Fusion and matching are done once per parameter
-combination by :class:`detfold.ensemble.search.Search`; a fit on some images is a weighting.
+"""The choice on the blend split (images no fold model trained on, so every fold model's
+predictions there are clean): each kind of candidate fitted on weighted images, nested
+selection, the delivered kind, and honest estimates with bootstrap intervals. Fusion and
+matching are done once per combination by :class:`detfold.ensemble.search.Search`; a fit on
+some images is a weighting.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -27,7 +25,6 @@ from detfold.ensemble.plan import (
     Plan,
     apply_plan,
     fold_grid,
-    fold_kind,
     kind_label,
     model_grid,
 )
@@ -36,6 +33,7 @@ from detfold.evaluate.cocoeval import Matched
 from detfold.evaluate.stats import NESTED_PARTS, bootstrap_counts, bootstrap_scores, intervals, nested_parts
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -56,18 +54,13 @@ def choose_on_blend(
     seed: int,
     processes: int = 1,
 ) -> BlendChoice:
-    """Choose what is delivered, on the blend split ``gt`` (images no fold model trained on).
-
-    Candidates: the best single fold model (or external model), each model's fold ensemble
-    (fold fusion tuned), and the model ensemble of the fold ensembles (model fusion tuned too).
-    Each is scored in-sample and by nested selection with bootstrap intervals; the kind with
-    the best nested estimate is delivered, its whole choice nested once more for its honest
-    estimate. ``settings``: the resolved ``ensemble`` config. The search's fusion and matching
-    run on ``processes`` processes, with the serial results."""
+    """Choose what is delivered on the blend split ``gt`` (:func:`select_on_blend`);
+    ``settings``: the resolved ``ensemble`` config. The search runs on ``processes`` processes,
+    with the serial results."""
     selector = BlendSelector(gt, fold_preds, external, settings, seed=seed, processes=processes)
     selection = select_on_blend(selector, int(settings["bootstrap_samples"]), seed)
     d = selection["delivered"]
-    plan = Plan.from_dict(d["plan"])
+    plan = Plan(**d["plan"])
     fused = selector.plan_predictions(plan)  # the search's own fusions: what apply_plan gives (test)
     if fused is None:
         fused = apply_plan(plan, fold_preds, external, gt.images, selector.max_per_img)
@@ -89,10 +82,8 @@ def selection_weights(part: np.ndarray) -> list[np.ndarray]:
     """The image weights selection fits on (:func:`select_on_blend`): all images, every part
     left out, every two parts left out (the nested selection of the whole procedure)."""
     n_parts = int(part.max()) + 1 if len(part) else 0
-    out = [np.ones(len(part), dtype=np.int64)]
-    for left_out in [(p,) for p in range(n_parts)] + list(itertools.combinations(range(n_parts), 2)):
-        out.append(np.where(np.isin(part, left_out), 0, 1).astype(np.int64))
-    return out
+    left_out = [(p,) for p in range(n_parts)] + list(itertools.combinations(range(n_parts), 2))
+    return [np.ones(len(part), dtype=np.int64)] + [(~np.isin(part, out)).astype(np.int64) for out in left_out]
 
 
 class BlendSelector:
@@ -113,8 +104,6 @@ class BlendSelector:
         processes: int = 1,
     ) -> None:
         self.metric = settings["search"]["metric"]
-        if self.metric not in ("mAP", "mAP50"):
-            raise ValueError(f"ensemble.search.metric must be mAP or mAP50, got {self.metric!r}")
         self.max_per_img = int(settings["max_per_img"])
         self.parts = NESTED_PARTS
         self.part = nested_parts(gt.image_ids, self.parts, seed)  # per image, in sorted id order
@@ -122,22 +111,20 @@ class BlendSelector:
         weightings = selection_weights(self.part)
         self.search = Search(gt, fold_preds, external, *grids, self.max_per_img, weightings, processes)
         self.search.summarize_folds()
+        # the kinds of candidate, simplest first (ties go to the simpler)
+        self.kinds = [SINGLE] + [f"{FOLD_ENSEMBLE}:{m}" for m in self.search.models]
+        if len(fold_preds) + len(external) > 1:
+            self.kinds.append(MODEL_ENSEMBLE)
 
-    @property
-    def kinds(self) -> list[str]:
-        """The kinds of candidate, simplest first (ties go to the simpler)."""
-        models, external = self.search.models, self.search.external
-        kinds = [SINGLE] + [fold_kind(m) for m in models]
-        return kinds + ([MODEL_ENSEMBLE] if len(models) + len(external) > 1 else [])
-
-    def _best(self, scored: list[tuple[Any, Scores]]) -> Any:
-        best = max(range(len(scored)), key=lambda n: (_key(scored[n][1], self.metric), -n))  # ties: first
+    def _best(self, scored: Sequence[tuple[T, Scores]]) -> T:
+        """The best scored item by the metric (ties: the first)."""
+        best = max(range(len(scored)), key=lambda n: (_key(scored[n][1], self.metric), -n))
         return scored[best][0]
 
     def _best_fold(self, model: str, weights: np.ndarray) -> int:
         """The fold-grid entry that fuses ``model``'s fold models best on the weighted images."""
         combos = range(len(self.search.fold_grid))
-        return int(self._best([(i, self.search.score(FoldKey(model, i), weights)) for i in combos]))
+        return self._best([(i, self.search.score(FoldKey(model, i), weights)) for i in combos])
 
     def fit(self, kind: str, weights: np.ndarray) -> tuple[Plan, Matched]:
         """The candidate of ``kind`` chosen on the images with weight > 0 (weights = counts)."""
@@ -163,39 +150,35 @@ class BlendSelector:
         )
         return plan, search.matched(ModelKey(choice, j))
 
-    def nested(self, kind: str, weights: np.ndarray) -> tuple[Matched, list[Plan]]:
-        """Nested selection: for each part, ``kind`` is fitted on the other parts' images and
-        predicts that part; the parts' predictions pooled, and the plan of each part."""
-        pooled, plans = [], []
+    def _nested(self, fit: Callable[[np.ndarray], tuple[T, Matched]], weights: np.ndarray) -> tuple[Matched, list[T]]:
+        """For each part with weight: ``fit`` on the other parts' images, predicting that part;
+        the parts' predictions pooled, and what each fit chose."""
+        pooled, chosen = [], []
         for p in range(self.parts):
             inside = self.part == p
-            if not (weights[inside] > 0).any():
-                continue
-            plan, matched = self.fit(kind, np.where(inside, 0, weights))
-            pooled.append(matched.restrict(inside))
-            plans.append(plan)
-        return Matched.pool(pooled), plans
+            if (weights[inside] > 0).any():
+                choice, matched = fit(np.where(inside, 0, weights))
+                pooled.append(matched.restrict(inside))
+                chosen.append(choice)
+        return Matched.pool(pooled), chosen
 
-    def choose(self, weights: np.ndarray) -> tuple[str, dict[str, Scores]]:
-        """The kind with the best nested estimate on the weighted images (ties: the simpler,
-        in the order of :attr:`kinds`), and every kind's nested estimate."""
-        estimates = {kind: self.nested(kind, weights)[0].scores(weights) for kind in self.kinds}
-        best = max(range(len(self.kinds)), key=lambda n: (_key(estimates[self.kinds[n]], self.metric), -n))
-        return self.kinds[best], estimates
+    def nested(self, kind: str, weights: np.ndarray) -> tuple[Matched, list[Plan]]:
+        """Nested selection of ``kind``: its pooled predictions and the plan of each part."""
+        return self._nested(lambda w: self.fit(kind, w), weights)
+
+    def choose(self, weights: np.ndarray) -> str:
+        """The kind with the best nested estimate on the weighted images (ties: the simpler)."""
+        return self._best([(kind, self.nested(kind, weights)[0].scores(weights)) for kind in self.kinds])
 
     def procedure_nested(self) -> tuple[Matched, list[str]]:
         """The whole choice (every kind fitted, the kind with the best nested estimate kept),
-        itself nested: for each part, done on the other parts, predicting that part."""
-        ones = np.ones(len(self.part), dtype=np.int64)
-        pooled, kinds = [], []
-        for p in range(self.parts):
-            inside = self.part == p
-            weights = np.where(inside, 0, ones)
-            kind, _ = self.choose(weights)
-            _, matched = self.fit(kind, weights)
-            pooled.append(matched.restrict(inside))
-            kinds.append(kind)
-        return Matched.pool(pooled), kinds
+        itself nested: its pooled predictions and the kind chosen for each part."""
+
+        def choose_and_fit(weights: np.ndarray) -> tuple[str, Matched]:
+            kind = self.choose(weights)
+            return kind, self.fit(kind, weights)[1]
+
+        return self._nested(choose_and_fit, np.ones(len(self.part), dtype=np.int64))
 
     def search_table(self) -> pd.DataFrame:
         """Every combination of both steps scored on all blend images (in-sample), best first
@@ -207,30 +190,28 @@ class BlendSelector:
                 scores = _rounded(search.score(FoldKey(m, i), ones))
                 rows.append({"step": "fold fusion", "model": m, **_row(params), **scores})
         if MODEL_ENSEMBLE in self.kinds:
-            plan, _ = self.fit(MODEL_ENSEMBLE, ones)
-            choice = tuple(search.fold_grid.index(plan.fold_params[m]) for m in search.models)
+            choice = self._fold_choice(self.fit(MODEL_ENSEMBLE, ones)[0])
             for j, params in enumerate(search.model_grid):
                 scores = _rounded(search.score(ModelKey(choice, j), ones))
                 rows.append({"step": "model fusion", "model": "", **_row(params), **scores})
-        table = pd.DataFrame(rows)
         other = "mAP" if self.metric == "mAP50" else "mAP50"
-        order = np.lexsort(
-            (np.arange(len(table)), -table[other].to_numpy(), -table[self.metric].to_numpy(), table.step.to_numpy())
+        return pd.DataFrame(rows).sort_values(
+            ["step", self.metric, other], ascending=[True, False, False], kind="stable", ignore_index=True
         )
-        return table.iloc[order].reset_index(drop=True)
+
+    def _fold_choice(self, plan: Plan) -> tuple[int, ...]:
+        return tuple(self.search.fold_grid.index(plan.fold_params[m]) for m in self.search.models)
 
     def plan_predictions(self, plan: Plan) -> Detections | None:
         """What :func:`apply_plan` gives for ``plan`` on the blend images, from the fusions the
-        search keeps (the fold ensembles; the model ensemble fused once more) instead of
-        fusing every step again; None for a single model, or a fold ensemble of one fold."""
+        search keeps; None for a single model, or a fold ensemble of one fold."""
         search = self.search
         if plan.kind == SINGLE or not search.fuses_folds:
             return None
         if plan.kind == FOLD_ENSEMBLE:
             model = str(plan.model)
             return search.fused(FoldKey(model, search.fold_grid.index(plan.fold_params[model])))
-        choice = tuple(search.fold_grid.index(plan.fold_params[m]) for m in search.models)
-        return search.fused(ModelKey(choice, search.model_grid.index(plan.model_params or {})))
+        return search.fused(ModelKey(self._fold_choice(plan), search.model_grid.index(plan.model_params or {})))
 
 
 def _key(scores: Scores, metric: str) -> Scores:
@@ -242,36 +223,27 @@ def _row(params: dict[str, Any]) -> dict[str, Any]:
     return {k: str(v) if k == "weights" else v for k, v in params.items()}
 
 
-def _scores(matched: Matched) -> dict[str, float]:
-    return _rounded(matched.scores())
-
-
 def _rounded(scores: Scores) -> dict[str, float]:
-    m_ap, m_ap50 = scores
-    return {"mAP": round(m_ap, 6), "mAP50": round(m_ap50, 6)}
+    return {"mAP": round(scores[0], 6), "mAP50": round(scores[1], 6)}
 
 
 def select_on_blend(selector: BlendSelector, samples: int, seed: int = 42) -> dict[str, Any]:
-    """Choose the delivered candidate on the blend split and say how good it is, honestly.
-
-    Per kind of candidate: its plan fitted on all blend images with the in-sample score (the
-    optimistic number: chosen and scored on the same images) and the nested estimate (chosen
-    on the other parts, scored on the held-out part, pooled) with its bootstrap interval
-    (``samples`` resamples of the images, seeded). The delivered kind is the one with the best
-    nested estimate; the whole choice is nested once more for its honest estimate; the paired
-    bootstrap interval of the difference is against the best single model (nested too: the
-    single model is also a choice).
-    """
+    """Choose the delivered candidate on the blend split and say how good it is, honestly
+    (selection.json). Per kind of candidate: its plan fitted on all blend images, the in-sample
+    score (optimistic) and the nested estimate with its bootstrap interval (``samples``
+    resamples of the images, seeded). The kind with the best nested estimate is delivered; the
+    whole choice is nested once more for its honest estimate, also paired against the best
+    single model (nested too: the single model is also a choice)."""
     n, ids = len(selector.part), selector.search.evaluator.img_ids
     counts = bootstrap_counts(n, samples, seed)
-    winner, _ = selector.choose(np.ones(n, dtype=np.int64))
+    winner = selector.choose(np.ones(n, dtype=np.int64))
     candidates: dict[str, Any] = {}
     nested_boot: dict[str, np.ndarray] = {}
     for kind in selector.kinds:
         candidates[kind], nested_boot[kind] = _candidate(selector, kind, counts)
     procedure, kinds_per_part = selector.procedure_nested()
     proc_boot = bootstrap_scores(procedure, counts, selector.search.processes)
-    proc, single = _scores(procedure), candidates[SINGLE]["nested"]
+    proc, single = _rounded(procedure.scores()), candidates[SINGLE]["nested"]
     metric, kinds = selector.metric, selector.kinds
     why = ", ".join(f"{kind_label(k)} {candidates[k]['nested'][metric]:.4f}" for k in kinds)
     return {
@@ -281,7 +253,7 @@ def select_on_blend(selector: BlendSelector, samples: int, seed: int = 42) -> di
         "bootstrap_samples": samples,
         "seed": seed,
         "kinds": kinds,
-        "singles": {name: _scores(m) for name, m in selector.search.singles.items()},
+        "singles": {name: _rounded(m.scores()) for name, m in selector.search.singles.items()},
         "part_image_ids": [ids[selector.part == p].tolist() for p in range(selector.parts)],
         "candidates": candidates,
         "delivered": {
@@ -292,8 +264,7 @@ def select_on_blend(selector: BlendSelector, samples: int, seed: int = 42) -> di
             "why": f"best nested {metric} on the blend split of {len(kinds)} kinds of candidate ({why})",
             "honest": {**proc, **intervals(proc_boot), "kinds_per_part": [kind_label(k) for k in kinds_per_part]},
             "vs_best_single": {
-                "mAP": round(proc["mAP"] - single["mAP"], 6),
-                "mAP50": round(proc["mAP50"] - single["mAP50"], 6),
+                **{k: round(proc[k] - single[k], 6) for k in ("mAP", "mAP50")},
                 **intervals(proc_boot - nested_boot[SINGLE]),
             },
         },
@@ -307,13 +278,13 @@ def _candidate(selector: BlendSelector, kind: str, counts: np.ndarray) -> tuple[
     plan, matched = selector.fit(kind, ones)
     pooled, plans = selector.nested(kind, ones)
     boot = bootstrap_scores(pooled, counts, selector.search.processes)
-    entry: dict[str, Any] = {
+    in_sample, nested = _rounded(matched.scores()), _rounded(pooled.scores())
+    log.info("blend: %s: in-sample %s, nested %s", kind_label(kind), in_sample, nested)
+    entry = {
         "label": kind_label(kind),
         "plan": plan.to_dict(),
         "description": plan.describe(),
-        "in_sample": _scores(matched),
-        "nested": {**_scores(pooled), **intervals(boot), "plans_per_part": [p.describe() for p in plans]},
+        "in_sample": in_sample,
+        "nested": {**nested, **intervals(boot), "plans_per_part": [p.describe() for p in plans]},
     }
-    nested = {k: entry["nested"][k] for k in ("mAP", "mAP50")}
-    log.info("blend: %s: in-sample %s, nested %s", kind_label(kind), entry["in_sample"], nested)
     return entry, boot

@@ -21,11 +21,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from detfold.core.coco import Coco, write_coco
+from detfold.core.coco import Coco
 from detfold.core.io import atomic_open
 
 log = logging.getLogger(__name__)
@@ -45,38 +46,17 @@ class BalanceWeights:
     fold_boxes: float = 1.0
     size_buckets: float = 0.0  # per-class small/medium/large box counts; 0 = not balanced
 
-    @classmethod
-    def from_config(cls, weights: dict[str, float] | None) -> BalanceWeights:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(weights or {}) - known)
-        if unknown:
-            raise ValueError(f"folds.weights: unknown key(s) {unknown}; allowed: {sorted(known)}")
-        values = {k: float(v) for k, v in (weights or {}).items()}
-        negative = {k: v for k, v in values.items() if v < 0}
-        if negative:
-            raise ValueError(f"folds.weights must be >= 0, got {negative}")
-        return cls(**values)
 
-
-def class_counts(coco: Coco) -> np.ndarray:
-    """(n_images, n_classes) box counts per image, rows in ``coco.images`` order."""
+def class_counts(coco: Coco, by_size: bool = False) -> np.ndarray:
+    """(n_images, n_classes) box counts per image, rows in ``coco.images`` order; ``by_size``:
+    (n_images, 3 * n_classes), each class's boxes by COCO size bucket (small/medium/large)."""
     col = {cid: j for j, cid in enumerate(coco.category_ids)}
     row = {iid: i for i, iid in enumerate(coco.image_ids)}
-    counts = np.zeros((len(row), len(col)), dtype=np.int64)
+    buckets = 3 if by_size else 1
+    counts = np.zeros((len(row), buckets * len(col)), dtype=np.int64)
     for ann in coco.annotations:
-        counts[row[ann["image_id"]], col[ann["category_id"]]] += 1
-    return counts
-
-
-def size_bucket_counts(coco: Coco) -> np.ndarray:
-    """(n_images, 3 * n_classes) box counts per class and COCO size bucket (small/medium/large)."""
-    col = {cid: j for j, cid in enumerate(coco.category_ids)}
-    row = {iid: i for i, iid in enumerate(coco.image_ids)}
-    counts = np.zeros((len(row), 3 * len(col)), dtype=np.int64)
-    for ann in coco.annotations:
-        area = ann["bbox"][2] * ann["bbox"][3]
-        bucket = int(np.searchsorted(SIZE_EDGES, area, side="right"))
-        counts[row[ann["image_id"]], 3 * col[ann["category_id"]] + bucket] += 1
+        bucket = int(np.searchsorted(SIZE_EDGES, ann["bbox"][2] * ann["bbox"][3], side="right")) if by_size else 0
+        counts[row[ann["image_id"]], buckets * col[ann["category_id"]] + bucket] += 1
     return counts
 
 
@@ -85,8 +65,8 @@ def groups_from(coco: Coco, group_by: str | None, mapping: dict[str, str] | None
 
     ``group_by``: None (each image its own group), ``regex:PATTERN`` (the first capture group,
     or the whole match, of the pattern searched in the file name; no match = own group),
-    ``field:NAME`` (a key of the image record), or ``csv:PATH`` / ``auto`` (``mapping`` from
-    file name to group, read or computed by the caller).
+    ``field:NAME`` (a key of the image record), ``csv:PATH`` (:func:`read_group_csv`) or
+    ``auto`` (``mapping`` from file name to group, as :func:`near_duplicate_groups` finds it).
     """
     names = [im["file_name"] for im in coco.images]
     if not group_by:
@@ -108,7 +88,7 @@ def groups_from(coco: Coco, group_by: str | None, mapping: dict[str, str] | None
             raise ValueError(f"folds.group_by: field {arg!r} missing from image ids {missing[:5]} in {coco.path}")
         return np.array([f"group:{im[arg]}" for im in coco.images], dtype=object)
     if kind in ("csv", "auto"):
-        mapping = mapping or {}
+        mapping = read_group_csv(arg) if kind == "csv" else mapping or {}
         return np.array([f"group:{mapping[n]}" if n in mapping else f"image:{n}" for n in names], dtype=object)
     raise ValueError(f"folds.group_by must be regex:PATTERN, field:NAME, csv:PATH or auto, got {group_by!r}")
 
@@ -122,17 +102,10 @@ def read_group_csv(path: str | Path) -> dict[str, str]:
     return dict(zip(table.file_name, table.group, strict=True))
 
 
-def _units(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit index per image and the unit labels, units in first-appearance order."""
-    labels, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank[inverse], labels[order]
-
-
-def _features(counts: np.ndarray, sizes: np.ndarray | None, weights: BalanceWeights) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image feature columns and their weights: class boxes, class images, 1 image, boxes."""
+def _features(coco: Coco, weights: BalanceWeights) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image feature columns and their weights: class boxes, class images, 1 image, boxes
+    and, when weighted, class boxes by size bucket."""
+    counts = class_counts(coco)
     cols = [counts, (counts > 0).astype(np.int64), np.ones((len(counts), 1), np.int64), counts.sum(1, keepdims=True)]
     w = [
         np.full(counts.shape[1], weights.class_boxes),
@@ -140,7 +113,8 @@ def _features(counts: np.ndarray, sizes: np.ndarray | None, weights: BalanceWeig
         [weights.fold_images],
         [weights.fold_boxes],
     ]
-    if sizes is not None and weights.size_buckets > 0:
+    if weights.size_buckets > 0:
+        sizes = class_counts(coco, by_size=True)
         cols.append(sizes)
         w.append(np.full(sizes.shape[1], weights.size_buckets))
     return np.hstack(cols).astype(float), np.concatenate([np.asarray(x, dtype=float) for x in w])
@@ -211,55 +185,53 @@ class _Units:
 
     coco: Coco
     unit: np.ndarray  # unit index per image (coco.images order)
-    counts: np.ndarray  # (n_images, n_classes) box counts
     per_unit: np.ndarray  # (n_units, n_classes) box counts
     weights: BalanceWeights | None
 
 
-def _by_balance(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
-    weights = units.weights or BalanceWeights()
-    sizes = size_bucket_counts(units.coco) if weights.size_buckets > 0 else None
-    feats, feat_w = _features(units.counts, sizes, weights)
+def _test_folds(splitter: Any, n: int, *labels: np.ndarray) -> np.ndarray:
+    """The fold of each of ``n`` samples: the split of a scikit-learn style splitter that tests it."""
+    fold = np.full(n, -1, dtype=np.int64)
+    for f, (_, idx) in enumerate(splitter.split(np.zeros((n, 1)), *labels)):
+        fold[idx] = f
+    return fold
+
+
+def _by_balance(units: _Units, k: int, seed: int) -> np.ndarray:
+    feats, feat_w = _features(units.coco, units.weights or BalanceWeights())
     x_units = np.zeros((len(units.per_unit), feats.shape[1]))
     np.add.at(x_units, units.unit, feats)
-    return _balanced(x_units, feat_w, k, rng)
+    return _balanced(x_units, feat_w, k, np.random.default_rng(seed))
 
 
-def _by_iterstrat(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+def _by_iterstrat(units: _Units, k: int, seed: int) -> np.ndarray:
     from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
     labels_present = (units.per_unit > 0).astype(int)
     if labels_present.shape[1] < 2:  # iterstrat needs 2+ label columns: add "has no box"
         labels_present = np.hstack([labels_present, 1 - labels_present.max(1, keepdims=True)])
     splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    unit_fold = np.full(len(units.per_unit), -1, dtype=np.int64)
-    for f, (_, idx) in enumerate(splitter.split(np.zeros((len(unit_fold), 1)), labels_present)):
-        unit_fold[idx] = f
-    return unit_fold
+    return _test_folds(splitter, len(labels_present), labels_present)
 
 
-def _by_sgkf(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+def _by_sgkf(units: _Units, k: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedGroupKFold
 
     per_unit = units.per_unit
     box_unit = np.repeat(np.arange(len(per_unit)), per_unit.sum(1))
     box_class = np.concatenate([np.repeat(np.arange(per_unit.shape[1]), row) for row in per_unit])
-    unit_fold = np.full(len(per_unit), -1, dtype=np.int64)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    for f, (_, idx) in enumerate(splitter.split(np.zeros(len(box_unit)), box_class, box_unit)):
-        unit_fold[np.unique(box_unit[idx])] = f
+    unit_fold = np.full(len(per_unit), -1, dtype=np.int64)
+    unit_fold[box_unit] = _test_folds(splitter, len(box_unit), box_class, box_unit)  # a unit's boxes share a fold
     empty = np.flatnonzero(unit_fold < 0)  # units without boxes: spread over the folds
-    unit_fold[empty] = rng.permutation(np.arange(len(empty)) % k)
+    unit_fold[empty] = np.random.default_rng(seed).permutation(np.arange(len(empty)) % k)
     return unit_fold
 
 
-def _by_random(units: _Units, k: int, seed: int, rng: np.random.Generator) -> np.ndarray:
+def _by_random(units: _Units, k: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import KFold
 
-    unit_fold = np.full(len(units.per_unit), -1, dtype=np.int64)
-    for f, (_, idx) in enumerate(KFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(unit_fold)))):
-        unit_fold[idx] = f
-    return unit_fold
+    return _test_folds(KFold(n_splits=k, shuffle=True, random_state=seed), len(units.per_unit))
 
 
 #: method -> the fold (0..k-1) of every unit
@@ -286,8 +258,7 @@ def assign_folds(
         raise ValueError(f"folds.k must be an integer >= 2, got {k!r}")
     if n_images < k:
         raise ValueError(f"folds.k={k} is larger than the number of images ({n_images}) in {coco.path}")
-    groups = np.array([f"image:{im['file_name']}" for im in coco.images], dtype=object) if groups is None else groups
-    unit, labels = _units(np.asarray(groups, dtype=object))
+    unit, labels = pd.factorize(np.asarray(groups_from(coco, None) if groups is None else groups, dtype=object))
     n_units = len(labels)
     if n_units < k:
         raise ValueError(f"folds.k={k} is larger than the number of groups ({n_units}): cannot fill every fold")
@@ -303,8 +274,7 @@ def assign_folds(
             log.warning("class %r is in only %d images, fewer than k=%d folds: some folds lack it", name, n, k)
     per_unit = np.zeros((n_units, counts.shape[1]), dtype=np.int64)
     np.add.at(per_unit, unit, counts)
-    units = _Units(coco, unit, counts, per_unit, weights)
-    unit_fold = ASSIGNERS[method](units, k, seed, np.random.default_rng(seed))
+    unit_fold = ASSIGNERS[method](_Units(coco, unit, per_unit, weights), k, seed)
     table = pd.DataFrame(
         {"image_id": coco.image_ids, "file_name": [im["file_name"] for im in coco.images], "fold": unit_fold[unit]}
     )
@@ -323,24 +293,25 @@ def split_blend(
     (the same method, groups kept whole), that no fold model trains on.
 
     The images are split into ``round(1 / share)`` balanced parts and the first part is the
-    blend split, so its size is ``1 / round(1 / share)`` of the images (share 0.2: a fifth)."""
-    if not 0 < share <= 0.5:
-        raise ValueError(f"folds.blend_share must be in (0, 0.5], got {share!r}")
+    blend split, so its size is ``1 / round(1 / share)`` of the images (share 0.2: a fifth;
+    the config gate keeps it in (0, 0.5])."""
     parts = max(2, round(1 / share))
     table = assign_folds(coco, k=parts, seed=seed, method=method, groups=groups, weights=weights)
     return table.loc[table.fold == 0, "image_id"].astype(int).tolist()
 
 
+def _image_folds(coco: Coco, folds: pd.DataFrame) -> tuple[np.ndarray, int]:
+    """The fold of every image (``coco.images`` order), and K."""
+    return folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy(), int(folds.fold.max()) + 1
+
+
 def balance_table(coco: Coco, folds: pd.DataFrame) -> pd.DataFrame:
     """Per fold x class: boxes, images, their shares of the class total, deviation from 1/K."""
-    counts = class_counts(coco)
-    fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
-    k = int(folds.fold.max()) + 1
+    counts, (fold, k) = class_counts(coco), _image_folds(coco, folds)
     rows = []
     for f in range(k):
-        sel = fold == f
         for j, name in enumerate(coco.class_names):
-            boxes, images = int(counts[sel, j].sum()), int((counts[sel, j] > 0).sum())
+            boxes, images = int(counts[fold == f, j].sum()), int((counts[fold == f, j] > 0).sum())
             total_boxes, total_images = int(counts[:, j].sum()), int((counts[:, j] > 0).sum())
             box_share = boxes / total_boxes if total_boxes else float("nan")
             image_share = images / total_images if total_images else float("nan")
@@ -361,10 +332,7 @@ def balance_table(coco: Coco, folds: pd.DataFrame) -> pd.DataFrame:
 
 def balance_summary(coco: Coco, folds: pd.DataFrame) -> dict[str, float]:
     """Max and mean absolute share deviations, and fold size spread ((max - min) / mean)."""
-    table = balance_table(coco, folds)
-    counts = class_counts(coco)
-    fold = folds.set_index("image_id").loc[coco.image_ids, "fold"].to_numpy()
-    k = int(folds.fold.max()) + 1
+    table, counts, (fold, k) = balance_table(coco, folds), class_counts(coco), _image_folds(coco, folds)
     images = np.bincount(fold, minlength=k)
     boxes = np.bincount(fold, weights=counts.sum(1), minlength=k)
     box_dev, image_dev = table.box_share_deviation.abs(), table.image_share_deviation.abs()
@@ -398,13 +366,6 @@ def fold_split(coco: Coco, folds: pd.DataFrame, fold: int) -> tuple[Coco, Coco]:
     val_ids = folds.loc[folds.fold == fold, "image_id"].tolist()
     train_ids = folds.loc[folds.fold != fold, "image_id"].tolist()
     return coco.subset(train_ids), coco.subset(val_ids)
-
-
-def write_fold_split(coco: Coco, folds: pd.DataFrame, fold: int, train_path: str | Path, val_path: str | Path) -> None:
-    train, val = fold_split(coco, folds, fold)
-    write_coco(train, train_path)
-    write_coco(val, val_path)
-    log.info("fold %d: %d train images, %d val images", fold, len(train.images), len(val.images))
 
 
 def dhash(path: str | Path, size: int = 8) -> int:
@@ -451,14 +412,12 @@ def near_duplicate_groups(coco: Coco, images_dir: str | Path, max_distance: int)
 
 def plot_balance(table: pd.DataFrame, path: str | Path) -> None:
     """Heatmaps of box share and image share per fold x class (deviation from 1/K annotated)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     k = int(table.fold.max()) + 1
     classes = list(dict.fromkeys(table["class"]))
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.1 * len(classes) * 2, 1.5 + 0.5 * k), squeeze=False)
+    fig = Figure(figsize=(2 + 1.1 * len(classes) * 2, 1.5 + 0.5 * k))
+    axes = fig.subplots(1, 2, squeeze=False)
     for ax, column, title in zip(axes[0], ("box_share", "image_share"), ("boxes", "images"), strict=True):
         grid = table.pivot(index="fold", columns="class", values=column)[classes].to_numpy()
         image = ax.imshow(grid - 1 / k, cmap="coolwarm", vmin=-0.05, vmax=0.05, aspect="auto")
@@ -471,4 +430,3 @@ def plot_balance(table: pd.DataFrame, path: str | Path) -> None:
     fig.tight_layout()
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=100)
-    plt.close(fig)

@@ -41,12 +41,11 @@ def run_split(
     and the ensembles are chosen there; the K folds split the other images (0: no blend split)."""
     coco = load_coco(annotations)
     groups, pairs = _groups(coco, group_by, images, near_duplicate_distance, bool(out_near_duplicates))
-    balance_weights = assign.BalanceWeights.from_config(weights)
+    balance_weights = assign.BalanceWeights(**weights)
     blend_ids: list[int] = []
     if blend_share:
         blend_ids = assign.split_blend(coco, blend_share, seed, method, groups, balance_weights)
-        in_blend = set(blend_ids)
-        keep = np.array([im["id"] not in in_blend for im in coco.images])
+        keep = ~np.isin(coco.image_ids, blend_ids)
         blend, coco, groups = coco.subset(blend_ids), coco.subset(np.array(coco.image_ids)[keep].tolist()), groups[keep]
         log.info(
             "blend split (share %s): %d images, %d boxes that no fold model trains on",
@@ -69,9 +68,12 @@ def run_split(
         **assign.balance_summary(coco, table),
     }
     if pairs is not None and out_near_duplicates:
-        with atomic_open(out_near_duplicates) as handle:
-            pairs.to_csv(handle, index=False, lineterminator="\n")
-    _write_balance(coco, table, out_balance, out_plot)
+        _write_csv(pairs, out_near_duplicates)
+    balance = assign.balance_table(coco, table)
+    if out_balance:
+        _write_csv(balance, out_balance)
+    if out_plot:
+        assign.plot_balance(balance, out_plot)
     if out_summary:
         write_json(out_summary, summary)
     assign.write_folds(table, out_table)
@@ -91,26 +93,20 @@ def _groups(
     are hashed (``group_by: auto``, or ``find_pairs``), the near-duplicate pairs."""
     mapping, pairs = None, None
     if images is not None and (find_pairs or group_by == "auto"):
-        found, pairs = assign.near_duplicate_groups(coco, images, distance)
+        mapping, pairs = assign.near_duplicate_groups(coco, images, distance)
         log.info("near-duplicate image pairs (dHash distance <= %d): %d", distance, len(pairs))
-        mapping = found if group_by == "auto" else None
     elif group_by == "auto":
         raise ValueError("folds.group_by: auto needs the image folder to hash the images")
-    if group_by and group_by.startswith("csv:"):
-        mapping = assign.read_group_csv(group_by[4:])
     return assign.groups_from(coco, group_by, mapping), pairs
 
 
-def _write_balance(coco: Coco, table: pd.DataFrame, out_balance: str | None, out_plot: str | None) -> None:
-    """The balance table (per fold x class) as CSV and as a plot, where paths are given."""
-    if out_balance or out_plot:
-        balance = assign.balance_table(coco, table)
-        if out_balance:
-            with atomic_open(out_balance) as handle:
-                balance.to_csv(handle, index=False, lineterminator="\n")
-        if out_plot:
-            assign.plot_balance(balance, out_plot)
+def _write_csv(table: pd.DataFrame, path: str) -> None:
+    with atomic_open(path) as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
 
 
 def run_fold_files(annotations: str, table: str, fold: int, out_train: str, out_val: str) -> None:
-    assign.write_fold_split(load_coco(annotations), assign.read_folds(table), fold, out_train, out_val)
+    train, val = assign.fold_split(load_coco(annotations), assign.read_folds(table), fold)
+    write_coco(train, out_train)
+    write_coco(val, out_val)
+    log.info("fold %d: %d train images, %d val images", fold, len(train.images), len(val.images))

@@ -2,20 +2,15 @@
 
 The score threshold and the per-image cap are enforced by detfold on what the model returns,
 for every head (DETR-family heads read no ``score_thr``, YOLOX no cap), and after a TTA merge.
-They are also set at the model's own ``test_cfg`` key (``test_cfg.score_thr`` for one-stage
-detectors, ``test_cfg.rcnn.score_thr`` for two-stage ones), where they only save time.
-
-Test-time augmentation (``predict.tta``) runs the model on several views of each image
-(horizontal flip, the test input size times each scale factor), maps every view's boxes back to
-the original image, and merges them per class as mmdet's ``DetTTAModel`` does (NMS over the
-union, then the per-image cap), or with weighted boxes fusion.
+Test-time augmentation (``predict.tta``) runs the model on several views of each image (flip,
+the test input size times each scale factor), maps their boxes back to the original image and
+merges them per class as mmdet's ``DetTTAModel`` does (NMS, then the cap), or by WBF.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +21,13 @@ from detfold.core.coco import Coco
 
 log = logging.getLogger(__name__)
 
+Predictions = tuple[np.ndarray, np.ndarray, np.ndarray]  # bboxes (n, 4) xyxy_abs, scores (n,), labels (n,)
+
 
 def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img: int) -> str:
     """Set score threshold and detections cap at the model's test_cfg (a speed-up: detfold
     enforces both itself, :func:`enforce_thresholds`); return the score key the model reads,
     or ``none (detfold filters)`` when its config has none (DETR-family heads)."""
-    if not 0 <= score_thr <= 1:
-        raise ValueError(f"predict.score_thr must be in [0, 1], got {score_thr!r}")
-    if max_per_img < 1:
-        raise ValueError(f"predict.max_per_img must be >= 1, got {max_per_img!r}")
     target, key = test_cfg, "test_cfg"
     if isinstance(test_cfg.get("rcnn"), dict):
         target, key = test_cfg["rcnn"], "test_cfg.rcnn"
@@ -46,7 +39,7 @@ def set_test_thresholds(test_cfg: dict[str, Any], score_thr: float, max_per_img:
 
 def enforce_thresholds(
     bboxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, score_thr: float, max_per_img: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> Predictions:
     """Keep the detections with score >= ``score_thr``, best first, at most ``max_per_img``
     (ties keep the model's order); whatever the head did with its test_cfg."""
     bboxes = np.asarray(bboxes, dtype=float).reshape(-1, 4)
@@ -56,38 +49,22 @@ def enforce_thresholds(
     return bboxes[order], scores[order], labels[order]
 
 
-TTA_MERGES = ("nms", "wbf")
-
-
 @dataclass(frozen=True)
 class TTA:
-    """Test-time augmentation views and how their boxes are merged."""
+    """Test-time augmentation views and how their boxes are merged (``predict.tta``)."""
 
-    flip: bool = False  # also run on the horizontally flipped image
-    scales: tuple[float, ...] = (1.0,)  # factors on the test pipeline's input size (w, h)
-    merge: str = "nms"  # per-class NMS over all views (mmdet DetTTAModel) or "wbf"
-    iou_thr: float = 0.6
+    flip: bool  # also run on the horizontally flipped image
+    scales: tuple[float, ...]  # factors on the test pipeline's input size (w, h)
+    merge: str  # "nms": per-class NMS over all views (mmdet DetTTAModel), or "wbf"
+    iou_thr: float
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> TTA | None:
-        """``predict.tta`` -> TTA; None when absent or when it asks for the single plain view."""
+        """The resolved ``predict.tta`` settings (the config gate checked them and filled in
+        their defaults) -> TTA; None when absent or when they ask for the single plain view."""
         if not config:
             return None
-        unknown = sorted(set(config) - {"flip", "scales", "merge", "iou_thr"})
-        if unknown:
-            raise ValueError(f"predict.tta: unknown keys {unknown} (allowed: flip, scales, merge, iou_thr)")
-        scales = tuple(float(s) for s in config.get("scales", (1.0,)))
-        if not scales or any(not 0.1 <= s <= 10 for s in scales):
-            raise ValueError(f"predict.tta.scales must be factors in [0.1, 10], got {list(scales)!r}")
-        if len(set(scales)) != len(scales):
-            raise ValueError(f"predict.tta.scales has duplicates: {list(scales)!r}")
-        merge = str(config.get("merge", "nms"))
-        if merge not in TTA_MERGES:
-            raise ValueError(f"predict.tta.merge must be one of {TTA_MERGES}, got {merge!r}")
-        iou_thr = float(config.get("iou_thr", 0.6))
-        if not 0 < iou_thr <= 1:
-            raise ValueError(f"predict.tta.iou_thr must be in (0, 1], got {iou_thr!r}")
-        tta = cls(bool(config.get("flip", False)), scales, merge, iou_thr)
+        tta = cls(config["flip"], tuple(config["scales"]), config["merge"], config["iou_thr"])
         return None if tta.views() == [(1.0, False)] else tta
 
     def views(self) -> list[tuple[float, bool]]:
@@ -97,9 +74,8 @@ class TTA:
 
 def scaled_test_pipeline(pipeline: list[dict[str, Any]], factor: float, stride: int = 32) -> list[dict[str, Any]]:
     """A copy of a test pipeline that reads an in-memory image and sizes it to ``factor`` times
-    its input size (every Resize/Pad scale), rounded to a multiple of ``stride`` px (detectors'
-    feature pyramids need sizes divisible by their largest stride). Raises when the pipeline has
-    no Resize."""
+    its input size (every Resize/Pad scale), rounded to a multiple of ``stride`` px (feature
+    pyramids need sizes divisible by their largest stride). Raises when it has no Resize."""
     from detfold.train.mmdet_config import ScaleMap, reference_size, scale_pipeline
 
     steps = copy.deepcopy(list(pipeline))
@@ -123,35 +99,20 @@ def tta_pipelines(cfg: Any, tta: TTA) -> dict[float, Any]:
     return {scale: Compose(scaled_test_pipeline(base, scale)) for scale in tta.scales}
 
 
-def merge_views(
-    views: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    width: int,
-    height: int,
-    tta: TTA,
-    max_per_img: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Merge (bboxes_xyxy_abs, scores, labels) of every view of one image, all already in the
-    original image's pixels; return the merged boxes (xyxy_abs), scores and labels, best first,
-    at most ``max_per_img``."""
+def merge_views(views: list[Predictions], width: int, height: int, tta: TTA, max_per_img: int) -> Predictions:
+    """Merge the predictions of every view of one image, all already in the original image's
+    pixels; return the merged ones, best first, at most ``max_per_img``."""
     from detfold.ensemble.fusion import fuse_arrays
 
     scale = np.array([width, height, width, height], dtype=float)
     boxes = [np.asarray(b, dtype=float).reshape(-1, 4) for b, _, _ in views]
-    flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    flat = np.clip(flat / scale, 0.0, 1.0)
+    flat = np.clip(np.concatenate(boxes) / scale, 0.0, 1.0)
     scores = np.concatenate([np.asarray(s, dtype=float).reshape(-1) for _, s, _ in views])
     labels = np.concatenate([np.asarray(lab, dtype=int).reshape(-1) for _, _, lab in views])
-    models = np.concatenate([np.full(len(b), i) for i, b in enumerate(boxes)]).astype(int)
+    models = np.repeat(np.arange(len(views)), [len(b) for b in boxes])  # each box's view
+    images = np.zeros(len(flat), dtype=int)
     fused, fused_scores, fused_labels, _ = fuse_arrays(
-        flat,
-        scores,
-        labels,
-        models,
-        np.zeros(len(flat), dtype=int),
-        len(views),
-        method=tta.merge,
-        iou_thr=tta.iou_thr,
-        max_per_img=max_per_img,
+        flat, scores, labels, models, images, len(views), method=tta.merge, iou_thr=tta.iou_thr, max_per_img=max_per_img
     )
     return fused * scale, fused_scores, fused_labels.astype(int)
 
@@ -171,13 +132,10 @@ def to_coco_results(
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
         if x2 <= x1 or y2 <= y1:
             continue
+        bbox = [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)]
+        category = int(label_to_cat[int(labels[i])])
         results.append(
-            {
-                "image_id": int(image["id"]),
-                "category_id": int(label_to_cat[int(labels[i])]),
-                "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                "score": round(float(scores[i]), 6),
-            }
+            {"image_id": int(image["id"]), "category_id": category, "bbox": bbox, "score": round(float(scores[i]), 6)}
         )
     return results
 
@@ -195,27 +153,26 @@ def predict_images(
     """Run the model on every image of ``coco``; return COCO results (category ids of ``coco``).
     ``score_thr`` and ``max_per_img`` are the resolved ``predict`` settings. With ``tta``, every
     image is predicted in each of its views and the views are merged."""
-    cfg = load_config(config_path, threads)
+    from mmdet.apis import init_detector
+
+    from detfold.train.mmdet_train import load_resolved_config, prepare_mmdet
+
+    device = prepare_mmdet(threads)
+    cfg = load_resolved_config(config_path)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)
-    model, device = load_model(cfg, checkpoint)
+    check_checkpoint(checkpoint)
+    model = init_detector(cfg, checkpoint, device=device)
     label_to_cat = category_ids(model, coco)
-    log.info(
-        "predicting %d images on %s (score_thr=%s, max_per_img=%d, enforced by detfold; model's score key: %s)",
-        len(coco.images),
-        device,
-        score_thr,
-        max_per_img,
-        key,
-    )
-    pipelines = None
+    thresholds = f"score_thr={score_thr}, max_per_img={max_per_img}, enforced by detfold; model's score key: {key}"
+    log.info("predicting %d images on %s (%s)", len(coco.images), device, thresholds)
+    pipelines = tta_pipelines(cfg, tta) if tta is not None else {}
     if tta is not None:
-        pipelines = tta_pipelines(cfg, tta)
         log.info("test-time augmentation: %d views %s, merged by %s", len(tta.views()), tta.views(), tta.merge)
     results: list[dict[str, Any]] = []
     for n, image in enumerate(coco.images, start=1):
         path = str(Path(images_dir) / image["file_name"])
-        if tta is None or pipelines is None:
-            bboxes, scores, labels = predict_plain(model, path)
+        if tta is None:
+            bboxes, scores, labels = _infer(model, path)
         else:
             views = predict_views(model, read_image(path, image), tta, pipelines)
             bboxes, scores, labels = merge_views(views, image["width"], image["height"], tta, max_per_img)
@@ -224,32 +181,6 @@ def predict_images(
         if n % 50 == 0 or n == len(coco.images):
             log.info("predicted %d/%d images", n, len(coco.images))
     return results
-
-
-def load_config(config_path: str, threads: int) -> Any:
-    """A fold model's resolved config, with mmdet's modules registered and ``threads`` CPU
-    threads."""
-    import torch
-    from mmdet.utils import register_all_modules
-
-    from detfold.train.mmdet_compat import patch_mmdet
-    from detfold.train.mmdet_train import load_resolved_config
-
-    register_all_modules(init_default_scope=True)
-    patch_mmdet()
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
-    return load_resolved_config(config_path)
-
-
-def load_model(cfg: Any, checkpoint: str) -> tuple[Any, str]:
-    """The detector of ``cfg`` with the fold model's weights (checked first), on the GPU when
-    there is one; and that device."""
-    import torch
-    from mmdet.apis import init_detector
-
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    check_checkpoint(checkpoint)
-    return init_detector(cfg, checkpoint, device=device), device
 
 
 def category_ids(model: Any, coco: Coco) -> list[int]:
@@ -261,16 +192,6 @@ def category_ids(model: Any, coco: Coco) -> list[int]:
     if missing:
         raise ValueError(f"model classes {missing} are not categories of {coco.path} ({sorted(by_name)})")
     return [by_name[c] for c in classes]
-
-
-def predict_plain(model: Any, path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's (bboxes_xyxy_abs, scores, labels) for the image file at ``path``."""
-    import torch
-    from mmdet.apis import inference_detector
-
-    with torch.no_grad():
-        pred = inference_detector(model, path).pred_instances
-    return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
 
 
 def check_checkpoint(checkpoint: str) -> None:
@@ -307,22 +228,27 @@ def read_image(path: str, image: dict[str, Any]) -> np.ndarray:
     return pixels
 
 
-def predict_views(
-    model: Any, pixels: np.ndarray, tta: TTA, pipelines: dict[float, Any]
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Predictions (bboxes_xyxy_abs, scores, labels) of every TTA view of one image, in the
-    order of ``tta.views()``, each mapped back to the original image's pixels."""
+def _infer(model: Any, image: str | np.ndarray, pipeline: Any = None) -> Predictions:
+    """The model's predictions for an image file or BGR pixels, through ``pipeline`` (default:
+    the config's test pipeline)."""
     import torch
     from mmdet.apis import inference_detector
 
+    with torch.no_grad():
+        pred = inference_detector(model, image, test_pipeline=pipeline).pred_instances
+    return pred.bboxes.cpu().numpy(), pred.scores.cpu().numpy(), pred.labels.cpu().numpy()
+
+
+def predict_views(model: Any, pixels: np.ndarray, tta: TTA, pipelines: dict[float, Any]) -> list[Predictions]:
+    """The predictions of every TTA view of one image, in the order of ``tta.views()``, each
+    mapped back to the original image's pixels."""
     width = pixels.shape[1]
     views = []
     for scale, flipped in tta.views():
         view = np.ascontiguousarray(pixels[:, ::-1]) if flipped else pixels
-        with torch.no_grad():
-            pred = inference_detector(model, view, test_pipeline=pipelines[scale]).pred_instances
-        boxes = pred.bboxes.cpu().numpy().reshape(-1, 4).astype(float)
+        boxes, scores, labels = _infer(model, view, pipelines[scale])
+        boxes = boxes.reshape(-1, 4).astype(float)
         if flipped:  # x -> width - x, so x1 and x2 swap
             boxes = np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
-        views.append((boxes, pred.scores.cpu().numpy(), pred.labels.cpu().numpy()))
+        views.append((boxes, scores, labels))
     return views

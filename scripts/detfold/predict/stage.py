@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from detfold.core.coco import (
-    load_coco,
-)
+from detfold.core.coco import load_coco
 from detfold.core.io import write_json
-
-log = logging.getLogger(__name__)
 
 
 def run_predict(

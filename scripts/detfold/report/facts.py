@@ -16,12 +16,13 @@ from typing import Any
 import pandas as pd
 
 PACKAGES = ("torch", "mmdet", "mmcv", "mmengine", "snakemake", "numpy", "detfold")
+BENCHMARK_COLUMNS = ["rule", "job", "s", "max_rss_mb", "cpu_s"]
 
 
-def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
-    """Installed versions (``not installed`` where missing), read from package metadata."""
+def versions() -> dict[str, str]:
+    """Python's and the installed :data:`PACKAGES`' versions (``not installed`` where missing)."""
     found = {"python": platform.python_version()}
-    for name in packages:
+    for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -29,19 +30,13 @@ def versions(packages: Sequence[str] = PACKAGES) -> dict[str, str]:
     return found
 
 
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
-
-
 def machine() -> dict[str, str]:
     """The machine this runs on: host, OS, CPU model and cores, memory, GPUs."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
-        platform.processor() or "unknown",
-    )
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    models = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     try:
         memory = f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB"
     except (ValueError, OSError, AttributeError):
@@ -53,7 +48,7 @@ def machine() -> dict[str, str]:
     return {
         "host": socket.gethostname(),
         "os": platform.platform(),
-        "cpu": cpu,
+        "cpu": next(models, platform.processor() or "unknown"),
         "cpu cores": str(os.cpu_count()),
         "memory": memory,
         "gpus": gpus,
@@ -72,22 +67,15 @@ def facts_table(config: Mapping[str, Any]) -> pd.DataFrame:
 def read_benchmarks(paths: Sequence[str], root: str = "benchmarks") -> pd.DataFrame:
     """Snakemake benchmark TSVs (``root/RULE.tsv`` or ``root/RULE/JOB....tsv``) as one table:
     rule, job, seconds, max RSS in MB (NaN where too short to measure), CPU seconds."""
-    rows = []
+    frames = []
     for path in paths:
-        parts = Path(path).relative_to(root).with_suffix("").parts
-        rule, job = (parts[0], "/".join(parts[1:])) if len(parts) > 1 else (parts[0], "")
-        bench = pd.read_csv(path, sep="\t")
-        for _, b in bench.iterrows():
-            rows.append(
-                {
-                    "rule": rule,
-                    "job": job,
-                    "s": float(b["s"]),
-                    "max_rss_mb": pd.to_numeric(b.get("max_rss"), errors="coerce"),
-                    "cpu_s": pd.to_numeric(b.get("cpu_time"), errors="coerce"),
-                }
-            )
-    return pd.DataFrame(rows, columns=["rule", "job", "s", "max_rss_mb", "cpu_s"])
+        rule, *job = Path(path).relative_to(root).with_suffix("").parts
+        bench = pd.read_csv(path, sep="\t").reindex(columns=["s", "max_rss", "cpu_time"])
+        numbers = bench.apply(pd.to_numeric, errors="coerce").astype(float)
+        frames.append(numbers.set_axis(BENCHMARK_COLUMNS[2:], axis=1).assign(rule=rule, job="/".join(job)))
+    if not frames:
+        return pd.DataFrame(columns=BENCHMARK_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[BENCHMARK_COLUMNS]
 
 
 def run_times(bench: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

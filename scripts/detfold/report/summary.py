@@ -1,10 +1,10 @@
-"""The run summary: ``results/summary.md`` (what is delivered and why, honest estimates with
-intervals beside the optimistic ones, the audit, the folds, CV per model and class, test) and
-``results/summary.json`` (the same headline numbers for a program)."""
+"""The run summary: ``results/summary.md`` (what is delivered and why, honest estimates beside the
+optimistic ones, the audit, the folds, CV per model and class) and ``results/summary.json``."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from detfold.evaluate.metrics import STAT_NAMES, headline
@@ -13,15 +13,46 @@ from detfold.report.tables import ensemble_rows, interval
 HEADLINE_KEYS = ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")
 
 
+@dataclass(frozen=True)
+class RunResults:
+    """What the summary reports: the audit's summary.json, the images per fold (by fold), the fold
+    balance, each model's metrics.json (by name), selection.json and the test metrics (None: no
+    test set)."""
+
+    audit: Mapping[str, Any]
+    fold_sizes: Mapping[int, int]
+    balance: Mapping[str, Any] | None
+    models: Mapping[str, Mapping[str, Any]]
+    selection: Mapping[str, Any]
+    test: Mapping[str, Any] | None
+
+
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _estimates(scores: Mapping[str, Any], number: Callable[[Any], str] = _num) -> str:
+    """``mAP x [lo, hi], mAP50 y [lo, hi]``."""
+    return ", ".join(f"{k} {number(scores[k])} {interval(scores[f'{k}_ci95'])}" for k in ("mAP", "mAP50"))
+
+
 def _delivered(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> list[str]:
     """What is delivered, why, its honest estimate and its test score."""
-    d = selection["delivered"]
-    h, v, parts = d["honest"], d["vs_best_single"], selection["nested_parts"]
-    lines = [
+    d, parts = selection["delivered"], selection["nested_parts"]
+    gain = _estimates(d["vs_best_single"], "{:+.4f}".format)
+    if test and test.get("labelled"):
+        t = test["delivered"]
+        vs = t["vs_best_single"]
+        on_test = (
+            f"Test set (never used to choose): {_estimates(t)}; paired difference from the single model best on "
+            f"the test set ({t['best_single_on_test']}): mAP {interval(vs['mAP_ci95'])}, "
+            f"mAP50 {interval(vs['mAP50_ci95'])}."
+        )
+    elif test:
+        on_test = f"Test set unlabelled: {test['n_predictions']} predictions written, not scored."
+    else:
+        on_test = "No test set configured: the run ends with cross-validation and the blend-split choice."
+    return [
         "## Delivered predictions",
         "",
         f"**{d['label']}**: {d['description']}.",
@@ -30,45 +61,34 @@ def _delivered(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> 
         f"because it has the {d['why']}.",
         "",
         f"Honest estimate (the whole choice nested: made on {parts - 1} of {parts} parts of the blend images, "
-        f"scored on the held-out part, pooled): mAP {_num(h['mAP'])} {interval(h['mAP_ci95'])}, "
-        f"mAP50 {_num(h['mAP50'])} {interval(h['mAP50_ci95'])} "
-        f"(95 % bootstrap intervals over the images); difference from the best single model (nested too): "
-        f"mAP {v['mAP']:+.4f} {interval(v['mAP_ci95'])}, mAP50 {v['mAP50']:+.4f} {interval(v['mAP50_ci95'])}.",
+        f"scored on the held-out part, pooled): {_estimates(d['honest'])} (95 % bootstrap intervals over the "
+        f"images); difference from the best single model (nested too): {gain}.",
+        "",
+        on_test,
         "",
     ]
-    if test and test.get("labelled"):
-        t = test["delivered"]
-        vs = t["vs_best_single"]
-        lines += [
-            f"Test set (never used to choose): mAP {_num(t['mAP'])} {interval(t['mAP_ci95'])}, "
-            f"mAP50 {_num(t['mAP50'])} {interval(t['mAP50_ci95'])}; paired difference from the single model "
-            f"best on the test set ({t['best_single_on_test']}): mAP {interval(vs['mAP_ci95'])}, "
-            f"mAP50 {interval(vs['mAP50_ci95'])}.",
-            "",
-        ]
-    elif test:
-        lines += [f"Test set unlabelled: {test['n_predictions']} predictions written, not scored.", ""]
-    else:
-        lines += ["No test set configured: the run ends with cross-validation and the blend-split choice.", ""]
-    return lines
+
+
+def _row(cells: Iterable[Any]) -> str:
+    return f"| {' | '.join(map(str, cells))} |"
+
+
+def _table(header: Sequence[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    """A markdown table's lines."""
+    return [_row(header), "|---" * len(header) + "|", *map(_row, rows)]
 
 
 def _candidates(selection: Mapping[str, Any], test: Mapping[str, Any] | None) -> list[str]:
     """Every candidate's blend score in-sample and nested, and its test score."""
     metric = selection["metric"]
-    lines = [
+    frame = ensemble_rows(selection, test)
+    rows = [[x if isinstance(x, str) else _num(x) for x in row] for row in frame.itertuples(index=False)]
+    rows[-1][0] = "**delivered**"  # ensemble_rows' last row
+    header = ["predictions", "what", f"blend {metric} in-sample (optimistic)", f"blend {metric} nested (honest)"]
+    return [
         "## Candidates",
         "",
-        f"| predictions | what | blend {metric} in-sample (optimistic) | blend {metric} nested (honest) "
-        "| 95 % interval | test mAP | test mAP50 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in ensemble_rows(selection, test).itertuples(index=False):
-        name = f"**{row[0]}**" if row[0] == "delivered" else row[0]
-        cells = [_num(x) if not isinstance(x, str) else x for x in row[2:]]
-        lines.append(f"| {name} | {row[1]} | " + " | ".join(cells) + " |")
-    return [
-        *lines,
+        *_table([*header, "95 % interval", "test mAP", "test mAP50"], rows),
         "",
         "In-sample: chosen and scored on the same blend images, so it flatters the tuned candidates. Nested: the "
         "parameters chosen on the other parts, scored on the held-out part. A single fold model needs no choice: "
@@ -79,14 +99,13 @@ def _candidates(selection: Mapping[str, Any], test: Mapping[str, Any] | None) ->
 
 def _audit(aud: Mapping[str, Any]) -> list[str]:
     """Images and boxes per split before and after the audit, and the findings per check."""
-    lines = ["## Audit", "", "| split | images | boxes before | boxes after |", "|---|---|---|---|"]
-    for split, sp in aud["splits"].items():
-        lines.append(f"| {split} | {sp['images_after']} | {sp['boxes_before']} | {sp['boxes_after']} |")
+    splits = [(split, sp["images_after"], sp["boxes_before"], sp["boxes_after"]) for split, sp in aud["splits"].items()]
     found = ", ".join(
         f"{check} {entry['total']} ({', '.join(f'{a} {n}' for a, n in entry['by_action'].items())})"
         for check, entry in aud["findings_per_check"].items()
     )
-    return [*lines, "", "Findings per check: " + (found or "none"), ""]
+    header = ["split", "images", "boxes before", "boxes after"]
+    return ["## Audit", "", *_table(header, splits), "", "Findings per check: " + (found or "none"), ""]
 
 
 def _folds(fold_sizes: Mapping[int, int], balance: Mapping[str, Any] | None) -> list[str]:
@@ -107,66 +126,46 @@ def _folds(fold_sizes: Mapping[int, int], balance: Mapping[str, Any] | None) -> 
 
 def _cross_validation(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Per model its folds, mean +- std and pooled OOF mAP; then its per-class AP."""
-    lines = ["## Cross-validated mAP (out-of-fold)", "", "| model | fold | mAP | mAP50 |", "|---|---|---|---|"]
+    rows: list[Sequence[Any]] = []
+    per_class: list[Sequence[Any]] = []
     for name, m in models.items():
-        for f in m["folds"]:
-            lines.append(f"| {name} | {f['fold']} | {_num(f['mAP'])} | {_num(f['mAP50'])} |")
-        cv = m["cv"]
-        lines.append(
-            f"| {name} | mean +- std (ddof 1) | {_num(cv['mAP']['mean'])} +- {_num(cv['mAP']['std'])} "
-            f"| {_num(cv['mAP50']['mean'])} +- {_num(cv['mAP50']['std'])} |"
-        )
-        p = m["pooled_oof"]
-        lines.append(
-            f"| {name} | **pooled OOF** [95 % interval] | **{_num(p['mAP'])}** {interval(p.get('mAP_ci95'))} "
-            f"| **{_num(p['mAP50'])}** {interval(p.get('mAP50_ci95'))} |"
-        )
-    lines += ["", "Per-class AP (pooled OOF):", "", "| model | class | AP | AP50 | GT boxes |", "|---|---|---|---|---|"]
-    for name, m in models.items():
-        for cls, c in m["pooled_oof"]["per_class"].items():
-            lines.append(f"| {name} | {cls} | {_num(c['AP'])} | {_num(c['AP50'])} | {c['n_gt']} |")
-    return lines
-
-
-def summary_markdown(
-    aud: Mapping[str, Any],
-    fold_sizes: Mapping[int, int],
-    balance: Mapping[str, Any] | None,
-    models: Mapping[str, Mapping[str, Any]],
-    selection: Mapping[str, Any],
-    test: Mapping[str, Any] | None,
-) -> str:
-    """``summary.md`` from the audit's summary.json, the images per fold (by fold), the fold
-    balance, each model's metrics.json, selection.json and the test metrics (None: no test set)."""
-    lines = [
-        "# detfold run summary",
+        cv, pooled = m["cv"], m["pooled_oof"]
+        rows += [(name, f["fold"], _num(f["mAP"]), _num(f["mAP50"])) for f in m["folds"]]
+        spread = [f"{_num(cv[k]['mean'])} +- {_num(cv[k]['std'])}" for k in ("mAP", "mAP50")]
+        rows.append((name, "mean +- std (ddof 1)", *spread))
+        pooled_cells = [f"**{_num(pooled[k])}** {interval(pooled.get(f'{k}_ci95'))}" for k in ("mAP", "mAP50")]
+        rows.append((name, "**pooled OOF** [95 % interval]", *pooled_cells))
+        per_class += [(name, c, _num(v["AP"]), _num(v["AP50"]), v["n_gt"]) for c, v in pooled["per_class"].items()]
+    return [
+        "## Cross-validated mAP (out-of-fold)",
         "",
-        *_delivered(selection, test),
-        *_candidates(selection, test),
-        *_audit(aud),
-        *_folds(fold_sizes, balance),
-        *_cross_validation(models),
+        *_table(["model", "fold", "mAP", "mAP50"], rows),
+        "",
+        "Per-class AP (pooled OOF):",
+        "",
+        *_table(["model", "class", "AP", "AP50", "GT boxes"], per_class),
     ]
-    return "\n".join(lines) + "\n"
 
 
-def summary_json(
-    aud: Mapping[str, Any],
-    fold_sizes: Mapping[int, int],
-    balance: Mapping[str, Any] | None,
-    models: Mapping[str, Mapping[str, Any]],
-    selection: Mapping[str, Any],
-    test: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """``summary.json``, from the same inputs as :func:`summary_markdown`."""
+def summary_markdown(run: RunResults) -> str:
+    """``summary.md``: the delivered predictions, the candidates, the audit, the folds, CV per model."""
+    lines = [*_delivered(run.selection, run.test), *_candidates(run.selection, run.test), *_audit(run.audit)]
+    lines += [*_folds(run.fold_sizes, run.balance), *_cross_validation(run.models)]
+    return "\n".join(["# detfold run summary", "", *lines]) + "\n"
+
+
+def summary_json(run: RunResults) -> dict[str, Any]:
+    """``summary.json``: the same headline numbers as :func:`summary_markdown`, for a program."""
+    test = run.test
     return {
-        "audit": aud,
-        "fold_sizes": dict(fold_sizes),
-        "fold_balance": balance,
+        "audit": run.audit,
+        "fold_sizes": dict(run.fold_sizes),
+        "fold_balance": run.balance,
         "models": {
-            n: {"cv": m["cv"], "pooled_oof": {k: m["pooled_oof"][k] for k in HEADLINE_KEYS}} for n, m in models.items()
+            n: {"cv": m["cv"], "pooled_oof": {k: m["pooled_oof"][k] for k in HEADLINE_KEYS}}
+            for n, m in run.models.items()
         },
-        "delivered": selection["delivered"],
+        "delivered": run.selection["delivered"],
         "test": None
         if test is None
         else {

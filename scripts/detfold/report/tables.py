@@ -21,6 +21,19 @@ STYLE = (
     "pre{background:#f4f4f4;padding:8px;font-size:12px}p.note{color:#555}"
 )
 
+OOF_COLUMNS = {
+    "score_thr": "score_thr",
+    "precision": "OOF precision",
+    "recall": "OOF recall",
+    "f1": "OOF F1 (in-sample)",
+    "tp": "TP",
+    "fp": "FP",
+    "fn": "FN",
+}  # thresholds.json's key -> column, on the pooled OOF predictions where the threshold was chosen
+BLEND_COLUMNS = {"precision": "blend precision", "recall": "blend recall", "f1": "blend F1"}
+SEARCH_ROWS = 200  # the search page shows the best this many
+STAT_COLUMNS = {n: {"AP": "mAP", "AP50": "mAP50"}.get(n, n) for n in STAT_NAMES}  # detfold's names for AP, AP50
+
 
 def fmt(value: Any, digits: int = 4) -> str:
     """A float with ``digits`` decimals; None and NaN as n/a; anything else as ``str``."""
@@ -40,8 +53,7 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def table(df: pd.DataFrame, key_rows: Sequence[bool] | None = None, digits: int = 4) -> str:
-    """An HTML table of ``df`` (floats with ``digits`` decimals, None as n/a, numbers right
-    aligned); ``key_rows`` are bold."""
+    """An HTML table of ``df`` (floats with ``digits`` decimals, numbers right aligned); ``key_rows`` bold."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
     rows = []
     for i, row in enumerate(df.itertuples(index=False)):
@@ -68,58 +80,34 @@ def note(text: str) -> str:
 def audit_page(summary: Mapping[str, Any], checks: Sequence[str], actions: Sequence[str]) -> str:
     """Findings per check (``checks``, by ``actions`` and split) and the images and boxes
     before/after per split (``summary``: the audit's summary.json)."""
-    found = summary["findings_per_check"]
-    rows = [
-        {
-            "check": c,
-            "finds": summary.get("checks", {}).get(c, ""),
-            "total": found.get(c, {}).get("total", 0),
-            **{a: found.get(c, {}).get("by_action", {}).get(a, 0) for a in actions},
-            **{f"in {s}": found.get(c, {}).get("by_split", {}).get(s, 0) for s in summary["splits"]},
-        }
-        for c in checks
-    ]
-    split_rows = [{"split": s, **v} for s, v in summary["splits"].items()]
-    body = (
-        heading("Findings per check")
-        + table(pd.DataFrame(rows))
-        + heading("Images and boxes per split, before and after the audit")
-        + table(pd.DataFrame(split_rows))
-    )
+    rows = []
+    for c in checks:
+        found = summary["findings_per_check"].get(c, {})
+        by_action, by_split = found.get("by_action", {}), found.get("by_split", {})
+        rows.append(
+            {"check": c, "finds": summary.get("checks", {}).get(c, ""), "total": found.get("total", 0)}
+            | {a: by_action.get(a, 0) for a in actions}
+            | {f"in {s}": by_split.get(s, 0) for s in summary["splits"]}
+        )
+    splits = pd.DataFrame([{"split": s, **v} for s, v in summary["splits"].items()])
+    body = heading("Findings per check") + table(pd.DataFrame(rows))
+    body += heading("Images and boxes per split, before and after the audit") + table(splits)
     return page("Ground-truth audit", body)
 
 
-def _stat_columns(result: Mapping[str, Any]) -> dict[str, float | None]:
-    names = {"AP": "mAP", "AP50": "mAP50"}  # the names detfold uses; the rest as COCO's summary
-    return {names.get(n, n): result["stats"][n] for n in STAT_NAMES}
+def _cv_row(label: str, images: Any, gt: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
+    return {"OOF predictions": label, "images": images, "GT boxes": gt} | {c: stats[n] for n, c in STAT_COLUMNS.items()}
 
 
 def cv_table(metrics: Mapping[str, Any]) -> tuple[pd.DataFrame, list[bool]]:
     """Per-fold OOF rows, mean +- std over folds and pooled OOF of one model's metrics.json:
     images, GT boxes and the 12 COCO stats (maxDets 100; AP and AP50 named mAP and mAP50)."""
-    rows: list[dict[str, Any]] = [
-        {"OOF predictions": f"fold {f['fold']}", "images": f["n_images"], "GT boxes": f["n_gt"], **_stat_columns(f)}
-        for f in metrics["folds"]
-    ]
-    stats = [_stat_columns(f) for f in metrics["folds"]]
-    spread = {name: mean_std([s[name] for s in stats]) for name in stats[0]}
-    rows.append(
-        {
-            "OOF predictions": "mean +- std over folds",
-            "images": "",
-            "GT boxes": "",
-            **{n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()},
-        }
-    )
-    pooled = metrics["pooled_oof"]
-    rows.append(
-        {
-            "OOF predictions": "pooled OOF (all folds together)",
-            "images": pooled["n_images"],
-            "GT boxes": pooled["n_gt"],
-            **_stat_columns(pooled),
-        }
-    )
+    folds, pooled = metrics["folds"], metrics["pooled_oof"]
+    spread = {n: mean_std([f["stats"][n] for f in folds]) for n in STAT_NAMES}
+    mean = {n: f"{fmt(v['mean'])} +- {fmt(v['std'])}" for n, v in spread.items()}
+    rows = [_cv_row(f"fold {f['fold']}", f["n_images"], f["n_gt"], f["stats"]) for f in folds]
+    rows.append(_cv_row("mean +- std over folds", "", "", mean))
+    rows.append(_cv_row("pooled OOF (all folds together)", pooled["n_images"], pooled["n_gt"], pooled["stats"]))
     return pd.DataFrame(rows), [False] * (len(rows) - 1) + [True]
 
 
@@ -143,32 +131,20 @@ def cv_page(models: Mapping[str, Mapping[str, Any]]) -> str:
 
 def _threshold_rows(thresholds: Mapping[str, Any]) -> pd.DataFrame:
     """Per class its best-F1 threshold with the OOF (in-sample) and blend-split numbers."""
-    rows = []
-    for cls, v in thresholds["per_class"].items():
-        held = (thresholds.get("holdout") or {}).get("per_class", {}).get(cls, {})
-        rows.append(
-            {
-                "class": cls,
-                "score_thr": v["score_thr"],
-                "OOF precision": v["precision"],
-                "OOF recall": v["recall"],
-                "OOF F1 (in-sample)": v["f1"],
-                "TP": v["tp"],
-                "FP": v["fp"],
-                "FN": v["fn"],
-                "blend precision": held.get("precision"),
-                "blend recall": held.get("recall"),
-                "blend F1": held.get("f1"),
-            }
-        )
-    return pd.DataFrame(rows)
+    held = (thresholds.get("holdout") or {}).get("per_class", {})
+    return pd.DataFrame(
+        [
+            {"class": c}
+            | {col: v[k] for k, col in OOF_COLUMNS.items()}
+            | {col: held.get(c, {}).get(k) for k, col in BLEND_COLUMNS.items()}
+            for c, v in thresholds["per_class"].items()
+        ]
+    )
 
 
 def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, Mapping[str, Any]]) -> str:
-    """Per analysis (by name, in order: tide.json and thresholds.json of
-    :func:`detfold.analyze.analysis.write_analysis`): the per-class thresholds with precision,
-    recall and F1 on the pooled OOF predictions where they were chosen and on the blend split
-    where they were not, and TIDE's breakdown."""
+    """Per analysis (tide.json and thresholds.json by name, in order): the per-class thresholds
+    with their precision, recall and F1 in-sample and on the blend split, and TIDE's breakdown."""
     body = note(
         "Per class the score threshold of the best F1 at IoU 0.5, chosen on the pooled out-of-fold "
         "predictions (their precision, recall and F1 there are in-sample: the threshold was picked on them), "
@@ -178,9 +154,8 @@ def analysis_page(tides: Mapping[str, Mapping[str, Any]], thresholds: Mapping[st
     )
     for name, t in tides.items():
         body += heading(f"{name}: best-F1 thresholds") + table(_threshold_rows(thresholds[name]), digits=3)
-        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES] + [
-            {"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES
-        ]
+        breakdown = [{"error type": k, "dAP50": t["main"][k], "count": t["counts"].get(k)} for k in ERROR_TYPES]
+        breakdown += [{"error type": k, "dAP50": t["special"][k], "count": None} for k in SPECIAL_TYPES]
         body += heading(f"{name}: TIDE breakdown (mAP50 {t['mAP']:.4f}, pooled OOF)") + table(pd.DataFrame(breakdown))
     return page("Error analysis: thresholds and breakdown", body)
 
@@ -191,42 +166,30 @@ def ensemble_rows(selection: Mapping[str, Any], test: Mapping[str, Any] | None) 
     test score; the single fold models (no choice made: their blend score is honest as it
     is); and the delivered predictions, whose honest estimate nests the whole choice."""
     metric = selection["metric"]
-    cands = (test or {}).get("candidates", {})
-    singles = (test or {}).get("single", {})
+    test = test or {}
 
-    def row(name: str, kind: str, optimistic: Any, honest: Any, ci: Any, t: Mapping[str, Any] | None) -> dict[str, Any]:
+    def row(
+        name: str, what: str, optimistic: Any, honest: Mapping[str, Any], scored: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
         return {
             "predictions": name,
-            "what": kind,
+            "what": what,
             f"blend {metric}, in-sample (optimistic)": optimistic,
-            f"blend {metric}, nested (honest)": honest,
-            "95 % interval": interval(ci),
-            "test mAP": t.get("mAP") if t else None,
-            "test mAP50": t.get("mAP50") if t else None,
+            f"blend {metric}, nested (honest)": honest[metric],
+            "95 % interval": interval(honest.get(f"{metric}_ci95")),
+            "test mAP": scored.get("mAP") if scored else None,
+            "test mAP50": scored.get("mAP50") if scored else None,
         }
 
-    rows = [
-        row(name, "single fold model", None, scores[metric], None, singles.get(name))
-        for name, scores in selection["singles"].items()
-    ]
+    singles = test.get("single", {})
+    rows = [row(name, "single fold model", None, s, singles.get(name)) for name, s in selection["singles"].items()]
     for kind in selection["kinds"]:
         c = selection["candidates"][kind]
-        nested = c["nested"]
         rows.append(
-            row(
-                c["label"],
-                c["description"],
-                c["in_sample"][metric],
-                nested[metric],
-                nested[f"{metric}_ci95"],
-                cands.get(kind),
-            )
+            row(c["label"], c["description"], c["in_sample"][metric], c["nested"], test.get("candidates", {}).get(kind))
         )
     d = selection["delivered"]
-    honest = d["honest"]
-    delivered = (test or {}).get("delivered")
-    what = f"{d['label']}: {d['description']}"
-    rows.append(row("delivered", what, None, honest[metric], honest[f"{metric}_ci95"], delivered))
+    rows.append(row("delivered", f"{d['label']}: {d['description']}", None, d["honest"], test.get("delivered")))
     return pd.DataFrame(rows, dtype=object)  # object: None stays None
 
 
@@ -247,15 +210,15 @@ def ensemble_page(selection: Mapping[str, Any], rows: pd.DataFrame) -> str:
     return page("Ensembles: chosen on the blend split", body)
 
 
-def search_page(search: pd.DataFrame, metric: str, max_rows: int) -> str:
+def search_page(search: pd.DataFrame, metric: str) -> str:
     """The fusion search of both steps on the blend split (search.csv, best first per step):
-    the first ``max_rows`` rows, each step's best in bold."""
+    the first :data:`SEARCH_ROWS` rows, each step's best in bold."""
     text = (
         f"{len(search)} fusion parameter combinations scored on all blend images by {metric} (in-sample), "
         "best first per step; the model step fuses the fold ensembles chosen there"
-        + (f"; the first {max_rows} shown." if len(search) > max_rows else ".")
+        + (f"; the first {SEARCH_ROWS} shown." if len(search) > SEARCH_ROWS else ".")
     )
-    rows = search.head(max_rows)
+    rows = search.head(SEARCH_ROWS)
     rows = rows.astype(object).where(rows.notna(), None)
     key = [i == 0 or rows.step.iloc[i] != rows.step.iloc[i - 1] for i in range(len(rows))]
     return page("Fusion parameter search (blend split)", note(text) + table(rows, key))

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,26 @@ def available_slots() -> int:
     without initialising CUDA in this process, so CUDA_VISIBLE_DEVICES can still be set); else 0."""
     if os.environ.get("DETFOLD_GPU_SLOTS"):
         return int(os.environ["DETFOLD_GPU_SLOTS"])
-    if os.environ.get("SLURM_JOB_ID"):
-        return 0
-    if shutil.which("nvidia-smi") is None:
+    if os.environ.get("SLURM_JOB_ID") or shutil.which("nvidia-smi") is None:
         return 0
     try:
         listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return 0
     return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def _take_free_slot(directory: Path, n_slots: int) -> tuple[IO[str], int] | None:
+    """The locked file and index of the first free slot, without waiting; None when all are held."""
+    for i in range(n_slots):
+        handle = open(directory / f"slot{i}.lock", "a+")  # noqa: SIM115 (held past this function)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return handle, i
+    return None
 
 
 @contextmanager
@@ -53,35 +65,19 @@ def gpu_slot(
     ``n_slots`` is 0: no pool, CUDA_VISIBLE_DEVICES is left alone). With ``record``, one JSON
     line per job (job, slot, pid, start, end) is appended there."""
     if n_slots <= 0:
-        slurm_job = os.environ.get("SLURM_JOB_ID")
-        log.info(
-            "%s: no GPU slot pool; CUDA_VISIBLE_DEVICES=%s as given%s",
-            job,
-            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
-            f" (SLURM job {slurm_job})" if slurm_job else "",
-        )
+        given = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+        slurm = f" (SLURM job {os.environ['SLURM_JOB_ID']})" if os.environ.get("SLURM_JOB_ID") else ""
+        log.info("%s: no GPU slot pool; CUDA_VISIBLE_DEVICES=%s as given%s", job, given, slurm)
         yield None
         return
     directory = Path(lock_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    handle = None
-    slot = -1
-    waited = 0.0
-    while handle is None:
-        for i in range(n_slots):
-            candidate = open(directory / f"slot{i}.lock", "a+")  # noqa: SIM115 (held past this block)
-            try:
-                fcntl.flock(candidate, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                candidate.close()
-                continue
-            handle, slot = candidate, i
-            break
-        if handle is None:
-            if waited == 0.0:
-                log.info("%s: all %d GPU slots busy, waiting", job, n_slots)
-            time.sleep(poll_s)
-            waited += poll_s
+    if (taken := _take_free_slot(directory, n_slots)) is None:
+        log.info("%s: all %d GPU slots busy, waiting", job, n_slots)
+    while taken is None:
+        time.sleep(poll_s)
+        taken = _take_free_slot(directory, n_slots)
+    handle, slot = taken
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
     start = time.time()
@@ -101,13 +97,3 @@ def gpu_slot(
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
-
-
-def overlapping_same_slot(records: list[dict]) -> list[tuple[str, str]]:
-    """Pairs of jobs that held the same slot at overlapping times (should be none)."""
-    clashes = []
-    for i, a in enumerate(records):
-        for b in records[i + 1 :]:
-            if a["slot"] == b["slot"] and a["start"] < b["end"] and b["start"] < a["end"]:
-                clashes.append((a["job"], b["job"]))
-    return clashes

@@ -1,10 +1,9 @@
 """Adapting an MMDetection config (a zoo config or the user's own) to one fold of a run.
 
-A zoo config is a tree detfold did not write. Each function below changes one concern the
-way mmdet itself would, finds its targets by walking the tree instead of assuming where they
-sit, and returns a line per change (``resolve_config`` logs them). A shape it does not
-understand stops with an error that names the key. Works on plain dicts and on mmengine's
-``Config`` / ``ConfigDict`` (dict subclasses); nothing here imports torch.
+Each function changes one concern the way mmdet itself would, finds its targets by walking the
+tree instead of assuming where they sit, and returns a line per change (``resolve_config`` logs
+them); a shape it does not understand stops with an error naming the key. Works on plain dicts
+and on mmengine's ``Config`` / ``ConfigDict`` (dict subclasses); nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-WRAPPERS = ("RepeatDataset", "ClassBalancedDataset", "MultiImageMixDataset", "ConcatDataset")
 CONTAINERS = ("RandomChoice", "TestTimeAug", "RandomApply", "RandomOrder", "MultiScaleFlipAug")
 SIZE_KEYS = ("scale", "scales", "img_scale", "crop_size", "size", "width", "height")
 EPOCH_KEY = re.compile(r"(^|_)epochs?$")  # switch_epoch, begin_epoch, num_last_epochs, ...
@@ -138,20 +136,16 @@ def _pair(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
 
 
-def _single_size(step: dict[str, Any]) -> tuple[int, int] | None:
-    """The one (w, h) size a transform sizes to, if it has one."""
-    kind = _type(step)
-    if kind == "FixShapeResize" and step.get("width") and step.get("height"):
-        return int(step["width"]), int(step["height"])
-    for key in ("scale", "img_scale", "crop_size", "size"):
-        if _pair(step.get(key)) and not (kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"):
-            return int(step[key][0]), int(step[key][1])
-    return None
-
-
 def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
     """The pipeline's own input size: the first transform that sizes to one (w, h)."""
-    return next((size for step in pipeline_steps(pipeline) if (size := _single_size(step))), None)
+    for step in pipeline_steps(pipeline):
+        kind = _type(step)
+        if kind == "FixShapeResize" and step.get("width") and step.get("height"):
+            return int(step["width"]), int(step["height"])
+        for key in ("scale", "img_scale", "crop_size", "size"):
+            if _pair(step.get(key)) and not (kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"):
+                return int(step[key][0]), int(step[key][1])
+    return None
 
 
 class ScaleMap:
@@ -296,10 +290,6 @@ def set_multi_scale(cfg: dict[str, Any], scales: list[Any], name: str) -> list[s
 # ------------------------------------------------------------------------------ schedule
 
 
-def _stretch(value: int, old: int, new: int) -> int:
-    return round(value * new / old)
-
-
 def stretch_schedulers(param_scheduler: Any, old: int, new: int, unit: str = "epoch") -> tuple[list[Any], list[str]]:
     """Stretch LR/momentum schedulers of one unit (``epoch``: those with ``by_epoch`` true;
     ``iter``: the others) from ``old`` to ``new`` units. A scheduler left with nothing to run
@@ -312,9 +302,9 @@ def stretch_schedulers(param_scheduler: Any, old: int, new: int, unit: str = "ep
             continue
         for key in ("begin", "end", "T_max"):
             if isinstance(sched.get(key), int):
-                sched[key] = _stretch(sched[key], old, new)
+                sched[key] = round(sched[key] * new / old)
         if isinstance(sched.get("milestones"), list):
-            sched["milestones"] = [_stretch(m, old, new) for m in sched["milestones"]]
+            sched["milestones"] = [round(m * new / old) for m in sched["milestones"]]
         begin, end = sched.get("begin", 0), sched.get("end", math.inf)
         if end <= begin or sched.get("T_max", 1) == 0:
             changes.append(f"{_type(sched)} dropped: nothing left of it in {new} {unit}s")
@@ -332,15 +322,10 @@ def stretch_epoch_hooks(hooks: list[dict[str, Any]], old: int, new: int) -> list
     for hook in hooks:
         for key, value in list(hook.items()):
             if EPOCH_KEY.search(key) and isinstance(value, int) and not isinstance(value, bool):
-                hook[key] = _stretch(value, old, new)
+                hook[key] = round(value * new / old)
                 if hook[key] != value:
                     changes.append(f"{_type(hook)}.{key} {value} -> {hook[key]}")
     return changes
-
-
-def is_iteration_based(cfg: dict[str, Any]) -> bool:
-    train_cfg = cfg.get("train_cfg") or {}
-    return _type(train_cfg) == "IterBasedTrainLoop" or "max_iters" in train_cfg
 
 
 def set_schedule(cfg: dict[str, Any], epochs: int | None, iters_per_epoch: int, name: str) -> list[str]:
@@ -350,7 +335,7 @@ def set_schedule(cfg: dict[str, Any], epochs: int | None, iters_per_epoch: int, 
     to ``epochs x iters_per_epoch``."""
     train_cfg = cfg.get("train_cfg") or {}
     changes: list[str] = []
-    if is_iteration_based(cfg):
+    if _type(train_cfg) == "IterBasedTrainLoop" or "max_iters" in train_cfg:
         if not epochs:
             raise ValueError(
                 f"{name}: the config is iteration-based (IterBasedTrainLoop, max_iters "
@@ -421,39 +406,24 @@ def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, con
 # ------------------------------------------------------------------------------- weights
 
 
-def _is_remote(checkpoint: str) -> bool:
-    return "://" in checkpoint or not Path(checkpoint).is_file()
-
-
-def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[str, Any], str]]:
-    """(key, owner, field) of every pretrained-weights reference in a model config: an
-    ``init_cfg`` of type Pretrained (or a list holding one) and mmdet 2's ``pretrained``."""
+def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[str, Any], str, dict[str, Any] | None]]:
+    """(key, owner, field, init) of every pretrained-weights reference in a model config:
+    ``owner[field]`` is an ``init_cfg`` of type Pretrained (``init``) or a list holding one
+    (``init``: that item), or mmdet 2's ``pretrained`` path (``init`` None)."""
     if isinstance(node, dict):
         for name, value in node.items():
             here = f"{key}.{name}"
             if name == "init_cfg":
                 for i, init in enumerate(value if isinstance(value, list) else [value]):
                     if isinstance(init, dict) and _type(init) == "Pretrained":
-                        yield (here if not isinstance(value, list) else f"{here}[{i}]"), node, name
+                        yield (f"{here}[{i}]" if isinstance(value, list) else here), node, name, init
             elif name == "pretrained" and isinstance(value, str):
-                yield here, node, name
+                yield here, node, name, None
             else:
                 yield from pretrained_inits(value, here)
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
             yield from pretrained_inits(value, f"{key}[{i}]")
-
-
-def _init_of(owner: dict[str, Any], field: str, key: str) -> dict[str, Any]:
-    """The init_cfg dict that ``key`` names (``...init_cfg`` or ``...init_cfg[i]``)."""
-    value = owner[field]
-    return value[int(key.rsplit("[", 1)[1][:-1])] if isinstance(value, list) else value
-
-
-def _checkpoint_of(owner: dict[str, Any], field: str, key: str) -> str:
-    if field == "pretrained":
-        return str(owner[field] or "")
-    return str(_init_of(owner, field, key).get("checkpoint") or "")
 
 
 def _drop(owner: dict[str, Any], field: str) -> None:
@@ -470,7 +440,6 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
     ``backbone_weights: PATH`` the backbone's reads that local file; ``backbone_weights: false``
     drops them all (from scratch). A remote one left otherwise is an error naming key and URL.
     Local files the config itself names are kept."""
-    inits = list(pretrained_inits(model))
     changes: list[str] = []
     if backbone_weights not in (None, False):
         if not Path(str(backbone_weights)).is_file():
@@ -480,20 +449,20 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
         if load_from:
             changes.append(f"backbone_weights {backbone_weights} not used: load_from overwrites the whole model")
     remote = []
-    checkpoints = [_checkpoint_of(owner, field, key) for key, owner, field in inits]  # before any is dropped
-    for (key, owner, field), checkpoint in zip(inits, checkpoints, strict=True):
-        if not checkpoint or not _is_remote(checkpoint):
-            continue
+    for key, owner, field, init in list(pretrained_inits(model)):
+        checkpoint = str((owner[field] if init is None else init.get("checkpoint")) or "")
+        if not checkpoint or ("://" not in checkpoint and Path(checkpoint).is_file()):
+            continue  # none, or a local file the config itself names
         if load_from or backbone_weights is False:
             _drop(owner, field)
             why = "load_from overwrites it" if load_from else "backbone_weights: false, from scratch"
             changes.append(f"{key} ({checkpoint}) dropped: {why}")
         elif backbone_weights is not None and key.startswith("model.backbone."):
             local = str(Path(str(backbone_weights)).resolve())
-            if field == "pretrained":
+            if init is None:
                 owner[field] = local
             else:
-                _init_of(owner, field, key)["checkpoint"] = local
+                init["checkpoint"] = local
             changes.append(f"{key}: {checkpoint} -> {local} (backbone_weights)")
         else:
             remote.append((key, checkpoint))
