@@ -81,9 +81,9 @@ def families() -> dict[str, str]:
 
 
 def step_resolve(settings: dict[str, Any], train: str, val: str, work: str) -> dict[str, Any]:
-    from detfold.train.mmdet_train import _prepare_mmdet, resolve_config
+    from detfold.train.mmdet_train import prepare_mmdet, resolve_config
 
-    _prepare_mmdet(1)
+    prepare_mmdet(1)
     resolve_config(settings, train, val, str(BCCD / "images"), work, 42)
     return {}
 
