@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 import numpy as np
@@ -88,7 +88,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -97,7 +97,7 @@ def _is_id(value: Any) -> bool:
 MAX_COORDINATE = 1e7
 
 
-def _is_box(value: Any) -> bool:
+def _is_box(value: Any) -> TypeGuard[list[float]]:
     """4 finite numbers ``[x, y, w, h]`` within :data:`MAX_COORDINATE` px."""
     return (
         isinstance(value, list) and len(value) == 4 and all(_is_number(v) and abs(v) <= MAX_COORDINATE for v in value)
