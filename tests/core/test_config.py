@@ -20,7 +20,7 @@ DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def edited(**changes):
-    """The demo config with dotted keys set (value None deletes the key)."""
+    """The demo config with dotted keys set (value None deletes the key, "__null__" sets null)."""
     config = copy.deepcopy(DEMO)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
@@ -30,7 +30,7 @@ def edited(**changes):
         if value is None:
             node.pop(last, None)
         else:
-            node[last] = value
+            node[last] = None if value == "__null__" else value
     return config
 
 
@@ -113,6 +113,103 @@ SCHEMA_CASES = {
     "backbone_weights true": (
         edited(models__rtmdet_tiny__backbone_weights=True),
         "models.rtmdet_tiny.backbone_weights = True",
+    ),
+    "seed negative": (edited(seed=-1), "seed = -1 is out of range: must be >= 0"),
+    "seed past numpy's range": (edited(seed=2**32), "seed = 4294967296 is out of range: must be <= 4294967295"),
+    "seed + k past numpy's range": (
+        edited(seed=2**32 - 2),
+        "seed = 4294967294 is out of range with folds.k = 3: fold 2 trains with seed + 2 = 4294967296, past "
+        "numpy's 4294967295; use a seed <= 4294967293",
+    ),
+    "integer past 64 bits": (
+        edited(models__rtmdet_tiny__batch_size=2**64),
+        "models.rtmdet_tiny.batch_size = 18446744073709551616 is out of range: a 64-bit integer is at most",
+    ),
+    "clip for a check that cannot clip": (
+        edited(audit__checks__tiny={"threshold": 2, "action": "clip"}),
+        "audit.checks.tiny.action = 'clip' is not allowed for tiny (allowed: flag, drop_box, drop_image; "
+        "clip is for outside_image only)",
+    ),
+    "drop_box for empty_image": (
+        edited(audit__checks__empty_image={"action": "drop_box"}),
+        "audit.checks.empty_image.action = 'drop_box' is not allowed for empty_image (allowed: flag, drop_image;",
+    ),
+    "IoU threshold above 1": (
+        edited(audit__checks__duplicate={"threshold": 1.5, "action": "flag"}),
+        "audit.checks.duplicate.threshold = 1.5 is out of range: must be <= 1",
+    ),
+    "aspect threshold below 1": (
+        edited(audit__checks__extreme_aspect={"threshold": 0.5}),
+        "audit.checks.extreme_aspect.threshold = 0.5 is out of range: must be >= 1",
+    ),
+    "threshold for a check without one": (
+        edited(audit__checks__empty_image={"threshold": 3, "action": "flag"}),
+        "audit.checks.empty_image.threshold = 3 does nothing: this check has no threshold; remove it",
+    ),
+    "threshold in quotes": (
+        edited(audit__checks__tiny={"threshold": "2.5"}),
+        "audit.checks.tiny.threshold = '2.5' has the wrong type: expected number; write it without quotes: 2.5",
+    ),
+    "number in quotes": (
+        edited(ensemble__iou_thr="0.5"),
+        "ensemble.iou_thr = '0.5' has the wrong type: expected number; write it without quotes: 0.5",
+    ),
+    "NaN threshold": (edited(ensemble__iou_thr=float("nan")), "ensemble.iou_thr = nan is not a finite number"),
+    "infinite learning rate": (
+        edited(models__rtmdet_tiny__lr=float("inf")),
+        "models.rtmdet_tiny.lr = inf is not a finite number",
+    ),
+    "empty search list": (
+        edited(ensemble__search__method=[]),
+        "ensemble.search.method = [] is empty: list at least one value, or leave the key out",
+    ),
+    "empty search thresholds": (
+        edited(ensemble__search__iou_thr=[]),
+        "ensemble.search.iou_thr = [] is empty: list at least one value, or leave the key out",
+    ),
+    "null where a list is expected": (
+        edited(ensemble__search__skip_box_thr="__null__"),
+        "ensemble.search.skip_box_thr is empty (null): expected a list; give a value",
+    ),
+    "null path": (
+        edited(data__train_annotations="__null__"),
+        "data.train_annotations is empty (null): expected string; give a value; a lone ~ is null in YAML, not the home",
+    ),
+    "null models": (edited(models="__null__"), "models is empty (null): expected a mapping (key: value)"),
+    "model settings without a model name": (
+        edited(models={"config": "x.py"}),
+        "models.config = 'x.py' has the wrong type: expected a mapping (key: value): a model's settings, e.g. "
+        "config: {config: path/to/config.py, epochs: 12} (settings written right under models: need a model name",
+    ),
+    "conf_type with NMS": (
+        edited(ensemble__method="nms", ensemble__conf_type="max"),
+        "ensemble.conf_type = 'max' does nothing with ensemble.method = 'nms' (conf_type is WBF's); remove it or "
+        "set method: wbf",
+    ),
+    "fixed fold fusion conf_type with NMS": (
+        edited(ensemble__fold_fusion={"method": "soft_nms", "conf_type": "avg"}),
+        "ensemble.fold_fusion.conf_type = 'avg' does nothing with ensemble.fold_fusion.method = 'soft_nms'",
+    ),
+    "external named like a model": (
+        edited(ensemble__external=[{"name": "rtmdet_tiny", "oof": "a.json", "test": "b.json"}]),
+        "ensemble.external[0].name = 'rtmdet_tiny' is taken by models.rtmdet_tiny: every member of the ensemble "
+        "needs its own name",
+    ),
+    "two externals of one name": (
+        edited(ensemble__external=[{"name": "yolo", "oof": "a.json", "test": "b.json"}] * 2),
+        "ensemble.external[1].name = 'yolo' is taken by ensemble.external[0]",
+    ),
+    "balance weights with another fold method": (
+        edited(folds__method="iterstrat", folds__weights={"class_boxes": 3}),
+        "does nothing with folds.method = 'iterstrat' (the weights are the balanced method's); remove them or set",
+    ),
+    "TTA merge with one view": (
+        edited(predict__tta={"merge": "wbf"}),
+        "predict.tta.merge = 'wbf' does nothing: predict.tta has one view (no flip, scales [1.0]), nothing to merge",
+    ),
+    "empty multi-scale list": (
+        edited(models__rtmdet_tiny__multi_scale=[]),
+        "models.rtmdet_tiny.multi_scale = [] is empty: list at least one value, or leave the key out",
     ),
 }
 
