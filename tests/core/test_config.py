@@ -417,3 +417,202 @@ def test_defaults_are_filled_as_snakemake_fills_them():
         "fold_boxes": 1,
         "size_buckets": 0,
     }
+
+
+def _bad_overrides(workdir):
+    (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n12,,remove,wrong box\n")
+
+
+def _labels_folder(workdir):
+    (workdir / "labels").mkdir()
+    (workdir / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+
+
+def _tagged_train(workdir):
+    coco = json.loads((workdir / "train.json").read_text())
+    for image in coco["images"][1:]:
+        image["video"] = "v1"
+    (workdir / "train.json").write_text(json.dumps(coco))
+
+
+def _class_names(workdir):
+    (workdir / "names.txt").write_text("cat\ndog\ncat\n")
+
+
+FILE_CASES = {
+    "group field no image has": (
+        None,
+        {"folds__group_by": "field:video"},
+        "folds.group_by = 'field:video': no image record has a 'video' key (the image records of train.json have: "
+        "file_name, height, id, license, width)",
+    ),
+    "group field some images lack": (
+        _tagged_train,
+        {"folds__group_by": "field:video"},
+        "folds.group_by = 'field:video': 1 of 30 image records of train.json lack 'video' (ids [",
+    ),
+    "yolo without class names": (
+        _labels_folder,
+        {"data__format": "yolo", "data__train_annotations": "labels", "data__test_annotations": None},
+        "data.class_names: missing; format yolo needs it (a text file of class names, one per line",
+    ),
+    "class names duplicated": (
+        _class_names,
+        {"data": {"format": "coco", "class_names": "names.txt", "train_annotations": "train.json"}},
+        "data.class_names: names.txt: duplicate class names ['cat']",
+    ),
+    "overrides not the documented CSV": (
+        _bad_overrides,
+        {"audit": {"overrides": "overrides.csv"}},
+        "audit.overrides: overrides.csv: row 2: decision must be 'keep' or 'drop', got 'remove'",
+    ),
+    "path with a tilde": (
+        None,
+        {"data__train_annotations": "~/data/train.json"},
+        "data.train_annotations = '~/data/train.json': ~ is not expanded here (Snakemake takes paths as written); "
+        "write the full path, e.g. '",
+    ),
+    "coco annotations given as a folder": (
+        _labels_folder,
+        {"data__train_annotations": "labels"},
+        "data.train_annotations = 'labels' is a folder; expected a file (format coco: a COCO JSON file)",
+    ),
+    "voc annotations given as a file": (
+        None,
+        {"data__format": "voc", "data__test_annotations": None},
+        "data.train_annotations = 'train.json' is a file; expected a folder (format voc: a folder of XML files)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_input_file_problems_are_refused_at_the_gate(case, workdir, bccd_dir):
+    """What the first job would refuse (the folds, the import, the audit) is refused before any
+    job, with the reader that job uses, naming the key, the value and the file."""
+    setup, changes, expected = FILE_CASES[case]
+    if setup:
+        setup(workdir)
+    config = feasible_config(bccd_dir)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        if value is None:
+            node.pop(last)
+        elif isinstance(value, dict):
+            node[last] = {**node[last], **value}
+        else:
+            node[last] = value
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(ConfigError) as err:
+        check_feasible(config)
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_group_field_every_image_has_passes(workdir, bccd_dir):
+    _tagged_train(workdir)
+    coco = json.loads((workdir / "train.json").read_text())
+    coco["images"][0]["video"] = "v0"
+    (workdir / "train.json").write_text(json.dumps(coco))
+    assert feasibility_problems(feasible_config(bccd_dir, folds__group_by="field:video")) == []
+
+
+CONFIG_FILE_CASES = {
+    "key given twice": (
+        "seed: 1\nfolds:\n  k: 3\n  method: random\n  k: 5\nseed: 2\n",
+        [
+            "my.yaml: key 'folds.k' is given twice (line 3 and line 5): the last one would silently win; keep one",
+            "my.yaml: key 'seed' is given twice (line 1 and line 6)",
+        ],
+    ),
+    "key twice in a list item": (
+        "ensemble:\n  external:\n    - {name: a, oof: a.json, name: b}\n",
+        ["my.yaml: key 'ensemble.external.0.name' is given twice (line 3 and line 3)"],
+    ),
+    "not YAML": (
+        "seed: 42\nfolds:\n  k: 3\n   method: random\n",
+        ["my.yaml: not valid YAML: line 4, column 10: mapping values are not allowed here"],
+    ),
+    "tab indentation": (
+        "folds:\n\tk: 3\n",
+        ["my.yaml: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token", "never tabs"],
+    ),
+    "a list": (
+        "- seed: 42\n",
+        ["my.yaml: a config is a mapping of keys (seed: 42, data: ..., models: ...); this file is a list"],
+    ),
+    "empty": ("# nothing yet\n", ["my.yaml: a config is a mapping of keys", "this file is empty"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_FILE_CASES))
+def test_config_file_problems_name_file_line_and_key(case, tmp_path):
+    from detfold.core.config import check_config_files
+
+    text, expected = CONFIG_FILE_CASES[case]
+    (tmp_path / "my.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        check_config_files([tmp_path / "my.yaml"])
+    message = str(err.value)
+    assert all(part in message for part in expected), message
+    assert str(tmp_path / "my.yaml") in message
+
+
+def test_config_files_snakemake_reads_are_accepted(tmp_path):
+    """The demo config, a JSON config (Snakemake reads JSON first) and a missing file (Snakemake
+    names it itself) pass; a YAML merge key is not a duplicate."""
+    from detfold.core.config import check_config_files, config_file_problems
+
+    (tmp_path / "c.json").write_text(json.dumps({"seed": 1, "folds": {"k": 3}}))
+    (tmp_path / "merge.yaml").write_text("base: &b {k: 3}\nfolds:\n  <<: *b\n  method: random\n")
+    check_config_files([REPO / "config" / "config.yaml", tmp_path / "c.json", tmp_path / "merge.yaml", tmp_path / "no"])
+    assert config_file_problems(tmp_path / "merge.yaml") == []
+
+
+def test_search_conf_type_without_wbf_is_warned_about(caplog):
+    """A search conf_type list with no WBF searched does nothing; it may come from the demo's
+    config merged under a user's file, so a warning names it rather than an error."""
+    from detfold.core.config import setting_warnings, warn_merged_config
+
+    config = edited(ensemble__search__method=["nms", "soft_nms"])
+    assert schema_problems(config, SCHEMA) == []
+    expected = (
+        "ensemble.search.conf_type = ['avg', 'max'] does nothing: ensemble.search.method = ['nms', 'soft_nms'] "
+        "searches no wbf (conf_type is WBF's)"
+    )
+    assert setting_warnings(config) == [expected]
+    with caplog.at_level("WARNING"):
+        warn_merged_config(config, merged=False)
+    assert expected in caplog.text
+    assert setting_warnings(edited()) == []
+
+
+def _snakemake(workdir, *configfiles):
+    snakemake = Path(sys.executable).parent / "snakemake"
+    cmd = [str(snakemake), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "1", "-n"]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_snakemake_refuses_a_key_given_twice_in_a_configfile(tmp_path):
+    """Snakemake keeps the last of two equal keys; the gate names the file, the key and both lines."""
+    (tmp_path / "mine.yaml").write_text("folds:\n  k: 3\n  method: random\n  k: 4\n")
+    code, output = _snakemake(REPO, REPO / "config" / "config.yaml", tmp_path / "mine.yaml")
+    assert code == 1
+    assert f"{tmp_path / 'mine.yaml'}: key 'folds.k' is given twice (line 2 and line 4)" in output
+    assert "Job stats" not in output
+
+
+def test_snakemake_names_file_and_line_of_a_workflow_config_that_is_not_yaml(tmp_path):
+    """config/config.yaml is read by the Snakefile, so the gate sees it first: one line with
+    the file, the line and what is wrong, instead of Snakemake's message naming neither."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("seed: 42\nfolds:\n  k: 3\n   method: random\n")
+    code, output = _snakemake(tmp_path)
+    assert code == 1
+    assert "config/config.yaml: not valid YAML: line 4, column 10: mapping values are not allowed here" in output
+    assert not (tmp_path / "results").exists()
