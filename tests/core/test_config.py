@@ -207,6 +207,14 @@ SCHEMA_CASES = {
         edited(predict__tta={"merge": "wbf"}),
         "predict.tta.merge = 'wbf' does nothing: predict.tta has one view (no flip, scales [1.0]), nothing to merge",
     ),
+    "number YAML reads as text": (
+        edited(seed="1e3"),
+        "seed = '1e3' has the wrong type: expected integer; YAML reads 1e3 as text: write 1000",
+    ),
+    "enum in capitals": (
+        edited(data__format="YOLO"),
+        "data.format = 'YOLO' is not allowed; did you mean 'yolo'? (allowed values: coco, voc, yolo)",
+    ),
     "empty multi-scale list": (
         edited(models__rtmdet_tiny__multi_scale=[]),
         "models.rtmdet_tiny.multi_scale = [] is empty: list at least one value, or leave the key out",

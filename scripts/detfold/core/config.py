@@ -42,7 +42,8 @@ def _key(path: Any) -> str:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    same_but_case = [c for c in map(str, choices) if c.lower() == str(word).lower()]
+    close = same_but_case or difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -103,8 +104,11 @@ def _wrong_type(key: str, value: Any, expected: str | list[str], schema: dict[st
     line = f"{key} = {value!r} has the wrong type: expected {words}"
     if isinstance(value, str) and {"number", "integer"} & set(kinds):
         with contextlib.suppress(ValueError):
-            float(value)
-            return f"{line}; write it without quotes: {value.strip()}"
+            number = float(value)
+            if isinstance(yaml.safe_load(value), (int, float)):
+                return f"{line}; write it without quotes: {value.strip()}"
+            written = int(number) if number.is_integer() and "integer" in kinds else number
+            return f"{line}; YAML reads {value.strip()} as text: write {written}"
     if key.startswith("models.") and key.count(".") == 1 and "object" in kinds:
         name = key.split(".", 1)[1]
         return (
