@@ -107,8 +107,9 @@ def _wrong_type(key: str, value: Any, expected: str | list[str], schema: dict[st
             number = float(value)
             if isinstance(yaml.safe_load(value), (int, float)):
                 return f"{line}; write it without quotes: {value.strip()}"
-            written = int(number) if number.is_integer() and "integer" in kinds else number
-            return f"{line}; YAML reads {value.strip()} as text: write {written}"
+            if math.isfinite(number):
+                written = int(number) if number.is_integer() and "integer" in kinds else number
+                return f"{line}; YAML reads {value.strip()} as text: write {written}"
     if key.startswith("models.") and key.count(".") == 1 and "object" in kinds:
         name = key.split(".", 1)[1]
         return (
