@@ -157,6 +157,14 @@ REFUSED = {
         voc({"Annotations/a.xml": voc_xml(obj("RBC"))}),
         "no .xml files in the annotations folder, but 1 in its subfolders (e.g. ",
     ),
+    "voc-corners-swapped": (
+        voc({"a.xml": voc_xml(obj("RBC").replace("<xmin>1</xmin>", "<xmin>5</xmin>"))}),
+        "a.xml: object 0 (RBC): bndbox/xmax = 3 is less than xmin = 5",
+    ),
+    "voc-absurd-coordinate": (
+        voc({"a.xml": voc_xml(obj("RBC").replace("<ymax>3</ymax>", "<ymax>1e200</ymax>"))}),
+        "a.xml: object 0 (RBC): bndbox/ymax = 1e+200 is beyond +-1e+07 px",
+    ),
     "voc-no-object-no-classes": (voc({"a.xml": voc_xml()}), "no <object> in any of the 1 XML files"),
     "voc-names-file-case": (
         voc({"a.xml": voc_xml(obj("RBC"))}, classes="RBC\nWBC\nrbc\n"),
@@ -220,6 +228,11 @@ REFUSED = {
     "yolo-segmentation-label": (
         yolo({"BloodImage_00000.txt": "0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2\n"}),
         "got 9: '0 0.1 0.1 0.2 0.1 0.2 0.2 0.1 0.2': a segmentation or oriented-box label?",
+    ),
+    "yolo-prediction-file": (
+        yolo({"BloodImage_00000.txt": "0 0.5 0.5 0.1 0.1 0.93\n"}),
+        "BloodImage_00000.txt: line 1: expected 'class cx cy w h' (5 fields), got 6: '0 0.5 0.5 0.1 0.1 0.93': a "
+        "prediction file",
     ),
     "yolo-two-images-one-stem": (
         yolo(ONE_BOX, images=(BLOOD, "BloodImage_00000.png")),

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detfold.core.coco import MAX_COORDINATE
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -395,12 +397,27 @@ def _read_voc(path: Path, images_dir: str | Path | None) -> VocFile:
         box = obj.find("bndbox")
         if box is None:
             raise AnnotationImportError(f"{where} ({name}): missing <bndbox>")
-        coords = [_number(box.findtext(k), where, f"bndbox/{k}") for k in ("xmin", "ymin", "xmax", "ymax")]
+        coords = _voc_box(box, f"{where} ({name})")
         flag = (obj.findtext("difficult") or "0").strip()
         if flag.lower() not in ("0", "1", "false", "true"):
             raise AnnotationImportError(f"{where} ({name}): <difficult> must be 0 or 1, got {flag!r}")
         voc.objects.append(VocObject(name, coords, flag.lower() in ("1", "true"), where))
     return voc
+
+
+def _voc_box(box: ET.Element, where: str) -> list[float]:
+    """xmin, ymin, xmax, ymax of a ``<bndbox>``: finite, within the COCO checks' limit, max >= min."""
+    keys = ("xmin", "ymin", "xmax", "ymax")
+    coords = [_number(box.findtext(k), where, f"bndbox/{k}") for k in keys]
+    for key, value in zip(keys, coords, strict=True):
+        if abs(value) > MAX_COORDINATE:
+            raise AnnotationImportError(f"{where}: bndbox/{key} = {value:g} is beyond +-{MAX_COORDINATE:.0e} px")
+    for low, high in ((0, 2), (1, 3)):
+        if coords[high] < coords[low]:
+            raise AnnotationImportError(
+                f"{where}: bndbox/{keys[high]} = {coords[high]:g} is less than {keys[low]} = {coords[low]:g}"
+            )
+    return coords
 
 
 def _voc_root(path: Path) -> ET.Element:
@@ -561,7 +578,11 @@ def _yolo_boxes(label_path: Path, width: int, height: int, n_classes: int) -> li
         where = f"{label_path}: line {line_no}"
         fields = line.split()
         if len(fields) != 5:
-            hint = ": a segmentation or oriented-box label? only boxes import" if len(fields) > 5 else ""
+            hint = ""
+            if len(fields) == 6:
+                hint = ": a prediction file (with a confidence)?"
+            elif len(fields) > 6:
+                hint = ": a segmentation or oriented-box label? only boxes import"
             raise AnnotationImportError(
                 f"{where}: expected 'class cx cy w h' (5 fields), got {len(fields)}: {line.strip()!r}{hint}"
             )
