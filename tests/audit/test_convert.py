@@ -165,6 +165,10 @@ REFUSED = {
         voc({"a.xml": voc_xml(obj("RBC").replace("<ymax>3</ymax>", "<ymax>1e200</ymax>"))}),
         "a.xml: object 0 (RBC): bndbox/ymax = 1e+200 is beyond +-1e+07 px",
     ),
+    "voc-filename-outside": (
+        voc({"a.xml": voc_xml(obj("RBC"), file_name="/data/VOC2007/JPEGImages/a.jpg")}),
+        "a.xml: <filename> '/data/VOC2007/JPEGImages/a.jpg' must be relative to the images folder",
+    ),
     "voc-no-object-no-classes": (voc({"a.xml": voc_xml()}), "no <object> in any of the 1 XML files"),
     "voc-names-file-case": (
         voc({"a.xml": voc_xml(obj("RBC"))}, classes="RBC\nWBC\nrbc\n"),

@@ -387,6 +387,8 @@ def _read_voc(path: Path, images_dir: str | Path | None) -> VocFile:
     """One Pascal VOC XML file: its image's file name and size, and its objects."""
     root = _voc_root(path)
     file_name = (root.findtext("filename") or "").strip() or _guess_file_name(path, images_dir)
+    if Path(file_name).is_absolute() or ".." in Path(file_name).parts:
+        raise AnnotationImportError(f"{path}: <filename> {file_name!r} must be relative to the images folder")
     width, height = _voc_size(path, root, file_name, images_dir)
     voc = VocFile(path, file_name, width, height)
     for n, obj in enumerate(root.iter("object")):
