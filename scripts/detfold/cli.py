@@ -58,7 +58,9 @@ def _import(args: argparse.Namespace) -> None:
 
     if args.format == "yolo" and not (args.images and args.classes):
         raise ValueError("import yolo needs --images DIR and --classes FILE")
-    run_import(args.format, args.source, args.images, args.classes, args.out)
+    if args.format == "yolo" and args.difficult is not None:
+        raise ValueError(f"--difficult {args.difficult}: YOLO labels have no difficult flag (the option is for voc)")
+    run_import(args.format, args.source, args.images, args.classes, args.out, args.difficult or "ignore")
     print(f"imported {args.source}: {args.out}")
 
 
@@ -186,7 +188,16 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("format", choices=["voc", "yolo"])
     i.add_argument("source", help="folder of VOC .xml files, or of YOLO .txt label files")
     i.add_argument("--images", help="image folder (YOLO: required; VOC: to read sizes missing from the XML)")
-    i.add_argument("--classes", help="class names, one per line (YOLO: required; VOC: fixes the order)")
+    i.add_argument(
+        "--classes",
+        help="class names: one per line, 'N: name' lines, or a YOLO data.yaml (YOLO: required; VOC: fixes the order)",
+    )
+    i.add_argument(
+        "--difficult",
+        choices=["ignore", "keep", "drop"],
+        help="VOC boxes marked <difficult>1</difficult>: ignore (default: kept with iscrowd 1, ignored in "
+        "training and evaluation), keep (ordinary boxes) or drop",
+    )
     i.add_argument("--out", required=True, help="COCO JSON to write")
     i.set_defaults(func=_import)
 

@@ -95,13 +95,16 @@ def write_audit(
     write_json(out_summary, checks.summarise(before, after, findings))
 
 
-def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
-    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
+def run_import(
+    fmt: str, source: str, images: str, class_names: str | None, out: str, difficult: str = "ignore"
+) -> None:
+    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo;
+    ``difficult``: what VOC's difficult boxes become, see :func:`convert.voc_to_coco`)."""
     from detfold.audit import convert
 
     names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
     if fmt == "voc":
-        data = convert.voc_to_coco(source, images, names)
+        data = convert.voc_to_coco(source, images, names, difficult)
     elif fmt == "yolo":
         if names is None:
             raise ValueError("data.class_names is needed for YOLO labels (one class name per line)")
