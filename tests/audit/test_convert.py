@@ -190,7 +190,7 @@ REFUSED = {
     ),
     "data-yaml-key-twice": (
         yolo(ONE_BOX, names="names:\n  0: RBC\n  0: WBC\n", names_file="data.yaml"),
-        "data.yaml: not valid YAML (line 3: key 0 given twice (first on line 2))",
+        "data.yaml: key 'names.0' is given twice (line 2 and line 3)",
     ),
     "data-yaml-index-gap": (
         yolo(ONE_BOX, names="names:\n  0: RBC\n  2: WBC\n", names_file="data.yaml"),
@@ -210,7 +210,7 @@ REFUSED = {
     ),
     "data-yaml-broken": (
         yolo(ONE_BOX, names="names: [RBC, WBC\n", names_file="data.yaml"),
-        "data.yaml: not valid YAML (line 2:",
+        "data.yaml: not valid YAML: line 2, column 1:",
     ),
     "names-data-yaml-keys-in-txt": (
         yolo(ONE_BOX, names="nc: 2\ntrain: images\n"),

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from detfold.core.coco import MAX_COORDINATE
+from detfold.core.io import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -192,28 +193,11 @@ def _data_yaml_names(path: str | Path, text: str) -> list[tuple[str, str]]:
 
 
 def _load_yaml(path: str | Path, text: str) -> Any:
-    """Parse YAML refusing a key given twice (YAML would keep the last one)."""
-    import yaml
-
-    class UniqueKeys(yaml.SafeLoader):
-        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if isinstance(key, str | int | float | bool) and key in seen:
-                    raise yaml.MarkedYAMLError(
-                        problem=f"key {key!r} given twice (first on line {seen[key]})",
-                        problem_mark=key_node.start_mark,
-                    )
-                seen[key] = key_node.start_mark.line + 1
-            return super().construct_mapping(node, deep=deep)
-
-    try:
-        return yaml.load(text, Loader=UniqueKeys)  # a SafeLoader
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise AnnotationImportError(f"{path}: not valid YAML ({line}{getattr(err, 'problem', err)})") from None
+    """Parse YAML refusing a key given twice (:func:`detfold.core.io.parse_yaml`)."""
+    data, problems = parse_yaml(text, str(path))
+    if problems:
+        raise AnnotationImportError(problems[0])
+    return data
 
 
 def _check_distinct(source: str | Path, named: list[tuple[str, str]], hint: str = LIST_ONCE) -> None:

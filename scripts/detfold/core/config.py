@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from detfold.analyze import OOF_ENSEMBLE
-from detfold.core.io import read_json
+from detfold.core.io import parse_yaml, read_json
 from detfold.evaluate.stats import NESTED_PARTS  # light: numpy only
 
 log = logging.getLogger(__name__)
@@ -571,35 +571,6 @@ def check_feasible(config: dict[str, Any]) -> None:
         raise ConfigError(problems)
 
 
-def _yaml_error(err: yaml.YAMLError) -> str:
-    """PyYAML's error as 'line L, column C: what is wrong (while ...)'."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    context = getattr(err, "context", None)
-    hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
-    return f"{where}{problem}" + (f" ({context})" if context else "") + hint
-
-
-def _duplicate_keys(node: yaml.Node, path: str, parents: list[Any]) -> Iterator[str]:
-    """A key given twice in one mapping, anywhere under ``node`` (YAML keeps the last silently)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[tuple[str, str], int] = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else repr(key)
-            line = key.start_mark.line + 1
-            if key.tag != "tag:yaml.org,2002:merge" and (key.tag, name) in seen:
-                yield (
-                    f"{path}: key {_key([*parents, name])!r} is given twice (line {seen[(key.tag, name)]} and line "
-                    f"{line}): the last one would silently win; keep one"
-                )
-            seen.setdefault((key.tag, name), line)
-            yield from _duplicate_keys(value, path, [*parents, name])
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, path, [*parents, i])
-
-
 def config_file_problems(path: str | os.PathLike[str]) -> list[str]:
     """A config file that is not a YAML (or JSON) mapping, with the line and what is wrong, or
     that gives a key twice in one mapping, with both lines."""
@@ -607,18 +578,16 @@ def config_file_problems(path: str | os.PathLike[str]) -> list[str]:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         return [f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8"]
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        yaml.safe_load(text)
-    except yaml.YAMLError as err:
+    root, problems = parse_yaml(text, str(path))
+    if problems and root is None:
         with contextlib.suppress(ValueError):
             json.loads(text)  # Snakemake reads a config as JSON first
             return []
-        return [f"{path}: not valid YAML: {_yaml_error(err)}"]
-    if not isinstance(root, yaml.MappingNode):
-        got = "empty" if root is None else "a list" if isinstance(root, yaml.SequenceNode) else f"just {root.value!r}"
+        return problems
+    if not problems and not isinstance(root, dict):
+        got = "empty" if root is None else "a list" if isinstance(root, list) else f"just {root!r}"
         return [f"{path}: a config is a mapping of keys (seed: 42, data: ..., models: ...); this file is {got}"]
-    return list(_duplicate_keys(root, str(path), []))
+    return problems
 
 
 def check_config_files(paths: list[str | os.PathLike[str]]) -> None:

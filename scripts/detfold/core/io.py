@@ -171,3 +171,49 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
         raise ValueError(f"{len(files)} files cannot be split evenly over models {list(models)}")
     k = len(files) // len(models)
     return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
+
+
+def _yaml_error(err: Any) -> str:
+    """PyYAML's error as 'line L, column C: what is wrong (while ...)'."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "") + hint
+
+
+def _duplicate_keys(node: Any, source: str, parents: list[Any]) -> Iterator[str]:
+    """A key given twice in one mapping, anywhere under ``node`` (YAML keeps the last silently)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else repr(key)
+            line = key.start_mark.line + 1
+            if key.tag != "tag:yaml.org,2002:merge" and (key.tag, name) in seen:
+                dotted = ".".join(map(str, [*parents, name]))
+                yield (
+                    f"{source}: key {dotted!r} is given twice (line {seen[(key.tag, name)]} and line {line}): "
+                    "the last one would silently win; keep one"
+                )
+            seen.setdefault((key.tag, name), line)
+            yield from _duplicate_keys(value, source, [*parents, name])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, source, [*parents, i])
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
+    """YAML text (safe: plain data only) and its problems, each naming ``source``: not YAML
+    (with the line, column and what is wrong; the data is then None), or a key given twice in
+    one mapping (with both lines: YAML itself would keep the last one without a word)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        return None, [f"{source}: not valid YAML: {_yaml_error(err)}"]
+    return data, list(_duplicate_keys(root, source, []))
