@@ -168,11 +168,15 @@ def test_too_many_folds_for_sgkf_in_detfold_words(bccd):
     assert "has boxes {'RBC': 0, 'WBC': 2, 'Platelets': 0} in 2 images (or groups)" in text
 
 
-def test_read_folds_names_a_file_that_is_not_utf8(tmp_path):
+def test_read_folds_names_a_file_that_is_not_utf8_or_empty(tmp_path):
     (tmp_path / "folds.csv").write_bytes(b"image_id,file_name,fold\n1,caf\xe9.jpg,0\n")
     with pytest.raises(ValueError) as err:
         read_folds(tmp_path / "folds.csv")
     assert f"{tmp_path / 'folds.csv'}: not UTF-8 text (invalid continuation byte at byte 29" in str(err.value)
+    (tmp_path / "folds.csv").write_text("")
+    with pytest.raises(ValueError) as err:
+        read_folds(tmp_path / "folds.csv")
+    assert f"{tmp_path / 'folds.csv'}: empty file, expected a CSV with columns ['image_id'" in str(err.value)
 
 
 def test_rare_class_warns_but_splits(bccd, caplog):

@@ -407,7 +407,10 @@ def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
 def read_folds(path: str | Path) -> pd.DataFrame:
     import io
 
-    table = pd.read_csv(io.StringIO(read_text(path)))
+    text = read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected a CSV with columns {FOLD_COLUMNS}")
+    table = pd.read_csv(io.StringIO(text))
     missing = [c for c in FOLD_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}, expected {FOLD_COLUMNS}")
