@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from detfold import __version__
 
 if TYPE_CHECKING:
+    from detfold.audit.checks import AuditPolicy
     from detfold.core.coco import Coco
 
 log = logging.getLogger("detfold")
@@ -123,7 +124,7 @@ def _audit(args: argparse.Namespace) -> None:
     print(f"{len(findings)} findings; {dropped} boxes dropped; wrote {out}/")
 
 
-def _parse_checks(specs: list[str] | None) -> Any:
+def _parse_checks(specs: list[str] | None) -> AuditPolicy:
     """``name=threshold``, ``name=threshold:action`` or ``name=:action`` -> the audit policy;
     each ``--check`` checked by :func:`detfold.audit.checks.check_rule`, named as given."""
     from detfold.audit import checks
