@@ -130,6 +130,12 @@ def test_actions_drop_image_and_thresholds_from_config():
         ({"tiniest": {}}, "unknown check 'tiniest'"),
         ({"tiny": {"action": "clip"}}, "audit.checks.tiny.action: 'clip' is not one of"),
         ({"tiny": {"limit": 3}}, "unknown key(s) ['limit']"),
+        ({"tiny": {"threshold": -1}}, "audit.checks.tiny.threshold: must be a number >= 0 (shorter side < thresh"),
+        ({"duplicate": {"threshold": 0}}, "audit.checks.duplicate.threshold: must be a number > 0 and <= 1"),
+        ({"extreme_aspect": {"threshold": 0.5}}, "extreme_aspect.threshold: must be a number >= 1 (max(w/h, h/w)"),
+        ({"whole_image": {"threshold": "0.9"}}, "whole_image.threshold: must be a number > 0 and <= 1 (box area"),
+        ({"size_outlier": {"threshold": float("inf")}}, "size_outlier.threshold: must be a number > 0 (|robust z|"),
+        ({"empty_image": {"threshold": 0}}, "audit.checks.empty_image.threshold: 0 does nothing: empty_image (image"),
     ],
 )
 def test_bad_policy(checks, message):
@@ -194,7 +200,8 @@ def test_image_files_checked(bccd_dir, tmp_path):
         check_image_files(few, tmp_path)
     text = str(err.value)
     assert "unreadable" in text and few.images[1]["file_name"] in text
-    assert "size on disk 320x240 differs" in text and "640x240" in text
+    assert f"{few.images[2]['file_name']}: the image file is 320x240 px (width x height) but " in text
+    assert "images[2] (id " in text and "says width 640, height 240; correct the JSON or the file" in text
     assert "missing" in text and few.images[3]["file_name"] in text
     assert few.images[0]["width"] == 320  # read from the file
 
@@ -241,3 +248,21 @@ def test_audit_command_reads_missing_sizes_and_shows_a_box_wholly_outside(bccd_d
     assert [a["id"] for a in clean["annotations"]] == [1]
     sheet = np.asarray(Image.open(out / "gallery" / "outside_image.png").convert("RGB"))
     assert sheet[:160, :160].std() > 0  # the tile shows the image's right edge, not a blank
+
+
+def test_image_folder_missing_or_a_file(bccd, tmp_path):
+    for folder, what in ((tmp_path / "imgs", "no such folder"), (tmp_path / "f.jpg", "not a folder")):
+        (tmp_path / "f.jpg").write_bytes(b"")
+        with pytest.raises(ImageFileError) as err:
+            check_image_files(bccd, folder)
+        assert str(err.value) == f"{folder}: {what} (the images of {bccd.path} are looked for there)"
+
+
+def test_an_empty_training_set_is_refused_by_the_audit(bccd, tmp_path):
+    from detfold.audit.stage import audit_splits
+
+    for key in ("annotations", "images"):
+        bccd.data[key] = []
+        with pytest.raises(ValueError) as err:
+            audit_splits({"train": bccd}, {"train": str(tmp_path)}, AuditPolicy(), [])
+        assert str(err.value).startswith(f"{bccd.path}: {key!r} is empty: no ")

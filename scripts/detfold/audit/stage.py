@@ -58,14 +58,17 @@ def audit_splits(
 ) -> tuple[dict[str, Coco], list[checks.Finding]]:
     """Check each split's image files (in ``images[split]``), then audit each labelled split
     (an unlabelled one is copied as it is): the cleaned splits and every finding. A labelled
-    test split must have the train split's classes."""
+    test split must have the train split's classes, and the train split images and boxes."""
+    train, test = before["train"], before.get("test")
+    for key, what in (("images", "no image"), ("annotations", "no box")):
+        if not train.data[key]:
+            raise ValueError(f"{train.path}: {key!r} is empty: {what} to audit or train on")
     for split, coco in before.items():
         folder = images[split]
         if folder is not None:
             checks.check_image_files(coco, folder)
         elif coco.images:
             raise ValueError(f"{coco.path}: {len(coco.images)} images but no image folder for the {split} split")
-    train, test = before["train"], before.get("test")
     if test is not None and train.class_names != test.class_names and is_labelled(test):
         raise ValueError(f"{test.path}: categories {test.class_names} differ from {train.path}: {train.class_names}")
     after: dict[str, Coco] = {}

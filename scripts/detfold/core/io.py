@@ -17,8 +17,9 @@ import orjson
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only on success. A failed
-    write (disk full, file size limit, unwritable folder) raises ``OSError`` naming ``path``;
-    the temporary file is removed and an earlier ``path`` is left as it was."""
+    write (disk full, file size limit, unwritable folder, a folder in its place) raises
+    ``OSError`` naming ``path``, never the temporary file; the temporary file is removed and an
+    earlier ``path`` is left as it was."""
     target = Path(path)
     tmp = None
     try:
@@ -32,10 +33,21 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and (err.filename is None or str(target) not in str(err)):
-            reason = err.strerror or str(err)  # say which output failed, once
+        if isinstance(err, OSError) and not str(err.strerror or "").startswith(f"cannot write {target}:"):
+            reason = _blocked(target) or err.strerror or str(err)  # say which output failed, once
             raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
         raise
+
+
+def _blocked(target: Path) -> str | None:
+    """What stands in the way of writing the file ``target``: a folder of that name, or a file
+    where one of its folders should be (None: something else)."""
+    if target.is_dir():
+        return "it is a folder"
+    for parent in target.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a folder"
+    return None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -86,22 +98,47 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     write_bytes(path, dumps_json(data))
 
 
+def read_input(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a user's file; ``OSError`` naming it when it is missing, a folder or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a folder, expected a file") from None
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def decode_text(raw: bytes, path: str | os.PathLike[str]) -> str:
+    """``raw`` as UTF-8 text (a byte-order mark dropped); ``ValueError`` naming the file and the
+    byte offset of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        utf16 = " (it is UTF-16)" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise ValueError(
+            f"{path}: not UTF-8 text{utf16} ({err.reason} at byte {err.start}: "
+            f"{raw[err.start : err.start + 1]!r}); save it as UTF-8"
+        ) from None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A user's text file (CSV, a list of names) as UTF-8: errors name the file (:func:`read_input`,
+    :func:`decode_text`)."""
+    return decode_text(read_input(path), path)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file; raise ``ValueError`` naming the file and position when it is not JSON.
     A file orjson refuses is read by Python's ``json``, for its error message and its leniency
     (a NaN in a user's file is then refused by name by the checks that follow)."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+    raw = read_input(path)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = decode_text(raw, path)
     if not text.strip():
         raise ValueError(f"{path}: empty file, expected JSON")
     try:

@@ -40,6 +40,9 @@ def run_split(
     split (``out_blend``, a COCO file): no fold model trains on it, every fold model predicts it,
     and the ensembles are chosen there; the K folds split the other images (0: no blend split)."""
     coco = load_coco(annotations)
+    for key, what in (("images", "no image"), ("annotations", "no box")):
+        if not coco.data[key]:
+            raise ValueError(f"{annotations}: {key!r} is empty: {what} to split into folds and train on")
     groups, pairs = _groups(coco, group_by, images, near_duplicate_distance, bool(out_near_duplicates))
     balance_weights = assign.BalanceWeights(**weights)
     blend_ids: list[int] = []
