@@ -261,8 +261,8 @@ def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights |
 @settings(max_examples=40, deadline=None)
 @given(data=datasets(), seed=st.integers(0, 1000))
 def test_property_balanced_is_a_local_optimum(data, seed):
-    """No single-image move to another fold lowers the balanced objective, and it is never
-    worse than a random split."""
+    """No single-image move to another fold lowers the balanced objective (a local optimum: on
+    a handful of images a random split can do better; on real data see the comparison above)."""
     coco, k, _ = data
     if len(coco.images) < k:
         return
@@ -274,7 +274,6 @@ def test_property_balanced_is_a_local_optimum(data, seed):
                 moved = folds.copy()
                 moved.loc[row, "fold"] = g
                 assert balance_objective(coco, moved) >= best - 1e-9
-    assert best <= balance_objective(coco, assign_folds(coco, k=k, seed=seed, method="random")) + 1e-9
 
 
 def test_csv_groups_through_run_split(bccd_dir, tmp_path):
