@@ -93,13 +93,11 @@ def _check_folder(option: str, path: str | None) -> None:
 def _ground_truth(path: str, purpose: str, boxes: bool = True, sizes: bool = False) -> Coco:
     """``--gt``: a checked COCO file with images (and, ``boxes``, annotations): an empty one
     would give an empty or undefined result, so it is refused naming what ``purpose`` needs."""
-    from detfold.core.coco import load_coco
+    from detfold.core.coco import load_coco, require_content
 
-    coco = load_coco(path, require_annotations=boxes, require_sizes=sizes)
-    for key, what in (("images", "no image"), ("annotations", "no box"))[: 2 if boxes else 1]:
-        if not coco.data[key]:
-            raise ValueError(f"--gt {path}: {key!r} is empty: {what} {purpose}")
-    return coco
+    return require_content(
+        load_coco(path, require_annotations=boxes, require_sizes=sizes), purpose, boxes, f"--gt {path}"
+    )
 
 
 def _audit(args: argparse.Namespace) -> None:

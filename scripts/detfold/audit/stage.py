@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detfold.audit import checks
-from detfold.core.coco import Coco, check_coco, is_labelled, load_coco, write_coco
+from detfold.core.coco import Coco, check_coco, is_labelled, load_coco, require_content, write_coco
 from detfold.core.gallery import write_findings_gallery
 from detfold.core.io import write_json
 
@@ -60,9 +60,7 @@ def audit_splits(
     (an unlabelled one is copied as it is): the cleaned splits and every finding. A labelled
     test split must have the train split's classes, and the train split images and boxes."""
     train, test = before["train"], before.get("test")
-    for key, what in (("images", "no image"), ("annotations", "no box")):
-        if not train.data[key]:
-            raise ValueError(f"{train.path}: {key!r} is empty: {what} to audit or train on")
+    require_content(train, "to audit or train on")
     for split, coco in before.items():
         folder = images[split]
         if folder is not None:

@@ -240,6 +240,16 @@ def load_coco(path: str | Path, require_annotations: bool = True, require_sizes:
     return check_coco(read_json(path), str(path), require_annotations, require_sizes)
 
 
+def require_content(coco: Coco, purpose: str, boxes: bool = True, source: str | None = None) -> Coco:
+    """``coco`` when it has images (and, with ``boxes``, annotations): an empty dataset would
+    give an empty or undefined result, so it is refused naming the file (``source``: how the
+    user named it), the empty key and what ``purpose`` needs it for."""
+    for key, what in (("images", "no image"), ("annotations", "no box"))[: 2 if boxes else 1]:
+        if not coco.data[key]:
+            raise ValueError(f"{source or coco.path}: {key!r} is empty: {what} {purpose}")
+    return coco
+
+
 def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
     """Write a COCO dataset atomically."""
     write_json(path, coco.data if isinstance(coco, Coco) else coco)
