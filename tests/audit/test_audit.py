@@ -128,14 +128,29 @@ def test_actions_drop_image_and_thresholds_from_config():
     ("checks", "message"),
     [
         ({"tiniest": {}}, "unknown check 'tiniest'"),
-        ({"tiny": {"action": "clip"}}, "audit.checks.tiny.action: 'clip' is not one of"),
+        ({"tiny": {"action": "clip"}}, "audit.checks.tiny.action = 'clip' is not one of"),
         ({"tiny": {"limit": 3}}, "unknown key(s) ['limit']"),
-        ({"tiny": {"threshold": -1}}, "audit.checks.tiny.threshold: must be a number >= 0 (shorter side < thresh"),
-        ({"duplicate": {"threshold": 0}}, "audit.checks.duplicate.threshold: must be a number > 0 and <= 1"),
-        ({"extreme_aspect": {"threshold": 0.5}}, "extreme_aspect.threshold: must be a number >= 1 (max(w/h, h/w)"),
-        ({"whole_image": {"threshold": "0.9"}}, "whole_image.threshold: must be a number > 0 and <= 1 (box area"),
-        ({"size_outlier": {"threshold": float("inf")}}, "size_outlier.threshold: must be a number > 0 (|robust z|"),
-        ({"empty_image": {"threshold": 0}}, "audit.checks.empty_image.threshold: 0 does nothing: empty_image (image"),
+        (
+            {"tiny": {"threshold": -1}},
+            "audit.checks.tiny.threshold = -1 is out of range: must be a number >= 0 (shorter side < thresh",
+        ),
+        (
+            {"duplicate": {"threshold": 0}},
+            "audit.checks.duplicate.threshold = 0 is out of range: must be a number > 0 and <= 1",
+        ),
+        (
+            {"extreme_aspect": {"threshold": 0.5}},
+            "extreme_aspect.threshold = 0.5 is out of range: must be a number >= 1 (max(w/h, h/w)",
+        ),
+        (
+            {"whole_image": {"threshold": "0.9"}},
+            "whole_image.threshold = '0.9' is not a finite number: must be a number > 0 and <= 1 (box area",
+        ),
+        (
+            {"size_outlier": {"threshold": float("inf")}},
+            "size_outlier.threshold = inf is not a finite number: must be a number > 0 (|robust z|",
+        ),
+        ({"empty_image": {"threshold": 0}}, "audit.checks.empty_image.threshold = 0 does nothing: empty_image (image"),
     ],
 )
 def test_bad_policy(checks, message):

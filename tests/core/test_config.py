@@ -127,24 +127,24 @@ SCHEMA_CASES = {
     ),
     "clip for a check that cannot clip": (
         edited(audit__checks__tiny={"threshold": 2, "action": "clip"}),
-        "audit.checks.tiny.action = 'clip' is not allowed for tiny (allowed: flag, drop_box, drop_image; "
-        "clip is for outside_image only)",
+        "audit.checks.tiny.action = 'clip' is not one of ['flag', 'drop_box', 'drop_image'] (check tiny); "
+        "clip is for outside_image only",
     ),
     "drop_box for empty_image": (
         edited(audit__checks__empty_image={"action": "drop_box"}),
-        "audit.checks.empty_image.action = 'drop_box' is not allowed for empty_image (allowed: flag, drop_image;",
+        "audit.checks.empty_image.action = 'drop_box' is not one of ['flag', 'drop_image'] (check empty_image)",
     ),
     "IoU threshold above 1": (
         edited(audit__checks__duplicate={"threshold": 1.5, "action": "flag"}),
-        "audit.checks.duplicate.threshold = 1.5 is out of range: must be <= 1",
+        "audit.checks.duplicate.threshold = 1.5 is out of range: must be a number > 0 and <= 1",
     ),
     "aspect threshold below 1": (
         edited(audit__checks__extreme_aspect={"threshold": 0.5}),
-        "audit.checks.extreme_aspect.threshold = 0.5 is out of range: must be >= 1",
+        "audit.checks.extreme_aspect.threshold = 0.5 is out of range: must be a number >= 1",
     ),
     "threshold for a check without one": (
         edited(audit__checks__empty_image={"threshold": 3, "action": "flag"}),
-        "audit.checks.empty_image.threshold = 3 does nothing: this check has no threshold; remove it",
+        "audit.checks.empty_image.threshold = 3 does nothing: empty_image (image has no box left) takes no threshold",
     ),
     "threshold in quotes": (
         edited(audit__checks__tiny={"threshold": "2.5"}),

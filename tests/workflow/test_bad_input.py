@@ -479,11 +479,11 @@ CASES = {
     ),
     "audit-check-threshold-nan": (
         audit_case("--check", "tiny=nan"),
-        "--check 'tiny=nan': threshold must be a number >= 0 (shorter side < threshold px), got nan",
+        "--check 'tiny=nan': threshold nan is not a finite number: must be a number >= 0 (shorter side < threshold px)",
     ),
     "audit-check-iou-above-1": (
         audit_case("--check", "duplicate=2"),
-        "--check 'duplicate=2': threshold must be a number > 0 and <= 1 (same-class IoU >= threshold), got 2.0",
+        "--check 'duplicate=2': threshold 2.0 is out of range: must be a number > 0 and <= 1 (same-class IoU",
     ),
     "audit-check-clip-on-tiny": (
         audit_case("--check", "tiny=4:clip"),

@@ -110,7 +110,7 @@ def check_rule(name: str, spec: dict[str, Any], option: str | None = None) -> Ch
     given to a check that takes none."""
 
     def where(key: str) -> str:
-        return f"audit.checks.{name}.{key}:" if option is None else f"{option}: {key}"
+        return f"audit.checks.{name}.{key} =" if option is None else f"{option}: {key}"
 
     if name not in CHECKS:
         raise ValueError(f"{option or 'audit.checks'}: unknown check {name!r}; known: {list(CHECKS)}")
@@ -120,7 +120,8 @@ def check_rule(name: str, spec: dict[str, Any], option: str | None = None) -> Ch
     meaning, threshold, action, actions = CHECKS[name]
     action = spec.get("action", action)
     if action not in actions:
-        raise ValueError(f"{where('action')} {action!r} is not one of {list(actions)} (check {name})")
+        clip = "; clip is for outside_image only" if action == "clip" else ""
+        raise ValueError(f"{where('action')} {action!r} is not one of {list(actions)} (check {name}){clip}")
     if "threshold" not in spec:
         return CheckRule(threshold, action)
     if name not in THRESHOLDS:
@@ -133,7 +134,8 @@ def check_rule(name: str, spec: dict[str, Any], option: str | None = None) -> Ch
     number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not number or not low <= value <= high or (value == low and not low_allowed):
         allowed = f"{'>=' if low_allowed else '>'} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
-        raise ValueError(f"{where('threshold')} must be a number {allowed} ({meaning}), got {value!r}")
+        what = "is out of range" if number else "is not a finite number"
+        raise ValueError(f"{where('threshold')} {value!r} {what}: must be a number {allowed} ({meaning})")
     return CheckRule(float(value), action)
 
 

@@ -184,22 +184,15 @@ def setting_problems(config: dict[str, Any]) -> list[str]:
     alone (no file): an audit action its check does not take, a seed that the last fold's
     seed + k pushes out of numpy's range, an external model named like another member, and
     settings that the chosen method would ignore."""
-    from detfold.audit.checks import CHECKS
+    from detfold.audit.checks import check_rule
 
     filled = with_defaults(config)
     problems = []
     for name, spec in (config.get("audit", {}).get("checks") or {}).items():
-        allowed = CHECKS[name][3]
-        if "action" in spec and spec["action"] not in allowed:
-            problems.append(
-                f"audit.checks.{name}.action = {spec['action']!r} is not allowed for {name} "
-                f"(allowed: {', '.join(allowed)}; clip is for outside_image only)"
-            )
-        if name == "empty_image" and "threshold" in spec:
-            problems.append(
-                f"audit.checks.empty_image.threshold = {spec['threshold']!r} does nothing: "
-                "this check has no threshold; remove it"
-            )
+        try:
+            check_rule(name, spec)  # the audit's own check of a rule: ranges and actions defined there
+        except ValueError as err:
+            problems.append(str(err))
     seed, k = filled["seed"], filled["folds"]["k"]
     if seed + k - 1 > SEED_MAX:
         problems.append(
