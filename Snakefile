@@ -6,15 +6,27 @@ from snakemake.utils import min_version, validate
 
 min_version("9.0")
 sys.path.insert(0, f"{workflow.basedir}/scripts")
-from detfold.core.config import check_feasible, check_schema, drop_disabled_models, warn_merged_config
+from detfold.core.config import (
+    check_config_files,
+    check_feasible,
+    check_schema,
+    drop_disabled_models,
+    warn_merged_config,
+)
+
+# The config gate, before any job: first the config files themselves (not YAML, not a mapping,
+# a key given twice: Snakemake would keep the last one silently; a --configfile that is not
+# YAML Snakemake refuses itself, before this file runs).
+check_config_files(["config/config.yaml", *workflow.overwrite_configfiles])
 
 
 configfile: "config/config.yaml"
 
 
-# The config gate, before any job: models set to null left out, every schema problem (key,
-# value, what is allowed), then defaults filled in, then what a schema cannot see (missing
-# files, k > images, ...), and a warning for demo settings merged into a user's --configfile.
+# Then models set to null left out, every schema problem (key, value, what is allowed) and
+# setting the chosen method would ignore, then defaults filled in, then what a schema cannot
+# see (missing files, k > images, ...), and warnings for settings ignored or merged from the
+# demo into a user's --configfile.
 drop_disabled_models(config)
 check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")

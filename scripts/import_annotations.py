@@ -10,4 +10,5 @@ run_import(
     images=snakemake.params.images,
     class_names=snakemake.params.class_names,
     out=snakemake.output.coco,
+    difficult=snakemake.params.difficult,
 )

@@ -18,6 +18,7 @@ rule import_annotations:
         format=lookup(dpath="data/format", within=config),
         images=lambda wildcards: config["data"][f"{wildcards.split}_images"],
         class_names=lookup(dpath="data/class_names", within=config, default=None),
+        difficult=lookup(dpath="data/difficult", within=config, default="ignore"),
     script:
         "../scripts/import_annotations.py"
 

@@ -7,3 +7,9 @@ config gate, logging). Only the train and predict packages import torch and mmde
 """
 
 __version__ = "0.1.0"
+
+import os
+
+# Nothing is fetched at run time: albumentations (imported by mmdet's transforms) would ask
+# PyPI for its latest version at every import.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -128,8 +128,29 @@ def test_actions_drop_image_and_thresholds_from_config():
     ("checks", "message"),
     [
         ({"tiniest": {}}, "unknown check 'tiniest'"),
-        ({"tiny": {"action": "clip"}}, "audit.checks.tiny.action: 'clip' is not one of"),
+        ({"tiny": {"action": "clip"}}, "audit.checks.tiny.action = 'clip' is not one of"),
         ({"tiny": {"limit": 3}}, "unknown key(s) ['limit']"),
+        (
+            {"tiny": {"threshold": -1}},
+            "audit.checks.tiny.threshold = -1 is out of range: must be a number >= 0 (shorter side < thresh",
+        ),
+        (
+            {"duplicate": {"threshold": 0}},
+            "audit.checks.duplicate.threshold = 0 is out of range: must be a number > 0 and <= 1",
+        ),
+        (
+            {"extreme_aspect": {"threshold": 0.5}},
+            "extreme_aspect.threshold = 0.5 is out of range: must be a number >= 1 (max(w/h, h/w)",
+        ),
+        (
+            {"whole_image": {"threshold": "0.9"}},
+            "whole_image.threshold = '0.9' is not a finite number: must be a number > 0 and <= 1 (box area",
+        ),
+        (
+            {"size_outlier": {"threshold": float("inf")}},
+            "size_outlier.threshold = inf is not a finite number: must be a number > 0 (|robust z|",
+        ),
+        ({"empty_image": {"threshold": 0}}, "audit.checks.empty_image.threshold = 0 does nothing: empty_image (image"),
     ],
 )
 def test_bad_policy(checks, message):
@@ -194,7 +215,8 @@ def test_image_files_checked(bccd_dir, tmp_path):
         check_image_files(few, tmp_path)
     text = str(err.value)
     assert "unreadable" in text and few.images[1]["file_name"] in text
-    assert "size on disk 320x240 differs" in text and "640x240" in text
+    assert f"{few.images[2]['file_name']}: the image file is 320x240 px (width x height) but " in text
+    assert "images[2] (id " in text and "says width 640, height 240; correct the JSON or the file" in text
     assert "missing" in text and few.images[3]["file_name"] in text
     assert few.images[0]["width"] == 320  # read from the file
 
@@ -216,3 +238,46 @@ def test_iou_matrix():
     iou = iou_matrix_xywh(boxes)
     assert iou[0, 1] == pytest.approx(50 / 150)
     assert iou[0, 2] == 0 and iou[2, 2] == 0
+
+
+def test_audit_command_reads_missing_sizes_and_shows_a_box_wholly_outside(bccd_dir, tmp_path):
+    """An image record without width/height gets them from its file; a box wholly outside the
+    image is clipped to nothing, dropped, and shown in the gallery at the nearest image edge."""
+    import json
+
+    from detfold.cli import main
+
+    data = {
+        "images": [{"id": 1, "file_name": "BloodImage_00000.jpg"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [636, 10, 10, 5]},
+        ],
+        "categories": [{"id": 1, "name": "RBC"}],
+    }
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["audit", str(tmp_path / "in.json"), "--images", str(bccd_dir / "images"), "--out", str(out)]) == 0
+    clean = json.loads((out / "annotations.json").read_text())
+    assert clean["images"][0]["width"] == 320 and clean["images"][0]["height"] == 240
+    assert [a["id"] for a in clean["annotations"]] == [1]
+    sheet = np.asarray(Image.open(out / "gallery" / "outside_image.png").convert("RGB"))
+    assert sheet[:160, :160].std() > 0  # the tile shows the image's right edge, not a blank
+
+
+def test_image_folder_missing_or_a_file(bccd, tmp_path):
+    for folder, what in ((tmp_path / "imgs", "no such folder"), (tmp_path / "f.jpg", "not a folder")):
+        (tmp_path / "f.jpg").write_bytes(b"")
+        with pytest.raises(ImageFileError) as err:
+            check_image_files(bccd, folder)
+        assert str(err.value) == f"{folder}: {what} (the images of {bccd.path} are looked for there)"
+
+
+def test_an_empty_training_set_is_refused_by_the_audit(bccd, tmp_path):
+    from detfold.audit.stage import audit_splits
+
+    for key in ("annotations", "images"):
+        bccd.data[key] = []
+        with pytest.raises(ValueError) as err:
+            audit_splits({"train": bccd}, {"train": str(tmp_path)}, AuditPolicy(), [])
+        assert str(err.value).startswith(f"{bccd.path}: {key!r} is empty: no ")

@@ -20,7 +20,7 @@ DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 
 
 def edited(**changes):
-    """The demo config with dotted keys set (value None deletes the key)."""
+    """The demo config with dotted keys set (value None deletes the key, "__null__" sets null)."""
     config = copy.deepcopy(DEMO)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
@@ -30,7 +30,7 @@ def edited(**changes):
         if value is None:
             node.pop(last, None)
         else:
-            node[last] = value
+            node[last] = None if value == "__null__" else value
     return config
 
 
@@ -113,6 +113,111 @@ SCHEMA_CASES = {
     "backbone_weights true": (
         edited(models__rtmdet_tiny__backbone_weights=True),
         "models.rtmdet_tiny.backbone_weights = True",
+    ),
+    "seed negative": (edited(seed=-1), "seed = -1 is out of range: must be >= 0"),
+    "seed past numpy's range": (edited(seed=2**32), "seed = 4294967296 is out of range: must be <= 4294967295"),
+    "seed + k past numpy's range": (
+        edited(seed=2**32 - 2),
+        "seed = 4294967294 is out of range with folds.k = 3: fold 2 trains with seed + 2 = 4294967296, past "
+        "numpy's 4294967295; use a seed <= 4294967293",
+    ),
+    "integer past 64 bits": (
+        edited(models__rtmdet_tiny__batch_size=2**64),
+        "models.rtmdet_tiny.batch_size = 18446744073709551616 is out of range: a 64-bit integer is at most",
+    ),
+    "clip for a check that cannot clip": (
+        edited(audit__checks__tiny={"threshold": 2, "action": "clip"}),
+        "audit.checks.tiny.action = 'clip' is not one of ['flag', 'drop_box', 'drop_image'] (check tiny); "
+        "clip is for outside_image only",
+    ),
+    "drop_box for empty_image": (
+        edited(audit__checks__empty_image={"action": "drop_box"}),
+        "audit.checks.empty_image.action = 'drop_box' is not one of ['flag', 'drop_image'] (check empty_image)",
+    ),
+    "IoU threshold above 1": (
+        edited(audit__checks__duplicate={"threshold": 1.5, "action": "flag"}),
+        "audit.checks.duplicate.threshold = 1.5 is out of range: must be a number > 0 and <= 1",
+    ),
+    "aspect threshold below 1": (
+        edited(audit__checks__extreme_aspect={"threshold": 0.5}),
+        "audit.checks.extreme_aspect.threshold = 0.5 is out of range: must be a number >= 1",
+    ),
+    "threshold for a check without one": (
+        edited(audit__checks__empty_image={"threshold": 3, "action": "flag"}),
+        "audit.checks.empty_image.threshold = 3 does nothing: empty_image (image has no box left) takes no threshold",
+    ),
+    "threshold in quotes": (
+        edited(audit__checks__tiny={"threshold": "2.5"}),
+        "audit.checks.tiny.threshold = '2.5' has the wrong type: expected number; write it without quotes: 2.5",
+    ),
+    "number in quotes": (
+        edited(ensemble__iou_thr="0.5"),
+        "ensemble.iou_thr = '0.5' has the wrong type: expected number; write it without quotes: 0.5",
+    ),
+    "NaN threshold": (edited(ensemble__iou_thr=float("nan")), "ensemble.iou_thr = nan is not a finite number"),
+    "infinite learning rate": (
+        edited(models__rtmdet_tiny__lr=float("inf")),
+        "models.rtmdet_tiny.lr = inf is not a finite number",
+    ),
+    "empty search list": (
+        edited(ensemble__search__method=[]),
+        "ensemble.search.method = [] is empty: list at least one value, or leave the key out",
+    ),
+    "empty search thresholds": (
+        edited(ensemble__search__iou_thr=[]),
+        "ensemble.search.iou_thr = [] is empty: list at least one value, or leave the key out",
+    ),
+    "null where a list is expected": (
+        edited(ensemble__search__skip_box_thr="__null__"),
+        "ensemble.search.skip_box_thr is empty (null): expected a list; give a value",
+    ),
+    "null path": (
+        edited(data__train_annotations="__null__"),
+        "data.train_annotations is empty (null): expected string; give a value; a lone ~ is null in YAML, not the home",
+    ),
+    "null models": (edited(models="__null__"), "models is empty (null): expected a mapping (key: value)"),
+    "model settings without a model name": (
+        edited(models={"config": "x.py"}),
+        "models.config = 'x.py' has the wrong type: expected a mapping (key: value): a model's settings, e.g. "
+        "config: {config: path/to/config.py, epochs: 12} (settings written right under models: need a model name",
+    ),
+    "conf_type with NMS": (
+        edited(ensemble__method="nms", ensemble__conf_type="max"),
+        "ensemble.conf_type = 'max' does nothing with ensemble.method = 'nms' (conf_type is WBF's); remove it or "
+        "set method: wbf",
+    ),
+    "fixed fold fusion conf_type with NMS": (
+        edited(ensemble__fold_fusion={"method": "soft_nms", "conf_type": "avg"}),
+        "ensemble.fold_fusion.conf_type = 'avg' does nothing with ensemble.fold_fusion.method = 'soft_nms'",
+    ),
+    "external named like a model": (
+        edited(ensemble__external=[{"name": "rtmdet_tiny", "oof": "a.json", "test": "b.json"}]),
+        "ensemble.external[0].name = 'rtmdet_tiny' is taken by models.rtmdet_tiny: every member of the ensemble "
+        "needs its own name",
+    ),
+    "two externals of one name": (
+        edited(ensemble__external=[{"name": "yolo", "oof": "a.json", "test": "b.json"}] * 2),
+        "ensemble.external[1].name = 'yolo' is taken by ensemble.external[0]",
+    ),
+    "balance weights with another fold method": (
+        edited(folds__method="iterstrat", folds__weights={"class_boxes": 3}),
+        "does nothing with folds.method = 'iterstrat' (the weights are the balanced method's); remove them or set",
+    ),
+    "TTA merge with one view": (
+        edited(predict__tta={"merge": "wbf"}),
+        "predict.tta.merge = 'wbf' does nothing: predict.tta has one view (no flip, scales [1.0]), nothing to merge",
+    ),
+    "number YAML reads as text": (
+        edited(seed="1e3"),
+        "seed = '1e3' has the wrong type: expected integer; YAML reads 1e3 as text: write 1000",
+    ),
+    "enum in capitals": (
+        edited(data__format="YOLO"),
+        "data.format = 'YOLO' is not allowed; did you mean 'yolo'? (allowed values: coco, voc, yolo)",
+    ),
+    "empty multi-scale list": (
+        edited(models__rtmdet_tiny__multi_scale=[]),
+        "models.rtmdet_tiny.multi_scale = [] is empty: list at least one value, or leave the key out",
     ),
 }
 
@@ -320,3 +425,202 @@ def test_defaults_are_filled_as_snakemake_fills_them():
         "fold_boxes": 1,
         "size_buckets": 0,
     }
+
+
+def _bad_overrides(workdir):
+    (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n12,,remove,wrong box\n")
+
+
+def _labels_folder(workdir):
+    (workdir / "labels").mkdir()
+    (workdir / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+
+
+def _tagged_train(workdir):
+    coco = json.loads((workdir / "train.json").read_text())
+    for image in coco["images"][1:]:
+        image["video"] = "v1"
+    (workdir / "train.json").write_text(json.dumps(coco))
+
+
+def _class_names(workdir):
+    (workdir / "names.txt").write_text("cat\ndog\ncat\n")
+
+
+FILE_CASES = {
+    "group field no image has": (
+        None,
+        {"folds__group_by": "field:video"},
+        "folds.group_by = 'field:video': no image record has a 'video' key (the image records of train.json have: "
+        "file_name, height, id, license, width)",
+    ),
+    "group field some images lack": (
+        _tagged_train,
+        {"folds__group_by": "field:video"},
+        "folds.group_by = 'field:video': 1 of 30 image records of train.json lack 'video' (ids [",
+    ),
+    "yolo without class names": (
+        _labels_folder,
+        {"data__format": "yolo", "data__train_annotations": "labels", "data__test_annotations": None},
+        "data.class_names: missing; format yolo needs it (a text file of class names, one per line",
+    ),
+    "class names duplicated": (
+        _class_names,
+        {"data": {"format": "coco", "class_names": "names.txt", "train_annotations": "train.json"}},
+        "data.class_names: names.txt: duplicate class names ['cat']",
+    ),
+    "overrides not the documented CSV": (
+        _bad_overrides,
+        {"audit": {"overrides": "overrides.csv"}},
+        "audit.overrides: overrides.csv: row 2: decision must be 'keep' or 'drop', got 'remove'",
+    ),
+    "path with a tilde": (
+        None,
+        {"data__train_annotations": "~/data/train.json"},
+        "data.train_annotations = '~/data/train.json': ~ is not expanded here (Snakemake takes paths as written); "
+        "write the full path, e.g. '",
+    ),
+    "coco annotations given as a folder": (
+        _labels_folder,
+        {"data__train_annotations": "labels"},
+        "data.train_annotations = 'labels' is a folder; expected a file (format coco: a COCO JSON file)",
+    ),
+    "voc annotations given as a file": (
+        None,
+        {"data__format": "voc", "data__test_annotations": None},
+        "data.train_annotations = 'train.json' is a file; expected a folder (format voc: a folder of XML files)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_input_file_problems_are_refused_at_the_gate(case, workdir, bccd_dir):
+    """What the first job would refuse (the folds, the import, the audit) is refused before any
+    job, with the reader that job uses, naming the key, the value and the file."""
+    setup, changes, expected = FILE_CASES[case]
+    if setup:
+        setup(workdir)
+    config = feasible_config(bccd_dir)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = config
+        for part in parents:
+            node = node[part]
+        if value is None:
+            node.pop(last)
+        elif isinstance(value, dict):
+            node[last] = {**node[last], **value}
+        else:
+            node[last] = value
+    before = sorted(p.name for p in workdir.iterdir())
+    with pytest.raises(ConfigError) as err:
+        check_feasible(config)
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
+def test_group_field_every_image_has_passes(workdir, bccd_dir):
+    _tagged_train(workdir)
+    coco = json.loads((workdir / "train.json").read_text())
+    coco["images"][0]["video"] = "v0"
+    (workdir / "train.json").write_text(json.dumps(coco))
+    assert feasibility_problems(feasible_config(bccd_dir, folds__group_by="field:video")) == []
+
+
+CONFIG_FILE_CASES = {
+    "key given twice": (
+        "seed: 1\nfolds:\n  k: 3\n  method: random\n  k: 5\nseed: 2\n",
+        [
+            "my.yaml: key 'folds.k' is given twice (line 3 and line 5): the last one would silently win; keep one",
+            "my.yaml: key 'seed' is given twice (line 1 and line 6)",
+        ],
+    ),
+    "key twice in a list item": (
+        "ensemble:\n  external:\n    - {name: a, oof: a.json, name: b}\n",
+        ["my.yaml: key 'ensemble.external.0.name' is given twice (line 3 and line 3)"],
+    ),
+    "not YAML": (
+        "seed: 42\nfolds:\n  k: 3\n   method: random\n",
+        ["my.yaml: not valid YAML: line 4, column 10: mapping values are not allowed here"],
+    ),
+    "tab indentation": (
+        "folds:\n\tk: 3\n",
+        ["my.yaml: not valid YAML: line 2, column 1: found character '\\t' that cannot start any token", "never tabs"],
+    ),
+    "a list": (
+        "- seed: 42\n",
+        ["my.yaml: a config is a mapping of keys (seed: 42, data: ..., models: ...); this file is a list"],
+    ),
+    "empty": ("# nothing yet\n", ["my.yaml: a config is a mapping of keys", "this file is empty"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_FILE_CASES))
+def test_config_file_problems_name_file_line_and_key(case, tmp_path):
+    from detfold.core.config import check_config_files
+
+    text, expected = CONFIG_FILE_CASES[case]
+    (tmp_path / "my.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        check_config_files([tmp_path / "my.yaml"])
+    message = str(err.value)
+    assert all(part in message for part in expected), message
+    assert str(tmp_path / "my.yaml") in message
+
+
+def test_config_files_snakemake_reads_are_accepted(tmp_path):
+    """The demo config, a JSON config (Snakemake reads JSON first) and a missing file (Snakemake
+    names it itself) pass; a YAML merge key is not a duplicate."""
+    from detfold.core.config import check_config_files, config_file_problems
+
+    (tmp_path / "c.json").write_text(json.dumps({"seed": 1, "folds": {"k": 3}}))
+    (tmp_path / "merge.yaml").write_text("base: &b {k: 3}\nfolds:\n  <<: *b\n  method: random\n")
+    check_config_files([REPO / "config" / "config.yaml", tmp_path / "c.json", tmp_path / "merge.yaml", tmp_path / "no"])
+    assert config_file_problems(tmp_path / "merge.yaml") == []
+
+
+def test_search_conf_type_without_wbf_is_warned_about(caplog):
+    """A search conf_type list with no WBF searched does nothing; it may come from the demo's
+    config merged under a user's file, so a warning names it rather than an error."""
+    from detfold.core.config import setting_warnings, warn_merged_config
+
+    config = edited(ensemble__search__method=["nms", "soft_nms"])
+    assert schema_problems(config, SCHEMA) == []
+    expected = (
+        "ensemble.search.conf_type = ['avg', 'max'] does nothing: ensemble.search.method = ['nms', 'soft_nms'] "
+        "searches no wbf (conf_type is WBF's)"
+    )
+    assert setting_warnings(config) == [expected]
+    with caplog.at_level("WARNING"):
+        warn_merged_config(config, merged=False)
+    assert expected in caplog.text
+    assert setting_warnings(edited()) == []
+
+
+def _snakemake(workdir, *configfiles):
+    snakemake = Path(sys.executable).parent / "snakemake"
+    cmd = [str(snakemake), "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "1", "-n"]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_snakemake_refuses_a_key_given_twice_in_a_configfile(tmp_path):
+    """Snakemake keeps the last of two equal keys; the gate names the file, the key and both lines."""
+    (tmp_path / "mine.yaml").write_text("folds:\n  k: 3\n  method: random\n  k: 4\n")
+    code, output = _snakemake(REPO, REPO / "config" / "config.yaml", tmp_path / "mine.yaml")
+    assert code == 1
+    assert f"{tmp_path / 'mine.yaml'}: key 'folds.k' is given twice (line 2 and line 4)" in output
+    assert "Job stats" not in output
+
+
+def test_snakemake_names_file_and_line_of_a_workflow_config_that_is_not_yaml(tmp_path):
+    """config/config.yaml is read by the Snakefile, so the gate sees it first: one line with
+    the file, the line and what is wrong, instead of Snakemake's message naming neither."""
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "config.yaml").write_text("seed: 42\nfolds:\n  k: 3\n   method: random\n")
+    code, output = _snakemake(tmp_path)
+    assert code == 1
+    assert "config/config.yaml: not valid YAML: line 4, column 10: mapping values are not allowed here" in output
+    assert not (tmp_path / "results").exists()

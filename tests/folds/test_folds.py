@@ -113,6 +113,9 @@ def edge(bccd, **kwargs):
         ({"k": 1}, "folds.k must be an integer >= 2, got 1"),
         ({"k": 400}, "folds.k=400 is larger than the number of images (291)"),
         ({"method": "stratified"}, "folds.method must be one of"),
+        ({"seed": -1}, "seed must be an integer in [0, 4294967295], got -1"),
+        ({"seed": 2**32}, "seed must be an integer in [0, 4294967295], got 4294967296"),
+        ({"seed": 4.0}, "seed must be an integer in [0, 4294967295], got 4.0"),
         ({"groups": np.array(["a"] * 150 + [f"i{j}" for j in range(141)], dtype=object)}, "larger than a fold"),
     ],
 )
@@ -124,11 +127,56 @@ def test_edge_cases_raise_clear_errors(bccd, kwargs, message):
 
 @pytest.mark.parametrize(
     ("group_by", "message"),
-    [("regex:([", "bad regular expression"), ("field:scene", "field 'scene' missing"), ("nearby", "must be regex:")],
+    [
+        ("regex:([", "bad regular expression"),
+        ("field:scene", "field 'scene' missing"),
+        ("nearby", "must be regex:"),
+        ("regex:", "folds.group_by 'regex:': give the regex after the colon"),
+        ("field:", "folds.group_by 'field:': give the field after the colon"),
+        ("regex:^patient_(\\d+)", "'regex:^patient_(\\d+)' matches no file name (e.g. 'BloodImage_00000.jpg')"),
+        ("regex:Blood", "folds.group_by 'regex:Blood' puts all 291 images of"),
+        ("field:width", "folds.group_by 'field:width' puts all 291 images of"),
+    ],
 )
 def test_bad_group_by(bccd, group_by, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ValueError) as err:
         groups_from(bccd, group_by)
+    assert message in str(err.value)
+
+
+def test_group_csv_that_names_no_file_or_is_empty(bccd, tmp_path):
+    (tmp_path / "g.csv").write_text("file_name,group\nBloodImage_00000.JPG,a\n")
+    with pytest.raises(ValueError) as err:
+        groups_from(bccd, f"csv:{tmp_path / 'g.csv'}")
+    assert "the CSV names none of the 291 file names of" in str(err.value)
+    assert "(e.g. 'BloodImage_00000.jpg')" in str(err.value)
+    (tmp_path / "g.csv").write_text("")
+    with pytest.raises(ValueError) as err:
+        groups_from(bccd, f"csv:{tmp_path / 'g.csv'}")
+    assert f"{tmp_path / 'g.csv'}: empty file, expected a CSV with columns file_name, group" in str(err.value)
+
+
+def test_too_many_folds_for_sgkf_in_detfold_words(bccd):
+    """scikit-learn's own "n_splits=... cannot be greater than the number of members in each
+    class" names neither k nor the counts: detfold's message does."""
+    few = bccd.subset(bccd.image_ids[:6])
+    few.data["annotations"] = [a for a in few.annotations if a["category_id"] == 2][:2]  # 2 WBC boxes
+    with pytest.raises(ValueError) as err:
+        assign_folds(few, k=3, seed=0, method="sgkf")
+    text = str(err.value)
+    assert "folds.method sgkf (stratified by box class) needs folds.k=3 or more boxes of some class" in text
+    assert "has boxes {'RBC': 0, 'WBC': 2, 'Platelets': 0} in 2 images (or groups)" in text
+
+
+def test_read_folds_names_a_file_that_is_not_utf8_or_empty(tmp_path):
+    (tmp_path / "folds.csv").write_bytes(b"image_id,file_name,fold\n1,caf\xe9.jpg,0\n")
+    with pytest.raises(ValueError) as err:
+        read_folds(tmp_path / "folds.csv")
+    assert f"{tmp_path / 'folds.csv'}: not UTF-8 text (invalid continuation byte at byte 29" in str(err.value)
+    (tmp_path / "folds.csv").write_text("")
+    with pytest.raises(ValueError) as err:
+        read_folds(tmp_path / "folds.csv")
+    assert f"{tmp_path / 'folds.csv'}: empty file, expected a CSV with columns ['image_id'" in str(err.value)
 
 
 def test_rare_class_warns_but_splits(bccd, caplog):
@@ -213,8 +261,8 @@ def balance_objective(coco: Coco, folds: pd.DataFrame, weights: BalanceWeights |
 @settings(max_examples=40, deadline=None)
 @given(data=datasets(), seed=st.integers(0, 1000))
 def test_property_balanced_is_a_local_optimum(data, seed):
-    """No single-image move to another fold lowers the balanced objective, and it is never
-    worse than a random split."""
+    """No single-image move to another fold lowers the balanced objective (a local optimum: on
+    a handful of images a random split can do better; on real data see the comparison above)."""
     coco, k, _ = data
     if len(coco.images) < k:
         return
@@ -226,7 +274,6 @@ def test_property_balanced_is_a_local_optimum(data, seed):
                 moved = folds.copy()
                 moved.loc[row, "fold"] = g
                 assert balance_objective(coco, moved) >= best - 1e-9
-    assert best <= balance_objective(coco, assign_folds(coco, k=k, seed=seed, method="random")) + 1e-9
 
 
 def test_csv_groups_through_run_split(bccd_dir, tmp_path):

@@ -2,6 +2,7 @@
 and no output file left behind."""
 
 import json
+from pathlib import Path
 
 import pytest
 from detfold.cli import main
@@ -62,8 +63,9 @@ def yolo_case(label, names="RBC\nWBC\n", label_name="BloodImage_00000.txt"):
     return make
 
 
-def image_case(damage):
-    """GOOD's one image, copied and ``damage``d (a function of the copy's path), audited."""
+def image_case(damage, mutate=lambda d: None):
+    """GOOD's one image, copied and ``damage``d (a function of the copy's path), audited
+    against GOOD ``mutate``d."""
 
     def make(tmp):
         import shutil
@@ -73,7 +75,9 @@ def image_case(damage):
         (tmp / "images").mkdir()
         shutil.copy(BCCD / "images" / "BloodImage_00000.jpg", tmp / "images")
         damage(tmp / "images" / "BloodImage_00000.jpg")
-        (tmp / "in.json").write_text(json.dumps(GOOD))
+        data = json.loads(json.dumps(GOOD))
+        mutate(data)
+        (tmp / "in.json").write_text(json.dumps(data))
         return ["audit", str(tmp / "in.json"), "--images", str(tmp / "images"), "--out", str(tmp / "out")]
 
     return make
@@ -144,8 +148,107 @@ def pred_case(mutate, command="evaluate", extra=()):
     return make
 
 
+def gt_case(mutate, command="evaluate"):
+    """One good prediction scored or fused against GOOD ``mutate``d (the ground truth is bad)."""
+
+    def make(tmp):
+        args = pred_case(lambda p: None, command)(tmp)
+        data = json.loads(json.dumps(GOOD))
+        mutate(data)
+        (tmp / "gt.json").write_text(json.dumps(data))
+        return args
+
+    return make
+
+
+def set_ann(**values):
+    return lambda d: d["annotations"][0].update(values)
+
+
+def set_image(**values):
+    return lambda d: d["images"][0].update(values)
+
+
 def set_pred(**values):
     return lambda preds: preds[0].update(values)
+
+
+def with_options(make, *extra):
+    """``make``'s command line with the options ``extra`` after it ({tmp}: the test's folder)."""
+    return lambda tmp: [*make(tmp), *(a.replace("{tmp}", str(tmp)) for a in extra)]
+
+
+def with_bytes(name, content, make):
+    """``make``'s case, then the file ``name`` in the test's folder written with ``content``."""
+
+    def wrapped(tmp):
+        args = make(tmp)
+        (tmp / name).write_bytes(content)
+        return args
+
+    return wrapped
+
+
+def split_case2(*extra, mutate=lambda d: None, n_images=3):
+    """``detfold split --k 2`` of GOOD grown to ``n_images`` images of one box each, ``mutate``d,
+    with the options ``extra`` ({tmp}: the test's folder)."""
+
+    def make(tmp):
+        data = json.loads(json.dumps(GOOD))
+        for i in range(2, n_images + 1):
+            data["images"].append({**data["images"][0], "id": i, "file_name": f"BloodImage_{i:05d}.jpg"})
+            data["annotations"].append({**data["annotations"][0], "id": i, "image_id": i})
+        mutate(data)
+        (tmp / "in.json").write_text(json.dumps(data))
+        return ["split", str(tmp / "in.json"), "--k", "2", "--out", str(tmp / "out")]
+
+    return with_options(make, *extra)
+
+
+def fuse_case(*extra, members=2, gt=lambda d: None):
+    """``detfold fuse`` of ``members`` copies of the good results file against GOOD ``gt``-mutated,
+    with the options ``extra``."""
+
+    def make(tmp):
+        data = json.loads(json.dumps(GOOD))
+        gt(data)
+        (tmp / "gt.json").write_text(json.dumps(data))
+        (tmp / "pred.json").write_text(json.dumps(PRED))
+        preds = [str(tmp / "pred.json")] * members
+        return ["fuse", "--gt", str(tmp / "gt.json"), "--pred", *preds, "--out", str(tmp / "out.json")]
+
+    return with_options(make, *extra)
+
+
+def analyze_case(*extra, gt=lambda d: None):
+    """``detfold analyze`` of the good results file against GOOD ``gt``-mutated."""
+
+    def make(tmp):
+        data = json.loads(json.dumps(GOOD))
+        gt(data)
+        (tmp / "gt.json").write_text(json.dumps(data))
+        (tmp / "pred.json").write_text(json.dumps(PRED))
+        return ["analyze", "--gt", str(tmp / "gt.json"), "--pred", str(tmp / "pred.json"), "--out", str(tmp / "out")]
+
+    return with_options(make, *extra)
+
+
+def audit_case(*extra, mutate=lambda d: None):
+    """``detfold audit`` of GOOD ``mutate``d with the options ``extra``."""
+    return with_options(coco_case(mutate), *extra)
+
+
+def no_boxes(data):
+    data["annotations"] = []
+
+
+def no_images(data):
+    data.update(images=[], annotations=[])
+
+
+OVERRIDES_LATIN1 = b"ann_id,image_id,decision,note\n1,,keep,caf\xe9\n"  # \xe9 at byte 41
+GROUPS_LATIN1 = b"file_name,group\nBloodImage_00000.jpg,caf\xe9\n"  # \xe9 at byte 40
+COCO_LATIN1 = json.dumps(GOOD).replace("RBC", "caf\xe9").encode("latin-1")
 
 
 VOC_OK = "<annotation><filename>a.jpg</filename><size><width>10</width><height>10</height></size>{}</annotation>"
@@ -177,8 +280,57 @@ CASES = {
         coco_case(lambda d: d["images"][0].update(file_name="nope.jpg")),
         "nope.jpg: image file missing",
     ),
-    "coco-size-mismatch": (coco_case(lambda d: d["images"][0].update(width=640)), "size on disk 320x240 differs"),
+    "coco-size-mismatch": (
+        coco_case(lambda d: d["images"][0].update(width=640)),
+        "BloodImage_00000.jpg: the image file is 320x240 px (width x height) but ",
+    ),
     "coco-top-level-list": (coco_case(lambda d: "[]"), "top level must be a JSON object"),
+    "coco-area-negative": (
+        coco_case(set_ann(area=-5)),
+        "in.json: annotations[0] (id 1): area must be a finite number >= 0 (square px), got -5",
+    ),
+    "coco-area-text": (coco_case(set_ann(area="400")), "annotations[0] (id 1): area must be a finite number"),
+    "coco-area-zero": (
+        coco_case(set_ann(area=0)),
+        "annotations[0] (id 1): area is 0 but bbox [10, 10, 20, 20] is not empty: MMDetection would skip this box",
+    ),
+    "coco-area-huge": (coco_case(set_ann(area=1e300)), "area must be a finite number >= 0 (square px), got 1e+300"),
+    "coco-width-zero": (
+        coco_case(set_image(width=0)),
+        "in.json: images[0] ('BloodImage_00000.jpg').width must be an integer > 0 (pixels), got 0",
+    ),
+    "coco-width-fraction": (coco_case(set_image(width=320.5)), "width must be an integer > 0 (pixels), got 320.5"),
+    "coco-height-text": (coco_case(set_image(height="240")), "height must be an integer > 0 (pixels), got '240'"),
+    "coco-no-categories": (
+        coco_case(lambda d: d.update(categories=[], annotations=[])),
+        "in.json: 'categories' is empty: a detection dataset needs at least one category",
+    ),
+    "coco-bbox-absurd-x": (
+        coco_case(set_ann(bbox=[1e308, 10, 20, 20])),
+        "annotations[0] (id 1): bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [1e+308, 10, 20, 20]",
+    ),
+    "coco-bbox-absurd-size": (coco_case(set_ann(bbox=[10, 10, 1e200, 20])), "got [10, 10, 1e+200, 20]"),
+    "evaluate-gt-area-text": (
+        gt_case(set_ann(area="big")),
+        "gt.json: annotations[0] (id 1): area must be a finite number >= 0 (square px), got 'big'",
+    ),
+    "evaluate-gt-no-categories": (gt_case(lambda d: d.update(categories=[], annotations=[])), "'categories' is empty"),
+    "fuse-gt-width-zero": (
+        gt_case(set_image(width=0), "ensemble"),
+        "gt.json: images[0] ('BloodImage_00000.jpg').width must be an integer > 0 (pixels), got 0",
+    ),
+    "fuse-gt-height-missing": (
+        gt_case(lambda d: d["images"][0].pop("height"), "ensemble"),
+        "gt.json: images[0] ('BloodImage_00000.jpg').height must be an integer > 0 (pixels), got nothing",
+    ),
+    "evaluate-pred-absurd-box": (
+        pred_case(set_pred(bbox=[10, 10, 1e200, 20])),
+        "pred.json[0].bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [10, 10, 1e+200, 20]",
+    ),
+    "fuse-pred-absurd-box": (
+        pred_case(set_pred(bbox=[-1e300, 10, 20, 20]), "ensemble"),
+        "pred.json[0].bbox must be 4 finite numbers [x, y, w, h] within +-1e+07 px, got [-1e+300, 10, 20, 20]",
+    ),
     "voc-bad-xml": (voc_case("<annotation><object></annotation>"), "a.xml: not valid XML"),
     "voc-no-name": (voc_case(VOC_OK.format("<object><bndbox/></object>")), "object 0: missing <name>"),
     "voc-no-bndbox": (voc_case(VOC_OK.format("<object><name>RBC</name></object>")), "missing <bndbox>"),
@@ -217,7 +369,10 @@ CASES = {
     "yolo-duplicate-names": (yolo_case("0 0.5 0.5 0.1 0.1\n", names="RBC\nRBC\n"), "duplicate class names ['RBC']"),
     "image-truncated": (image_case(truncate), "BloodImage_00000.jpg: image file unreadable (image file is truncated"),
     "image-exif-rotated-90": (image_case(exif_rotate(6)), "BloodImage_00000.jpg: EXIF orientation 6 (rotated 90)"),
-    "image-exif-mirrored": (image_case(exif_rotate(2)), "EXIF orientation 2 (mirrored): mmcv would load it turned"),
+    "image-exif-mirrored": (
+        image_case(exif_rotate(2)),
+        "EXIF orientation 2 (mirrored): pixels stored 320x240 px, shown upright 320x240; ",
+    ),
     "image-not-an-image": (
         image_case(lambda p: p.write_text("not a jpeg")),
         "BloodImage_00000.jpg: image file unreadable",
@@ -295,16 +450,182 @@ CASES = {
         pred_case(lambda p: None, "ensemble", ["--weights", "1", "2"]),
         "--weights: 2 weights for 1 prediction files",
     ),
+    # options that would do nothing are refused, naming the option, its value and why
+    "fuse-conf-type-with-nms": (
+        fuse_case("--method", "nms", "--conf-type", "max"),
+        "--conf-type max does nothing with --method nms: conf_type is how WBF scores a fused box",
+    ),
+    "fuse-iou-thr-with-soft-nms": (
+        fuse_case("--method", "soft_nms", "--iou-thr", "0.3"),
+        "--iou-thr 0.3 does nothing with --method soft_nms: Gaussian soft-NMS decays",
+    ),
+    "fuse-option-with-one-file": (
+        fuse_case("--method", "nms", members=1),
+        "--method does nothing with one --pred file (",
+    ),
+    "fuse-class-agnostic-with-one-file": (
+        fuse_case("--class-agnostic", members=1),
+        "--class-agnostic does nothing with one --pred file (",
+    ),
+    "audit-check-without-value": (audit_case("--check", "tiny"), "--check 'tiny' changes nothing: give NAME=THRESHOLD"),
+    "audit-check-empty-value": (audit_case("--check", "tiny=:"), "--check 'tiny=:' changes nothing"),
+    "audit-check-empty-image-threshold": (
+        audit_case("--check", "empty_image=3"),
+        "--check 'empty_image=3': threshold 3.0 does nothing: empty_image (image has no box left) takes no threshold",
+    ),
+    "audit-check-twice": (
+        audit_case("--check", "tiny=4", "--check", "tiny=5"),
+        "--check 'tiny=5': check 'tiny' is given twice",
+    ),
+    "audit-check-threshold-nan": (
+        audit_case("--check", "tiny=nan"),
+        "--check 'tiny=nan': threshold nan is not a finite number: must be a number >= 0 (shorter side < threshold px)",
+    ),
+    "audit-check-iou-above-1": (
+        audit_case("--check", "duplicate=2"),
+        "--check 'duplicate=2': threshold 2.0 is out of range: must be a number > 0 and <= 1 (same-class IoU",
+    ),
+    "audit-check-clip-on-tiny": (
+        audit_case("--check", "tiny=4:clip"),
+        "--check 'tiny=4:clip': action 'clip' is not one of ['flag', 'drop_box', 'drop_image'] (check tiny)",
+    ),
+    "split-images-without-auto": (
+        split_case2("--images", "{tmp}"),
+        "does nothing without --group-by auto (it hashes the images)",
+    ),
+    # an empty dataset is an error naming the file, never "0 findings" or an empty result
+    "audit-no-images": (audit_case(mutate=no_images), "in.json: 'images' is empty: no image to audit or train on"),
+    "audit-no-boxes": (audit_case(mutate=no_boxes), "in.json: 'annotations' is empty: no box to audit or train on"),
+    "split-no-boxes": (split_case2(mutate=no_boxes), "in.json: 'annotations' is empty: no box to split into folds"),
+    "split-no-images": (split_case2(mutate=no_images), "in.json: 'images' is empty: no image to split into folds"),
+    "evaluate-gt-no-boxes": (gt_case(no_boxes), "gt.json: 'annotations' is empty: no box to score the predictions"),
+    "fuse-gt-no-images": (fuse_case(gt=no_images), "gt.json: 'images' is empty: no image to fuse the predictions on"),
+    "analyze-gt-no-boxes": (analyze_case(gt=no_boxes), "gt.json: 'annotations' is empty: no box to analyse"),
+    # messages say which value is whose, and what to do
+    "coco-size-swapped": (
+        coco_case(set_image(width=240, height=320)),
+        (
+            "BloodImage_00000.jpg: the image file is 320x240 px (width x height) but ",
+            "in.json images[0] (id 1) says width 240, height 320 (width and height swapped); correct the JSON or",
+        ),
+    ),
+    "image-exif-rotated-upright-size": (
+        image_case(exif_rotate(6), set_image(width=240, height=320)),
+        (
+            "BloodImage_00000.jpg: EXIF orientation 6 (rotated 90): pixels stored 320x240 px, shown upright 240x320; ",
+            "in.json images[0] (id 1) gives 240x320; mmcv would load it turned",
+        ),
+    ),
+    "split-regex-matches-nothing": (
+        split_case2("--group-by", "regex:^patient(\\d+)"),
+        "--group-by 'regex:^patient(\\d+)' matches no file name (e.g. 'BloodImage_00000.jpg')",
+    ),
+    "split-regex-one-group": (
+        split_case2("--group-by", "regex:Blood"),
+        "--group-by 'regex:Blood' puts all 3 images of ",
+    ),
+    "split-field-one-group": (
+        split_case2("--group-by", "field:width"),
+        "--group-by 'field:width' puts all 3 images of ",
+    ),
+    "split-csv-names-no-file": (
+        with_bytes("groups.csv", b"file_name,group\nother.jpg,a\n", split_case2("--group-by", "csv:{tmp}/groups.csv")),
+        "groups.csv': the CSV names none of the 3 file names of ",
+    ),
+    "split-sgkf-too-many-folds": (
+        split_case2("--method", "sgkf", "--k", "3", mutate=lambda d: d.update(annotations=d["annotations"][:1])),
+        "--method sgkf (stratified by box class) needs --k 3 or more boxes of some class and 3 or more images",
+    ),
+    "split-seed-negative": (
+        split_case2("--seed", "-1"),
+        "argument --seed: must be an integer in [0, 4294967295], got '-1'",
+    ),
+    "split-seed-text": (
+        split_case2("--seed", "abc"),
+        "argument --seed: must be an integer in [0, 4294967295], got 'abc'",
+    ),
+    "split-k-fraction": (split_case2("--k", "1.5"), "argument --k: must be an integer >= 2, got '1.5'"),
+    "fuse-max-per-img-text": (fuse_case("--max-per-img", "ten"), "argument --max-per-img: invalid int value: 'ten'"),
+    "coco-not-utf8": (
+        with_bytes("in.json", COCO_LATIN1, coco_case(lambda d: None)),
+        f"in.json: not UTF-8 text (invalid continuation byte at byte {json.dumps(GOOD).index('RBC') + 3}: b'\\xe9')",
+    ),
+    "audit-overrides-not-utf8": (
+        with_bytes("o.csv", OVERRIDES_LATIN1, audit_case("--overrides", "{tmp}/o.csv")),
+        "o.csv: not UTF-8 text (invalid continuation byte at byte 41: b'\\xe9'); save it as UTF-8",
+    ),
+    "split-group-csv-not-utf8": (
+        with_bytes("groups.csv", GROUPS_LATIN1, split_case2("--group-by", "csv:{tmp}/groups.csv")),
+        "groups.csv: not UTF-8 text (invalid continuation byte at byte 40",
+    ),
+    # a new user's paths: a folder for a file, a file for a folder, an output onto an input
+    "split-out-is-input": (split_case2("--out", "{tmp}/in.json"), "in.json, given as ANNOTATIONS: give another path"),
+    "split-out-is-a-folder": (split_case2("--out", "{tmp}"), ": is a folder; give the CSV file to write"),
+    "split-out-under-a-file": (split_case2("--out", "{tmp}/in.json/folds.csv"), "in.json is a file, not a folder"),
+    "evaluate-json-is-gt": (
+        with_options(pred_case(lambda p: None), "--json", "{tmp}/gt.json"),
+        "gt.json, given as --gt: give another path",
+    ),
+    "fuse-out-is-pred": (fuse_case("--out", "{tmp}/pred.json"), "pred.json, given as --pred: give another path"),
+    "fuse-out-is-a-folder": (fuse_case("--out", "{tmp}"), "is a folder; give the path of the file to write"),
+    "audit-out-is-a-file": (audit_case("--out", "{tmp}/in.json"), "in.json: is a file; give the folder to write"),
+    "audit-annotations-is-a-folder": (
+        lambda tmp: ["audit", str(tmp), "--images", "{images}", "--out", str(tmp / "out")],
+        ": is a folder, expected a file",
+    ),
+    "audit-images-not-a-folder": (audit_case("--images", "{tmp}/in.json"), "in.json: not a folder"),
+    "audit-images-missing": (audit_case("--images", "{tmp}/imgs"), "imgs: no such folder"),
+    "analyze-images-not-a-folder": (analyze_case("--images", "{tmp}/gt.json"), "gt.json: not a folder"),
+    "evaluate-pred-is-a-folder": (
+        with_options(pred_case(lambda p: None), "--pred", "{tmp}"),
+        ": is a folder, expected a file",
+    ),
+    "evaluate-pred-utf16": (
+        with_bytes("pred.json", json.dumps(PRED).encode("utf-16"), pred_case(lambda p: None)),
+        "pred.json: not UTF-8 text (it is UTF-16) (invalid start byte at byte 0",
+    ),
 }
+
+
+def files_under(folder):
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {p: None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_gives_one_clear_line(case, tmp_path, bccd_dir, capsys):
+    """Each case's message (or each part of it) is in the one error line; no file or folder
+    is written or changed (an output named as an input included)."""
     make, message = CASES[case]
     args = [a.replace("{images}", str(bccd_dir / "images")) for a in make(tmp_path)]
+    before = files_under(tmp_path)
     assert main(args) == 2
+    assert files_under(tmp_path) == before
     err = capsys.readouterr().err.strip()
     assert err.startswith("detfold: error: ")
-    assert message in err
+    for part in message if isinstance(message, tuple) else [message]:
+        assert part in err
     assert "\n" not in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize("name", ["m.json", "."])
+def test_a_write_onto_a_folder_names_the_output_not_a_temporary_file(name, tmp_path, monkeypatch):
+    """The library's writers (not only the command's checks): the reason is the user's path."""
+    from detfold.core.io import write_json
+
+    monkeypatch.chdir(tmp_path)
+    Path(name).mkdir(exist_ok=True)
+    with pytest.raises(OSError) as err:
+        write_json(name, {"mAP": 0.5})
+    assert err.value.strerror == f"cannot write {name}: it is a folder; nothing written under that name"
+    assert ".tmp" not in str(err.value)
+    assert [p.name for p in tmp_path.iterdir()] == ([] if name == "." else [name])
+
+
+def test_a_user_file_that_is_not_readable_is_named(tmp_path):
+    from detfold.core.io import read_json
+
+    with pytest.raises(IsADirectoryError) as err:
+        read_json(tmp_path)
+    assert str(err.value) == f"{tmp_path}: is a folder, expected a file"

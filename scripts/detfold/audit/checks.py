@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import operator
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import numpy as np
 
 from detfold.audit.convert import listed_lines
 from detfold.core.coco import Coco
-from detfold.core.io import atomic_open
+from detfold.core.io import atomic_open, read_text
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,18 @@ CHECKS: dict[str, tuple[str, float, str, tuple[str, ...]]] = {
     "cross_class_overlap": ("other-class IoU >= threshold", 0.8, "flag", _NO_CLIP),
     "empty_image": ("image has no box left", 0.0, "flag", ("flag", "drop_image")),
     "size_outlier": ("|robust z| of log area in its class >= threshold", 6.0, "flag", _NO_CLIP),
+}
+#: check -> the thresholds it takes: (lowest, highest, whether the lowest itself is allowed);
+#: ``empty_image`` takes none (an image with no box left)
+THRESHOLDS: dict[str, tuple[float, float, bool]] = {
+    "degenerate": (0.0, math.inf, True),
+    "outside_image": (0.0, math.inf, True),
+    "tiny": (0.0, math.inf, True),
+    "whole_image": (0.0, 1.0, False),
+    "extreme_aspect": (1.0, math.inf, True),
+    "duplicate": (0.0, 1.0, False),
+    "cross_class_overlap": (0.0, 1.0, False),
+    "size_outlier": (0.0, math.inf, False),
 }
 #: classes with fewer boxes than this get no size-outlier check (no distribution to compare to)
 MIN_BOXES_FOR_SIZE_STATS = 10
@@ -81,20 +94,49 @@ class AuditPolicy:
 
     @classmethod
     def from_config(cls, checks: dict[str, dict[str, Any]] | None) -> AuditPolicy:
-        """Build from ``{check: {threshold, action}}`` (a check left out keeps its default); raise
-        naming an unknown check or action."""
+        """Build from ``{check: {threshold, action}}`` (a check left out keeps its default;
+        :func:`check_rule` refuses a bad one, naming ``audit.checks.NAME``)."""
         rules = _default_rules()
         for name, spec in (checks or {}).items():
-            if name not in CHECKS:
-                raise ValueError(f"audit.checks: unknown check {name!r}; known: {list(CHECKS)}")
-            unknown = set(spec) - {"threshold", "action"}
-            if unknown:
-                raise ValueError(f"audit.checks.{name}: unknown key(s) {sorted(unknown)}; allowed: threshold, action")
-            action = spec.get("action", rules[name].action)
-            if action not in CHECKS[name][3]:
-                raise ValueError(f"audit.checks.{name}.action: {action!r} is not one of {list(CHECKS[name][3])}")
-            rules[name] = CheckRule(float(spec.get("threshold", rules[name].threshold)), action)
+            rules[name] = check_rule(name, spec)
         return cls(rules)
+
+
+def check_rule(name: str, spec: dict[str, Any], option: str | None = None) -> CheckRule:
+    """The rule ``spec`` (``threshold``, ``action``; one left out keeps its default) makes of
+    check ``name``; ``ValueError`` naming the config key (``audit.checks.NAME.KEY``), or
+    ``option`` when given (a command-line option), and the value: an unknown check, key or
+    action, a threshold that is not a number in the check's range (:data:`THRESHOLDS`), or one
+    given to a check that takes none."""
+
+    def where(key: str) -> str:
+        return f"audit.checks.{name}.{key} =" if option is None else f"{option}: {key}"
+
+    if name not in CHECKS:
+        raise ValueError(f"{option or 'audit.checks'}: unknown check {name!r}; known: {list(CHECKS)}")
+    unknown = set(spec) - {"threshold", "action"}
+    if unknown:
+        raise ValueError(f"audit.checks.{name}: unknown key(s) {sorted(unknown)}; allowed: threshold, action")
+    meaning, threshold, action, actions = CHECKS[name]
+    action = spec.get("action", action)
+    if action not in actions:
+        clip = "; clip is for outside_image only" if action == "clip" else ""
+        raise ValueError(f"{where('action')} {action!r} is not one of {list(actions)} (check {name}){clip}")
+    if "threshold" not in spec:
+        return CheckRule(threshold, action)
+    if name not in THRESHOLDS:
+        raise ValueError(
+            f"{where('threshold')} {spec['threshold']!r} does nothing: {name} ({meaning}) takes no threshold, "
+            "only an action"
+        )
+    low, high, low_allowed = THRESHOLDS[name]
+    value = spec["threshold"]
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or not low <= value <= high or (value == low and not low_allowed):
+        allowed = f"{'>=' if low_allowed else '>'} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+        what = "is out of range" if number else "is not a finite number"
+        raise ValueError(f"{where('threshold')} {value!r} {what}: must be a number {allowed} ({meaning})")
+    return CheckRule(float(value), action)
 
 
 @dataclass(frozen=True)
@@ -130,36 +172,19 @@ def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
 
     Images without ``width``/``height`` get them from the file; the returned notes say so.
     """
-    from PIL import Image, UnidentifiedImageError
-
+    folder = Path(images_dir)
+    if not folder.is_dir():
+        what = "not a folder" if folder.exists() else "no such folder"
+        raise ImageFileError(f"{folder}: {what} (the images of {coco.path} are looked for there)")
     problems, notes = [], []
-    for im in coco.images:
-        path = Path(images_dir) / im["file_name"]
-        try:
-            with Image.open(path) as handle:
-                size = handle.size
-                orientation = handle.getexif().get(0x0112, 1)
-                handle.load()  # decode every pixel: truncated files raise here
-        except FileNotFoundError:
-            problems.append(f"{path}: image file missing (image id {im['id']} in {coco.path})")
-            continue
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            problems.append(f"{path}: image file unreadable ({err})")
-            continue
-        if orientation in EXIF_TURNED:
-            problems.append(
-                f"{path}: EXIF orientation {orientation} ({EXIF_TURNED[orientation]}): mmcv would load it turned, "
-                "against boxes on the stored pixels; save it upright (PIL.ImageOps.exif_transpose) with its "
-                "boxes in that frame, or remove the tag"
-            )
-            continue
-        if "width" not in im or "height" not in im:
+    for i, im in enumerate(coco.images):
+        problem, size = _image_problem(coco, i, folder / im["file_name"])
+        if problem is not None:
+            problems.append(problem)
+        elif "width" not in im or "height" not in im:
             im["width"], im["height"] = size
-            notes.append(f"{coco.path}: image id {im['id']} had no width/height; read {size[0]}x{size[1]} from {path}")
-        elif (im["width"], im["height"]) != size:
-            problems.append(
-                f"{path}: size on disk {size[0]}x{size[1]} differs from {coco.path} "
-                f"width/height {im['width']}x{im['height']} (image id {im['id']})"
+            notes.append(
+                f"{coco.path}: image id {im['id']} had no width/height; read {size[0]}x{size[1]} from its file"
             )
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
@@ -167,6 +192,41 @@ def check_image_files(coco: Coco, images_dir: str | Path) -> list[str]:
     for note in notes:
         log.warning(note)
     return notes
+
+
+def _image_problem(coco: Coco, i: int, path: Path) -> tuple[str | None, tuple[int, int]]:
+    """What is wrong with the file of ``coco.images[i]`` (None: nothing) and its stored size
+    (width, height). The JSON's size and the file's are both named, and with an EXIF
+    orientation, in which frame the JSON's size is."""
+    from PIL import Image, UnidentifiedImageError
+
+    im = coco.images[i]
+    try:
+        with Image.open(path) as handle:
+            size = handle.size
+            orientation = handle.getexif().get(0x0112, 1)
+            handle.load()  # decode every pixel: truncated files raise here
+    except FileNotFoundError:
+        return f"{path}: image file missing (image id {im['id']} in {coco.path})", (0, 0)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return f"{path}: image file unreadable ({err})", (0, 0)
+    stored = f"{size[0]}x{size[1]}"
+    record = f"{coco.path} images[{i}] (id {im['id']})"
+    given = f"; {record} gives {im['width']}x{im['height']}" if "width" in im and "height" in im else ""
+    if orientation in EXIF_TURNED:
+        upright = f"{size[1]}x{size[0]}" if orientation >= 5 else stored  # orientations 5-8 swap width and height
+        return (
+            f"{path}: EXIF orientation {orientation} ({EXIF_TURNED[orientation]}): pixels stored {stored} px, "
+            f"shown upright {upright}{given}; mmcv would load it turned, against boxes on the stored pixels: save "
+            "it upright (PIL.ImageOps.exif_transpose) with its boxes and width/height in that frame, or remove the tag"
+        ), size
+    if given and (im["width"], im["height"]) != size:
+        swapped = " (width and height swapped)" if (im["height"], im["width"]) == size else ""
+        return (
+            f"{path}: the image file is {stored} px (width x height) but {record} says width {im['width']}, "
+            f"height {im['height']}{swapped}; correct the JSON or the file"
+        ), size
+    return None, size
 
 
 def coco_from_image_list(path: str | Path, images_dir: str | Path | None, categories: list[dict[str, Any]]) -> Coco:
@@ -406,10 +466,11 @@ def read_overrides(path: str | Path | None) -> list[Override]:
     if not path:
         return []
     if not Path(path).is_file():
-        raise FileNotFoundError(f"overrides file {str(path)!r} not found")
+        what = "is a folder, expected a CSV file" if Path(path).is_dir() else "not found"
+        raise FileNotFoundError(f"overrides file {str(path)!r} {what}")
     overrides = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's byte-order mark is fine
-        rows = list(csv.DictReader(line for line in handle if not line.lstrip().startswith("#")))
+    lines = read_text(path).splitlines(keepends=True)  # a spreadsheet's byte-order mark is fine
+    rows = list(csv.DictReader(line for line in lines if not line.lstrip().startswith("#")))
     for n, row in enumerate(rows, start=2):
         where = f"{path}: row {n}"
         decision = (row.get("decision") or "").strip()

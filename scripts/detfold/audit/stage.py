@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detfold.audit import checks
-from detfold.core.coco import Coco, check_coco, is_labelled, load_coco, write_coco
+from detfold.core.coco import Coco, check_coco, is_labelled, load_coco, require_content, write_coco
 from detfold.core.gallery import write_findings_gallery
 from detfold.core.io import write_json
 
@@ -58,14 +58,15 @@ def audit_splits(
 ) -> tuple[dict[str, Coco], list[checks.Finding]]:
     """Check each split's image files (in ``images[split]``), then audit each labelled split
     (an unlabelled one is copied as it is): the cleaned splits and every finding. A labelled
-    test split must have the train split's classes."""
+    test split must have the train split's classes, and the train split images and boxes."""
+    train, test = before["train"], before.get("test")
+    require_content(train, "to audit or train on")
     for split, coco in before.items():
         folder = images[split]
         if folder is not None:
             checks.check_image_files(coco, folder)
         elif coco.images:
             raise ValueError(f"{coco.path}: {len(coco.images)} images but no image folder for the {split} split")
-    train, test = before["train"], before.get("test")
     if test is not None and train.class_names != test.class_names and is_labelled(test):
         raise ValueError(f"{test.path}: categories {test.class_names} differ from {train.path}: {train.class_names}")
     after: dict[str, Coco] = {}
@@ -95,13 +96,16 @@ def write_audit(
     write_json(out_summary, checks.summarise(before, after, findings))
 
 
-def run_import(fmt: str, source: str, images: str, class_names: str | None, out: str) -> None:
-    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo)."""
+def run_import(
+    fmt: str, source: str, images: str, class_names: str | None, out: str, difficult: str = "ignore"
+) -> None:
+    """Convert VOC or YOLO annotations into a checked COCO file (``fmt`` is voc or yolo;
+    ``difficult``: what VOC's difficult boxes become, see :func:`convert.voc_to_coco`)."""
     from detfold.audit import convert
 
     names = convert.read_class_names(class_names, by_line=fmt == "yolo") if class_names else None
     if fmt == "voc":
-        data = convert.voc_to_coco(source, images, names)
+        data = convert.voc_to_coco(source, images, names, difficult)
     elif fmt == "yolo":
         if names is None:
             raise ValueError("data.class_names is needed for YOLO labels (one class name per line)")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 import numpy as np
@@ -88,17 +88,30 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_id(value: Any) -> bool:
+def _is_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_box(value: Any) -> bool:
-    """4 finite numbers ``[x, y, w, h]``."""
-    return isinstance(value, list) and len(value) == 4 and all(map(_is_number, value))
+#: The largest coordinate or size in px a box may have: no image is that large, and a larger
+#: finite number (1e200) overflows pixel arithmetic (crops, areas) further on.
+MAX_COORDINATE = 1e7
 
 
-def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> list[str]:
-    """Return every structural problem of a COCO detection dict, one message each."""
+def _is_box(value: Any) -> TypeGuard[list[float]]:
+    """4 finite numbers ``[x, y, w, h]`` within :data:`MAX_COORDINATE` px."""
+    return (
+        isinstance(value, list) and len(value) == 4 and all(_is_number(v) and abs(v) <= MAX_COORDINATE for v in value)
+    )
+
+
+BOX_RULE = f"4 finite numbers [x, y, w, h] within +-{MAX_COORDINATE:.0e} px"
+
+
+def validate_coco(
+    data: Any, path: str = "<memory>", require_annotations: bool = True, require_sizes: bool = False
+) -> list[str]:
+    """Return every structural problem of a COCO detection dict, one message each. Image sizes
+    may be absent (the audit reads them from the files) unless ``require_sizes``."""
     if not isinstance(data, dict):
         return [f"{path}: top level must be a JSON object, got {type(data).__name__}"]
     needed = ("images", "annotations", "categories") if require_annotations else ("images", "categories")
@@ -111,13 +124,33 @@ def validate_coco(data: Any, path: str = "<memory>", require_annotations: bool =
     ]
     if problems:
         return problems
+    if not data["categories"]:
+        return [f"{path}: 'categories' is empty: a detection dataset needs at least one category"]
     annotations = data.get("annotations", [])
     image_ids, image_problems = _unique_ids(data["images"], "images", path)
     category_ids, category_problems = _unique_ids(data["categories"], "categories", path)
     problems = image_problems + category_problems + _unique_ids(annotations, "annotations", path)[1]
     problems += _unique_names(data["images"], "images", "file_name", path)
     problems += _unique_names(data["categories"], "categories", "name", path)
+    problems += _size_problems(data["images"], path, require_sizes)
     return problems + _annotation_problems(annotations, image_ids, category_ids, path)
+
+
+def _size_problems(images: list[Any], path: str, required: bool) -> list[str]:
+    """An image's ``width`` and ``height``, when given (or ``required``), must be integers > 0."""
+    problems = []
+    for i, im in enumerate(images):
+        if not isinstance(im, dict):
+            continue
+        for key in ("width", "height"):
+            value = im.get(key)
+            if key not in im and not required:
+                continue
+            if not _is_id(value) or value <= 0:
+                got = "nothing (the key is missing)" if key not in im else repr(value)
+                name = im.get("file_name")
+                problems.append(f"{path}: images[{i}] ({name!r}).{key} must be an integer > 0 (pixels), got {got}")
+    return problems
 
 
 def _unique_ids(records: list[Any], key: str, path: str) -> tuple[set[Any], list[str]]:
@@ -166,20 +199,35 @@ def _annotation_problems(annotations: list[Any], image_ids: set[Any], category_i
             found.append(f"image_id {ann.get('image_id')!r} is not in 'images'")
         if ann.get("category_id") not in category_ids:
             found.append(f"category_id {ann.get('category_id')!r} is not in 'categories'")
-        if not _is_box(ann.get("bbox")):
-            found.append(f"bbox must be 4 finite numbers [x, y, w, h], got {ann.get('bbox')!r}")
+        bbox = ann.get("bbox")
+        if not _is_box(bbox):
+            found.append(f"bbox must be {BOX_RULE}, got {bbox!r}")
+        elif "area" in ann:
+            found += _area_problem(ann["area"], bbox)
         if "iscrowd" in ann and (ann["iscrowd"] not in (0, 1) or type(ann["iscrowd"]) is not int):
             found.append(f"iscrowd must be 0 or 1, got {ann.get('iscrowd')!r}")
         problems += [f"{path}: annotations[{i}] (id {ann.get('id')!r}): {text}" for text in found]
     return problems
 
 
-def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = True) -> Coco:
+def _area_problem(area: Any, bbox: list[float]) -> list[str]:
+    """``area`` (optional; the box's w * h when absent) must be a finite number, > 0 unless the
+    box itself has no width or height: MMDetection skips a box whose area is <= 0."""
+    if not _is_number(area) or area < 0 or area > MAX_COORDINATE**2:
+        return [f"area must be a finite number >= 0 (square px), got {area!r}"]
+    if area == 0 and bbox[2] > 0 and bbox[3] > 0:
+        return [f"area is 0 but bbox {bbox!r} is not empty: MMDetection would skip this box (give w * h, or drop area)"]
+    return []
+
+
+def check_coco(
+    data: Any, path: str = "<memory>", require_annotations: bool = True, require_sizes: bool = False
+) -> Coco:
     """``data`` as a :class:`Coco` when it is a valid COCO detection dict; else
     ``CocoFormatError`` listing the problems (:func:`validate_coco`; the first 20 and how many
     more). ``require_annotations=False`` accepts an image list without labels (an unlabelled
     test set)."""
-    problems = validate_coco(data, path, require_annotations)
+    problems = validate_coco(data, path, require_annotations, require_sizes)
     if problems:
         shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
         raise CocoFormatError("\n".join(shown))
@@ -187,9 +235,19 @@ def check_coco(data: Any, path: str = "<memory>", require_annotations: bool = Tr
     return Coco(data, path=path)
 
 
-def load_coco(path: str | Path, require_annotations: bool = True) -> Coco:
+def load_coco(path: str | Path, require_annotations: bool = True, require_sizes: bool = False) -> Coco:
     """Load a COCO detection file and check it (:func:`check_coco`)."""
-    return check_coco(read_json(path), str(path), require_annotations)
+    return check_coco(read_json(path), str(path), require_annotations, require_sizes)
+
+
+def require_content(coco: Coco, purpose: str, boxes: bool = True, source: str | None = None) -> Coco:
+    """``coco`` when it has images (and, with ``boxes``, annotations): an empty dataset would
+    give an empty or undefined result, so it is refused naming the file (``source``: how the
+    user named it), the empty key and what ``purpose`` needs it for."""
+    for key, what in (("images", "no image"), ("annotations", "no box"))[: 2 if boxes else 1]:
+        if not coco.data[key]:
+            raise ValueError(f"{source or coco.path}: {key!r} is empty: {what} {purpose}")
+    return coco
 
 
 def write_coco(coco: Coco | dict[str, Any], path: str | Path) -> None:
@@ -224,7 +282,7 @@ def results_problems(data: Any, source: str = "predictions") -> list[str]:
                 problems.append(f"{where}.{key} must be an integer, got {pred[key]!r}")
         bbox = pred["bbox"]
         if not _is_box(bbox):
-            problems.append(f"{where}.bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+            problems.append(f"{where}.bbox must be {BOX_RULE}, got {bbox!r}")
         elif bbox[2] < 0 or bbox[3] < 0:
             problems.append(f"{where}.bbox has a negative width or height: {bbox!r}")
         score = pred["score"]
@@ -308,7 +366,7 @@ class Detections:
     def first_bad_row(self) -> int | None:
         """Index of the first row that :func:`results_problems` would refuse (a non-finite box
         or score, a negative width, height or score), or None."""
-        bad = ~np.isfinite(self.bbox_xywh).all(axis=1) | ~np.isfinite(self.score)
+        bad = ~(np.abs(self.bbox_xywh) <= MAX_COORDINATE).all(axis=1) | ~np.isfinite(self.score)
         bad |= (self.bbox_xywh[:, 2] < 0) | (self.bbox_xywh[:, 3] < 0) | (self.score < 0)
         return int(np.argmax(bad)) if bad.any() else None
 

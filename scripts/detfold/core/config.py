@@ -10,7 +10,9 @@ import contextlib
 import copy
 import difflib
 import importlib.util
+import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from typing import Any
 import yaml
 
 from detfold.analyze import OOF_ENSEMBLE
-from detfold.core.io import read_json
+from detfold.core.io import parse_yaml, read_json
 from detfold.evaluate.stats import NESTED_PARTS  # light: numpy only
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,8 @@ def _key(path: Any) -> str:
 
 
 def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    same_but_case = [c for c in map(str, choices) if c.lower() == str(word).lower()]
+    close = same_but_case or difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -67,13 +70,14 @@ def _describe(error: Any) -> list[str]:
         hint = _suggest(value, allowed) if isinstance(value, str) else ""
         return [f"{key} = {value!r} is not allowed{hint} (allowed values: {', '.join(map(str, allowed))})"]
     if kind == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [f"{key} = {value!r} has the wrong type: expected {expected}"]
+        return [_wrong_type(key, value, error.validator_value, schema)]
     bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
     if kind in bounds:
         return [f"{key} = {value!r} is out of range: must be {bounds[kind]} {error.validator_value}"]
     counts = {"minItems": "at least", "maxItems": "at most"}
+    if kind == "minItems" and value == []:
+        what = schema.get("description", "")
+        return [f"{key} = [] is empty: list at least one value, or leave the key out" + (f" ({what})" if what else "")]
     if kind in counts:
         return [f"{key} = {value!r} must have {counts[kind]} {error.validator_value} item(s)"]
     if kind == "minProperties":
@@ -82,6 +86,59 @@ def _describe(error: Any) -> list[str]:
         what = schema.get("description", "")
         return [f"{key} = {value!r} does not match {error.validator_value!r}" + (f" ({what})" if what else "")]
     return [f"{key} = {value!r}: {error.message}"]
+
+
+#: YAML's words for JSON schema's types
+TYPE_WORDS = {"array": "a list", "object": "a mapping (key: value)", "null": "null"}
+
+
+def _wrong_type(key: str, value: Any, expected: str | list[str], schema: dict[str, Any]) -> str:
+    """A value of the wrong type, with the likely slip: null (an empty value, or a lone ~), a
+    number in quotes, a model's settings not written as a mapping."""
+    kinds = expected if isinstance(expected, list) else [expected]
+    words = " or ".join(TYPE_WORDS.get(k, k) for k in kinds)
+    if value is None:
+        hint = "; a lone ~ is null in YAML, not the home folder" if "string" in kinds else ""
+        out = "give a value, or leave the key out for its default" if "default" in schema else "give a value"
+        return f"{key} is empty (null): expected {words}; {out}{hint}"
+    line = f"{key} = {value!r} has the wrong type: expected {words}"
+    if isinstance(value, str) and {"number", "integer"} & set(kinds):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+            if isinstance(yaml.safe_load(value), (int, float)):
+                return f"{line}; write it without quotes: {value.strip()}"
+            if math.isfinite(number):
+                written = int(number) if number.is_integer() and "integer" in kinds else number
+                return f"{line}; YAML reads {value.strip()} as text: write {written}"
+    if key.startswith("models.") and key.count(".") == 1 and "object" in kinds:
+        name = key.split(".", 1)[1]
+        return (
+            f"{line}: a model's settings, e.g. {name}: {{config: path/to/config.py, epochs: 12}} "
+            "(settings written right under models: need a model name above them)"
+        )
+    return line
+
+
+#: The largest integer numpy, torch and numba take (a YAML integer has no limit)
+INT64_MAX = 2**63 - 1
+#: Settings handed on as they are (to mmdet, to wandb): their numbers are not detfold's to judge
+PASSED_ON = ("cfg_options", "wandb")
+
+
+def _number_problems(node: Any, path: list[Any]) -> Iterator[str]:
+    """Numbers no schema range catches: NaN and infinities (YAML's .nan and .inf pass every
+    minimum and maximum) and integers past 64 bits."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            if not (len(path) == 2 and path[0] == "models" and name in PASSED_ON):
+                yield from _number_problems(value, [*path, name])
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _number_problems(value, [*path, i])
+    elif isinstance(node, float) and not math.isfinite(node):
+        yield f"{_key(path)} = {node!r} is not a finite number"
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > INT64_MAX:
+        yield f"{_key(path)} = {node!r} is out of range: a 64-bit integer is at most {INT64_MAX}"
 
 
 def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
@@ -101,6 +158,10 @@ def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]
             problems.append(f"{_key(error.absolute_path)}: name {error.instance!r} must be {rule}")
             continue
         problems += _describe(error)
+    named = {p.split(" ", 1)[0] for p in problems}
+    problems += [p for p in _number_problems(config, []) if p.split(" ", 1)[0] not in named]
+    if not problems:  # well-formed: now the settings that the chosen method would ignore
+        problems += setting_problems(config)
     return list(dict.fromkeys(problems))
 
 
@@ -112,6 +173,87 @@ def check_schema(config: dict[str, Any], schema_path: str | os.PathLike[str]) ->
         with contextlib.suppress(Exception):  # a config too broken to look further shows its schema problems
             problems += [p for p in feasibility_problems(config) if p not in problems]
         raise ConfigError(problems)
+
+
+#: numpy's seeds (np.random.seed, mmengine's set_random_seed) are 0 .. 2**32 - 1
+SEED_MAX = 2**32 - 1
+
+
+def setting_problems(config: dict[str, Any]) -> list[str]:
+    """What a schema-valid ``config`` says that the run could not do, read from the settings
+    alone (no file): an audit action its check does not take, a seed that the last fold's
+    seed + k pushes out of numpy's range, an external model named like another member, and
+    settings that the chosen method would ignore."""
+    from detfold.audit.checks import check_rule
+
+    filled = with_defaults(config)
+    problems = []
+    for name, spec in (config.get("audit", {}).get("checks") or {}).items():
+        try:
+            check_rule(name, spec)  # the audit's own check of a rule: ranges and actions defined there
+        except ValueError as err:
+            problems.append(str(err))
+    seed, k = filled["seed"], filled["folds"]["k"]
+    if seed + k - 1 > SEED_MAX:
+        problems.append(
+            f"seed = {seed} is out of range with folds.k = {k}: fold {k - 1} trains with seed + {k - 1} = "
+            f"{seed + k - 1}, past numpy's {SEED_MAX}; use a seed <= {SEED_MAX - k + 1}"
+        )
+    taken = {name: f"models.{name}" for name in config["models"]}
+    for i, spec in enumerate(filled["ensemble"]["external"]):
+        if spec["name"] in taken:
+            problems.append(
+                f"ensemble.external[{i}].name = {spec['name']!r} is taken by {taken[spec['name']]}: "
+                "every member of the ensemble needs its own name"
+            )
+        taken.setdefault(spec["name"], f"ensemble.external[{i}]")
+    return problems + _ignored_settings(config, filled)
+
+
+def _ignored_settings(config: dict[str, Any], filled: dict[str, Any]) -> list[str]:
+    """Settings the chosen method would ignore (set in ``config``, or other than the default in
+    ``filled``): a WBF conf_type with another fusion method, balance weights with another fold
+    method, TTA merge settings with one view."""
+    problems = []
+    ensemble, defaults = filled["ensemble"], schema_defaults()
+    if ensemble["method"] != "wbf" and ensemble["conf_type"] != defaults["ensemble"]["conf_type"]:
+        problems.append(
+            f"ensemble.conf_type = {ensemble['conf_type']!r} does nothing with ensemble.method = "
+            f"{ensemble['method']!r} (conf_type is WBF's); remove it or set method: wbf"
+        )
+    fixed = config.get("ensemble", {}).get("fold_fusion")
+    if isinstance(fixed, dict) and "conf_type" in fixed and fixed.get("method", "wbf") != "wbf":
+        problems.append(
+            f"ensemble.fold_fusion.conf_type = {fixed['conf_type']!r} does nothing with "
+            f"ensemble.fold_fusion.method = {fixed['method']!r} (conf_type is WBF's); remove it or set method: wbf"
+        )
+    folds = filled["folds"]
+    if folds["method"] != "balanced" and folds["weights"] != defaults["folds"]["weights"]:
+        problems.append(
+            f"folds.weights = {folds['weights']} does nothing with folds.method = {folds['method']!r} "
+            "(the weights are the balanced method's); remove them or set method: balanced"
+        )
+    tta = config.get("predict", {}).get("tta")
+    if tta is not None and not tta.get("flip") and list(tta.get("scales", [1.0])) == [1.0]:
+        given = sorted(set(tta) & {"merge", "iou_thr"})
+        if given:
+            problems.append(
+                f"predict.tta.{given[0]} = {tta[given[0]]!r} does nothing: predict.tta has one view (no flip, "
+                "scales [1.0]), nothing to merge; add flip: true or more scales, or remove predict.tta"
+            )
+    return problems
+
+
+def setting_warnings(config: dict[str, Any]) -> list[str]:
+    """Settings ignored by the method chosen, where a value merged from config/config.yaml
+    may be why (so a warning, not an error): a search conf_type list with no WBF searched."""
+    search = (config.get("ensemble") or {}).get("search") or {}
+    if search.get("conf_type") and "method" in search and "wbf" not in search["method"]:
+        return [
+            f"ensemble.search.conf_type = {search['conf_type']} does nothing: ensemble.search.method = "
+            f"{search['method']} searches no wbf (conf_type is WBF's)"
+        ]
+    return []
 
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
@@ -228,7 +370,8 @@ def feasibility_problems(config: dict[str, Any]) -> list[str]:
         except re.error as err:
             problems.append(f"folds.group_by = {group_by!r}: not a valid regular expression ({err})")
     if "data.train_annotations" not in missing:
-        problems += _fold_count_problems(config)
+        problems += _train_file_problems(config)
+    problems += _input_file_problems(config, missing)
     data = config["data"]
     if data.get("test_annotations") and not data.get("test_images"):
         problems.append("data.test_images: missing; it is needed with data.test_annotations (the test image folder)")
@@ -250,10 +393,20 @@ def _path_problems(config: dict[str, Any]) -> tuple[list[str], set[str]]:
     missing: set[str] = set()
     for key, value in config_paths(config):
         path = Path(value)
-        if not path.is_absolute() and not (root / path).resolve().is_relative_to(root):
-            problems.append(f"{key} = {value!r} leaves the working folder {root}; give an absolute path if you mean it")
         want_dir = key in folders
-        if want_dir and not path.is_dir():
+        if value.startswith("~"):
+            problems.append(
+                f"{key} = {value!r}: ~ is not expanded here (Snakemake takes paths as written); "
+                f"write the full path, e.g. {os.path.expanduser(value)!r}"
+            )
+            missing.add(key)
+        elif not path.is_absolute() and not (root / path).resolve().is_relative_to(root):
+            problems.append(f"{key} = {value!r} leaves the working folder {root}; give an absolute path if you mean it")
+        elif path.is_file() if want_dir else path.is_dir():
+            kinds = ("a file", "a folder") if want_dir else ("a folder", "a file")
+            problems.append(f"{key} = {value!r} is {kinds[0]}; expected {kinds[1]}{_kind_hint(key, config)}")
+            missing.add(key)
+        elif want_dir and not path.is_dir():
             problems.append(f"{key} = {value!r}: folder not found")
             missing.add(key)
         elif not want_dir and not path.is_file():
@@ -262,6 +415,17 @@ def _path_problems(config: dict[str, Any]) -> tuple[list[str], set[str]]:
             problems.append(f"{key} = {value!r}: {what}")
             missing.add(key)
     return problems, missing
+
+
+def _kind_hint(key: str, config: dict[str, Any]) -> str:
+    """Why a data key wants a file or a folder: the format decides for the annotations."""
+    if key in ("data.train_annotations", "data.test_annotations"):
+        return {
+            "coco": " (format coco: a COCO JSON file)",
+            "voc": " (format voc: a folder of XML files)",
+            "yolo": " (format yolo: a folder of txt labels)",
+        }[config["data"]["format"]]
+    return ""
 
 
 def _model_problems(config: dict[str, Any]) -> list[str]:
@@ -280,14 +444,74 @@ def _model_problems(config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _fold_count_problems(config: dict[str, Any]) -> list[str]:
+#: The keys of an image record imported from VOC or YOLO (detfold.audit.convert)
+IMPORTED_IMAGE_KEYS = ("id", "file_name", "width", "height")
+
+
+def _train_file_problems(config: dict[str, Any]) -> list[str]:
+    """The train file unreadable, more folds than it has images, or a ``group_by: field:NAME``
+    that its image records lack."""
+    data = config["data"]
+    try:
+        if data["format"] == "coco":
+            images = _coco_images(data["train_annotations"])
+            n_images = len(images)
+        else:
+            n_images = _count_train_images(data, Path(data["train_annotations"]))
+            images = [dict.fromkeys(IMPORTED_IMAGE_KEYS)] * n_images
+    except ValueError as err:
+        return [f"data.train_annotations: {err}"]
+    return _fold_count_problems(config, n_images) + _group_field_problems(config, images)
+
+
+def _group_field_problems(config: dict[str, Any], images: list[Any]) -> list[str]:
+    """``folds.group_by: field:NAME`` naming a key that image records of the train file lack."""
+    group_by = str(config["folds"]["group_by"] or "")
+    if not group_by.startswith("field:") or not images:
+        return []
+    name = group_by[len("field:") :]
+    records = [im for im in images if isinstance(im, dict)]
+    lacking = [im for im in records if name not in im]
+    if not lacking:
+        return []
+    have = sorted({key for im in records for key in im}, key=str)
+    where = f"the image records of {config['data']['train_annotations']}"
+    if len(lacking) == len(records):
+        return [f"folds.group_by = {group_by!r}: no image record has a {name!r} key ({where} have: {', '.join(have)})"]
+    ids = [im.get("id") for im in lacking[:5]]
+    return [f"folds.group_by = {group_by!r}: {len(lacking)} of {len(records)} {where[4:]} lack {name!r} (ids {ids})"]
+
+
+def _input_file_problems(config: dict[str, Any], missing: set[str]) -> list[str]:
+    """YOLO labels without class names, and the class names and audit overrides files read by
+    the readers the import and the audit use (so their messages are the same)."""
+    from detfold.audit.checks import read_overrides
+    from detfold.audit.convert import read_class_names
+
+    data, problems = config["data"], []
+    if data["format"] == "yolo" and not data.get("class_names"):
+        problems.append(
+            "data.class_names: missing; format yolo needs it (a text file of class names, one per line, "
+            "in class index order: line 1 is class 0)"
+        )
+    elif data.get("class_names") and "data.class_names" not in missing:
+        try:
+            read_class_names(data["class_names"], by_line=data["format"] == "yolo")
+        except (OSError, ValueError) as err:
+            problems.append(f"data.class_names: {err}")
+    overrides = config["audit"].get("overrides")
+    if overrides and "audit.overrides" not in missing:
+        try:
+            read_overrides(overrides)
+        except (OSError, ValueError) as err:
+            problems.append(f"audit.overrides: {err}")
+    return problems
+
+
+def _fold_count_problems(config: dict[str, Any], n_images: int) -> list[str]:
     """More folds than the training images left besides the blend split, or a blend split too
     small for the nested selection."""
     data = config["data"]
-    try:
-        n_images = _count_train_images(data, Path(data["train_annotations"]))
-    except ValueError as err:
-        return [f"data.train_annotations: {err}"]
     problems = []
     k, share = config["folds"]["k"], float(config["folds"]["blend_share"])
     n_blend = n_images // max(2, round(1 / share))
@@ -340,6 +564,33 @@ def check_feasible(config: dict[str, Any]) -> None:
         raise ConfigError(problems)
 
 
+def config_file_problems(path: str | os.PathLike[str]) -> list[str]:
+    """A config file that is not a YAML (or JSON) mapping, with the line and what is wrong, or
+    that gives a key twice in one mapping, with both lines."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        return [f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8"]
+    root, problems = parse_yaml(text, str(path))
+    if problems and root is None:
+        with contextlib.suppress(ValueError):
+            json.loads(text)  # Snakemake reads a config as JSON first
+            return []
+        return problems
+    if not problems and not isinstance(root, dict):
+        got = "empty" if root is None else "a list" if isinstance(root, list) else f"just {root!r}"
+        return [f"{path}: a config is a mapping of keys (seed: 42, data: ..., models: ...); this file is {got}"]
+    return problems
+
+
+def check_config_files(paths: list[str | os.PathLike[str]]) -> None:
+    """Raise :class:`ConfigError` with every :func:`config_file_problems` of the config files
+    that exist (Snakemake names a missing one itself)."""
+    problems = [p for path in paths if Path(path).is_file() for p in config_file_problems(path)]
+    if problems:
+        raise ConfigError(problems)
+
+
 DEMO_DATA = "tests/data/bccd"  # the bundled demo's data, named by config/config.yaml
 
 
@@ -382,8 +633,9 @@ def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[st
 
 
 def warn_merged_config(config: dict[str, Any], merged: bool) -> list[str]:
-    """Log and return :func:`config_warnings` when a ``--configfile`` was ``merged`` over config/config.yaml."""
-    warnings = config_warnings(config) if merged else []
+    """Log and return :func:`setting_warnings` and, when a ``--configfile`` was ``merged`` over
+    config/config.yaml, :func:`config_warnings`."""
+    warnings = setting_warnings(config) + (config_warnings(config) if merged else [])
     for line in warnings:
         log.warning("detfold: %s", line)
     return warnings

@@ -60,14 +60,17 @@ class Tile:
 
 def crop_around(box_xywh: Box, width: int, height: int) -> tuple[int, int, int, int]:
     """The crop around a box: its longer side (at least 20 px) on every side, within the image;
-    (left, upper, right, lower) as PIL's ``crop`` takes it."""
+    (left, upper, right, lower) as PIL's ``crop`` takes it. A box wholly outside the image
+    gets the image's strip nearest to it (at least 1 px)."""
     x, y, w, h = box_xywh
     margin = max(w, h, 20)
+    left = min(max(0, int(x - margin)), width - 1)
+    upper = min(max(0, int(y - margin)), height - 1)
     return (
-        max(0, int(x - margin)),
-        max(0, int(y - margin)),
-        min(width, int(x + w + margin) + 1),
-        min(height, int(y + h + margin) + 1),
+        left,
+        upper,
+        max(left + 1, min(width, int(x + w + margin) + 1)),
+        max(upper + 1, min(height, int(y + h + margin) + 1)),
     )
 
 

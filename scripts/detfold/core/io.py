@@ -17,8 +17,9 @@ import orjson
 @contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; rename it onto ``path`` only on success. A failed
-    write (disk full, file size limit, unwritable folder) raises ``OSError`` naming ``path``;
-    the temporary file is removed and an earlier ``path`` is left as it was."""
+    write (disk full, file size limit, unwritable folder, a folder in its place) raises
+    ``OSError`` naming ``path``, never the temporary file; the temporary file is removed and an
+    earlier ``path`` is left as it was."""
     target = Path(path)
     tmp = None
     try:
@@ -32,10 +33,21 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     except BaseException as err:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and (err.filename is None or str(target) not in str(err)):
-            reason = err.strerror or str(err)  # say which output failed, once
+        if isinstance(err, OSError) and not str(err.strerror or "").startswith(f"cannot write {target}:"):
+            reason = _blocked(target) or err.strerror or str(err)  # say which output failed, once
             raise OSError(err.errno, f"cannot write {target}: {reason}; nothing written under that name") from err
         raise
+
+
+def _blocked(target: Path) -> str | None:
+    """What stands in the way of writing the file ``target``: a folder of that name, or a file
+    where one of its folders should be (None: something else)."""
+    if target.is_dir():
+        return "it is a folder"
+    for parent in target.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, not a folder"
+    return None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -86,22 +98,47 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
     write_bytes(path, dumps_json(data))
 
 
+def read_input(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a user's file; ``OSError`` naming it when it is missing, a folder or unreadable."""
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"{path}: is a folder, expected a file") from None
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot read it ({err.strerror or err})") from None
+
+
+def decode_text(raw: bytes, path: str | os.PathLike[str]) -> str:
+    """``raw`` as UTF-8 text (a byte-order mark dropped); ``ValueError`` naming the file and the
+    byte offset of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        utf16 = " (it is UTF-16)" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else ""
+        raise ValueError(
+            f"{path}: not UTF-8 text{utf16} ({err.reason} at byte {err.start}: "
+            f"{raw[err.start : err.start + 1]!r}); save it as UTF-8"
+        ) from None
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A user's text file (CSV, a list of names) as UTF-8: errors name the file (:func:`read_input`,
+    :func:`decode_text`)."""
+    return decode_text(read_input(path), path)
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file; raise ``ValueError`` naming the file and position when it is not JSON.
     A file orjson refuses is read by Python's ``json``, for its error message and its leniency
     (a NaN in a user's file is then refused by name by the checks that follow)."""
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: file not found") from None
+    raw = read_input(path)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = decode_text(raw, path)
     if not text.strip():
         raise ValueError(f"{path}: empty file, expected JSON")
     try:
@@ -171,3 +208,49 @@ def files_by_model(models: Sequence[str], files: Sequence[str]) -> dict[str, lis
         raise ValueError(f"{len(files)} files cannot be split evenly over models {list(models)}")
     k = len(files) // len(models)
     return {m: list(files[i * k : (i + 1) * k]) for i, m in enumerate(models)}
+
+
+def _yaml_error(err: Any) -> str:
+    """PyYAML's error as 'line L, column C: what is wrong (while ...)'."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    hint = "; YAML indents with spaces, never tabs" if "\\t" in problem else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "") + hint
+
+
+def _duplicate_keys(node: Any, source: str, parents: list[Any]) -> Iterator[str]:
+    """A key given twice in one mapping, anywhere under ``node`` (YAML keeps the last silently)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else repr(key)
+            line = key.start_mark.line + 1
+            if key.tag != "tag:yaml.org,2002:merge" and (key.tag, name) in seen:
+                dotted = ".".join(map(str, [*parents, name]))
+                yield (
+                    f"{source}: key {dotted!r} is given twice (line {seen[(key.tag, name)]} and line {line}): "
+                    "the last one would silently win; keep one"
+                )
+            seen.setdefault((key.tag, name), line)
+            yield from _duplicate_keys(value, source, [*parents, name])
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            yield from _duplicate_keys(item, source, [*parents, i])
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, list[str]]:
+    """YAML text (safe: plain data only) and its problems, each naming ``source``: not YAML
+    (with the line, column and what is wrong; the data is then None), or a key given twice in
+    one mapping (with both lines: YAML itself would keep the last one without a word)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        return None, [f"{source}: not valid YAML: {_yaml_error(err)}"]
+    return data, list(_duplicate_keys(root, source, []))

@@ -154,6 +154,20 @@ def effective_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in unused}
 
 
+#: why a method ignores a parameter that :func:`effective_params` leaves out
+IGNORED_BECAUSE = {
+    "conf_type": "conf_type is how WBF scores a fused box; the other methods keep their boxes' own scores",
+    "iou_thr": "Gaussian soft-NMS decays every overlapping box's score by its IoU, with no IoU threshold",
+}
+
+
+def ignored_params(method: str, given: Sequence[str]) -> list[str]:
+    """The parameters among ``given`` (:func:`fuse_arrays` keyword names) that ``method``
+    ignores: set explicitly, they would do nothing (:func:`effective_params`)."""
+    kept = effective_params({**dict.fromkeys(given), "method": method})
+    return [name for name in given if name not in kept]
+
+
 class ResultArrays:
     """Several models' predictions (per model :data:`Columns`) on the images ``ids`` (sorted)
     with sizes ``wh`` ([N, 2] width, height in px), as the flat arrays fusion works on: boxes

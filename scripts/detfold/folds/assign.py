@@ -27,11 +27,13 @@ import numpy as np
 import pandas as pd
 
 from detfold.core.coco import Coco
-from detfold.core.io import atomic_open
+from detfold.core.io import atomic_open, read_text
 
 log = logging.getLogger(__name__)
 
 FOLD_COLUMNS = ["image_id", "file_name", "fold"]
+#: the largest seed: numpy's and scikit-learn's generators take 32-bit seeds
+MAX_SEED = 2**32 - 1
 #: COCO area ranges (px^2): small < 32^2 <= medium < 96^2 <= large
 SIZE_EDGES = (32.0**2, 96.0**2)
 
@@ -67,35 +69,67 @@ def groups_from(coco: Coco, group_by: str | None, mapping: dict[str, str] | None
     or the whole match, of the pattern searched in the file name; no match = own group),
     ``field:NAME`` (a key of the image record), ``csv:PATH`` (:func:`read_group_csv`) or
     ``auto`` (``mapping`` from file name to group, as :func:`near_duplicate_groups` finds it).
+    A regex or CSV that groups no file name, and a grouping that puts every image in one group,
+    are refused: they are mistakes, not groupings.
     """
     names = [im["file_name"] for im in coco.images]
     if not group_by:
         return np.array([f"image:{n}" for n in names], dtype=object)
     kind, _, arg = group_by.partition(":")
+    if kind in ("regex", "field", "csv") and not arg:
+        raise ValueError(f"folds.group_by {group_by!r}: give the {kind} after the colon ({kind}:...)")
     if kind == "regex":
-        try:
-            pattern = re.compile(arg)
-        except re.error as err:
-            raise ValueError(f"folds.group_by: bad regular expression {arg!r} ({err})") from None
-        labels = []
-        for n in names:
-            m = pattern.search(n)
-            labels.append(f"group:{m.group(1) if m and m.groups() else m.group(0)}" if m else f"image:{n}")
-        return np.array(labels, dtype=object)
-    if kind == "field":
+        labels = _regex_groups(names, arg)
+    elif kind == "field":
         missing = [im["id"] for im in coco.images if arg not in im]
         if missing:
             raise ValueError(f"folds.group_by: field {arg!r} missing from image ids {missing[:5]} in {coco.path}")
-        return np.array([f"group:{im[arg]}" for im in coco.images], dtype=object)
-    if kind in ("csv", "auto"):
+        labels = [f"group:{im[arg]}" for im in coco.images]
+    elif kind in ("csv", "auto"):
         mapping = read_group_csv(arg) if kind == "csv" else mapping or {}
-        return np.array([f"group:{mapping[n]}" if n in mapping else f"image:{n}" for n in names], dtype=object)
-    raise ValueError(f"folds.group_by must be regex:PATTERN, field:NAME, csv:PATH or auto, got {group_by!r}")
+        if kind == "csv" and names and not set(names) & set(mapping):
+            raise ValueError(
+                f"folds.group_by {group_by!r}: the CSV names none of the {len(names)} file names of {coco.path} "
+                f"(e.g. {names[0]!r}); its file_name column must hold them as they are written there"
+            )
+        labels = [f"group:{mapping[n]}" if n in mapping else f"image:{n}" for n in names]
+    else:
+        raise ValueError(f"folds.group_by must be regex:PATTERN, field:NAME, csv:PATH or auto, got {group_by!r}")
+    if len(names) > 1 and len(set(labels)) == 1:
+        raise ValueError(
+            f"folds.group_by {group_by!r} puts all {len(names)} images of {coco.path} in one group "
+            f"({labels[0].partition(':')[2]!r}): no fold could be made; group by something that differs between images"
+        )
+    return np.array(labels, dtype=object)
+
+
+def _regex_groups(names: list[str], pattern_text: str) -> list[str]:
+    """``group:`` the pattern's first capture group (or whole match) in each file name,
+    ``image:`` the name where it does not match; ValueError when it matches no name."""
+    try:
+        pattern = re.compile(pattern_text)
+    except re.error as err:
+        raise ValueError(f"folds.group_by: bad regular expression {pattern_text!r} ({err})") from None
+    labels = []
+    for n in names:
+        m = pattern.search(n)
+        labels.append(f"group:{m.group(1) if m and m.groups() else m.group(0)}" if m else f"image:{n}")
+    if names and all(label.startswith("image:") for label in labels):
+        raise ValueError(
+            f"folds.group_by 'regex:{pattern_text}' matches no file name (e.g. {names[0]!r}): "
+            "the pattern is searched in each image's file_name"
+        )
+    return labels
 
 
 def read_group_csv(path: str | Path) -> dict[str, str]:
     """CSV with columns file_name, group -> {file_name: group}."""
-    table = pd.read_csv(path, dtype=str)
+    import io
+
+    text = read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected a CSV with columns file_name, group")
+    table = pd.read_csv(io.StringIO(text), dtype=str)
     missing = [c for c in ("file_name", "group") if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}, expected file_name, group")
@@ -191,9 +225,13 @@ class _Units:
 
 def _test_folds(splitter: Any, n: int, *labels: np.ndarray) -> np.ndarray:
     """The fold of each of ``n`` samples: the split of a scikit-learn style splitter that tests it."""
+    import warnings
+
     fold = np.full(n, -1, dtype=np.int64)
-    for f, (_, idx) in enumerate(splitter.split(np.zeros((n, 1)), *labels)):
-        fold[idx] = f
+    with warnings.catch_warnings():  # scikit-learn's "least populated class" warning: assign_folds warns by name
+        warnings.simplefilter("ignore", UserWarning)
+        for f, (_, idx) in enumerate(splitter.split(np.zeros((n, 1)), *labels)):
+            fold[idx] = f
     return fold
 
 
@@ -218,6 +256,14 @@ def _by_sgkf(units: _Units, k: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedGroupKFold
 
     per_unit = units.per_unit
+    per_class, with_boxes = per_unit.sum(0), int((per_unit.sum(1) > 0).sum())
+    if per_class.max(initial=0) < k or with_boxes < k:  # scikit-learn's own message would name neither
+        counts = dict(zip(units.coco.class_names, per_class.tolist(), strict=True))
+        raise ValueError(
+            f"folds.method sgkf (stratified by box class) needs folds.k={k} or more boxes of some class and {k} or "
+            f"more images (or groups) with boxes; {units.coco.path} has boxes {counts} in {with_boxes} images "
+            "(or groups): use fewer folds or the balanced method"
+        )
     box_unit = np.repeat(np.arange(len(per_unit)), per_unit.sum(1))
     box_class = np.concatenate([np.repeat(np.arange(per_unit.shape[1]), row) for row in per_unit])
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -256,12 +302,17 @@ def assign_folds(
     n_images = len(coco.images)
     if not isinstance(k, int) or isinstance(k, bool) or k < 2:
         raise ValueError(f"folds.k must be an integer >= 2, got {k!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     if n_images < k:
         raise ValueError(f"folds.k={k} is larger than the number of images ({n_images}) in {coco.path}")
     unit, labels = pd.factorize(np.asarray(groups_from(coco, None) if groups is None else groups, dtype=object))
     n_units = len(labels)
     if n_units < k:
-        raise ValueError(f"folds.k={k} is larger than the number of groups ({n_units}): cannot fill every fold")
+        raise ValueError(
+            f"folds.k={k} is larger than the number of groups of images that share a fold ({n_units}, of "
+            f"{n_images} images in {coco.path}): cannot fill every fold; use fewer folds or smaller groups"
+        )
     unit_sizes = np.bincount(unit, minlength=n_units)
     too_big = [(str(labels[u]), int(s)) for u, s in enumerate(unit_sizes) if s > n_images / k]
     if too_big:
@@ -270,7 +321,9 @@ def assign_folds(
         )
     counts = class_counts(coco)
     for name, n in zip(coco.class_names, (counts > 0).sum(axis=0), strict=True):
-        if n < k:
+        if n == 0:
+            log.warning("class %r has no box in %s: no fold has it", name, coco.path)
+        elif n < k:
             log.warning("class %r is in only %d images, fewer than k=%d folds: some folds lack it", name, n, k)
     per_unit = np.zeros((n_units, counts.shape[1]), dtype=np.int64)
     np.add.at(per_unit, unit, counts)
@@ -352,7 +405,12 @@ def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_folds(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path)
+    import io
+
+    text = read_text(path)
+    if not text.strip():
+        raise ValueError(f"{path}: empty file, expected a CSV with columns {FOLD_COLUMNS}")
+    table = pd.read_csv(io.StringIO(text))
     missing = [c for c in FOLD_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}, expected {FOLD_COLUMNS}")

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detfold.core.coco import Coco, load_coco, write_coco
+from detfold.core.coco import Coco, load_coco, require_content, write_coco
 from detfold.core.io import atomic_open, write_json
 from detfold.folds import assign
 
@@ -39,7 +39,7 @@ def run_split(
     With ``blend_share`` > 0 a balanced share of the images is first set aside as the blend
     split (``out_blend``, a COCO file): no fold model trains on it, every fold model predicts it,
     and the ensembles are chosen there; the K folds split the other images (0: no blend split)."""
-    coco = load_coco(annotations)
+    coco = require_content(load_coco(annotations), "to split into folds and train on")
     groups, pairs = _groups(coco, group_by, images, near_duplicate_distance, bool(out_near_duplicates))
     balance_weights = assign.BalanceWeights(**weights)
     blend_ids: list[int] = []
