@@ -136,6 +136,11 @@ def _pair(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
 
 
+def _pixels(value: Any) -> bool:
+    """A (w, h) size in pixels, not a range of factors (InstaBoost's ``scale=(0.8, 1.2)``)."""
+    return _pair(value) and all(v >= 1 for v in value)
+
+
 def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
     """The pipeline's own input size: the first transform that sizes to one (w, h)."""
     for step in pipeline_steps(pipeline):
@@ -143,7 +148,8 @@ def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
         if kind == "FixShapeResize" and step.get("width") and step.get("height"):
             return int(step["width"]), int(step["height"])
         for key in ("scale", "img_scale", "crop_size", "size"):
-            if _pair(step.get(key)) and not (kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"):
+            relative = kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"
+            if _pixels(step.get(key)) and not relative:
                 return int(step[key][0]), int(step[key][1])
     return None
 
@@ -254,7 +260,10 @@ def set_img_scale(cfg: dict[str, Any], img_scale: tuple[int, int], name: str) ->
     if not any(line.startswith("train pipeline") for line in changes) and not any(
         reference_size(p) for _, p in pipelines
     ):
-        raise ValueError(f"{name}: no sizing transform in the train pipeline for img_scale")
+        raise ValueError(
+            f"{name}: no sizing transform in the train pipeline for img_scale; leave img_scale out, or add a "
+            "Resize to the config"
+        )
     for pipeline in test:
         ref = reference_size(pipeline)
         if ref is not None:
@@ -408,16 +417,17 @@ def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, con
 
 def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[str, Any], str, dict[str, Any] | None]]:
     """(key, owner, field, init) of every pretrained-weights reference in a model config:
-    ``owner[field]`` is an ``init_cfg`` of type Pretrained (``init``) or a list holding one
-    (``init``: that item), or mmdet 2's ``pretrained`` path (``init`` None)."""
+    ``owner[field]`` is an ``init_cfg`` of type Pretrained or one naming a ``checkpoint``
+    without a type (PVT reads it so) (``init``), or a list holding one (``init``: that item), or
+    a ``pretrained`` path or ``pretrained=True`` (timm's download) (``init`` None)."""
     if isinstance(node, dict):
         for name, value in node.items():
             here = f"{key}.{name}"
             if name == "init_cfg":
                 for i, init in enumerate(value if isinstance(value, list) else [value]):
-                    if isinstance(init, dict) and _type(init) == "Pretrained":
+                    if _is_pretrained(init):
                         yield (f"{here}[{i}]" if isinstance(value, list) else here), node, name, init
-            elif name == "pretrained" and isinstance(value, str):
+            elif name == "pretrained" and (isinstance(value, str) or value is True):
                 yield here, node, name, None
             else:
                 yield from pretrained_inits(value, here)
@@ -426,12 +436,16 @@ def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[
             yield from pretrained_inits(value, f"{key}[{i}]")
 
 
+def _is_pretrained(init: Any) -> bool:
+    return isinstance(init, dict) and (_type(init) == "Pretrained" or (not init.get("type") and "checkpoint" in init))
+
+
 def _drop(owner: dict[str, Any], field: str) -> None:
     value = owner[field]
     if isinstance(value, list):
-        owner[field] = [init for init in value if not (isinstance(init, dict) and _type(init) == "Pretrained")] or None
+        owner[field] = [init for init in value if not _is_pretrained(init)] or None
     else:
-        owner[field] = None
+        owner[field] = False if value is True else None
 
 
 def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbone_weights: Any, name: str) -> list[str]:
@@ -457,7 +471,7 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
             _drop(owner, field)
             why = "load_from overwrites it" if load_from else "backbone_weights: false, from scratch"
             changes.append(f"{key} ({checkpoint}) dropped: {why}")
-        elif backbone_weights is not None and key.startswith("model.backbone."):
+        elif backbone_weights is not None and key.startswith("model.backbone.") and checkpoint != "True":
             local = str(Path(str(backbone_weights)).resolve())
             if init is None:
                 owner[field] = local
@@ -474,4 +488,165 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
             "downloaded: set load_from (a local COCO checkpoint), backbone_weights (a local file) or "
             "backbone_weights: false (train from scratch)"
         )
-    return changes
+    return changes + check_teacher_weights(model, name) + _no_remote_left(model, name)
+
+
+def _no_remote_left(node: Any, name: str, key: str = "model") -> list[str]:
+    """Any URL left anywhere in the model config, whatever key names it: an error naming it."""
+    if isinstance(node, dict):
+        for field, value in node.items():
+            _no_remote_left(value, name, f"{key}.{field}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _no_remote_left(value, name, f"{key}[{i}]")
+    elif isinstance(node, str) and re.match(r"^[a-z][a-z0-9+.-]*://", node):
+        raise ValueError(
+            f"{name}: {key} = {node!r} would be fetched from the network, and nothing is downloaded "
+            "at run time: set it to a local file with cfg_options, or choose a config without it"
+        )
+    return []
+
+
+def set_teacher_config(model: dict[str, Any], name: str) -> list[str]:
+    """Knowledge distillation (LD): a teacher config named by a path relative to MMDetection's
+    source tree (``configs/gfl/...``) is read from the installed mmdet, and put into the model
+    config itself, so that its classes are the fold's and its pretrained weights are handled
+    as the student's (nothing of it is downloaded)."""
+    teacher = model.get("teacher_config")
+    if not isinstance(teacher, (str, Path)):
+        return []
+    from mmengine.config import Config
+
+    path = Path(teacher)
+    if not path.is_file():
+        installed = mmdet_configs_root() / Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else None
+        if installed is None or not installed.is_file():
+            raise FileNotFoundError(
+                f"{name}: model.teacher_config {str(teacher)!r} not found: set it to a teacher config file "
+                "with cfg_options (model.teacher_config)"
+            )
+        path = installed
+    model["teacher_config"] = {"model": Config.fromfile(str(path)).model.to_dict()}
+    return [f"model.teacher_config {str(teacher)!r} -> the model of {path} (its classes: the fold's)"]
+
+
+def check_teacher_weights(model: dict[str, Any], name: str) -> list[str]:
+    """A distillation teacher's checkpoint (``teacher_ckpt``, loaded when the model is built,
+    whatever ``load_from`` says) must be a local file: never downloaded."""
+    if "teacher_ckpt" not in model:
+        return []
+    checkpoint = model["teacher_ckpt"]
+    if checkpoint is not None and "://" not in str(checkpoint) and Path(str(checkpoint)).is_file():
+        return []
+    why = "would be downloaded when the model is built" if "://" in str(checkpoint) else "is not a local file"
+    raise ValueError(
+        f"{name}: model.teacher_ckpt = {checkpoint!r} {why}, and weights are never downloaded: knowledge "
+        "distillation needs its teacher's weights: set cfg_options {model.teacher_ckpt: /path/teacher.pth} "
+        "(a teacher trained on your classes)"
+    )
+
+
+# ---------------------------------------------------------------------------- model kind
+
+
+def mmdet_configs_root() -> Path:
+    import mmdet
+
+    return Path(mmdet.__file__).parent / ".mim" / "configs"
+
+
+#: model base classes that detect no boxes from box annotations, and why (the first match says)
+TRACKING = "a tracking or video model: it links detections across video frames; use the config of its detector"
+GROUNDING = "a text-conditioned (grounding) detector: it needs a language model and text prompts"
+NOT_BOX_DETECTORS = (
+    ("BaseMOTModel", TRACKING),
+    ("BaseReID", "a re-identification model: it embeds crops of people, it detects nothing"),
+    (
+        "SemiBaseDetector",
+        "a semi-supervised teacher-student model: it trains on unlabelled images too; use its detector's config",
+    ),
+    ("TwoStagePanopticSegmentor", "a panoptic segmentation model: it is trained on masks and stuff regions"),
+    ("MaskFormer", "a panoptic/instance segmentation model: its boxes come from the masks it is trained on"),
+    (
+        "RPN",
+        "a region proposal network: it proposes class-agnostic regions; use a detector that classifies them "
+        "(e.g. mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py)",
+    ),
+    ("GLIP", GROUNDING),
+    ("GroundingDINO", GROUNDING),
+)
+
+
+def check_box_detector(cfg: dict[str, Any], name: str) -> None:
+    """detfold trains box detectors: a config without a model, or whose model is no box
+    detector (tracking, re-identification, panoptic, proposal-only, text-conditioned,
+    semi-supervised), is refused with the reason, naming ``model.type``."""
+    import mmdet.models  # noqa: F401  # registers mmdet's models
+    from mmdet.registry import MODELS
+
+    model = cfg.get("model")
+    if not isinstance(model, dict) or not model.get("type"):
+        raise ValueError(
+            f"{name}: no model (no model.type): this config holds settings other configs inherit "
+            "(a dataset, a schedule); detfold trains a box detector: choose a model config"
+        )
+    kind = model["type"]
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(cls, type):
+        raise ValueError(f"{name}: model.type {kind!r} is not a model registered in mmdet (a missing custom_imports?)")
+    for base, why in NOT_BOX_DETECTORS:
+        if any(klass.__name__ == base for klass in cls.__mro__):
+            raise ValueError(f"{name}: detfold trains box detectors, and model.type {_type(model)!r} is {why}")
+    if model.get("language_model"):
+        raise ValueError(
+            f"{name}: model.type {_type(model)!r} is text-conditioned (model.language_model): detfold "
+            "trains box detectors"
+        )
+
+
+#: RoI heads that assert their mask branch (the rest run without one)
+MASK_REQUIRED_ROI_HEADS = ("SCNetRoIHead", "PointRendRoIHead", "MaskScoringRoIHead")
+#: the mask and segmentation parts of an RoI head
+MASK_PARTS = (
+    *("mask_roi_extractor", "mask_head"),
+    *("semantic_roi_extractor", "semantic_head", "glbctx_head", "feat_relay_head"),
+)
+#: train transforms that work on instance masks
+MASK_TRANSFORMS = ("InstaBoost", "CopyPaste")
+
+
+def drop_mask_branch(cfg: dict[str, Any], name: str) -> list[str]:
+    """detfold trains and scores boxes from box annotations: a model that also trains masks
+    (its train pipeline loads them) loses its RoI head's mask and segmentation parts and no
+    pipeline loads masks; a model whose boxes need its masks (no RoI head, or one that asserts
+    its mask head) and a train transform that works on masks are refused, naming them."""
+    pipelines = [p for p in loader_pipelines(cfg["train_dataloader"])]
+    steps = [step for pipeline in pipelines for step in pipeline_steps(pipeline)]
+    for step in steps:
+        if _type(step) in MASK_TRANSFORMS:
+            raise ValueError(
+                f"{name}: train transform {_type(step)} works on instance masks, and detfold trains on box "
+                "annotations: remove it from the train pipeline (or choose a config without it)"
+            )
+    loads = [s for s in steps if _type(s) == "LoadAnnotations" and (s.get("with_mask") or s.get("with_seg"))]
+    if not loads:
+        return []
+    roi = cfg["model"].get("roi_head")
+    if not isinstance(roi, dict) or not roi.get("mask_head") or _type(roi) in MASK_REQUIRED_ROI_HEADS:
+        where = f"model.type {_type(cfg['model'])!r}"
+        if isinstance(roi, dict):
+            where = f"model.roi_head.type {_type(roi)!r}"
+        raise ValueError(
+            f"{name}: {where} trains on instance masks and cannot train without them (train pipeline "
+            "LoadAnnotations with_mask=True); detfold trains box detectors on box annotations: choose the "
+            "family's box config"
+        )
+    dropped = [part for part in MASK_PARTS if roi.get(part)]
+    for part in dropped:
+        roi[part] = None
+    for loader in ("train_dataloader", "test_dataloader"):
+        for pipeline in loader_pipelines(cfg[loader]):
+            for step in pipeline_steps(pipeline):
+                if _type(step) == "LoadAnnotations":
+                    step.update(with_mask=False, with_seg=False)
+    return [f"model.roi_head {', '.join(dropped)} dropped, no masks loaded: detfold trains boxes"]
