@@ -356,3 +356,15 @@ def test_a_transform_that_needs_masks_is_refused_and_its_scale_factors_are_no_si
     assert "train transform InstaBoost works on instance masks" in message
     pipeline = [{"type": "InstaBoost", "scale": (0.8, 1.2)}, {"type": "Resize", "scale": (1333, 800)}]
     assert reference_size(pipeline) == (1333, 800)
+
+
+def test_a_two_stage_detr_needs_an_img_scale_with_enough_encoder_tokens(fold):
+    config = "mmdet::dino/dino-4scale_r50_8xb2-12e_coco.py"  # selects 900 queries among the encoder's tokens
+    message = one_line_error(ValueError, fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160])
+    assert "img_scale [160, 160] gives the encoder at most 534 tokens" in message
+    assert "900 queries (model.num_queries)" in message and "at least [224, 224]" in message
+    assert resolve(fold, config, load_from=str(fold / "coco.pth"), img_scale=[320, 320]).model.num_queries == 900
+    fewer = resolve(
+        fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160], cfg_options={"model.num_queries": 300}
+    )
+    assert fewer.model.num_queries == 300

@@ -650,3 +650,30 @@ def drop_mask_branch(cfg: dict[str, Any], name: str) -> list[str]:
                 if _type(step) == "LoadAnnotations":
                     step.update(with_mask=False, with_seg=False)
     return [f"model.roi_head {', '.join(dropped)} dropped, no masks loaded: detfold trains boxes"]
+
+
+def _encoder_tokens(width: int, height: int, levels: int) -> int:
+    """The tokens of a DETR encoder over a ``width`` x ``height`` input: feature levels at
+    strides 8, 16, 32, ... (ResNet's C3-C5 and one more, as mmdet's DETR configs build them)."""
+    return sum(math.ceil(width / 2**i / 8) * math.ceil(height / 2**i / 8) for i in range(levels))
+
+
+def check_query_count(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
+    """A two-stage DETR (DINO, DDQ, Deformable DETR's two-stage) selects its queries among
+    the encoder's tokens: an ``img_scale`` with fewer tokens than queries fails in training
+    (torch's ``selected index k out of range``); it is refused, naming the size that fits."""
+    if not model.get("as_two_stage") or not model.get("num_queries"):
+        return
+    queries = int(model["num_queries"])
+    if model.get("dense_topk_ratio"):
+        queries = math.ceil(queries * float(model["dense_topk_ratio"]))
+    levels = int(model.get("num_feature_levels", 4))
+    tokens = _encoder_tokens(*img_scale, levels)
+    if tokens >= queries:
+        return
+    side = next(s for s in range(32, 4096, 32) if _encoder_tokens(s, s, levels) >= queries)
+    raise ValueError(
+        f"{name}: img_scale {list(img_scale)} gives the encoder at most {tokens} tokens, fewer than the "
+        f"{queries} queries (model.num_queries) it selects among them: set img_scale to at least "
+        f"[{side}, {side}] (more for images that are not square), or fewer queries with cfg_options"
+    )
