@@ -49,6 +49,8 @@ SETTINGS = {
     "img_scale": [160, 160],
     "tensorboard": False,
 }
+#: two-stage DETRs select 900 queries (DDQ 1350) among the encoder's tokens: 160 px has 534
+FAMILY_SETTINGS = {family: {"img_scale": [320, 320]} for family in ("dino", "ddq", "v3det")}
 
 
 def configs_root() -> Path:
@@ -147,7 +149,7 @@ def run_family(name: str, config: str, workdir: Path, resolve_only: bool) -> dic
     train, val = fold_data(workdir)
     checkpoint = workdir / "coco.pth"
     checkpoint.write_bytes(b"")  # resolve checks only that load_from is a local file
-    settings = {"config": config, **SETTINGS, "load_from": str(checkpoint)}
+    settings = {"config": config, **SETTINGS, **FAMILY_SETTINGS.get(name, {}), "load_from": str(checkpoint)}
     steps: list[tuple[str, dict[str, Any]]] = [("resolve", {"train": str(train), "val": str(val)})]
     steps[0][1]["work"] = str(workdir / "resolve")
     if not resolve_only:

@@ -47,7 +47,8 @@ def sizes(cfg) -> set[int]:
 
 @pytest.mark.parametrize("fam", FAMILIES, ids=[f.name for f in FAMILIES])
 def test_every_zoo_family_resolves_onto_the_fold(fam, fold):
-    cfg = resolve(fold, fam.config, epochs=3, batch_size=2, img_scale=[160, 160], load_from=str(fold / "coco.pth"))
+    settings = {"img_scale": [160, 160], **fam.settings}  # DINO at 320: its queries need the tokens
+    cfg = resolve(fold, fam.config, epochs=3, batch_size=2, load_from=str(fold / "coco.pth"), **settings)
     datasets = list(inner_datasets(cfg.train_dataloader.dataset)) + list(inner_datasets(cfg.test_dataloader.dataset))
     assert datasets and all(d["ann_file"].endswith(("train.json", "val.json")) for d in datasets)
     assert all(d["metainfo"]["classes"] == tuple(load_coco(fold / "train.json").class_names) for d in datasets)
@@ -368,3 +369,20 @@ def test_a_two_stage_detr_needs_an_img_scale_with_enough_encoder_tokens(fold):
         fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160], cfg_options={"model.num_queries": 300}
     )
     assert fewer.model.num_queries == 300
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("albu_example/mask-rcnn_r50_fpn_albu-1x_coco.py", "train pipeline transform Albu"),
+        ("boxinst/boxinst_r50_fpn_ms-90k_coco.py", "model.data_preprocessor BoxInstDataPreprocessor"),
+    ],
+)
+def test_a_part_the_installed_packages_cannot_build_is_named_before_training(fold, config, named, monkeypatch):
+    import albumentations
+    import mmdet.models.data_preprocessors.data_preprocessor as preprocessors
+
+    monkeypatch.delattr(albumentations, "JpegCompression", raising=False)  # renamed in newer albumentations
+    monkeypatch.setattr(preprocessors, "skimage", None, raising=False)  # scikit-image not installed
+    message = one_line_error(ValueError, fold, f"mmdet::{config}", epochs=1, load_from=str(fold / "coco.pth"))
+    assert f"{named} cannot be built with the installed packages" in message

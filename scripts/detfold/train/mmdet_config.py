@@ -664,9 +664,9 @@ def check_query_count(model: dict[str, Any], img_scale: tuple[int, int], name: s
     (torch's ``selected index k out of range``); it is refused, naming the size that fits."""
     if not model.get("as_two_stage") or not model.get("num_queries"):
         return
-    queries = int(model["num_queries"])
-    if model.get("dense_topk_ratio"):
-        queries = math.ceil(queries * float(model["dense_topk_ratio"]))
+    queries, key = int(model["num_queries"]), "model.num_queries"
+    if model.get("dense_topk_ratio"):  # DDQ's dense queries
+        queries, key = math.ceil(queries * float(model["dense_topk_ratio"])), f"{key} x dense_topk_ratio"
     levels = int(model.get("num_feature_levels", 4))
     tokens = _encoder_tokens(*img_scale, levels)
     if tokens >= queries:
@@ -674,6 +674,37 @@ def check_query_count(model: dict[str, Any], img_scale: tuple[int, int], name: s
     side = next(s for s in range(32, 4096, 32) if _encoder_tokens(s, s, levels) >= queries)
     raise ValueError(
         f"{name}: img_scale {list(img_scale)} gives the encoder at most {tokens} tokens, fewer than the "
-        f"{queries} queries (model.num_queries) it selects among them: set img_scale to at least "
+        f"{queries} queries ({key}) it selects among them: set img_scale to at least "
         f"[{side}, {side}] (more for images that are not square), or fewer queries with cfg_options"
     )
+
+
+def check_builds(cfg: dict[str, Any], name: str) -> None:
+    """Every transform of the train and test pipelines and the model's data preprocessor are
+    built once, so that one that cannot be built with the installed packages (an albumentations
+    transform renamed since the config was written, BoxInst's preprocessor without
+    scikit-image) stops before training with one line naming it, not in the data loader."""
+    import copy
+
+    import mmdet.datasets  # registers mmdet's transforms
+    import mmdet.models  # noqa: F401
+    from mmdet.registry import MODELS, TRANSFORMS
+    from mmengine.registry import DefaultScope
+
+    parts = [
+        (f"{split} pipeline transform {_type(step)}", TRANSFORMS, step)
+        for split in ("train", "test")
+        for pipeline in loader_pipelines(cfg[f"{split}_dataloader"])
+        for step in pipeline
+        if isinstance(step, dict)
+    ]
+    if isinstance(cfg["model"].get("data_preprocessor"), dict):
+        preprocessor = cfg["model"]["data_preprocessor"]
+        parts.append((f"model.data_preprocessor {_type(preprocessor)}", MODELS, preprocessor))
+    for where, registry, part in parts:
+        try:
+            with DefaultScope.overwrite_default_scope("mmdet"):  # nested transforms (RandomChoice) too
+                registry.build(copy.deepcopy(part))
+        except Exception as err:  # any library error, reported as one line of detfold's
+            why = " ".join(f"{type(err).__name__}: {err}".split())
+            raise ValueError(f"{name}: {where} cannot be built with the installed packages ({why})") from None

@@ -156,6 +156,7 @@ def resolve_config(
         adapt.check_query_count(cfg.model, (int(settings["img_scale"][0]), int(settings["img_scale"][1])), name)
     # after cfg_options, so that no option can bring back a download
     changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
+    adapt.check_builds(cfg, name)
     for line in changes:
         log.info("config: %s", line)
     return cfg
