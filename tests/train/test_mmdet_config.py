@@ -386,3 +386,30 @@ def test_a_part_the_installed_packages_cannot_build_is_named_before_training(fol
     monkeypatch.setattr(preprocessors, "skimage", None, raising=False)  # scikit-image not installed
     message = one_line_error(ValueError, fold, f"mmdet::{config}", epochs=1, load_from=str(fold / "coco.pth"))
     assert f"{named} cannot be built with the installed packages" in message
+
+
+def test_an_mmcv_operation_without_cpu_kernel_is_refused_on_cpu_only(fold):
+    from detfold.train.mmdet_train import resolve_config
+
+    config = "mmdet::dcn/faster-rcnn_r50_fpn_dpool_1x_coco.py"
+    message = one_line_error(ValueError, fold, config, load_from=str(fold / "coco.pth"))
+    assert "model.roi_head.bbox_roi_extractor.roi_layer.type 'DeformRoIPoolPack'" in message
+    assert "no CPU implementation" in message and "this job has no GPU" in message
+    images = str(Path(__file__).parents[1] / "data/bccd/images")
+    settings = {"config": config, "load_from": str(fold / "coco.pth")}
+    cfg = resolve_config(
+        settings, str(fold / "train.json"), str(fold / "val.json"), images, str(fold / "w"), 42, "cuda"
+    )
+    assert cfg.model.roi_head.bbox_roi_extractor.roi_layer.type == "DeformRoIPoolPack"
+
+
+def test_a_config_that_reads_precomputed_proposals_is_refused(fold):
+    message = one_line_error(ValueError, fold, "mmdet::fast_rcnn/fast-rcnn_r50_fpn_1x_coco.py")
+    assert "LoadProposals" in message and "proposal_file" in message and "faster_rcnn" in message
+
+
+def test_a_foreign_dataset_becomes_coco_without_its_own_arguments(fold):
+    cfg = resolve(fold, "mmdet::dsdl/coco.py", load_from=str(fold / "coco.pth"))  # DSDLDetDataset
+    dataset = cfg.train_dataloader.dataset
+    assert dataset.type == "CocoDataset" and "specific_key_path" not in dataset
+    assert dataset.ann_file.endswith("train.json") and set(dataset.data_prefix) == {"img"}

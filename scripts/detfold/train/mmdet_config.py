@@ -74,6 +74,16 @@ def _reads_coco(kind: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list  # type: ignore[attr-defined]  # mypy types cls as a bare type
 
 
+def _coco_dataset_keys() -> set[str]:
+    """The arguments CocoDataset takes (its own and its base classes')."""
+    import inspect
+
+    from mmdet.datasets import CocoDataset
+
+    classes = [cls for cls in CocoDataset.__mro__ if "__init__" in vars(cls)]
+    return {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "args", "kwargs"}
+
+
 def set_fold_data(
     loader: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...], train: bool
 ) -> list[str]:
@@ -85,14 +95,17 @@ def set_fold_data(
     for dataset in inner_datasets(loader["dataset"]):
         kind = _type(dataset)
         if kind and not _reads_coco(kind):
-            changes.append(f"dataset type {kind} -> CocoDataset (the fold files are COCO)")
+            foreign = sorted(set(dataset) - _coco_dataset_keys() - {"type"})  # DSDL's specific_key_path ...
+            for key in foreign:
+                dataset.pop(key)
+            dropped = f"; its {', '.join(foreign)} dropped" if foreign else ""
+            changes.append(f"dataset type {kind} -> CocoDataset (the fold files are COCO){dropped}")
             dataset["type"] = "CocoDataset"
-        dataset.update(
-            ann_file=str(Path(ann_file).resolve()),
-            data_root="",
-            data_prefix=dict(img=str(Path(images_dir).resolve()) + "/"),
-            metainfo=dict(classes=classes),
-        )
+        # item by item: ConfigDict.update would merge into the config's own data_prefix and metainfo
+        dataset["ann_file"] = str(Path(ann_file).resolve())
+        dataset["data_root"] = ""
+        dataset["data_prefix"] = dict(img=str(Path(images_dir).resolve()) + "/")
+        dataset["metainfo"] = dict(classes=classes)
         if train:
             dataset["filter_cfg"] = dict(filter_empty_gt=True, min_size=1)
     for wrapper in dataset_chain(loader["dataset"]):
@@ -602,6 +615,13 @@ def check_box_detector(cfg: dict[str, Any], name: str) -> None:
             f"{name}: model.type {_type(model)!r} is text-conditioned (model.language_model): detfold "
             "trains box detectors"
         )
+    for pipeline in loader_pipelines(cfg.get("train_dataloader") or {"dataset": {}}):
+        if any(_type(step) == "LoadProposals" for step in pipeline_steps(pipeline)):
+            raise ValueError(
+                f"{name}: the train pipeline's LoadProposals reads region proposals precomputed for each image "
+                "(dataset proposal_file), which detfold's folds do not have: choose a detector with its own "
+                "RPN (e.g. mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py)"
+            )
 
 
 #: RoI heads that assert their mask branch (the rest run without one)
@@ -708,3 +728,41 @@ def check_builds(cfg: dict[str, Any], name: str) -> None:
         except Exception as err:  # any library error, reported as one line of detfold's
             why = " ".join(f"{type(err).__name__}: {err}".split())
             raise ValueError(f"{name}: {where} cannot be built with the installed packages ({why})") from None
+
+
+#: model parts that run an mmcv operation with no CPU implementation (mmcv's csrc/pytorch/cpu)
+GPU_ONLY = {
+    "carafe": "CARAFE upsampling",
+    "CARAFEPack": "CARAFE upsampling",
+    "RoIPool": "RoI pooling (roi_pool)",
+    "DeformRoIPoolPack": "deformable RoI pooling",
+    "ModulatedDeformRoIPoolPack": "modulated deformable RoI pooling",
+    "GARetinaHead": "masked convolution (masked_conv2d) when it predicts",
+    "GARPNHead": "masked convolution (masked_conv2d) when it predicts",
+}
+
+
+def _types(node: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(key, type) of every part of a config with a string ``type``."""
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            yield key, _type(node)
+        for field, value in node.items():
+            yield from _types(value, f"{key}.{field}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _types(value, f"{key}[{i}]")
+
+
+def check_cpu_ops(model: dict[str, Any], device: str, name: str) -> None:
+    """On a machine without a GPU, a model part whose mmcv operation has no CPU implementation
+    (CARAFE, RoIPool, deformable RoI pooling, guided anchoring's masked convolution) is refused
+    before training, naming it (mmcv fails with ``implementation for device cpu not found``)."""
+    if device != "cpu":
+        return
+    for key, kind in _types(model, "model"):
+        if kind in GPU_ONLY:
+            raise ValueError(
+                f"{name}: {key}.type {kind!r} runs mmcv's {GPU_ONLY[kind]}, which has no CPU implementation, "
+                "and this job has no GPU: train it where a GPU is, or choose a config without it"
+            )

@@ -157,6 +157,7 @@ def resolve_config(
     # after cfg_options, so that no option can bring back a download
     changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
     adapt.check_builds(cfg, name)
+    adapt.check_cpu_ops(cfg.model, device, name)
     for line in changes:
         log.info("config: %s", line)
     return cfg
