@@ -51,6 +51,9 @@ SETTINGS = {
 }
 #: two-stage DETRs select 900 queries (DDQ 1350) among the encoder's tokens: 160 px has 534
 FAMILY_SETTINGS = {family: {"img_scale": [320, 320]} for family in ("dino", "ddq", "v3det")}
+#: mmcv's CPU deformable convolution needs a feature map of at least its 3 x 3 kernel: a head
+#: with one on the stride-128 level needs about 384 px (at 160 px that level is 2 x 1)
+FAMILY_SETTINGS |= {family: {"img_scale": [384, 384]} for family in ("ddod",)}
 
 
 def configs_root() -> Path:

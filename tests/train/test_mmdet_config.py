@@ -413,3 +413,12 @@ def test_a_foreign_dataset_becomes_coco_without_its_own_arguments(fold):
     dataset = cfg.train_dataloader.dataset
     assert dataset.type == "CocoDataset" and "specific_key_path" not in dataset
     assert dataset.ann_file.endswith("train.json") and set(dataset.data_prefix) == {"img"}
+
+
+def test_a_fixed_batch_pad_stays_a_multiple_of_the_padding_divisor(fold):
+    cfg = resolve(
+        fold, "mmdet::fpg/retinanet_r50_fpg_crop640_50e_coco.py", load_from=str(fold / "coco.pth"), img_scale=[160, 160]
+    )
+    preprocessor = cfg.model.data_preprocessor
+    assert preprocessor.pad_size_divisor == 128  # every level of the FPG halves exactly
+    assert tuple(preprocessor.batch_augments[0]["size"]) == (256, 256)  # 160 up to a multiple of 128

@@ -292,7 +292,10 @@ def set_img_scale(cfg: dict[str, Any], img_scale: tuple[int, int], name: str) ->
             changes.append(f"data_preprocessor {kind} random_size_range {old} -> {augment['random_size_range']}")
         elif kind == "BatchFixedSizePad" and _pair(augment.get("size")) and train_ref:
             old = augment["size"]
-            augment["size"] = ScaleMap(train_ref, img_scale).exact(old)
+            # a multiple of the padding divisor, as the config's was (NAS-FPN/FPG: 128, every level halves)
+            divisor = int(preprocessor.get("pad_size_divisor") or 1)
+            size = ScaleMap(train_ref, img_scale).exact(old)
+            augment["size"] = tuple(math.ceil(v / divisor) * divisor for v in size)
             changes.append(f"data_preprocessor {kind} size {old} -> {augment['size']}")
     return changes
 
