@@ -422,3 +422,10 @@ def test_a_fixed_batch_pad_stays_a_multiple_of_the_padding_divisor(fold):
     preprocessor = cfg.model.data_preprocessor
     assert preprocessor.pad_size_divisor == 128  # every level of the FPG halves exactly
     assert tuple(preprocessor.batch_augments[0]["size"]) == (256, 256)  # 160 up to a multiple of 128
+
+
+def test_an_img_scale_smaller_than_ssds_input_size_is_refused(fold):
+    for config in ("mmdet::ssd/ssd300_coco.py", "mmdet::legacy_1.x/ssd300_coco_v1.py"):
+        message = one_line_error(ValueError, fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160])
+        assert "img_scale [160, 160] is smaller than model.bbox_head.anchor_generator.input_size 300" in message
+        assert "at least [300, 300]" in message

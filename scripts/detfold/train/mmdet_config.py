@@ -681,6 +681,32 @@ def _encoder_tokens(width: int, height: int, levels: int) -> int:
     return sum(math.ceil(width / 2**i / 8) * math.ceil(height / 2**i / 8) for i in range(levels))
 
 
+def check_input_size(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
+    """An input size the model cannot take is refused before training: SSD's anchors and its
+    VGG's extra layers are built for ``SSDAnchorGenerator.input_size`` (300, 512), and a smaller
+    ``img_scale`` leaves a feature map smaller than its last convolution; a two-stage DETR needs
+    as many encoder tokens as queries (:func:`check_query_count`)."""
+    for key, kind in _types(model, "model"):
+        size = _at(model, key).get("input_size")
+        if (
+            kind in ("SSDAnchorGenerator", "LegacySSDAnchorGenerator")
+            and isinstance(size, int)
+            and min(img_scale) < size
+        ):
+            raise ValueError(
+                f"{name}: img_scale {list(img_scale)} is smaller than {key}.input_size {size}, the input "
+                f"SSD's anchors and extra layers are built for: set img_scale to at least [{size}, {size}]"
+            )
+    check_query_count(model, img_scale, name)
+
+
+def _at(node: Any, key: str) -> Any:
+    """The part of a config at ``key`` (``model.a.b[0].c``, as :func:`_types` names it)."""
+    for part in re.findall(r"\.(\w+)|\[(\d+)\]", key[key.index(".") :] if "." in key else ""):
+        node = node[part[0]] if part[0] else node[int(part[1])]
+    return node
+
+
 def check_query_count(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
     """A two-stage DETR (DINO, DDQ, Deformable DETR's two-stage) selects its queries among
     the encoder's tokens: an ``img_scale`` with fewer tokens than queries fails in training
