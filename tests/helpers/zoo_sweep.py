@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,9 +99,24 @@ def step_resolve(settings: dict[str, Any], train: str, val: str, work: str) -> d
 
 
 def step_checkpoint(config: str, out: str) -> dict[str, Any]:
-    from helpers.zoo_matrix import step_coco_checkpoint
+    """The zoo model as published, 80 classes, no pretrained weights (the zoo matrix's stand-in
+    "COCO checkpoint"), built in one process as training builds it: mmcv's MMSyncBN, which asks
+    for a process group, as PyTorch's SyncBN."""
+    import torch
+    from detfold.train.mmdet_config import pretrained_inits, set_one_process_norm
+    from detfold.train.mmdet_train import load_mmdet_config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
 
-    return step_coco_checkpoint(config, out)
+    register_all_modules(init_default_scope=True)
+    cfg = load_mmdet_config(config)
+    set_one_process_norm(cfg.model)
+    for _, owner, key, _ in list(pretrained_inits(cfg.model)):
+        owner[key] = None
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": ("coco",) * 80}}}, out)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
 def step_train(settings: dict[str, Any], train: str, val: str, out: str) -> dict[str, Any]:
@@ -200,6 +216,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             rows.append(run_family(name, chosen[name], Path(tmp) / name, args.resolve_only))
+            shutil.rmtree(Path(tmp) / name)  # its checkpoints: hundreds of MB a family
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))

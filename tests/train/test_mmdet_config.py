@@ -429,3 +429,9 @@ def test_an_img_scale_smaller_than_ssds_input_size_is_refused(fold):
         message = one_line_error(ValueError, fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160])
         assert "img_scale [160, 160] is smaller than model.bbox_head.anchor_generator.input_size 300" in message
         assert "at least [300, 300]" in message
+
+
+def test_mmcv_syncbn_becomes_torch_syncbn_for_one_process(fold):
+    config = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
+    cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"))  # MMSyncBN needs a process group
+    assert cfg.model.roi_head.bbox_head.norm_cfg.type == "SyncBN" and "MMSyncBN" not in str(cfg.model)

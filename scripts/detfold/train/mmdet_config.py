@@ -795,3 +795,16 @@ def check_cpu_ops(model: dict[str, Any], device: str, name: str) -> None:
                 f"{name}: {key}.type {kind!r} runs mmcv's {GPU_ONLY[kind]}, which has no CPU implementation, "
                 "and this job has no GPU: train it where a GPU is, or choose a config without it"
             )
+
+
+def set_one_process_norm(model: dict[str, Any]) -> list[str]:
+    """mmcv's ``MMSyncBN`` asks for a distributed process group when it is built, and a fold
+    trains in one process: it becomes ``SyncBN`` (PyTorch's), which mmengine turns into plain
+    BatchNorm outside distributed training, as every other SyncBN of a config."""
+    keys = [key for key, kind in _types(model, "model") if kind == "MMSyncBN"]
+    for key in keys:
+        norm = _at(model, key)
+        norm["type"] = "SyncBN"
+        for only_mmcv in ("group", "stats_mode"):
+            norm.pop(only_mmcv, None)
+    return [f"MMSyncBN -> SyncBN (one process; mmengine makes it BatchNorm): {len(keys)} norm layers"] if keys else []

@@ -138,6 +138,7 @@ def resolve_config(
     adapt.check_box_detector(cfg, name)
     coco = load_coco(train_json)
     changes = adapt.drop_mask_branch(cfg, name) + adapt.set_teacher_config(cfg.model, name)
+    changes += adapt.set_one_process_norm(cfg.model)
     changes += _set_fold_data(cfg, coco, train_json, val_json, images_dir, name)
     changes += _set_batches_and_schedule(cfg, settings, coco, name)
     _set_run(cfg, settings, work_dir, seed)
