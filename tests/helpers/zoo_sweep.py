@@ -12,8 +12,9 @@ connection or name lookup fails and is recorded):
 Each family's outcome: ``ok`` (trained), ``refused`` (detfold stopped it before training with
 one line of its own: a ValueError or FileNotFoundError raised in detfold), or ``failed``
 (anything else: a library's error, a traceback, a URL reached). The promise is 100 % ok or
-refused and no URL reached. Not run by CI (about an hour on 2 cores); the model-zoo matrix
-(tests/helpers/zoo_matrix.py) is the deep test of a few.
+refused and no URL reached. Every family runs with the same settings (``SETTINGS``: 160 px),
+except where the model cannot take that size (``FAMILY_SETTINGS``). Not run by CI (about 1.5
+hours on 2 cores); the model-zoo matrix (tests/helpers/zoo_matrix.py) is the deep test of a few.
 
     python tests/helpers/zoo_sweep.py [--family NAME ...] [--resolve-only] [--json rows.json]
 """
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,15 @@ SETTINGS = {
     "num_workers": 0,
     "img_scale": [160, 160],
     "tensorboard": False,
+}
+#: two-stage DETRs select 900 queries (DDQ 1350) among the encoder's tokens: 160 px has 534
+FAMILY_SETTINGS = {family: {"img_scale": [320, 320]} for family in ("dino", "ddq", "v3det")}
+#: mmcv's CPU deformable convolution needs a feature map of at least its 3 x 3 kernel: a head
+#: with one on the stride-128 level needs about 384 px (at 160 px that level is 2 x 1)
+FAMILY_SETTINGS |= {family: {"img_scale": [384, 384]} for family in ("ddod",)}
+#: SSD's anchors and extra layers are built for 300 px (zoo matrix: 320)
+FAMILY_SETTINGS |= {
+    f: {"img_scale": [320, 320]} for f in ("ssd", "legacy_1.x", "pisa", "openimages", "wider_face", "pascal_voc")
 }
 
 
@@ -89,9 +100,24 @@ def step_resolve(settings: dict[str, Any], train: str, val: str, work: str) -> d
 
 
 def step_checkpoint(config: str, out: str) -> dict[str, Any]:
-    from helpers.zoo_matrix import step_coco_checkpoint
+    """The zoo model as published, 80 classes, no pretrained weights (the zoo matrix's stand-in
+    "COCO checkpoint"), built in one process as training builds it: mmcv's MMSyncBN, which asks
+    for a process group, as PyTorch's SyncBN."""
+    import torch
+    from detfold.train.mmdet_config import pretrained_inits, set_one_process_norm
+    from detfold.train.mmdet_train import load_mmdet_config
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
 
-    return step_coco_checkpoint(config, out)
+    register_all_modules(init_default_scope=True)
+    cfg = load_mmdet_config(config)
+    set_one_process_norm(cfg.model)
+    for _, owner, key, _ in list(pretrained_inits(cfg.model)):
+        owner[key] = None
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    torch.save({"state_dict": model.state_dict(), "meta": {"dataset_meta": {"classes": ("coco",) * 80}}}, out)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
 def step_train(settings: dict[str, Any], train: str, val: str, out: str) -> dict[str, Any]:
@@ -147,7 +173,7 @@ def run_family(name: str, config: str, workdir: Path, resolve_only: bool) -> dic
     train, val = fold_data(workdir)
     checkpoint = workdir / "coco.pth"
     checkpoint.write_bytes(b"")  # resolve checks only that load_from is a local file
-    settings = {"config": config, **SETTINGS, "load_from": str(checkpoint)}
+    settings = {"config": config, **SETTINGS, **FAMILY_SETTINGS.get(name, {}), "load_from": str(checkpoint)}
     steps: list[tuple[str, dict[str, Any]]] = [("resolve", {"train": str(train), "val": str(val)})]
     steps[0][1]["work"] = str(workdir / "resolve")
     if not resolve_only:
@@ -191,6 +217,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             rows.append(run_family(name, chosen[name], Path(tmp) / name, args.resolve_only))
+            shutil.rmtree(Path(tmp) / name)  # its checkpoints: hundreds of MB a family
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             if args.json:
                 Path(args.json).write_text(json.dumps(rows, indent=1))

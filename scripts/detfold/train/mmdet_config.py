@@ -74,6 +74,16 @@ def _reads_coco(kind: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list  # type: ignore[attr-defined]  # mypy types cls as a bare type
 
 
+def _coco_dataset_keys() -> set[str]:
+    """The arguments CocoDataset takes (its own and its base classes')."""
+    import inspect
+
+    from mmdet.datasets import CocoDataset
+
+    classes = [cls for cls in CocoDataset.__mro__ if "__init__" in vars(cls)]
+    return {name for cls in classes for name in inspect.signature(cls.__init__).parameters} - {"self", "args", "kwargs"}
+
+
 def set_fold_data(
     loader: dict[str, Any], ann_file: str, images_dir: str, classes: tuple[str, ...], train: bool
 ) -> list[str]:
@@ -85,14 +95,17 @@ def set_fold_data(
     for dataset in inner_datasets(loader["dataset"]):
         kind = _type(dataset)
         if kind and not _reads_coco(kind):
-            changes.append(f"dataset type {kind} -> CocoDataset (the fold files are COCO)")
+            foreign = sorted(set(dataset) - _coco_dataset_keys() - {"type"})  # DSDL's specific_key_path ...
+            for key in foreign:
+                dataset.pop(key)
+            dropped = f"; its {', '.join(foreign)} dropped" if foreign else ""
+            changes.append(f"dataset type {kind} -> CocoDataset (the fold files are COCO){dropped}")
             dataset["type"] = "CocoDataset"
-        dataset.update(
-            ann_file=str(Path(ann_file).resolve()),
-            data_root="",
-            data_prefix=dict(img=str(Path(images_dir).resolve()) + "/"),
-            metainfo=dict(classes=classes),
-        )
+        # item by item: ConfigDict.update would merge into the config's own data_prefix and metainfo
+        dataset["ann_file"] = str(Path(ann_file).resolve())
+        dataset["data_root"] = ""
+        dataset["data_prefix"] = dict(img=str(Path(images_dir).resolve()) + "/")
+        dataset["metainfo"] = dict(classes=classes)
         if train:
             dataset["filter_cfg"] = dict(filter_empty_gt=True, min_size=1)
     for wrapper in dataset_chain(loader["dataset"]):
@@ -136,6 +149,11 @@ def _pair(value: Any) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
 
 
+def _pixels(value: Any) -> bool:
+    """A (w, h) size in pixels, not a range of factors (InstaBoost's ``scale=(0.8, 1.2)``)."""
+    return _pair(value) and all(v >= 1 for v in value)
+
+
 def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
     """The pipeline's own input size: the first transform that sizes to one (w, h)."""
     for step in pipeline_steps(pipeline):
@@ -143,7 +161,8 @@ def reference_size(pipeline: list[Any]) -> tuple[int, int] | None:
         if kind == "FixShapeResize" and step.get("width") and step.get("height"):
             return int(step["width"]), int(step["height"])
         for key in ("scale", "img_scale", "crop_size", "size"):
-            if _pair(step.get(key)) and not (kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"):
+            relative = kind == "RandomCrop" and step.get("crop_type", "absolute") != "absolute"
+            if _pixels(step.get(key)) and not relative:
                 return int(step[key][0]), int(step[key][1])
     return None
 
@@ -254,7 +273,10 @@ def set_img_scale(cfg: dict[str, Any], img_scale: tuple[int, int], name: str) ->
     if not any(line.startswith("train pipeline") for line in changes) and not any(
         reference_size(p) for _, p in pipelines
     ):
-        raise ValueError(f"{name}: no sizing transform in the train pipeline for img_scale")
+        raise ValueError(
+            f"{name}: no sizing transform in the train pipeline for img_scale; leave img_scale out, or add a "
+            "Resize to the config"
+        )
     for pipeline in test:
         ref = reference_size(pipeline)
         if ref is not None:
@@ -270,7 +292,10 @@ def set_img_scale(cfg: dict[str, Any], img_scale: tuple[int, int], name: str) ->
             changes.append(f"data_preprocessor {kind} random_size_range {old} -> {augment['random_size_range']}")
         elif kind == "BatchFixedSizePad" and _pair(augment.get("size")) and train_ref:
             old = augment["size"]
-            augment["size"] = ScaleMap(train_ref, img_scale).exact(old)
+            # a multiple of the padding divisor, as the config's was (NAS-FPN/FPG: 128, every level halves)
+            divisor = int(preprocessor.get("pad_size_divisor") or 1)
+            size = ScaleMap(train_ref, img_scale).exact(old)
+            augment["size"] = tuple(math.ceil(v / divisor) * divisor for v in size)
             changes.append(f"data_preprocessor {kind} size {old} -> {augment['size']}")
     return changes
 
@@ -408,16 +433,17 @@ def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, con
 
 def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[str, Any], str, dict[str, Any] | None]]:
     """(key, owner, field, init) of every pretrained-weights reference in a model config:
-    ``owner[field]`` is an ``init_cfg`` of type Pretrained (``init``) or a list holding one
-    (``init``: that item), or mmdet 2's ``pretrained`` path (``init`` None)."""
+    ``owner[field]`` is an ``init_cfg`` of type Pretrained or one naming a ``checkpoint``
+    without a type (PVT reads it so) (``init``), or a list holding one (``init``: that item), or
+    a ``pretrained`` path or ``pretrained=True`` (timm's download) (``init`` None)."""
     if isinstance(node, dict):
         for name, value in node.items():
             here = f"{key}.{name}"
             if name == "init_cfg":
                 for i, init in enumerate(value if isinstance(value, list) else [value]):
-                    if isinstance(init, dict) and _type(init) == "Pretrained":
+                    if _is_pretrained(init):
                         yield (f"{here}[{i}]" if isinstance(value, list) else here), node, name, init
-            elif name == "pretrained" and isinstance(value, str):
+            elif name == "pretrained" and (isinstance(value, str) or value is True):
                 yield here, node, name, None
             else:
                 yield from pretrained_inits(value, here)
@@ -426,12 +452,16 @@ def pretrained_inits(node: Any, key: str = "model") -> Iterator[tuple[str, dict[
             yield from pretrained_inits(value, f"{key}[{i}]")
 
 
+def _is_pretrained(init: Any) -> bool:
+    return isinstance(init, dict) and (_type(init) == "Pretrained" or (not init.get("type") and "checkpoint" in init))
+
+
 def _drop(owner: dict[str, Any], field: str) -> None:
     value = owner[field]
     if isinstance(value, list):
-        owner[field] = [init for init in value if not (isinstance(init, dict) and _type(init) == "Pretrained")] or None
+        owner[field] = [init for init in value if not _is_pretrained(init)] or None
     else:
-        owner[field] = None
+        owner[field] = False if value is True else None
 
 
 def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbone_weights: Any, name: str) -> list[str]:
@@ -457,7 +487,7 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
             _drop(owner, field)
             why = "load_from overwrites it" if load_from else "backbone_weights: false, from scratch"
             changes.append(f"{key} ({checkpoint}) dropped: {why}")
-        elif backbone_weights is not None and key.startswith("model.backbone."):
+        elif backbone_weights is not None and key.startswith("model.backbone.") and checkpoint != "True":
             local = str(Path(str(backbone_weights)).resolve())
             if init is None:
                 owner[field] = local
@@ -474,4 +504,307 @@ def set_pretrained_weights(model: dict[str, Any], load_from: str | None, backbon
             "downloaded: set load_from (a local COCO checkpoint), backbone_weights (a local file) or "
             "backbone_weights: false (train from scratch)"
         )
-    return changes
+    return changes + check_teacher_weights(model, name) + _no_remote_left(model, name)
+
+
+def _no_remote_left(node: Any, name: str, key: str = "model") -> list[str]:
+    """Any URL left anywhere in the model config, whatever key names it: an error naming it."""
+    if isinstance(node, dict):
+        for field, value in node.items():
+            _no_remote_left(value, name, f"{key}.{field}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _no_remote_left(value, name, f"{key}[{i}]")
+    elif isinstance(node, str) and re.match(r"^[a-z][a-z0-9+.-]*://", node):
+        raise ValueError(
+            f"{name}: {key} = {node!r} would be fetched from the network, and nothing is downloaded "
+            "at run time: set it to a local file with cfg_options, or choose a config without it"
+        )
+    return []
+
+
+def set_teacher_config(model: dict[str, Any], name: str) -> list[str]:
+    """Knowledge distillation (LD): a teacher config named by a path relative to MMDetection's
+    source tree (``configs/gfl/...``) is read from the installed mmdet, and put into the model
+    config itself, so that its classes are the fold's and its pretrained weights are handled
+    as the student's (nothing of it is downloaded)."""
+    teacher = model.get("teacher_config")
+    if not isinstance(teacher, (str, Path)):
+        return []
+    from mmengine.config import Config
+
+    path = Path(teacher)
+    if not path.is_file():
+        installed = mmdet_configs_root() / Path(*path.parts[1:]) if path.parts[:1] == ("configs",) else None
+        if installed is None or not installed.is_file():
+            raise FileNotFoundError(
+                f"{name}: model.teacher_config {str(teacher)!r} not found: set it to a teacher config file "
+                "with cfg_options (model.teacher_config)"
+            )
+        path = installed
+    model["teacher_config"] = {"model": Config.fromfile(str(path)).model.to_dict()}
+    return [f"model.teacher_config {str(teacher)!r} -> the model of {path} (its classes: the fold's)"]
+
+
+def check_teacher_weights(model: dict[str, Any], name: str) -> list[str]:
+    """A distillation teacher's checkpoint (``teacher_ckpt``, loaded when the model is built,
+    whatever ``load_from`` says) must be a local file: never downloaded."""
+    if "teacher_ckpt" not in model:
+        return []
+    checkpoint = model["teacher_ckpt"]
+    if checkpoint is not None and "://" not in str(checkpoint) and Path(str(checkpoint)).is_file():
+        return []
+    why = "would be downloaded when the model is built" if "://" in str(checkpoint) else "is not a local file"
+    raise ValueError(
+        f"{name}: model.teacher_ckpt = {checkpoint!r} {why}, and weights are never downloaded: knowledge "
+        "distillation needs its teacher's weights: set cfg_options {model.teacher_ckpt: /path/teacher.pth} "
+        "(a teacher trained on your classes)"
+    )
+
+
+# ---------------------------------------------------------------------------- model kind
+
+
+def mmdet_configs_root() -> Path:
+    import mmdet
+
+    return Path(mmdet.__file__).parent / ".mim" / "configs"
+
+
+#: model base classes that detect no boxes from box annotations, and why (the first match says)
+TRACKING = "a tracking or video model: it links detections across video frames; use the config of its detector"
+GROUNDING = "a text-conditioned (grounding) detector: it needs a language model and text prompts"
+NOT_BOX_DETECTORS = (
+    ("BaseMOTModel", TRACKING),
+    ("BaseReID", "a re-identification model: it embeds crops of people, it detects nothing"),
+    (
+        "SemiBaseDetector",
+        "a semi-supervised teacher-student model: it trains on unlabelled images too; use its detector's config",
+    ),
+    ("TwoStagePanopticSegmentor", "a panoptic segmentation model: it is trained on masks and stuff regions"),
+    ("MaskFormer", "a panoptic/instance segmentation model: its boxes come from the masks it is trained on"),
+    (
+        "RPN",
+        "a region proposal network: it proposes class-agnostic regions; use a detector that classifies them "
+        "(e.g. mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py)",
+    ),
+    ("GLIP", GROUNDING),
+    ("GroundingDINO", GROUNDING),
+)
+
+
+def check_box_detector(cfg: dict[str, Any], name: str) -> None:
+    """detfold trains box detectors: a config without a model, or whose model is no box
+    detector (tracking, re-identification, panoptic, proposal-only, text-conditioned,
+    semi-supervised), is refused with the reason, naming ``model.type``."""
+    import mmdet.models  # noqa: F401  # registers mmdet's models
+    from mmdet.registry import MODELS
+
+    model = cfg.get("model")
+    if not isinstance(model, dict) or not model.get("type"):
+        raise ValueError(
+            f"{name}: no model (no model.type): this config holds settings other configs inherit "
+            "(a dataset, a schedule); detfold trains a box detector: choose a model config"
+        )
+    kind = model["type"]
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    if not isinstance(cls, type):
+        raise ValueError(f"{name}: model.type {kind!r} is not a model registered in mmdet (a missing custom_imports?)")
+    for base, why in NOT_BOX_DETECTORS:
+        if any(klass.__name__ == base for klass in cls.__mro__):
+            raise ValueError(f"{name}: detfold trains box detectors, and model.type {_type(model)!r} is {why}")
+    if model.get("language_model"):
+        raise ValueError(
+            f"{name}: model.type {_type(model)!r} is text-conditioned (model.language_model): detfold "
+            "trains box detectors"
+        )
+    for pipeline in loader_pipelines(cfg.get("train_dataloader") or {"dataset": {}}):
+        if any(_type(step) == "LoadProposals" for step in pipeline_steps(pipeline)):
+            raise ValueError(
+                f"{name}: the train pipeline's LoadProposals reads region proposals precomputed for each image "
+                "(dataset proposal_file), which detfold's folds do not have: choose a detector with its own "
+                "RPN (e.g. mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py)"
+            )
+
+
+#: RoI heads that assert their mask branch (the rest run without one)
+MASK_REQUIRED_ROI_HEADS = ("SCNetRoIHead", "PointRendRoIHead", "MaskScoringRoIHead")
+#: the mask and segmentation parts of an RoI head
+MASK_PARTS = (
+    *("mask_roi_extractor", "mask_head"),
+    *("semantic_roi_extractor", "semantic_head", "glbctx_head", "feat_relay_head"),
+)
+#: train transforms that work on instance masks
+MASK_TRANSFORMS = ("InstaBoost", "CopyPaste")
+
+
+def drop_mask_branch(cfg: dict[str, Any], name: str) -> list[str]:
+    """detfold trains and scores boxes from box annotations: a model that also trains masks
+    (its train pipeline loads them) loses its RoI head's mask and segmentation parts and no
+    pipeline loads masks; a model whose boxes need its masks (no RoI head, or one that asserts
+    its mask head) and a train transform that works on masks are refused, naming them."""
+    pipelines = [p for p in loader_pipelines(cfg["train_dataloader"])]
+    steps = [step for pipeline in pipelines for step in pipeline_steps(pipeline)]
+    for step in steps:
+        if _type(step) in MASK_TRANSFORMS:
+            raise ValueError(
+                f"{name}: train transform {_type(step)} works on instance masks, and detfold trains on box "
+                "annotations: remove it from the train pipeline (or choose a config without it)"
+            )
+    loads = [s for s in steps if _type(s) == "LoadAnnotations" and (s.get("with_mask") or s.get("with_seg"))]
+    if not loads:
+        return []
+    roi = cfg["model"].get("roi_head")
+    if not isinstance(roi, dict) or not roi.get("mask_head") or _type(roi) in MASK_REQUIRED_ROI_HEADS:
+        where = f"model.type {_type(cfg['model'])!r}"
+        if isinstance(roi, dict):
+            where = f"model.roi_head.type {_type(roi)!r}"
+        raise ValueError(
+            f"{name}: {where} trains on instance masks and cannot train without them (train pipeline "
+            "LoadAnnotations with_mask=True); detfold trains box detectors on box annotations: choose the "
+            "family's box config"
+        )
+    dropped = [part for part in MASK_PARTS if roi.get(part)]
+    for part in dropped:
+        roi[part] = None
+    for loader in ("train_dataloader", "test_dataloader"):
+        for pipeline in loader_pipelines(cfg[loader]):
+            for step in pipeline_steps(pipeline):
+                if _type(step) == "LoadAnnotations":
+                    step.update(with_mask=False, with_seg=False)
+    return [f"model.roi_head {', '.join(dropped)} dropped, no masks loaded: detfold trains boxes"]
+
+
+def _encoder_tokens(width: int, height: int, levels: int) -> int:
+    """The tokens of a DETR encoder over a ``width`` x ``height`` input: feature levels at
+    strides 8, 16, 32, ... (ResNet's C3-C5 and one more, as mmdet's DETR configs build them)."""
+    return sum(math.ceil(width / 2**i / 8) * math.ceil(height / 2**i / 8) for i in range(levels))
+
+
+def check_input_size(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
+    """An input size the model cannot take is refused before training: SSD's anchors and its
+    VGG's extra layers are built for ``SSDAnchorGenerator.input_size`` (300, 512), and a smaller
+    ``img_scale`` leaves a feature map smaller than its last convolution; a two-stage DETR needs
+    as many encoder tokens as queries (:func:`check_query_count`)."""
+    for key, kind in _types(model, "model"):
+        size = _at(model, key).get("input_size")
+        if (
+            kind in ("SSDAnchorGenerator", "LegacySSDAnchorGenerator")
+            and isinstance(size, int)
+            and min(img_scale) < size
+        ):
+            raise ValueError(
+                f"{name}: img_scale {list(img_scale)} is smaller than {key}.input_size {size}, the input "
+                f"SSD's anchors and extra layers are built for: set img_scale to at least [{size}, {size}]"
+            )
+    check_query_count(model, img_scale, name)
+
+
+def _at(node: Any, key: str) -> Any:
+    """The part of a config at ``key`` (``model.a.b[0].c``, as :func:`_types` names it)."""
+    for part in re.findall(r"\.(\w+)|\[(\d+)\]", key[key.index(".") :] if "." in key else ""):
+        node = node[part[0]] if part[0] else node[int(part[1])]
+    return node
+
+
+def check_query_count(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
+    """A two-stage DETR (DINO, DDQ, Deformable DETR's two-stage) selects its queries among
+    the encoder's tokens: an ``img_scale`` with fewer tokens than queries fails in training
+    (torch's ``selected index k out of range``); it is refused, naming the size that fits."""
+    if not model.get("as_two_stage") or not model.get("num_queries"):
+        return
+    queries, key = int(model["num_queries"]), "model.num_queries"
+    if model.get("dense_topk_ratio"):  # DDQ's dense queries
+        queries, key = math.ceil(queries * float(model["dense_topk_ratio"])), f"{key} x dense_topk_ratio"
+    levels = int(model.get("num_feature_levels", 4))
+    tokens = _encoder_tokens(*img_scale, levels)
+    if tokens >= queries:
+        return
+    side = next(s for s in range(32, 4096, 32) if _encoder_tokens(s, s, levels) >= queries)
+    raise ValueError(
+        f"{name}: img_scale {list(img_scale)} gives the encoder at most {tokens} tokens, fewer than the "
+        f"{queries} queries ({key}) it selects among them: set img_scale to at least "
+        f"[{side}, {side}] (more for images that are not square), or fewer queries with cfg_options"
+    )
+
+
+def check_builds(cfg: dict[str, Any], name: str) -> None:
+    """Every transform of the train and test pipelines and the model's data preprocessor are
+    built once, so that one that cannot be built with the installed packages (an albumentations
+    transform renamed since the config was written, BoxInst's preprocessor without
+    scikit-image) stops before training with one line naming it, not in the data loader."""
+    import copy
+
+    import mmdet.datasets  # registers mmdet's transforms
+    import mmdet.models  # noqa: F401
+    from mmdet.registry import MODELS, TRANSFORMS
+    from mmengine.registry import DefaultScope
+
+    parts = [
+        (f"{split} pipeline transform {_type(step)}", TRANSFORMS, step)
+        for split in ("train", "test")
+        for pipeline in loader_pipelines(cfg[f"{split}_dataloader"])
+        for step in pipeline
+        if isinstance(step, dict)
+    ]
+    if isinstance(cfg["model"].get("data_preprocessor"), dict):
+        preprocessor = cfg["model"]["data_preprocessor"]
+        parts.append((f"model.data_preprocessor {_type(preprocessor)}", MODELS, preprocessor))
+    for where, registry, part in parts:
+        try:
+            with DefaultScope.overwrite_default_scope("mmdet"):  # nested transforms (RandomChoice) too
+                registry.build(copy.deepcopy(part))
+        except Exception as err:  # any library error, reported as one line of detfold's
+            why = " ".join(f"{type(err).__name__}: {err}".split())
+            raise ValueError(f"{name}: {where} cannot be built with the installed packages ({why})") from None
+
+
+#: model parts that run an mmcv operation with no CPU implementation (mmcv's csrc/pytorch/cpu)
+GPU_ONLY = {
+    "carafe": "CARAFE upsampling",
+    "CARAFEPack": "CARAFE upsampling",
+    "RoIPool": "RoI pooling (roi_pool)",
+    "DeformRoIPoolPack": "deformable RoI pooling",
+    "ModulatedDeformRoIPoolPack": "modulated deformable RoI pooling",
+    "GARetinaHead": "masked convolution (masked_conv2d) when it predicts",
+    "GARPNHead": "masked convolution (masked_conv2d) when it predicts",
+}
+
+
+def _types(node: Any, key: str) -> Iterator[tuple[str, str]]:
+    """(key, type) of every part of a config with a string ``type``."""
+    if isinstance(node, dict):
+        if isinstance(node.get("type"), str):
+            yield key, _type(node)
+        for field, value in node.items():
+            yield from _types(value, f"{key}.{field}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _types(value, f"{key}[{i}]")
+
+
+def check_cpu_ops(model: dict[str, Any], device: str, name: str) -> None:
+    """On a machine without a GPU, a model part whose mmcv operation has no CPU implementation
+    (CARAFE, RoIPool, deformable RoI pooling, guided anchoring's masked convolution) is refused
+    before training, naming it (mmcv fails with ``implementation for device cpu not found``)."""
+    if device != "cpu":
+        return
+    for key, kind in _types(model, "model"):
+        if kind in GPU_ONLY:
+            raise ValueError(
+                f"{name}: {key}.type {kind!r} runs mmcv's {GPU_ONLY[kind]}, which has no CPU implementation, "
+                "and this job has no GPU: train it where a GPU is, or choose a config without it"
+            )
+
+
+def set_one_process_norm(model: dict[str, Any]) -> list[str]:
+    """mmcv's ``MMSyncBN`` asks for a distributed process group when it is built, and a fold
+    trains in one process: it becomes ``SyncBN`` (PyTorch's), which mmengine turns into plain
+    BatchNorm outside distributed training, as every other SyncBN of a config."""
+    keys = [key for key, kind in _types(model, "model") if kind == "MMSyncBN"]
+    for key in keys:
+        norm = _at(model, key)
+        norm["type"] = "SyncBN"
+        for only_mmcv in ("group", "stats_mode"):
+            norm.pop(only_mmcv, None)
+    return [f"MMSyncBN -> SyncBN (one process; mmengine makes it BatchNorm): {len(keys)} norm layers"] if keys else []

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,21 +49,48 @@ def prepare_mmdet(threads: int) -> str:
 
 
 def load_mmdet_config(config: str) -> Any:
-    """Load an mmdet config from a file path or an ``mmdet::`` package path. The config's own
-    folder is importable, so ``custom_imports`` of a module beside it work."""
+    """Load an mmdet config from a file path or an ``mmdet::`` package path (read from the
+    installed mmdet's own file: mmengine's parser refuses names such as ``gn+ws/...`` and
+    ``legacy_1.x/...``). The config's own folder is importable, so ``custom_imports`` of a
+    module beside it work; one of a package that is not installed is refused, naming it."""
     from mmengine.config import Config
 
-    if config.startswith("mmdet::"):  # a config file that inherits it, as a user's config would
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "config.py").write_text(f"_base_ = {config!r}\n")
-            return Config.fromfile(Path(folder) / "config.py")
-    if not Path(config).is_file():
+    from detfold.core.config import mmdet_config_path
+
+    path = mmdet_config_path(config) if config.startswith("mmdet::") else Path(config)
+    if path is None or not path.is_file():
         raise FileNotFoundError(f"model config {config!r} not found (a path, or mmdet::family/name.py)")
-    folder = str(Path(config).resolve().parent)
-    add_import_paths([folder])
-    cfg = Config.fromfile(config)
-    cfg[IMPORT_PATHS] = [folder]
+    folder = str(path.resolve().parent)
+    local = not config.startswith("mmdet::")
+    if local:
+        add_import_paths([folder])
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    except FileNotFoundError as err:  # a _base_ it inherits (mmdet's sort/ configs name one without .py)
+        raise FileNotFoundError(f"model config {config!r} cannot be read: {err} (a file its _base_ names)") from None
+    import_custom_modules(cfg, config)
+    if local:
+        cfg[IMPORT_PATHS] = [folder]
     return cfg
+
+
+def import_custom_modules(cfg: Any, config: str) -> None:
+    """Import a config's ``custom_imports``; a module whose package is not installed (the
+    mmpretrain or timm backbones of some zoo configs) is refused with one line naming both."""
+    from mmengine.utils import import_modules_from_strings
+
+    custom = cfg.get("custom_imports") or {}
+    if not custom:
+        return
+    modules = custom.get("imports") or []
+    for module in [modules] if isinstance(modules, str) else modules:
+        package = module.split(".")[0]
+        if importlib.util.find_spec(package) is None and not custom.get("allow_failed_imports"):
+            raise ValueError(
+                f"{config}: custom_imports {module!r} needs the Python package {package!r}, which is not "
+                f"installed in detfold's environment: install it there, or choose a config without it"
+            )
+    import_modules_from_strings(**custom)
 
 
 def add_import_paths(paths: list[str]) -> None:
@@ -108,8 +135,11 @@ def resolve_config(
         raise ValueError(f"unknown model setting(s) {unknown}; allowed: {allowed}")
     name = str(settings["config"])
     cfg = load_mmdet_config(name)
+    adapt.check_box_detector(cfg, name)
     coco = load_coco(train_json)
-    changes = _set_fold_data(cfg, coco, train_json, val_json, images_dir, name)
+    changes = adapt.drop_mask_branch(cfg, name) + adapt.set_teacher_config(cfg.model, name)
+    changes += adapt.set_one_process_norm(cfg.model)
+    changes += _set_fold_data(cfg, coco, train_json, val_json, images_dir, name)
     changes += _set_batches_and_schedule(cfg, settings, coco, name)
     _set_run(cfg, settings, work_dir, seed)
     if settings.get("img_scale"):  # the network input, train and test
@@ -123,8 +153,12 @@ def resolve_config(
     if settings.get("cfg_options"):
         cfg.merge_from_dict(dict(settings["cfg_options"]))
         changes.append(f"cfg_options merged: {sorted(settings['cfg_options'])}")
+    if settings.get("img_scale"):  # after cfg_options, which may set num_queries or input sizes
+        adapt.check_input_size(cfg.model, (int(settings["img_scale"][0]), int(settings["img_scale"][1])), name)
     # after cfg_options, so that no option can bring back a download
     changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
+    adapt.check_builds(cfg, name)
+    adapt.check_cpu_ops(cfg.model, device, name)
     for line in changes:
         log.info("config: %s", line)
     return cfg
