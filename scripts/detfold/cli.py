@@ -313,6 +313,29 @@ def check_fusion_args(args: argparse.Namespace) -> None:
         raise ValueError(f"{options[name]} {value} does nothing with --method {args.method}: {IGNORED_BECAUSE[name]}")
 
 
+def _add_fuse(sub: Any, fusion: dict[str, Any]) -> None:
+    """The ``fuse`` command (alias ``ensemble``); its defaults and choices are the schema's
+    ``ensemble`` section's (``fusion``)."""
+
+    def default(name: str) -> str:
+        return f"default: {fusion[name]['default']}"
+
+    methods, conf_types = " | ".join(fusion["method"]["enum"]), " | ".join(fusion["conf_type"]["enum"])
+    f = sub.add_parser("fuse", aliases=["ensemble"], help="fuse several COCO results files (WBF, NMS, soft-NMS, NMW)")
+    f.add_argument("--gt", help="COCO file of the images (id, width, height) and categories the predictions are of")
+    f.add_argument("--images", help=argparse.SUPPRESS)  # `detfold ensemble`'s old name of --gt
+    f.add_argument("--pred", required=True, nargs="+", help="COCO results files, one per model")
+    f.add_argument("--method", help=f"{methods}; {default('method')}")
+    f.add_argument("--iou-thr", type=float, help=f"wbf, nmw, nms (not soft_nms: Gaussian); {default('iou_thr')}")
+    f.add_argument("--skip-box-thr", type=float, help=default("skip_box_thr"))
+    f.add_argument("--conf-type", help=f"wbf only: {conf_types}; {default('conf_type')}")
+    f.add_argument("--weights", type=float, nargs="+", help="one weight per --pred file (default: equal)")
+    f.add_argument("--max-per-img", type=int, help=default("max_per_img"))
+    f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
+    f.add_argument("--out", required=True)
+    f.set_defaults(func=_fuse)
+
+
 def parser() -> argparse.ArgumentParser:
     from detfold.core.config import load_schema
     from detfold.folds.assign import MAX_SEED
@@ -321,6 +344,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"detfold {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = p.add_subparsers(dest="command", required=True)
+    schema = load_schema()["properties"]  # the config's defaults and choices
 
     a = sub.add_parser("audit", help="check a COCO file's boxes and images; write cleaned file and findings")
     a.add_argument("annotations")
@@ -345,14 +369,13 @@ def parser() -> argparse.ArgumentParser:
     )
     i.add_argument(
         "--difficult",
-        choices=["ignore", "keep", "drop"],
+        choices=schema["data"]["properties"]["difficult"]["enum"],
         help="VOC boxes marked <difficult>1</difficult>: ignore (default: kept with iscrowd 1, ignored in "
         "training and evaluation), keep (ordinary boxes) or drop",
     )
     i.add_argument("--out", required=True, help="COCO JSON to write")
     i.set_defaults(func=_import)
 
-    schema = load_schema()["properties"]  # the config's defaults and choices
     folds = schema["folds"]["properties"]
     s = sub.add_parser("split", help="class-stratified K-fold assignment of images")
     s.add_argument("annotations")
@@ -371,25 +394,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write all metrics to this JSON file")
     e.set_defaults(func=_evaluate)
 
-    fusion = schema["ensemble"]["properties"]  # the model fusion's defaults
-
-    def default(name: str) -> str:
-        return f"default: {fusion[name]['default']}"
-
-    methods, conf_types = " | ".join(fusion["method"]["enum"]), " | ".join(fusion["conf_type"]["enum"])
-    f = sub.add_parser("fuse", aliases=["ensemble"], help="fuse several COCO results files (WBF, NMS, soft-NMS, NMW)")
-    f.add_argument("--gt", help="COCO file of the images (id, width, height) and categories the predictions are of")
-    f.add_argument("--images", help=argparse.SUPPRESS)  # `detfold ensemble`'s old name of --gt
-    f.add_argument("--pred", required=True, nargs="+", help="COCO results files, one per model")
-    f.add_argument("--method", help=f"{methods}; {default('method')}")
-    f.add_argument("--iou-thr", type=float, help=f"wbf, nmw, nms (not soft_nms: Gaussian); {default('iou_thr')}")
-    f.add_argument("--skip-box-thr", type=float, help=default("skip_box_thr"))
-    f.add_argument("--conf-type", help=f"wbf only: {conf_types}; {default('conf_type')}")
-    f.add_argument("--weights", type=float, nargs="+", help="one weight per --pred file (default: equal)")
-    f.add_argument("--max-per-img", type=int, help=default("max_per_img"))
-    f.add_argument("--class-agnostic", action="store_true", help="fuse boxes across classes")
-    f.add_argument("--out", required=True)
-    f.set_defaults(func=_fuse)
+    _add_fuse(sub, schema["ensemble"]["properties"])
 
     n = sub.add_parser("analyze", help="TIDE error breakdown, best-F1 thresholds, confusion matrix, label review")
     n.add_argument("--gt", required=True)
