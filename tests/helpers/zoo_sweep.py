@@ -56,10 +56,10 @@ FAMILY_SETTINGS = {family: {"img_scale": [320, 320]} for family in ("dino", "ddq
 #: mmcv's CPU deformable convolution needs a feature map of at least its 3 x 3 kernel: a head
 #: with one on the stride-128 level needs about 384 px (at 160 px that level is 2 x 1)
 FAMILY_SETTINGS |= {family: {"img_scale": [384, 384]} for family in ("ddod",)}
-#: SSD's anchors and extra layers are built for 300 px (zoo matrix: 320)
-FAMILY_SETTINGS |= {
-    f: {"img_scale": [320, 320]} for f in ("ssd", "legacy_1.x", "pisa", "openimages", "wider_face", "pascal_voc")
-}
+#: SSD's anchors and extra layers are built for 300 px (zoo matrix: 320); the legacy config
+#: resizes keeping the ratio (BCCD's 4:3 images need 400 px for a short side of 300)
+FAMILY_SETTINGS |= {f: {"img_scale": [320, 320]} for f in ("ssd", "pisa", "openimages", "wider_face", "pascal_voc")}
+FAMILY_SETTINGS |= {"legacy_1.x": {"img_scale": [400, 400]}}
 
 
 def configs_root() -> Path:
