@@ -442,3 +442,10 @@ def test_mmcv_syncbn_becomes_torch_syncbn_for_one_process(fold):
     config = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
     cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"))  # MMSyncBN needs a process group
     assert cfg.model.roi_head.bbox_head.norm_cfg.type == "SyncBN" and "MMSyncBN" not in str(cfg.model)
+
+
+def test_a_coco_subclass_with_arguments_of_its_own_becomes_coco(fold):
+    config = "mmdet::v3det/dino-4scale_r50_8xb2_sample1e-3_v3det_36e.py"  # V3Det reads a class-name file
+    cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"), img_scale=[320, 320])
+    for dataset in [*inner_datasets(cfg.train_dataloader.dataset), *inner_datasets(cfg.test_dataloader.dataset)]:
+        assert dataset.type == "CocoDataset" and "label_file" not in dataset

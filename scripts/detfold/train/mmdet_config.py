@@ -66,12 +66,15 @@ def _one_dataset(parent: dict[str, Any], key: str) -> list[str]:
 
 def _reads_coco(kind: str) -> bool:
     """Whether the registered dataset type reads a COCO file as CocoDataset does (it, or a
-    subclass that keeps its loader: not LVIS, which needs the lvis package, nor VOC)."""
+    subclass that keeps its loader and its arguments: not LVIS, which needs the lvis package,
+    nor VOC, nor V3Det, which reads its class names from a file of its own)."""
     from mmdet.datasets import CocoDataset
     from mmdet.registry import DATASETS
 
     cls = DATASETS.get(kind)
-    return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list  # type: ignore[attr-defined]  # mypy types cls as a bare type
+    if not (isinstance(cls, type) and issubclass(cls, CocoDataset)):
+        return False
+    return cls.load_data_list is CocoDataset.load_data_list and cls.__init__ is CocoDataset.__init__  # type: ignore[attr-defined,misc]  # mypy types cls as a bare type
 
 
 def _coco_dataset_keys() -> set[str]:
