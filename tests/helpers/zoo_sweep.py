@@ -13,7 +13,7 @@ Each family's outcome: ``ok`` (trained), ``refused`` (detfold stopped it before 
 one line of its own: a ValueError or FileNotFoundError raised in detfold), or ``failed``
 (anything else: a library's error, a traceback, a URL reached). The promise is 100 % ok or
 refused and no URL reached. Every family runs with the same settings (``SETTINGS``: 160 px),
-except where the model cannot take that size (``FAMILY_SETTINGS``). Not run by CI (about 1.5
+except where the model cannot take that size (``FAMILY_SETTINGS``). Not run by CI (about 2
 hours on 2 cores); the model-zoo matrix (tests/helpers/zoo_matrix.py) is the deep test of a few.
 
     python tests/helpers/zoo_sweep.py [--family NAME ...] [--resolve-only] [--json rows.json]
