@@ -13,7 +13,7 @@ Each family's outcome: ``ok`` (trained), ``refused`` (detfold stopped it before 
 one line of its own: a ValueError or FileNotFoundError raised in detfold), or ``failed``
 (anything else: a library's error, a traceback, a URL reached). The promise is 100 % ok or
 refused and no URL reached. Every family runs with the same settings (``SETTINGS``: 160 px),
-except where the model cannot take that size (``FAMILY_SETTINGS``). Not run by CI (about 1.5
+except where the model cannot take that size (``FAMILY_SETTINGS``). Not run by CI (about 2
 hours on 2 cores); the model-zoo matrix (tests/helpers/zoo_matrix.py) is the deep test of a few.
 
     python tests/helpers/zoo_sweep.py [--family NAME ...] [--resolve-only] [--json rows.json]
@@ -56,10 +56,10 @@ FAMILY_SETTINGS = {family: {"img_scale": [320, 320]} for family in ("dino", "ddq
 #: mmcv's CPU deformable convolution needs a feature map of at least its 3 x 3 kernel: a head
 #: with one on the stride-128 level needs about 384 px (at 160 px that level is 2 x 1)
 FAMILY_SETTINGS |= {family: {"img_scale": [384, 384]} for family in ("ddod",)}
-#: SSD's anchors and extra layers are built for 300 px (zoo matrix: 320)
-FAMILY_SETTINGS |= {
-    f: {"img_scale": [320, 320]} for f in ("ssd", "legacy_1.x", "pisa", "openimages", "wider_face", "pascal_voc")
-}
+#: SSD's anchors and extra layers are built for 300 px (zoo matrix: 320); the legacy config
+#: resizes keeping the ratio (BCCD's 4:3 images need 400 px for a short side of 300)
+FAMILY_SETTINGS |= {f: {"img_scale": [320, 320]} for f in ("ssd", "pisa", "openimages", "wider_face", "pascal_voc")}
+FAMILY_SETTINGS |= {"legacy_1.x": {"img_scale": [400, 400]}}
 
 
 def configs_root() -> Path:

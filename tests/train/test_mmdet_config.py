@@ -269,7 +269,7 @@ def test_ld_teacher_config_is_read_from_the_installed_mmdet_with_the_folds_class
     "config", ["mmdet::gn+ws/faster-rcnn_r50_fpn_gn-ws-all_1x_coco.py", "mmdet::legacy_1.x/ssd300_coco_v1.py"]
 )
 def test_zoo_names_mmengines_parser_refuses_load(fold, config):
-    cfg = resolve(fold, config, load_from=str(fold / "coco.pth"), img_scale=[320, 320])
+    cfg = resolve(fold, config, load_from=str(fold / "coco.pth"), img_scale=[400, 400])
     assert cfg.train_dataloader.dataset.get("ann_file", "").endswith("train.json") or any(
         d["ann_file"].endswith("train.json") for d in inner_datasets(cfg.train_dataloader.dataset)
     )
@@ -425,13 +425,27 @@ def test_a_fixed_batch_pad_stays_a_multiple_of_the_padding_divisor(fold):
 
 
 def test_an_img_scale_smaller_than_ssds_input_size_is_refused(fold):
-    for config in ("mmdet::ssd/ssd300_coco.py", "mmdet::legacy_1.x/ssd300_coco_v1.py"):
-        message = one_line_error(ValueError, fold, config, load_from=str(fold / "coco.pth"), img_scale=[160, 160])
-        assert "img_scale [160, 160] is smaller than model.bbox_head.anchor_generator.input_size 300" in message
-        assert "at least [300, 300]" in message
+    message = one_line_error(
+        ValueError, fold, "mmdet::ssd/ssd300_coco.py", load_from=str(fold / "coco.pth"), img_scale=[160, 160]
+    )
+    assert "img_scale [160, 160] gives inputs whose short side is 160, smaller than" in message
+    assert "model.bbox_head.anchor_generator.input_size 300" in message and "at least [300, 300]" in message
+    # the legacy config resizes keeping the ratio: 320 x 320 makes BCCD's 640 x 480 images 320 x 240
+    legacy = "mmdet::legacy_1.x/ssd300_coco_v1.py"
+    message = one_line_error(ValueError, fold, legacy, load_from=str(fold / "coco.pth"), img_scale=[320, 320])
+    assert "short side is 240 (a keep-ratio resize of images 1.33 times wider than high)" in message
+    assert "at least [400, 400]" in message
+    assert resolve(fold, legacy, load_from=str(fold / "coco.pth"), img_scale=[400, 400]).model.bbox_head
 
 
 def test_mmcv_syncbn_becomes_torch_syncbn_for_one_process(fold):
     config = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
     cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"))  # MMSyncBN needs a process group
     assert cfg.model.roi_head.bbox_head.norm_cfg.type == "SyncBN" and "MMSyncBN" not in str(cfg.model)
+
+
+def test_a_coco_subclass_with_arguments_of_its_own_becomes_coco(fold):
+    config = "mmdet::v3det/dino-4scale_r50_8xb2_sample1e-3_v3det_36e.py"  # V3Det reads a class-name file
+    cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"), img_scale=[320, 320])
+    for dataset in [*inner_datasets(cfg.train_dataloader.dataset), *inner_datasets(cfg.test_dataloader.dataset)]:
+        assert dataset.type == "CocoDataset" and "label_file" not in dataset

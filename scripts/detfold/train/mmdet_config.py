@@ -66,12 +66,15 @@ def _one_dataset(parent: dict[str, Any], key: str) -> list[str]:
 
 def _reads_coco(kind: str) -> bool:
     """Whether the registered dataset type reads a COCO file as CocoDataset does (it, or a
-    subclass that keeps its loader: not LVIS, which needs the lvis package, nor VOC)."""
+    subclass that keeps its loader and its arguments: not LVIS, which needs the lvis package,
+    nor VOC, nor V3Det, which reads its class names from a file of its own)."""
     from mmdet.datasets import CocoDataset
     from mmdet.registry import DATASETS
 
     cls = DATASETS.get(kind)
-    return isinstance(cls, type) and issubclass(cls, CocoDataset) and cls.load_data_list is CocoDataset.load_data_list  # type: ignore[attr-defined]  # mypy types cls as a bare type
+    if not (isinstance(cls, type) and issubclass(cls, CocoDataset)):
+        return False
+    return cls.load_data_list is CocoDataset.load_data_list and cls.__init__ is CocoDataset.__init__  # type: ignore[attr-defined,misc]  # mypy types cls as a bare type
 
 
 def _coco_dataset_keys() -> set[str]:
@@ -681,21 +684,29 @@ def _encoder_tokens(width: int, height: int, levels: int) -> int:
     return sum(math.ceil(width / 2**i / 8) * math.ceil(height / 2**i / 8) for i in range(levels))
 
 
-def check_input_size(model: dict[str, Any], img_scale: tuple[int, int], name: str) -> None:
+def check_input_size(cfg: dict[str, Any], img_scale: tuple[int, int], image_sizes: list[Any], name: str) -> None:
     """An input size the model cannot take is refused before training: SSD's anchors and its
     VGG's extra layers are built for ``SSDAnchorGenerator.input_size`` (300, 512), and a smaller
-    ``img_scale`` leaves a feature map smaller than its last convolution; a two-stage DETR needs
-    as many encoder tokens as queries (:func:`check_query_count`)."""
+    input leaves a feature map smaller than its last convolution (a keep-ratio resize makes the
+    short side of the fold's ``image_sizes``, (w, h), smaller than ``img_scale``); a two-stage
+    DETR needs as many encoder tokens as queries (:func:`check_query_count`)."""
+    model = cfg["model"]
+    keep_ratio = any(
+        _type(step) in ("Resize", "RandomResize") and step.get("keep_ratio")
+        for pipeline in loader_pipelines(cfg["train_dataloader"])
+        for step in pipeline_steps(pipeline)
+    )
+    aspect = max((max(w, h) / min(w, h) for w, h in image_sizes if w and h), default=1.0) if keep_ratio else 1.0
+    short = min(min(img_scale), math.floor(max(img_scale) / aspect))
     for key, kind in _types(model, "model"):
         size = _at(model, key).get("input_size")
-        if (
-            kind in ("SSDAnchorGenerator", "LegacySSDAnchorGenerator")
-            and isinstance(size, int)
-            and min(img_scale) < size
-        ):
+        if kind in ("SSDAnchorGenerator", "LegacySSDAnchorGenerator") and isinstance(size, int) and short < size:
+            side = math.ceil(size * aspect)
+            shape = f" (a keep-ratio resize of images {aspect:.2f} times wider than high)" if aspect > 1 else ""
             raise ValueError(
-                f"{name}: img_scale {list(img_scale)} is smaller than {key}.input_size {size}, the input "
-                f"SSD's anchors and extra layers are built for: set img_scale to at least [{size}, {size}]"
+                f"{name}: img_scale {list(img_scale)} gives inputs whose short side is {short}{shape}, smaller "
+                f"than {key}.input_size {size}, the input SSD's anchors and extra layers are built for: set "
+                f"img_scale to at least [{side}, {side}]"
             )
     check_query_count(model, img_scale, name)
 

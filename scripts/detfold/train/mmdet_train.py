@@ -154,7 +154,8 @@ def resolve_config(
         cfg.merge_from_dict(dict(settings["cfg_options"]))
         changes.append(f"cfg_options merged: {sorted(settings['cfg_options'])}")
     if settings.get("img_scale"):  # after cfg_options, which may set num_queries or input sizes
-        adapt.check_input_size(cfg.model, (int(settings["img_scale"][0]), int(settings["img_scale"][1])), name)
+        sizes = [(image.get("width"), image.get("height")) for image in coco.images]
+        adapt.check_input_size(cfg, (int(settings["img_scale"][0]), int(settings["img_scale"][1])), sizes, name)
     # after cfg_options, so that no option can bring back a download
     changes += adapt.set_pretrained_weights(cfg.model, cfg.load_from, settings.get("backbone_weights"), name)
     adapt.check_builds(cfg, name)
