@@ -398,6 +398,8 @@ def test_demo_settings_merged_into_a_users_configfile_are_named(tmp_path):
 
     default = REPO / "config" / "config.yaml"
     assert config_warnings(edited(), default) == []  # the demo as it is
+    # a data setting that is not a path (as Snakemake's validate fills data.difficult in) is no user data
+    assert config_warnings(edited(data__difficult="ignore", data__format="coco"), default) == []
     mine = edited(data__train_annotations="/data/trash/train.json", **{"models__mine": {"config": "m.py"}})
     warnings = config_warnings(mine, default)
     assert any(w.startswith("data.test_annotations is still the bundled demo's") for w in warnings)

@@ -531,12 +531,16 @@ def _fold_count_problems(config: dict[str, Any], n_images: int) -> list[str]:
 def _ensemble_problems(config: dict[str, Any]) -> list[str]:
     """Ensemble settings that would fail only after every model trained: search weight vectors
     of the wrong length, external prediction files in another format than stated."""
+    from detfold.core.variants import model_folds
+
     ensemble = config.get("ensemble") or {}
     external = ensemble.get("external") or []
-    members = len(config.get("models") or {}) + len(external)
+    k = config["folds"]["k"]
+    fused = [m for m, settings in (config.get("models") or {}).items() if len(model_folds(settings, k)) == k]
+    members = len(fused) + len(external)
     problems = [
         f"ensemble.search.weights[{i}] = {w!r} has {len(w)} weights for {members} members "
-        "(the models in name order, then the external ones)"
+        "(the models that train every fold in name order, then the external ones)"
         for i, w in enumerate((ensemble.get("search") or {}).get("weights") or [])
         if isinstance(w, list) and len(w) != members
     ]
@@ -609,9 +613,8 @@ def drop_disabled_models(config: dict[str, Any]) -> list[str]:
 def config_warnings(config: dict[str, Any], default_config: str | os.PathLike[str] = "config/config.yaml") -> list[str]:
     """The demo's data beside the user's own, or the demo's models with the user's data: what
     Snakemake's merge of ``--configfile`` over config/config.yaml leaves in a user's config."""
-    data = config.get("data") or {}
-    paths = {key: value for key, value in data.items() if key != "format" and isinstance(value, str)}
-    demo = sorted(key for key, value in paths.items() if DEMO_DATA in value)
+    paths = {key.removeprefix("data."): path for key, path in config_paths(config) if key.startswith("data.")}
+    demo = sorted(key for key, value in paths.items() if DEMO_DATA in str(value))
     if demo and len(demo) == len(paths):
         return []  # the demo itself
     warnings = [
