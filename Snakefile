@@ -13,6 +13,7 @@ from detfold.core.config import (
     drop_disabled_models,
     warn_merged_config,
 )
+from detfold.core.variants import expand_variants
 
 # The config gate, before any job: first the config files themselves (not YAML, not a mapping,
 # a key given twice: Snakemake would keep the last one silently; a --configfile that is not
@@ -24,11 +25,13 @@ configfile: "config/config.yaml"
 
 
 # Then models set to null left out, every schema problem (key, value, what is allowed) and
-# setting the chosen method would ignore, then defaults filled in, then what a schema cannot
+# setting the chosen method would ignore, the variants expanded (and their names and values
+# checked), then defaults filled in, then what a schema cannot
 # see (missing files, k > images, ...), and warnings for settings ignored or merged from the
 # demo into a user's --configfile.
 drop_disabled_models(config)
 check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+expand_variants(config)  # a model with variants becomes one model per combination
 validate(config, "workflow/schemas/config.schema.yaml")
 check_feasible(config)
 warn_merged_config(
@@ -46,6 +49,7 @@ include: "workflow/folds.smk"
 include: "workflow/train.smk"
 include: "workflow/predict.smk"
 include: "workflow/evaluate.smk"
+include: "workflow/compare.smk"
 include: "workflow/ensemble.smk"
 include: "workflow/analyze.smk"
 include: "workflow/report.smk"
@@ -54,4 +58,6 @@ include: "workflow/report.smk"
 rule all:
     input:
         "results/summary.md",
+        "results/report/summary.html",
+        "results/report/compare/leaderboard.png",
         "results/report/run_facts.html",  # needs every job's benchmark, so every report plot
