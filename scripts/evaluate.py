@@ -6,6 +6,7 @@ from detfold.evaluate.stage import run_evaluate
 log_to(snakemake.log[0])
 run_evaluate(
     model=snakemake.wildcards.model,
+    folds=list(snakemake.params.folds),
     val_jsons=list(snakemake.input.val),
     oof_preds=list(snakemake.input.oof),
     test_json=snakemake.input.test_gt[0] if snakemake.input.test_gt else None,

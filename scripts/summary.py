@@ -9,6 +9,7 @@ run_summary(
     fold_table=snakemake.input.folds,
     model_metrics=dict(zip(snakemake.params.models, snakemake.input.models, strict=True)),
     selection_json=snakemake.input.selection,
+    leaderboard_json=snakemake.input.leaderboard,
     out_md=snakemake.output.md,
     out_json=snakemake.output.json,
     fold_balance=snakemake.input.balance,

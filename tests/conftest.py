@@ -36,11 +36,11 @@ def bccd_test() -> Coco:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, repo, bccd_dir) -> Path:
-    """The whole workflow, run once per test session (2 models x 3 folds, 1 epoch, --resources
-    gpu=2 --cores 2, two stand-in GPU slots) on 30 train + 8 test images; its work dir. Tests
-    that edit its config or inputs restore them."""
+    """The whole workflow, run once per test session (2 models x 3 folds and a screen of 2
+    variants on fold 0, 1 epoch, --resources gpu=2 --cores 2, two stand-in GPU slots) on 30
+    train + 8 test images; its work dir. Tests that edit its config or inputs restore them."""
     workdir = tmp_path_factory.mktemp("tiny")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, workdir)))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, workdir, screen=True)))
     # two stand-in GPU slots (CPU): each training/prediction job records the slot it held
     result = snakemake(repo, workdir, "--resources", "gpu=2", env={"DETFOLD_GPU_SLOTS": "2"})
     if result.returncode != 0:

@@ -42,9 +42,9 @@ rule analyze:
 rule analyze_ensemble:
     input:
         val=expand("results/folds/fold{fold}/val.json", fold=FOLDS),
-        oof=expand("results/predict/{model}/fold{fold}/oof.json", model=MODELS, fold=FOLDS),
+        oof=expand("results/predict/{model}/fold{fold}/oof.json", model=FULL_MODELS, fold=FOLDS),
         blend="results/folds/blend_annotations.json",
-        blend_preds=expand("results/predict/{model}/fold{fold}/blend.json", model=MODELS, fold=FOLDS),
+        blend_preds=expand("results/predict/{model}/fold{fold}/blend.json", model=FULL_MODELS, fold=FOLDS),
     output:
         tide=f"results/analysis/{OOF_ENSEMBLE}/tide.json",
         thresholds=f"results/analysis/{OOF_ENSEMBLE}/thresholds.json",
@@ -70,6 +70,6 @@ rule analyze_ensemble:
     params:
         images=lookup(dpath="data/train_images", within=config),
         fusion=analysis_fusion_settings(),
-        models=MODELS,
+        models=FULL_MODELS,
     script:
         "../scripts/analyze.py"

@@ -3,6 +3,7 @@ import re
 
 from detfold.analyze import OOF_ENSEMBLE
 from detfold.core.io import incomplete_products, mark_outdated
+from detfold.core.variants import model_folds
 
 MODELS = sorted(config["models"])
 
@@ -19,9 +20,13 @@ if workflow.is_main_process:
             mark_outdated(path)
             logger.warning(f"detfold: {path} is incomplete or corrupt: it will be redone")
 FOLDS = list(range(config["folds"]["k"]))
+# The folds each model trains (models.NAME.folds); the models that train them all are fused
+# (and analysed); the others are screens, on the leaderboard only.
+MODEL_FOLDS = {m: model_folds(config["models"][m], len(FOLDS)) for m in MODELS}
+FULL_MODELS = [m for m in MODELS if MODEL_FOLDS[m] == FOLDS]
 # The error analysis of the models fused (OOF_ENSEMBLE, several models only); check_feasible
 # refuses a model of this name.
-ANALYSES = MODELS + ([OOF_ENSEMBLE] if len(MODELS) > 1 else [])
+ANALYSES = FULL_MODELS + ([OOF_ENSEMBLE] if len(FULL_MODELS) > 1 else [])
 
 
 wildcard_constraints:
@@ -65,8 +70,26 @@ def group_csv_input(wildcards):
 
 
 def model_settings(wildcards):
-    """The model's settings dict (a param, so editing it reruns that model's jobs)."""
-    return config["models"][wildcards.model]
+    """The model's settings dict (a param, so editing it reruns that model's jobs), but its
+    folds: a screen given more folds keeps the folds it trained."""
+    return {k: v for k, v in config["models"][wildcards.model].items() if k != "folds"}
+
+
+def model_fold_files(pattern, full_only=False):
+    """An input function: ``pattern`` for each fold the model trains (none for a screen when
+    ``full_only``: its test predictions and error analysis are not made)."""
+
+    def files(wildcards):
+        if full_only and wildcards.model not in FULL_MODELS:
+            return []
+        return expand(pattern, model=wildcards.model, fold=MODEL_FOLDS[wildcards.model])
+
+    return files
+
+
+def each_model_fold(pattern):
+    """``pattern`` for every (model, fold) trained, in MODEL_FOLDS' order."""
+    return [pattern.format(model=m, fold=f) for m in MODELS for f in MODEL_FOLDS[m]]
 
 
 def model_config_file(wildcards):
@@ -137,12 +160,14 @@ def benchmark_files(wildcards):
         imported = [s for s in ("train", "test") if "results/import" in "".join(audit_input(s))]
         files += expand(rules.import_annotations.benchmark, split=imported)
     files += expand(rules.fold_files.benchmark, fold=FOLDS)
-    files += expand(rules.train.benchmark, model=MODELS, fold=FOLDS)
-    splits = ["oof", "blend", *test_file("test")]
-    files += expand(rules.predict.benchmark, model=MODELS, fold=FOLDS, split=splits)
+    files += each_model_fold(rules.train.benchmark)
+    files += each_model_fold(rules.predict.benchmark.replace("{split}", "oof"))
+    splits = ["blend", *test_file("test")]
+    files += expand(rules.predict.benchmark, model=FULL_MODELS, fold=FOLDS, split=splits)
     files += expand(rules.evaluate.benchmark, model=MODELS)
+    files += [rules.compare.benchmark, rules.report_compare.benchmark, rules.report_summary.benchmark]
     files += expand(rules.report_training.benchmark, model=MODELS)
-    files += expand(rules.analyze.benchmark, model=MODELS)
-    if len(MODELS) > 1:
+    files += expand(rules.analyze.benchmark, model=FULL_MODELS)
+    if len(FULL_MODELS) > 1:
         files.append(rules.analyze_ensemble.benchmark)
     return files

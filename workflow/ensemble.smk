@@ -2,7 +2,7 @@ rule ensemble_select:
     input:
         blend="results/folds/blend_annotations.json",
         train="results/audit/annotations.json",
-        predictions=expand("results/predict/{model}/fold{fold}/blend.json", model=MODELS, fold=FOLDS),
+        predictions=expand("results/predict/{model}/fold{fold}/blend.json", model=FULL_MODELS, fold=FOLDS),
         external=external_files("oof"),
     output:
         search="results/ensemble/search.csv",
@@ -21,7 +21,7 @@ rule ensemble_select:
         runtime=lookup(dpath="resources/runtime", within=config),
     params:
         settings=ensemble_choice_settings(),
-        models=MODELS,
+        models=FULL_MODELS,
         seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/ensemble_select.py"
@@ -30,7 +30,7 @@ rule ensemble_select:
 rule ensemble_test:
     input:
         test_gt="results/audit/test.json",
-        test=expand("results/predict/{model}/fold{fold}/test.json", model=MODELS, fold=FOLDS),
+        test=expand("results/predict/{model}/fold{fold}/test.json", model=FULL_MODELS, fold=FOLDS),
         best="results/ensemble/best.json",
         selection="results/ensemble/selection.json",
         external=external_files("test"),
@@ -49,7 +49,7 @@ rule ensemble_test:
         runtime=lookup(dpath="resources/runtime", within=config),
     params:
         settings=ensemble_test_settings(),
-        models=MODELS,
+        models=FULL_MODELS,
         seed=lookup(dpath="seed", within=config),
     script:
         "../scripts/ensemble_test.py"

@@ -5,6 +5,7 @@ rule summary:
         balance="results/folds/balance.json",
         models=expand("results/eval/{model}/metrics.json", model=MODELS),
         selection="results/ensemble/selection.json",
+        leaderboard="results/compare/leaderboard.json",
         test=test_file("results/ensemble/metrics.json"),
     output:
         md="results/summary.md",
@@ -24,8 +25,61 @@ rule summary:
         "../scripts/summary.py"
 
 
-# The report (snakemake --report report.html): plots and tables of every stage. Captions are
-# in workflow/report/; the categories are numbered in reading order.
+# The report (snakemake --report report.html): the summary first, then plots and tables of every
+# stage. Captions are in workflow/report/; the categories are numbered in reading order.
+
+
+rule report_summary:
+    input:
+        md="results/summary.md",
+    output:
+        page=report(
+            "results/report/summary.html",
+            caption="report/summary.rst",
+            category="0. Summary",
+            labels={"figure": "run summary"},
+        ),
+    log:
+        "logs/report/summary.log",
+    benchmark:
+        "benchmarks/report_summary.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_summary.py"
+
+
+rule report_compare:
+    input:
+        csv="results/compare/leaderboard.csv",
+        json="results/compare/leaderboard.json",
+    output:
+        plot=report(
+            "results/report/compare/leaderboard.png",
+            caption="report/leaderboard.rst",
+            category="4. CV results",
+            labels={"figure": "leaderboard"},
+        ),
+        table=report(
+            "results/report/compare/leaderboard.html",
+            caption="report/leaderboard.rst",
+            category="4. CV results",
+            labels={"figure": "leaderboard (table)"},
+        ),
+    log:
+        "logs/report/compare.log",
+    benchmark:
+        "benchmarks/report_compare.tsv"
+    conda:
+        "../envs/light.yaml"
+    resources:
+        mem_mb=lookup(dpath="resources/mem_mb", within=config),
+        runtime=lookup(dpath="resources/runtime", within=config),
+    script:
+        "../scripts/report_compare.py"
 
 
 rule report_folds:
@@ -85,7 +139,7 @@ rule report_audit:
 
 rule report_training:
     input:
-        checkpoints=expand("results/train/{{model}}/fold{fold}/model.pth", fold=FOLDS),
+        checkpoints=model_fold_files("results/train/{model}/fold{fold}/model.pth"),
     output:
         curves=report(
             "results/report/training/{model}.png",

@@ -32,15 +32,17 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
-def tiny_config(repo: Path, bccd_dir: Path, workdir: Path, n_train: int = 30, n_test: int = 8) -> dict[str, Any]:
+def tiny_config(
+    repo: Path, bccd_dir: Path, workdir: Path, n_train: int = 30, n_test: int = 8, screen: bool = False
+) -> dict[str, Any]:
     """The first ``n_train`` train + ``n_test`` test images of the bundled data in ``workdir``;
-    2 models x 3 folds, 1 epoch."""
+    2 models x 3 folds, 1 epoch; with ``screen`` also a screen of 2 variants (lr) on fold 0."""
     train = load_coco(bccd_dir / "train.json")
     test = load_coco(bccd_dir / "test.json")
     write_coco(train.subset(train.image_ids[:n_train]), workdir / "train.json")
     write_coco(test.subset(test.image_ids[:n_test]), workdir / "test.json")
     (workdir / "overrides.csv").write_text("ann_id,image_id,decision,note\n")
-    return {
+    config = {
         "seed": 42,
         "data": {
             "train_annotations": str(workdir / "train.json"),
@@ -68,3 +70,13 @@ def tiny_config(repo: Path, bccd_dir: Path, workdir: Path, n_train: int = 30, n_
         "audit": {"overrides": str(workdir / "overrides.csv")},
         "resources": {"train_threads": 1},  # with --cores 2: two jobs at once
     }
+    if screen:  # on the leaderboard, not in the ensemble
+        config["models"]["screen"] = {
+            "config": str(repo / "config" / "models" / "rtmdet_tiny_cpu.py"),
+            "folds": [0],
+            "epochs": 1,
+            "batch_size": 4,
+            "num_workers": 0,
+            "variants": {"lr": [0.002, 0.004]},
+        }
+    return config

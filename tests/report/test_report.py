@@ -34,7 +34,10 @@ pytestmark = pytest.mark.workflow
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).parents[1] / "artifacts" / "report"
+SCREENS = ["screen__lr-0.002", "screen__lr-0.004"]  # the tiny run's screen: two variants on fold 0
+SCREENS_FOLD0 = [f"{s}/fold0" for s in SCREENS]
 CATEGORIES = [
+    "0. Summary",
     "1. Fold balance",
     "2. Audit",
     "3. Training",
@@ -50,13 +53,17 @@ PLOTS = [
     "results/report/audit/counts.png",
     "results/report/training/frcnn.png",
     "results/report/training/tiny.png",
+    *(f"results/report/training/{s}.png" for s in SCREENS),
     "results/report/cv/per_class_ap.png",
+    "results/report/compare/leaderboard.png",
     "results/report/cv/pr_curves.png",
     "results/report/ensemble/comparison.png",
     "results/report/analysis/breakdown.png",
     "results/report/analysis/confusion.png",
 ]
 TABLES = {  # each HTML page of the report and text it must show
+    "results/report/summary.html": ["Delivered predictions", "Candidates", "Leaderboard", "Screens", *SCREENS],
+    "results/report/compare/leaderboard.html": ["fold 0", "pooled OOF (3 folds)", "paired 95 %", "screen", *SCREENS],
     "results/report/audit/counts.html": ["duplicate", "size_outlier", "boxes_after", "train", "test"],
     "results/report/cv/folds.html": ["mAP50", "AR_100", "mean +- std", "pooled OOF", "RBC", "WBC", "Platelets"],
     "results/report/ensemble/comparison.html": [
@@ -109,6 +116,46 @@ def test_scalars_torn_last_line_is_skipped_other_bad_lines_raise(tiny_run, tmp_p
     target.write_text("\n".join(["not json", *lines]))
     with pytest.raises(ValueError, match=r"scalars.json: line 1 is not JSON"):
         plots.read_scalars(tmp_path / "work")
+
+
+def test_legends_never_cover_data_or_labels(tiny_run, tmp_path, monkeypatch):
+    """Every plot with a legend, drawn from the tiny run's results: each legend lies outside
+    every panel (bars, points, curves and their value labels are inside the panels)."""
+    from detfold.report import stage
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(_legend_overlaps(fig)), save(fig, path)))
+    r = tiny_run / "results"
+    stage.report_ensemble(
+        str(r / "ensemble/selection.json"), str(r / "ensemble/metrics.json"), str(r / "ensemble/search.csv"),
+        str(tmp_path / "c.png"), str(tmp_path / "c.html"), str(tmp_path / "s.html"),
+    )  # fmt: skip
+    stage.report_compare(str(r / "compare/leaderboard.json"), str(tmp_path / "l.png"), str(tmp_path / "l.html"))
+    stage.report_training("tiny", [str(r / f"train/tiny/fold{k}/model.pth") for k in range(3)], str(tmp_path / "t.png"))
+    names = ["frcnn", "tiny"]
+    stage.report_cv(
+        {n: str(r / f"eval/{n}/metrics.json") for n in names}, {n: str(r / f"eval/{n}/pr_curves.csv") for n in names},
+        str(tmp_path / "cv.html"), str(tmp_path / "ap.png"), str(tmp_path / "pr.png"),
+    )  # fmt: skip
+    stage.report_audit(str(r / "audit/summary.json"), str(tmp_path / "a.png"), str(tmp_path / "a.html"))
+    assert len(figures) == 6
+    assert [overlaps for overlaps in figures if overlaps] == []
+
+
+def _legend_overlaps(fig) -> list[str]:
+    """(legend, panel) pairs of ``fig`` whose drawn extents overlap, after its layout."""
+    fig.tight_layout()
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    found = []
+    for i, ax in enumerate(fig.axes):
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent(renderer)
+        found += [f"legend of panel {i} over panel {j}" for j, other in enumerate(fig.axes) if box.overlaps(other.bbox)]
+    return found
 
 
 def test_cv_table_has_the_metrics_json_numbers(tiny_run):
@@ -165,9 +212,10 @@ def test_benchmarks_give_one_row_per_job(tiny_run):
     root = tiny_run / "benchmarks"
     bench = facts.read_benchmarks([str(p) for p in sorted(root.rglob("*.tsv"))], str(root))
     counts = bench.rule.value_counts()
-    assert counts["train"] == 6 and counts["predict"] == 18 and counts["audit"] == 1
+    assert counts["train"] == 6 + 2 and counts["predict"] == 18 + 2 and counts["audit"] == 1
     assert (bench.s >= 0).all() and set(bench[bench.rule == "train"].job) == {
-        f"{m}/fold{k}" for m in ("tiny", "frcnn") for k in range(3)
+        *(f"{m}/fold{k}" for m in ("tiny", "frcnn") for k in range(3)),
+        *SCREENS_FOLD0,
     }
 
 

@@ -41,6 +41,9 @@ def test_results_layout(tiny_run):
         "predict/tiny/fold1/test.json",
         "predict/frcnn/fold2/blend.json",
         "eval/tiny/metrics.json",
+        "eval/screen__lr-0.002/metrics.json",
+        "compare/leaderboard.csv",
+        "compare/leaderboard.json",
         "ensemble/test.json",
         "ensemble/metrics.json",
         "ensemble/search.csv",
@@ -56,6 +59,8 @@ def test_results_layout(tiny_run):
         "report/cv/folds.html",
         "report/ensemble/comparison.png",
         "report/run_facts.html",
+        "report/summary.html",
+        "report/compare/leaderboard.png",
     ]
     assert [p for p in expected if not (r / p).is_file()] == []
     assert (r / "audit" / "gallery").is_dir()
@@ -65,7 +70,7 @@ def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
     from helpers.gpu_slots import overlapping_same_slot
 
     records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * 3 + 2 * 3 * 3  # 2 models x 3 folds trainings, x 3 splits predictions
+    assert len(records) == 2 * 3 + 2 * 3 * 3 + 2 * 2  # 2 models x 3 folds x (train, 3 splits); 2 screens x 2
     assert {r["slot"] for r in records} <= {0, 1}
     assert overlapping_same_slot(records) == []
 
@@ -175,6 +180,9 @@ def test_editing_one_models_epochs_reruns_only_that_model_and_downstream(repo, t
         "summary": 1,
         "report_training": 1,
         "report_cv": 1,
+        "compare": 1,  # the leaderboard
+        "report_compare": 1,
+        "report_summary": 1,
         "report_ensemble": 1,
         "analyze": 1,  # frcnn's error analysis
         "analyze_ensemble": 1,  # the models fused
@@ -199,7 +207,7 @@ def test_editing_overrides_reruns_audit_and_downstream_only(repo, tiny_run):
         os.utime(overrides, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert result.returncode == 0, result.stderr
     jobs = planned_jobs(result)
-    assert jobs["audit"] == 1 and jobs["train"] == 6 and jobs["summary"] == 1
+    assert jobs["audit"] == 1 and jobs["train"] == 6 + 2 and jobs["summary"] == 1  # 2 screens on fold 0
     assert "import_annotations" not in jobs
     assert "overrides.csv" in result.stdout
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def run_evaluate(
     model: str,
+    folds: Sequence[int],
     val_jsons: Sequence[str],
     oof_preds: Sequence[str],
     test_json: str | None,
@@ -26,11 +27,12 @@ def run_evaluate(
     out_pr_curves: str | None,
     seed: int,
 ) -> None:
-    """Per-fold OOF metrics, mean +- std (ddof 1) over folds, pooled OOF metrics with bootstrap
-    95 % intervals over the images (and per-class PR curves, also as CSV), and per-fold test
-    metrics when there is a labelled test set."""
+    """Per-fold OOF metrics of the ``folds`` the model trained (``val_jsons`` and ``oof_preds``
+    theirs), mean +- std (ddof 1) over them, pooled OOF metrics with bootstrap 95 % intervals
+    over the images (and per-class PR curves, also as CSV), and per-fold test metrics when there
+    is a labelled test set (``test_preds``: by fold too, or none)."""
     per_fold, parts, pooled_gt = [], [], None
-    for fold, (val_json, pred_json) in enumerate(zip(val_jsons, oof_preds, strict=True)):
+    for fold, val_json, pred_json in zip(folds, val_jsons, oof_preds, strict=True):
         gt = load_coco(val_json)
         preds, metrics = evaluate_file(gt, pred_json)
         per_fold.append({"fold": fold, **metrics})
@@ -54,7 +56,9 @@ def run_evaluate(
     result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False) if test_json else None
     if test is not None and is_labelled(test):
-        result["test"] = [{"fold": fold, **evaluate_file(test, path)[1]} for fold, path in enumerate(test_preds)]
+        result["test"] = [
+            {"fold": f, **evaluate_file(test, path)[1]} for f, path in zip(folds, test_preds, strict=True)
+        ]
     write_json(out, result)
     log.info("%s: pooled OOF mAP %.4f, mAP50 %.4f", model, result["pooled_oof"]["mAP"], result["pooled_oof"]["mAP50"])
 

@@ -23,6 +23,8 @@ matplotlib.use("Agg")  # files only, no display
 log = logging.getLogger(__name__)
 
 DPI = 100
+#: Legends beside the axes, never over bars, points or their labels
+LEGEND_OUTSIDE: dict[str, Any] = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "borderaxespad": 0.0}
 VAL_KEYS = ("coco/bbox_mAP", "coco/bbox_mAP_50")
 
 
@@ -57,7 +59,7 @@ def fold_sizes(images: pd.Series, boxes: pd.Series, out_png: str) -> None:
             ax.text(i, value, str(int(value)), ha="center", va="bottom", fontsize=9)
         spread = (counts.max() - counts.min()) / mean if mean else 0.0
         ax.set_title(f"{what} per fold (spread {spread:.1%} of the mean)")
-        ax.legend(loc="lower right")
+        ax.legend(**LEGEND_OUTSIDE)
     _save(fig, out_png)
 
 
@@ -78,7 +80,7 @@ def audit_findings(found: Mapping[str, Any], checks: Sequence[str], actions: Seq
     ax.set_title("audit findings per check" + ("" if actions else ": none, every check passed"))
     ax.set_xlim(0, max(1.0, left.max() * 1.15) if len(left) else 1.0)
     if actions:
-        ax.legend(title="action", loc="lower right")
+        ax.legend(title="action", **LEGEND_OUTSIDE)
     _save(fig, out_png)
 
 
@@ -138,13 +140,13 @@ def training(model: str, runs: Sequence[tuple[pd.DataFrame, pd.DataFrame, bool]]
         ax.set_title(f"{model}: {title}")
         if any_train:
             ax.set(xlabel="iteration", ylabel=ylabel)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, **LEGEND_OUTSIDE)
         else:
             _message(ax, "no training scalars logged\n(fewer iterations per epoch than log_interval?)")
     axes[2].set_title(f"{model}: val bbox mAP per epoch (fold's val images)")
     if any_val:
         axes[2].set(xlabel="epoch", ylim=(0, 1))
-        axes[2].legend(fontsize=8, ncol=2)
+        axes[2].legend(fontsize=8, **LEGEND_OUTSIDE)
     elif any(validated for _, _, validated in runs):
         _message(axes[2], "validation ran but gave no bbox mAP\n(the model predicted no boxes yet)")
     else:
@@ -163,7 +165,7 @@ def per_class_ap(models: Mapping[str, Mapping[str, Any]], classes: Sequence[str]
         ax.set_xticks(range(len(classes)), classes, rotation=30 if len(classes) > 6 else 0, ha="right")
         ax.set_ylim(0, 1.05)
         ax.set_title(f"per-class {key} (pooled OOF)" + (" = AP at IoU 0.5" if key == "AP50" else " at IoU 0.5:0.95"))
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, **LEGEND_OUTSIDE)
     _save(fig, out_png)
 
 
@@ -180,7 +182,7 @@ def pr_curves(curves: Mapping[str, pd.DataFrame], classes: Sequence[str], out_pn
                 precision = part[column].where(part[column] >= 0)
                 ax.plot(part["recall"], precision, style, color=f"C{i}", label=f"{name} IoU {iou}")
         ax.set(title=f"{cls} (pooled OOF)", xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **LEGEND_OUTSIDE)
     for ax in list(axes.flat)[len(classes) :]:
         ax.axis("off")
     _save(fig, out_png)
@@ -205,7 +207,7 @@ def tide_breakdown(tides: Mapping[str, Mapping[str, Any]], classes: Sequence[str
         ax.set_xticks(range(len(kinds)), kinds, rotation=45, ha="right", fontsize=8)
         ax.set_title(f"dAP50 by error type: {panel}", fontsize=9)
         ax.set_ylabel("mAP50 points gained if fixed")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, **LEGEND_OUTSIDE)
     _save(fig, out_png)
 
 
@@ -247,5 +249,35 @@ def candidates(shown: pd.DataFrame, metric: str, out_png: str) -> None:
     best = np.nanmax(shown[[c for c, _ in columns.values()]].astype(float).to_numpy(), initial=0.0)
     ax.set_xlim(0, min(1.1, max(0.05, 1.25 * best)))
     ax.set_title(f"{metric}: candidates on the blend split and the test set")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, **LEGEND_OUTSIDE)
+    _save(fig, out_png)
+
+
+def leaderboard(rows: pd.DataFrame, metric: str, out_png: str) -> None:
+    """Per scope (one row of panels each): every model's mAP50 and mAP with 95 % intervals,
+    and its paired difference in ``metric`` to the leader with its interval (0 marked)."""
+    scopes = list(dict.fromkeys(rows.scope))
+    sizes = [int((rows.scope == s).sum()) + 1 for s in scopes]
+    fig, axes = plt.subplots(
+        len(scopes), 2, figsize=(13, 0.6 + 0.45 * sum(sizes)), gridspec_kw={"height_ratios": sizes}, squeeze=False
+    )
+    for (ax_score, ax_diff), scope in zip(axes, scopes, strict=True):
+        part = rows[rows.scope == scope].reset_index(drop=True)
+        y = np.arange(len(part))
+        for offset, key, color in ((-0.15, "mAP50", "tab:blue"), (0.15, "mAP", "tab:orange")):
+            err = [part[key] - part[f"{key}_lo"], part[f"{key}_hi"] - part[key]]
+            ax_score.errorbar(part[key], y + offset, xerr=err, fmt="o", color=color, capsize=3, label=key)
+        ax_score.set_yticks(y, part.model, fontsize=8)
+        ax_score.invert_yaxis()
+        ax_score.set_title(f"{scope}: score, 95 % interval", fontsize=9)
+        ax_score.legend(fontsize=8, **LEGEND_OUTSIDE)
+        diff = part[f"{metric}_diff"]
+        err = [diff - part[f"{metric}_diff_lo"], part[f"{metric}_diff_hi"] - diff]
+        for i, distinct in enumerate(part.distinct_from_leader):
+            color = "tab:red" if distinct else "tab:gray"
+            ax_diff.errorbar(diff[i], y[i], xerr=[[err[0][i]], [err[1][i]]], fmt="o", color=color, capsize=3)
+        ax_diff.axvline(0, color="black", lw=0.8)
+        ax_diff.set_yticks(y, [])
+        ax_diff.invert_yaxis()
+        ax_diff.set_title(f"{metric} minus the leader's, paired 95 % interval (red: told apart)", fontsize=9)
     _save(fig, out_png)

@@ -84,6 +84,20 @@ def report_ensemble(
     write_text(out_search, tables.search_page(pd.read_csv(search_csv), selection["metric"]))
 
 
+def report_summary(summary_md: str, out_html: str) -> None:
+    """``summary.md`` as an HTML page: the report's first result."""
+    write_text(out_html, tables.markdown_page("detfold run summary", Path(summary_md).read_text(encoding="utf-8")))
+
+
+def report_compare(leaderboard_json: str, out_png: str, out_html: str) -> None:
+    """The leaderboard (:mod:`detfold.compare`): intervals and paired differences to the
+    leader as a plot (PNG), every column as a table (HTML)."""
+    board = read_json(leaderboard_json)
+    rows = pd.DataFrame(board["rows"])
+    plots.leaderboard(rows, board["metric"], out_png)
+    write_text(out_html, tables.leaderboard_page(board, rows))
+
+
 def report_run_facts(benchmarks: Sequence[str], config: Mapping[str, Any], out_html: str) -> None:
     """Seed, versions, machine, run time per rule and per job (Snakemake's benchmark files under
     ``benchmarks/``) and the config used, as one HTML page."""
@@ -97,6 +111,7 @@ def run_summary(
     fold_table: str,
     model_metrics: dict[str, str],
     selection_json: str,
+    leaderboard_json: str,
     out_md: str,
     out_json: str,
     fold_balance: str | None = None,
@@ -110,6 +125,7 @@ def run_summary(
         balance=read_json(fold_balance) if fold_balance else None,
         models={name: read_json(path) for name, path in sorted(model_metrics.items())},
         selection=read_json(selection_json),
+        leaderboard=read_json(leaderboard_json),
         test=read_json(test_metrics) if test_metrics else None,
     )
     write_text(out_md, summary_markdown(run))

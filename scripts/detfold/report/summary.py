@@ -16,14 +16,15 @@ HEADLINE_KEYS = ("mAP", "mAP50", "mAP_ci95", "mAP50_ci95")
 @dataclass(frozen=True)
 class RunResults:
     """What the summary reports: the audit's summary.json, the images per fold (by fold), the fold
-    balance, each model's metrics.json (by name), selection.json and the test metrics (None: no
-    test set)."""
+    balance, each model's metrics.json (by name), selection.json, leaderboard.json and the test
+    metrics (None: no test set)."""
 
     audit: Mapping[str, Any]
     fold_sizes: Mapping[int, int]
     balance: Mapping[str, Any] | None
     models: Mapping[str, Mapping[str, Any]]
     selection: Mapping[str, Any]
+    leaderboard: Mapping[str, Any]
     test: Mapping[str, Any] | None
 
 
@@ -97,6 +98,44 @@ def _candidates(selection: Mapping[str, Any], test: Mapping[str, Any] | None) ->
     ]
 
 
+def _leaderboard(board: Mapping[str, Any]) -> list[str]:
+    """Each scope's models, best first, with intervals and the paired difference to the leader."""
+    metric, rows = board["metric"], board["rows"]
+    lines = [
+        "## Leaderboard",
+        "",
+        f"Every model on the same images, ranked by {metric}. Difference to the leader: paired bootstrap (the same "
+        f"{board['bootstrap']['samples']} resamples of the images score every model), 95 % interval; told apart "
+        "when it leaves out 0.",
+    ]
+    screens = sorted({r["model"] for r in rows if r["kind"] == "screen"})
+    if screens:
+        lines += [
+            "",
+            f"Screens (trained on some folds only; compared here, not in the ensemble): {', '.join(screens)}.",
+        ]
+    header = ["rank", "model", "kind", "mAP [95 %]", "mAP50 [95 %]", f"{metric} - leader [paired 95 %]"]
+    for scope in board["scopes"]:
+        cells = [
+            (
+                r["rank"],
+                r["model"],
+                r["kind"],
+                f"{_num(r['mAP'])} {interval([r['mAP_lo'], r['mAP_hi']])}",
+                f"{_num(r['mAP50'])} {interval([r['mAP50_lo'], r['mAP50_hi']])}",
+                f"{r[f'{metric}_diff']:+.4f} {interval([r[f'{metric}_diff_lo'], r[f'{metric}_diff_hi']])}",
+                "yes" if r["distinct_from_leader"] else "no",
+                f"{r['train_s']:.0f}",
+                f"{r['params'] / 1e6:.2f} M",
+            )
+            for r in rows
+            if r["scope"] == scope["scope"]
+        ]
+        lines += ["", f"{scope['scope']} ({scope['images']} images):", ""]
+        lines += _table([*header, "told apart", "training s", "parameters"], cells)
+    return [*lines, ""]
+
+
 def _audit(aud: Mapping[str, Any]) -> list[str]:
     """Images and boxes per split before and after the audit, and the findings per check."""
     splits = [(split, sp["images_after"], sp["boxes_before"], sp["boxes_after"]) for split, sp in aud["splits"].items()]
@@ -148,8 +187,10 @@ def _cross_validation(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def summary_markdown(run: RunResults) -> str:
-    """``summary.md``: the delivered predictions, the candidates, the audit, the folds, CV per model."""
-    lines = [*_delivered(run.selection, run.test), *_candidates(run.selection, run.test), *_audit(run.audit)]
+    """``summary.md``: the delivered predictions, the candidates, the leaderboard, the audit, the
+    folds, CV per model."""
+    lines = [*_delivered(run.selection, run.test), *_candidates(run.selection, run.test)]
+    lines += [*_leaderboard(run.leaderboard), *_audit(run.audit)]
     lines += [*_folds(run.fold_sizes, run.balance), *_cross_validation(run.models)]
     return "\n".join(["# detfold run summary", "", *lines]) + "\n"
 
@@ -166,6 +207,7 @@ def summary_json(run: RunResults) -> dict[str, Any]:
             for n, m in run.models.items()
         },
         "delivered": run.selection["delivered"],
+        "leaderboard": run.leaderboard["scopes"],
         "test": None
         if test is None
         else {

@@ -239,3 +239,63 @@ def run_facts_page(facts: pd.DataFrame, per_rule: pd.DataFrame, jobs: pd.DataFra
         + f"<pre>{html.escape(config_yaml)}</pre>"
     )
     return page("Run facts", body)
+
+
+def markdown_page(title: str, text: str) -> str:
+    """A markdown document (headings, paragraphs, tables, bold) as a page in the report's style."""
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables"], output_format="html")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+LEADERBOARD_COLUMNS = {  # leaderboard.json's row key -> column
+    "rank": "rank",
+    "model": "model",
+    "kind": "kind",
+    "mAP": "mAP",
+    "mAP_ci": "mAP 95 %",
+    "mAP50": "mAP50",
+    "mAP50_ci": "mAP50 95 %",
+    "diff": "difference to the leader",
+    "diff_ci": "paired 95 %",
+    "distinct": "told apart from the leader",
+    "train_s": "training s",
+    "params": "parameters",
+}
+
+
+def leaderboard_table(rows: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The leaderboard's rows of one scope for reading: intervals as [lo, hi], the difference
+    to the leader in ``metric``."""
+    out = rows.assign(
+        mAP_ci=[interval([lo, hi]) for lo, hi in zip(rows.mAP_lo, rows.mAP_hi, strict=True)],
+        mAP50_ci=[interval([lo, hi]) for lo, hi in zip(rows.mAP50_lo, rows.mAP50_hi, strict=True)],
+        diff=rows[f"{metric}_diff"],
+        diff_ci=[
+            interval([lo, hi]) for lo, hi in zip(rows[f"{metric}_diff_lo"], rows[f"{metric}_diff_hi"], strict=True)
+        ],
+        distinct=["yes" if d else "no" for d in rows.distinct_from_leader],
+        train_s=rows.train_s.round(0).astype(int),
+        params=[f"{p / 1e6:.2f} M" for p in rows.params],
+    )
+    return out[list(LEADERBOARD_COLUMNS)].rename(columns=LEADERBOARD_COLUMNS)
+
+
+def leaderboard_page(board: Mapping[str, Any], rows: pd.DataFrame) -> str:
+    """Each scope's leaderboard (``rows``: leaderboard.json's rows) under a note on how it was made."""
+    metric, boot = board["metric"], board["bootstrap"]
+    body = note(
+        f"Ranked by {metric}. Intervals: {boot['samples']} bootstrap resamples of the images (seed {boot['seed']}); "
+        f"the difference to the leader ({metric}) is paired: the same resamples score every model. A model is told "
+        "apart from the leader when that interval leaves out 0. Screens (kind screen) trained only the folds listed; "
+        "they are compared here, not fused."
+    )
+    for scope in board["scopes"]:
+        body += heading(f"{scope['scope']}: {scope['images']} images") + table(
+            leaderboard_table(rows[rows.scope == scope["scope"]], metric), None
+        )
+    return page("Leaderboard: every model on the same images", body)

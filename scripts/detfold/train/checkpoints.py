@@ -157,3 +157,16 @@ def save_fold_model(work_dir: Path, checkpoint: str, checkpoint_out: str) -> Pat
     with atomic_open(checkpoint_out, "wb") as handle:
         torch.save({"meta": meta, "state_dict": state["state_dict"]}, handle)
     return chosen
+
+
+#: Buffers, not parameters: batch-norm statistics saved in a state_dict
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def parameter_count(fold_model: str) -> int:
+    """The number of learned values in a fold model (:func:`save_fold_model`'s file): its
+    state_dict's tensors without the batch-norm statistics."""
+    import torch
+
+    state = torch.load(fold_model, map_location="cpu", weights_only=True)["state_dict"]
+    return int(sum(t.numel() for name, t in state.items() if not name.endswith(BUFFER_SUFFIXES)))

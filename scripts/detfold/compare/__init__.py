@@ -1,0 +1,1 @@
+"""Stage compare (workflow/compare.smk): the leaderboard, paired bootstrap differences to the leader."""
