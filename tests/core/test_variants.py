@@ -143,3 +143,17 @@ def test_snakemake_refuses_an_unknown_variant_key_before_any_job(tmp_path):
     assert "1 problem(s); nothing was run" in output
     assert "models.rtmdet_tiny.variants.learning_rate: 'learning_rate' is not a model setting" in output
     assert "Traceback" not in output and "Job stats" not in output
+
+
+@pytest.mark.parametrize("overlay", ["screen.yaml", "promote.yaml"])
+def test_the_bundled_screen_and_promotion_configs_pass_the_gate(overlay):
+    from detfold.core.config import schema_problems
+
+    demo = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    models = yaml.safe_load((REPO / "config" / overlay).read_text())["models"]
+    cfg = {**demo, "models": {**demo["models"], **models}}
+    assert (
+        schema_problems(cfg, yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())) == []
+    )
+    names = expand_variants(cfg)
+    assert all(n.startswith("rtmdet_screen__img_scale-") for n in names) and "rtmdet_tiny" in cfg["models"]

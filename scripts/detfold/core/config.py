@@ -535,7 +535,7 @@ def _ensemble_problems(config: dict[str, Any]) -> list[str]:
 
     ensemble = config.get("ensemble") or {}
     external = ensemble.get("external") or []
-    k = config["folds"]["k"]
+    k = int(config["folds"]["k"])  # a float k is reported by the schema check
     fused = [m for m, settings in (config.get("models") or {}).items() if len(model_folds(settings, k)) == k]
     members = len(fused) + len(external)
     problems = [
