@@ -300,6 +300,7 @@ def main() -> None:
                 f"{args.folds} test files ({args.folds * n_test:,} boxes)",
                 {
                     "model": first,
+                    "folds": list(range(args.folds)),
                     "val_jsons": files["val"],
                     "oof_preds": files["oof"][first],
                     "test_json": test_json,

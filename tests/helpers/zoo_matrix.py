@@ -210,7 +210,7 @@ def run_family(fam: Family, workdir: Path) -> dict[str, Any]:
         row["predictions"] = len(json.loads(preds.read_text()))
         step = "score"
         metrics = workdir / "metrics.json"
-        run_evaluate(fam.name, [0], [str(val)], [str(preds)], str(val), [], str(metrics), out_pr_curves=None, seed=42)
+        run_evaluate(fam.name, [0], [str(val)], [str(preds)], None, [], str(metrics), out_pr_curves=None, seed=42)
         row["oof_mAP50"] = json.loads(metrics.read_text())["pooled_oof"]["mAP50"]
     except Exception as err:  # a failure is a row that says why
         message = str(err) if isinstance(err, RuntimeError) else "".join(traceback.format_exception_only(err)).strip()

@@ -57,7 +57,7 @@ def differing(a: Path, b: Path) -> list[str]:
 
 def prepare(tmp_path_factory, repo, bccd_dir, name: str) -> Path:
     workdir = tmp_path_factory.mktemp(name)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, workdir)))
+    (workdir / "config.yaml").write_text(yaml.safe_dump(tiny_config(repo, bccd_dir, workdir, screen=True)))
     return workdir
 
 

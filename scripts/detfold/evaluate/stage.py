@@ -55,7 +55,7 @@ def run_evaluate(
     pooled.update(_pooled_intervals(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, seed))
     result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False) if test_json else None
-    if test is not None and is_labelled(test):
+    if test is not None and is_labelled(test) and test_preds:
         result["test"] = [
             {"fold": f, **evaluate_file(test, path)[1]} for f, path in zip(folds, test_preds, strict=True)
         ]

@@ -106,7 +106,7 @@ def _leaderboard(board: Mapping[str, Any]) -> list[str]:
         "",
         f"Every model on the same images, ranked by {metric}. Difference to the leader: paired bootstrap (the same "
         f"{board['bootstrap']['samples']} resamples of the images score every model), 95 % interval; told apart "
-        "when it leaves out 0.",
+        "when it leaves out 0. Training times, which vary from run to run, are in results/compare/leaderboard.csv.",
     ]
     screens = sorted({r["model"] for r in rows if r["kind"] == "screen"})
     if screens:
@@ -125,14 +125,13 @@ def _leaderboard(board: Mapping[str, Any]) -> list[str]:
                 f"{_num(r['mAP50'])} {interval([r['mAP50_lo'], r['mAP50_hi']])}",
                 f"{r[f'{metric}_diff']:+.4f} {interval([r[f'{metric}_diff_lo'], r[f'{metric}_diff_hi']])}",
                 "yes" if r["distinct_from_leader"] else "no",
-                f"{r['train_s']:.0f}",
                 f"{r['params'] / 1e6:.2f} M",
             )
             for r in rows
             if r["scope"] == scope["scope"]
         ]
         lines += ["", f"{scope['scope']} ({scope['images']} images):", ""]
-        lines += _table([*header, "told apart", "training s", "parameters"], cells)
+        lines += _table([*header, "told apart", "parameters"], cells)
     return [*lines, ""]
 
 
