@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detfold.compare.leaderboard import Scope, leaderboard_rows, paired_scores
+from detfold.compare.leaderboard import leaderboard_rows, paired_scores
 from detfold.compare.stage import scopes
 from detfold.core.coco import Coco, Detections
 from helpers.predictions import clean, noisy_member, pycocotools_eval
@@ -65,7 +65,7 @@ def test_paired_differences_equal_pycocotools_on_each_resample(case):
 def test_rows_rank_by_the_metric_with_paired_intervals(case):
     gt, members = case
     scores = paired_scores(gt.data, {n: Detections.from_results(p) for n, p in members.items()}, samples=200, seed=7)
-    rows = leaderboard_rows(Scope("fold 0", [0], gt.data), scores, "mAP50")
+    rows = leaderboard_rows("fold 0", scores, "mAP50")
     assert [r["model"] for r in rows] == ["good", "poor"] and rows[0]["rank"] == 1
     good, poor = rows
     assert good["mAP50_diff"] == 0 and good["mAP50_diff_lo"] == 0 and good["mAP50_diff_hi"] == 0
@@ -80,7 +80,7 @@ def test_a_model_compared_with_itself_differs_by_exactly_zero(case):
     gt, members = case
     same = Detections.from_results(members["poor"])
     scores = paired_scores(gt.data, {"a": same, "b": same}, samples=100, seed=3)
-    rows = leaderboard_rows(Scope("fold 0", [0], gt.data), scores, "mAP")
+    rows = leaderboard_rows("fold 0", scores, "mAP")
     for row in rows:
         for key in ("mAP", "mAP50"):
             assert (row[f"{key}_diff"], row[f"{key}_diff_lo"], row[f"{key}_diff_hi"]) == (0, 0, 0)

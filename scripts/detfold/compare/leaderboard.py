@@ -9,7 +9,6 @@ interval, not the overlap of two separate intervals, says whether the lead is re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,16 +17,6 @@ from detfold.core.coco import Detections
 from detfold.evaluate.stats import bootstrap_counts, bootstrap_scores, interval
 
 METRICS = ("mAP", "mAP50")  #: the columns of :meth:`detfold.evaluate.cocoeval.Matched.scores`
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Which images the models are compared on: ``name`` (e.g. "fold 0"), the folds whose val
-    images they are, and the pooled ground truth of those images (COCO dict)."""
-
-    name: str
-    folds: list[int]
-    gt: dict[str, Any]
 
 
 def paired_scores(gt: dict[str, Any], predictions: Mapping[str, Detections], samples: int, seed: int) -> dict[str, Any]:
@@ -47,10 +36,10 @@ def paired_scores(gt: dict[str, Any], predictions: Mapping[str, Detections], sam
     return {"point": point, "boot": boot, "counts": counts}
 
 
-def leaderboard_rows(scope: Scope, scores: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
-    """One row per model, best ``metric`` first (ties by name): point scores with 95 % intervals,
-    the paired difference to the leader with its interval, and whether that interval leaves out
-    0 (the model can be told apart from the leader)."""
+def leaderboard_rows(scope: str, scores: Mapping[str, Any], metric: str) -> list[dict[str, Any]]:
+    """One row per model of ``scope`` (its name, e.g. "fold 0"), best ``metric`` first (ties by
+    name): point scores with 95 % intervals, the paired difference to the leader with its
+    interval, and whether that interval leaves out 0 (the model can be told apart from it)."""
     col = METRICS.index(metric)
     names = sorted(scores["point"], key=lambda n: (-scores["point"][n][col], n))
     leader = names[0]
@@ -58,7 +47,7 @@ def leaderboard_rows(scope: Scope, scores: Mapping[str, Any], metric: str) -> li
     for rank, name in enumerate(names, start=1):
         point, boot = scores["point"][name], scores["boot"][name]
         diff = boot - scores["boot"][leader]
-        row: dict[str, Any] = {"scope": scope.name, "rank": rank, "model": name}
+        row: dict[str, Any] = {"scope": scope, "rank": rank, "model": name}
         for i, key in enumerate(METRICS):
             lo, hi = interval(boot[:, i])
             dlo, dhi = _difference_interval(diff[:, i])

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import pandas as pd
 
-from detfold.compare.leaderboard import Scope, leaderboard_rows, paired_scores
-from detfold.core.coco import Detections, load_coco, load_detections
+from detfold.compare.leaderboard import leaderboard_rows, paired_scores
+from detfold.core.coco import Detections, load_coco, load_detections, pooled_dataset
 from detfold.core.io import atomic_open, read_product, write_json
 from detfold.evaluate.stats import BOOTSTRAP_SAMPLES
 
@@ -27,15 +26,6 @@ def scopes(model_folds: Mapping[str, Sequence[int]], k: int) -> list[tuple[str, 
         return [(f"pooled OOF ({k} folds)", shared, list(model_folds))]
     name = ("fold " if len(shared) == 1 else "folds ") + ", ".join(map(str, shared))
     return [(name, shared, list(model_folds)), *([(f"pooled OOF ({k} folds)", list(range(k)), full)] if full else [])]
-
-
-def _pooled_gt(val_jsons: Sequence[str], folds: Sequence[int]) -> dict[str, Any]:
-    parts = [load_coco(val_jsons[f]).data for f in folds]
-    return {
-        **parts[0],
-        "images": [i for p in parts for i in p["images"]],
-        "annotations": [a for p in parts for a in p["annotations"]],
-    }
 
 
 def train_seconds(benchmarks: Mapping[int, str], folds: Sequence[int]) -> float:
@@ -65,18 +55,18 @@ def run_compare(
     params = {m: parameter_count(path) for m, path in first_checkpoint.items()}
     rows, summary = [], []
     for name, folds, models in scopes(model_folds, len(val_jsons)):
-        scope = Scope(name, folds, _pooled_gt(val_jsons, folds))
+        gt = pooled_dataset([load_coco(val_jsons[f]).data for f in folds])
         predictions = {
             m: Detections.concat([load_detections(oof_by[m, f], read_product) for f in folds]) for m in models
         }
-        scored = leaderboard_rows(scope, paired_scores(scope.gt, predictions, BOOTSTRAP_SAMPLES, seed), metric)
+        scored = leaderboard_rows(name, paired_scores(gt, predictions, BOOTSTRAP_SAMPLES, seed), metric)
         for row in scored:
             m = row["model"]
             kind = "all folds" if len(model_folds[m]) == len(val_jsons) else "screen"
-            row |= {"folds": " ".join(map(str, folds)), "images": len(scope.gt["images"]), "kind": kind}
+            row |= {"folds": " ".join(map(str, folds)), "images": len(gt["images"]), "kind": kind}
             row |= {"train_s": train_seconds({f: bench_by[m, f] for f in folds}, folds), "params": params[m]}
         rows += scored
-        summary.append({"scope": name, "folds": folds, "images": len(scope.gt["images"]), "leader": scored[0]["model"]})
+        summary.append({"scope": name, "folds": folds, "images": len(gt["images"]), "leader": scored[0]["model"]})
         log.info("%s: leader %s (%s %.4f)", name, scored[0]["model"], metric, scored[0][metric])
     first = ["scope", "folds", "images", "rank", "model", "kind"]
     table = pd.DataFrame(rows)

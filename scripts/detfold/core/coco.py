@@ -235,6 +235,16 @@ def check_coco(
     return Coco(data, path=path)
 
 
+def pooled_dataset(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """COCO dicts of disjoint images (the val images of several folds) as one: their images and
+    annotations one after the other, the first one's other keys (categories, ...)."""
+    return {
+        **parts[0],
+        "images": [i for p in parts for i in p["images"]],
+        "annotations": [a for p in parts for a in p["annotations"]],
+    }
+
+
 def load_coco(path: str | Path, require_annotations: bool = True, require_sizes: bool = False) -> Coco:
     """Load a COCO detection file and check it (:func:`check_coco`)."""
     return check_coco(read_json(path), str(path), require_annotations, require_sizes)

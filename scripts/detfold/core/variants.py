@@ -3,7 +3,7 @@ settings it is tried with (``variants: {KEY: [v1, v2, ...]}``). The Snakefile ex
 with variants into one model per combination before any job (:func:`expand_variants`), so every
 later stage sees plain models; :func:`model_folds` says which folds each trains.
 
-A variant's name is the model's, then ``__KEY-VALUE`` per key in key order (e.g.
+A variant's name is the model's, then ``__KEY-VALUE`` per key in sorted order (e.g.
 ``rtmdet__img_scale-320x320__lr-0.004``): the same settings give the same name, so editing one
 value renames (and retrains) only the variants that have it. A ``cfg_options.DOTTED.KEY`` variant
 sets that entry of the model's ``cfg_options`` and is named by the key's last part.

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from detfold.core.coco import Coco, Detections, is_labelled, load_coco, load_detections
+from detfold.core.coco import Coco, Detections, is_labelled, load_coco, load_detections, pooled_dataset
 from detfold.core.io import atomic_open, read_product, write_json
 from detfold.evaluate.metrics import evaluate_coco, mean_std
 
@@ -31,17 +31,17 @@ def run_evaluate(
     theirs), mean +- std (ddof 1) over them, pooled OOF metrics with bootstrap 95 % intervals
     over the images (and per-class PR curves, also as CSV), and per-fold test metrics when there
     is a labelled test set (``test_preds``: by fold too, or none)."""
-    per_fold, parts, pooled_gt = [], [], None
+    per_fold, parts, gts = [], [], []
     for fold, val_json, pred_json in zip(folds, val_jsons, oof_preds, strict=True):
         gt = load_coco(val_json)
         preds, metrics = evaluate_file(gt, pred_json)
         per_fold.append({"fold": fold, **metrics})
         parts.append(preds)
-        pooled_gt = gt.data if pooled_gt is None else _merge(pooled_gt, gt.data)
-    pooled_preds = Detections.concat(parts)
+        gts.append(gt.data)
+    pooled_preds, pooled_gt = Detections.concat(parts), pooled_dataset(gts) if gts else {}
     result: dict[str, Any] = {"model": model, "folds": per_fold}
     result["cv"] = {name: mean_std([f[name] for f in per_fold]) for name in ("mAP", "mAP50")}
-    pooled = evaluate_coco(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, "pooled OOF", pr_curves=True)
+    pooled = evaluate_coco(Coco(pooled_gt, path="pooled OOF"), pooled_preds, "pooled OOF", pr_curves=True)
     if out_pr_curves:
         rows = [
             {"class": name, "recall": r, "precision_iou50": p50, "precision_iou50_95": pm}
@@ -52,7 +52,7 @@ def run_evaluate(
         ]
         with atomic_open(out_pr_curves) as handle:
             pd.DataFrame(rows).to_csv(handle, index=False, lineterminator="\n")
-    pooled.update(_pooled_intervals(Coco(pooled_gt or {}, path="pooled OOF"), pooled_preds, seed))
+    pooled.update(_pooled_intervals(Coco(pooled_gt, path="pooled OOF"), pooled_preds, seed))
     result["pooled_oof"] = pooled
     test = load_coco(test_json, require_annotations=False) if test_json else None
     if test is not None and is_labelled(test) and test_preds:
@@ -88,7 +88,3 @@ def _pooled_intervals(gt: Coco, preds: Detections, seed: int) -> dict[str, Any]:
         "mAP50_ci95": stats.interval(boot[:, 1]),
         "bootstrap": {"samples": stats.BOOTSTRAP_SAMPLES, "seed": seed, "over": "images"},
     }
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    return {**a, "images": a["images"] + b["images"], "annotations": a["annotations"] + b["annotations"]}
