@@ -14,4 +14,5 @@ run_predict(
     out=snakemake.output.predictions,
     threads=snakemake.threads,
     tta=snakemake.params.tta,
+    jobs_per_gpu=snakemake.resources.jobs_per_gpu,
 )

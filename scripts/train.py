@@ -13,4 +13,5 @@ train_fold(
     config_out=snakemake.output.config,
     seed=snakemake.params.seed,
     threads=snakemake.threads,
+    jobs_per_gpu=snakemake.resources.jobs_per_gpu,
 )

@@ -2,6 +2,7 @@
 import re
 
 from detfold.analyze import OOF_ENSEMBLE
+from detfold.core.config import model_gpus as config_model_gpus
 from detfold.core.io import incomplete_products, mark_outdated
 from detfold.core.variants import model_folds
 
@@ -90,6 +91,11 @@ def model_fold_files(pattern, full_only=False):
 def each_model_fold(pattern):
     """``pattern`` for every (model, fold) trained, in MODEL_FOLDS' order."""
     return [pattern.format(model=m, fold=f) for m in MODELS for f in MODEL_FOLDS[m]]
+
+
+def model_gpus(wildcards):
+    """GPUs of the model's training job (SLURM: --gpus; locally: shares of the slot pool)."""
+    return config_model_gpus(config["models"][wildcards.model])
 
 
 def model_config_file(wildcards):

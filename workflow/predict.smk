@@ -14,6 +14,7 @@ rule predict:
     threads: lookup(dpath="resources/train_threads", within=config)
     resources:
         gpu=1,
+        jobs_per_gpu=lookup(dpath="resources/jobs_per_gpu", within=config),
         mem_mb=lookup(dpath="resources/train_mem_mb", within=config),
         runtime=lookup(dpath="resources/predict_runtime", within=config),
     params:

@@ -14,7 +14,8 @@ rule train:
         "../envs/mmdet.yaml"
     threads: lookup(dpath="resources/train_threads", within=config)
     resources:
-        gpu=1,
+        gpu=model_gpus,
+        jobs_per_gpu=lookup(dpath="resources/jobs_per_gpu", within=config),
         mem_mb=lookup(dpath="resources/train_mem_mb", within=config),
         runtime=lookup(dpath="resources/train_runtime", within=config),
     params:

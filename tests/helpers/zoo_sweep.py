@@ -104,14 +104,14 @@ def step_checkpoint(config: str, out: str) -> dict[str, Any]:
     "COCO checkpoint"), built in one process as training builds it: mmcv's MMSyncBN, which asks
     for a process group, as PyTorch's SyncBN."""
     import torch
-    from detfold.train.mmdet_config import pretrained_inits, set_one_process_norm
+    from detfold.train.mmdet_config import pretrained_inits, set_process_norm
     from detfold.train.mmdet_train import load_mmdet_config
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
     register_all_modules(init_default_scope=True)
     cfg = load_mmdet_config(config)
-    set_one_process_norm(cfg.model)
+    set_process_norm(cfg.model, 1, "cpu")
     for _, owner, key, _ in list(pretrained_inits(cfg.model)):
         owner[key] = None
     model = MODELS.build(cfg.model)

@@ -153,6 +153,10 @@ def test_auto_scale_lr_follows_mmdets_linear_rule(fold):
     assert resolve(fold, config, batch_size=2, lr=0.01, **weights).optim_wrapper.optimizer.lr == 0.01  # given lr: as is
     off = resolve(fold, config, batch_size=2, auto_scale_lr=False, **weights)
     assert off.optim_wrapper.optimizer.lr == pytest.approx(0.004)
+    # batch_size is per GPU: gpus: 2 doubles the effective batch, hence the lr
+    two = resolve(fold, config, batch_size=2, accumulate=4, gpus=2, **weights)
+    assert two.optim_wrapper.optimizer.lr == pytest.approx(0.004 * 2 * 2 * 4 / 256)
+    assert two.train_dataloader.batch_size == 2
     frcnn = resolve(fold, "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py", batch_size=4, **weights)
     assert frcnn.optim_wrapper.optimizer.lr == pytest.approx(0.02 * 4 / 16)  # auto_scale_lr.base_batch_size 16
 
@@ -449,3 +453,17 @@ def test_a_coco_subclass_with_arguments_of_its_own_becomes_coco(fold):
     cfg = resolve(fold, config, epochs=1, load_from=str(fold / "coco.pth"), img_scale=[320, 320])
     for dataset in [*inner_datasets(cfg.train_dataloader.dataset), *inner_datasets(cfg.test_dataloader.dataset)]:
         assert dataset.type == "CocoDataset" and "label_file" not in dataset
+
+
+def test_norms_follow_the_processes_and_their_device(fold):
+    """Several CPU processes: no SyncBN anywhere (PyTorch's runs on GPUs only) and RTMDet's
+    own switch to it off; several GPUs: the config's SyncBN stays."""
+    from detfold.train.mmdet_config import set_process_norm
+
+    config = "mmdet::strong_baselines/mask-rcnn_r50_fpn_rpn-2conv_4conv1fc_syncbn-all_lsj-100e_coco.py"
+    cpu = resolve(fold, config, epochs=1, gpus=2, load_from=str(fold / "coco.pth"))
+    assert cpu.model.roi_head.bbox_head.norm_cfg.type == "BN" and "SyncBN" not in str(cpu.model)
+    rtmdet = resolve(fold, "mmdet::rtmdet/rtmdet_tiny_8xb32-300e_coco.py", gpus=2, load_from=str(fold / "coco.pth"))
+    assert rtmdet.model.use_syncbn is False and "SyncBN" not in str(rtmdet.model)
+    gpu = {"type": "RTMDet", "backbone": {"norm_cfg": {"type": "SyncBN"}}}
+    assert set_process_norm(gpu, 2, "cuda") == [] and gpu["backbone"]["norm_cfg"]["type"] == "SyncBN"

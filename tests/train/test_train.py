@@ -9,45 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from detfold.core.coco import load_coco, write_coco
+from helpers.train_job import TRAIN, train_cmd
 from helpers.waiting import wait_until
 
 pytestmark = pytest.mark.workflow
-
-TRAIN = """
-import sys
-sys.path.insert(0, {scripts!r})
-from detfold.core.logs import log_to
-log_to({log!r})
-from detfold.train.mmdet_train import train_fold
-train_fold({settings!r}, {data!r}, {data!r}, {images!r}, {out!r} + "/model.pth", {out!r} + "/config.py", 42, 1)
-"""
-
-
-def train_cmd(repo: Path, tmp: Path, out: Path, epochs: int, log: str, **extra: object) -> list[str]:
-    settings = {
-        "config": str(repo / "config/models/rtmdet_tiny_cpu.py"),
-        "epochs": epochs,
-        "batch_size": 4,
-        "num_workers": 0,
-        **extra,
-    }
-    code = TRAIN.format(
-        scripts=str(repo / "scripts"),
-        log=str(tmp / log),
-        settings=settings,
-        data=str(tmp / "train.json"),
-        images=str(repo / "tests/data/bccd/images"),
-        out=str(out),
-    )
-    return [sys.executable, "-c", code]
-
-
-@pytest.fixture()
-def tiny_data(tmp_path, bccd_dir):
-    coco = load_coco(bccd_dir / "train.json")
-    write_coco(coco.subset(coco.image_ids[:12]), tmp_path / "train.json")
-    return tmp_path
 
 
 def iterations_logged(log: Path) -> int:
@@ -110,9 +75,12 @@ def test_two_cpu_runs_give_identical_weights(repo, tiny_data):
     import torch
 
     runs = []
-    for name in ("a", "b"):
+    for name, extra in (("a", {}), ("b", {"gpus": 1})):  # gpus: 1 is the single-process run, as without it
         result = subprocess.run(
-            train_cmd(repo, tiny_data, tiny_data / name, 1, f"{name}.log"), capture_output=True, text=True, timeout=600
+            train_cmd(repo, tiny_data, tiny_data / name, 1, f"{name}.log", **extra),
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(torch.load(tiny_data / name / "model.pth", map_location="cpu", weights_only=False)["state_dict"])

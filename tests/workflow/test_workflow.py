@@ -67,12 +67,13 @@ def test_results_layout(tiny_run):
 
 
 def test_concurrent_jobs_never_share_a_gpu_slot(tiny_run):
-    from helpers.gpu_slots import overlapping_same_slot
+    from helpers.gpu_slots import peak_jobs_per_gpu, shares_held_twice
 
     records = [json.loads(line) for line in (tiny_run / "logs" / "gpu_slots.jsonl").read_text().splitlines()]
     assert len(records) == 2 * 3 + 2 * 3 * 3 + 2 * 2  # 2 models x 3 folds x (train, 3 splits); 2 screens x 2
-    assert {r["slot"] for r in records} <= {0, 1}
-    assert overlapping_same_slot(records) == []
+    assert {gpu for r in records for gpu in r["gpus"]} <= {0, 1} and all(len(r["gpus"]) == 1 for r in records)
+    assert shares_held_twice(records) == []
+    assert set(peak_jobs_per_gpu(records).values()) <= {1}  # jobs_per_gpu 1
 
 
 def test_folds_partition_and_oof_covers_val(tiny_run):

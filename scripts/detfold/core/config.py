@@ -290,6 +290,12 @@ def schema_defaults() -> dict[str, Any]:
     return with_defaults({})
 
 
+def model_gpus(settings: dict[str, Any]) -> int:
+    """GPUs, hence distributed processes, of one training job of a model (``gpus``, default 1:
+    models' keys have no schema default, so that leaving one out never changes a model's params)."""
+    return int(settings.get("gpus", 1))
+
+
 def config_paths(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(key, path) of every file or folder the config names."""
     data = config.get("data", {})

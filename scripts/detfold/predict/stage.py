@@ -18,12 +18,14 @@ def run_predict(
     out: str,
     threads: int,
     tta: dict[str, Any] | None = None,
+    jobs_per_gpu: int = 1,
 ) -> None:
-    """Predict with one fold model (``tta``: the ``predict.tta`` settings, None for plain)."""
+    """Predict with one fold model (``tta``: the ``predict.tta`` settings, None for plain), on
+    a share of one GPU of the slot pool."""
     from detfold.predict.mmdet_predict import TTA, predict_images
-    from detfold.train.gpu_slots import RECORD, available_slots, gpu_slot
+    from detfold.train.gpu_slots import RECORD, Pool, available_slots, gpu_slots
 
     coco = load_coco(annotations, require_annotations=False)
     augment = TTA.from_config(tta)
-    with gpu_slot(available_slots(), job=out, record=RECORD):
+    with gpu_slots(Pool(available_slots(), jobs_per_gpu), out, record=RECORD):
         write_json(out, predict_images(config, checkpoint, coco, images, score_thr, max_per_img, threads, augment))

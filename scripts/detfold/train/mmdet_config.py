@@ -408,10 +408,13 @@ def base_batch_size(cfg: dict[str, Any], config_file: str) -> int | None:
 
 
 def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, config_file: str, name: str) -> list[str]:
-    """mmdet's linear rule: lr x (batch_size x accumulate) / base batch. Default on when the
+    """mmdet's linear rule: lr x (gpus x batch_size x accumulate) / base batch (``batch_size``
+    is per GPU, as in mmdet). Default on when the
     model's settings give no ``lr`` and the config states its base batch; ``auto_scale_lr:
     true`` without a base batch is an error. detfold applies it itself (mmengine's own
     scaling stays off, it ignores gradient accumulation)."""
+    from detfold.core.config import model_gpus
+
     enable = settings.get("auto_scale_lr")
     base = base_batch_size(cfg, config_file)
     cfg["auto_scale_lr"] = dict(enable=False, base_batch_size=base or batch_size)
@@ -424,11 +427,13 @@ def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, con
             f"{name}: auto_scale_lr is true but the config states no base batch size "
             "(auto_scale_lr.base_batch_size, or NxbM in its name); set it, or set lr"
         )
-    effective = batch_size * int(settings.get("accumulate", 1))
+    gpus, accumulate = model_gpus(settings), int(settings.get("accumulate", 1))
+    effective = gpus * batch_size * accumulate
     optimizer = cfg["optim_wrapper"]["optimizer"]
     old = float(optimizer["lr"])
     optimizer["lr"] = old * effective / base
-    return [f"auto_scale_lr: lr {old:g} x {effective}/{base} -> {optimizer['lr']:g}"]
+    factors = f"{gpus} GPUs x {batch_size} x {accumulate} = " if gpus > 1 else ""
+    return [f"auto_scale_lr: lr {old:g} x {factors}{effective}/{base} -> {optimizer['lr']:g}"]
 
 
 # ------------------------------------------------------------------------------- weights
@@ -808,14 +813,25 @@ def check_cpu_ops(model: dict[str, Any], device: str, name: str) -> None:
             )
 
 
-def set_one_process_norm(model: dict[str, Any]) -> list[str]:
-    """mmcv's ``MMSyncBN`` asks for a distributed process group when it is built, and a fold
-    trains in one process: it becomes ``SyncBN`` (PyTorch's), which mmengine turns into plain
-    BatchNorm outside distributed training, as every other SyncBN of a config."""
-    keys = [key for key, kind in _types(model, "model") if kind == "MMSyncBN"]
+def set_process_norm(model: dict[str, Any], processes: int, device: str) -> list[str]:
+    """Synchronised batch norm as the processes allow. One process: mmcv's ``MMSyncBN`` (which
+    asks for a process group when it is built) becomes ``SyncBN`` (PyTorch's), which mmengine
+    turns into plain BatchNorm outside distributed training, as every other SyncBN of a config.
+    Several CPU processes: every SyncBN becomes ``BN`` (PyTorch's SyncBatchNorm runs on GPUs
+    only), so each process normalises its own batch, and RTMDet's own conversion of its norms
+    to SyncBN in distributed runs (``use_syncbn``) is turned off. Several GPUs: unchanged."""
+    if processes > 1 and device == "cuda":
+        return []
+    kinds, new = ({"MMSyncBN"}, "SyncBN") if processes == 1 else ({"MMSyncBN", "SyncBN"}, "BN")
+    changes = []
+    if processes > 1 and _type(model) == "RTMDet" and model.get("use_syncbn", True):
+        model["use_syncbn"] = False
+        changes.append(f"model.use_syncbn: False ({processes} CPU processes)")
+    keys = [key for key, kind in _types(model, "model") if kind in kinds]
     for key in keys:
         norm = _at(model, key)
-        norm["type"] = "SyncBN"
+        norm["type"] = new
         for only_mmcv in ("group", "stats_mode"):
             norm.pop(only_mmcv, None)
-    return [f"MMSyncBN -> SyncBN (one process; mmengine makes it BatchNorm): {len(keys)} norm layers"] if keys else []
+    why = "one process; mmengine makes it BatchNorm" if processes == 1 else f"{processes} CPU processes"
+    return changes + ([f"{'/'.join(sorted(kinds))} -> {new} ({why}): {len(keys)} norm layers"] if keys else [])

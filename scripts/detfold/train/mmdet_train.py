@@ -127,7 +127,7 @@ def resolve_config(
 ) -> Any:
     """The full mmdet config for one fold: the model's config (``settings``: a model's entry
     of config.yaml) adapted by the steps below, in this order (each change logged)."""
-    from detfold.core.config import load_schema
+    from detfold.core.config import load_schema, model_gpus
 
     allowed = list(load_schema()["properties"]["models"]["additionalProperties"]["properties"])
     unknown = sorted(set(settings) - set(allowed))
@@ -138,7 +138,7 @@ def resolve_config(
     adapt.check_box_detector(cfg, name)
     coco = load_coco(train_json)
     changes = adapt.drop_mask_branch(cfg, name) + adapt.set_teacher_config(cfg.model, name)
-    changes += adapt.set_one_process_norm(cfg.model)
+    changes += adapt.set_process_norm(cfg.model, model_gpus(settings), device)
     changes += _set_fold_data(cfg, coco, train_json, val_json, images_dir, name)
     changes += _set_batches_and_schedule(cfg, settings, coco, name)
     _set_run(cfg, settings, work_dir, seed)
@@ -183,12 +183,13 @@ def _set_fold_data(cfg: Any, coco: Coco, train_json: str, val_json: str, images_
 def _set_batches_and_schedule(cfg: Any, settings: dict[str, Any], coco: Coco, name: str) -> list[str]:
     """Batch size, epochs (every epoch number stretched to them), data loader workers, lr and
     mmdet's linear lr scaling."""
-    from detfold.core.config import mmdet_config_path
+    from detfold.core.config import mmdet_config_path, model_gpus
 
     if "batch_size" in settings:
         cfg.train_dataloader.batch_size = int(settings["batch_size"])
-    batch_size = int(cfg.train_dataloader.batch_size)
-    iters_per_epoch = max(1, math.ceil(len({a["image_id"] for a in coco.annotations}) / batch_size))
+    batch_size = int(cfg.train_dataloader.batch_size)  # per process (GPU), as in mmdet
+    images = len({a["image_id"] for a in coco.annotations})
+    iters_per_epoch = max(1, math.ceil(images / (batch_size * model_gpus(settings))))
     changes = adapt.set_schedule(cfg, settings.get("epochs"), iters_per_epoch, name)
     if "num_workers" in settings:
         workers = int(settings["num_workers"])
@@ -282,16 +283,20 @@ def train_fold(
     config_out: str,
     seed: int,
     threads: int = 1,
+    jobs_per_gpu: int = 1,
 ) -> None:
     """Train one fold; write the final weights to ``checkpoint_out`` and the resolved config
-    to ``config_out`` (both atomically, only when training finished). The job holds one GPU
-    slot (:mod:`detfold.train.gpu_slots`) while it runs."""
-    from mmengine.runner import Runner
+    to ``config_out`` (both atomically, only when training finished). The job holds a share of
+    ``settings["gpus"]`` GPUs (:mod:`detfold.train.gpu_slots`) while it runs; with more than one
+    it trains as that many distributed processes (:mod:`detfold.train.distributed`)."""
+    from detfold.core.config import model_gpus
+    from detfold.train.gpu_slots import RECORD, Pool, available_slots, gpu_slots
 
-    from detfold.train.gpu_slots import RECORD, available_slots, gpu_slot
-
-    with gpu_slot(available_slots(), job=str(checkpoint_out), record=RECORD):
+    processes = model_gpus(settings)
+    with gpu_slots(Pool(available_slots(), jobs_per_gpu), str(checkpoint_out), processes, record=RECORD):
         device = prepare_mmdet(threads)
+        if device == "cuda" and processes > _cuda_devices():
+            raise ValueError(f"gpus: {processes} but this job sees {_cuda_devices()} GPU(s) ({checkpoint_out})")
         checkpoints.register_atomic_checkpoint_backend()
         checkpoints.register_plain_state_hook()
         work_dir = Path(checkpoint_out).parent / "work"
@@ -304,12 +309,32 @@ def train_fold(
         for path in (train_json, val_json):
             fingerprint.update(Path(path).read_bytes())
         checkpoints.start_or_resume(cfg, work_dir, f"{fingerprint.hexdigest()}\n")
-        log.info("training %s on %s, %d epochs, seed %d", settings["config"], device, cfg.train_cfg.max_epochs, seed)
-        runner = Runner.from_cfg(cfg)
-        for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
-            if isinstance(handler, logging.FileHandler):
-                runner.logger.addHandler(handler)
-        runner.train()  # every checkpoint it reads with torch's weights_only loader: no code runs
+        log.info(
+            "training %s on %s (%d process(es)), %d epochs, seed %d",
+            settings["config"], device, processes, cfg.train_cfg.max_epochs, seed,
+        )  # fmt: skip
+        if processes > 1:
+            from detfold.train.distributed import launch
+
+            launch(cfg, processes, threads, work_dir)
+        else:
+            _train_in_this_process(cfg)
         chosen = checkpoints.save_fold_model(work_dir, settings.get("checkpoint", "last"), checkpoint_out)
         write_text(config_out, resolved_text)
         log.info("wrote %s (from %s) and %s", checkpoint_out, chosen.name, config_out)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def _train_in_this_process(cfg: Any) -> None:
+    from mmengine.runner import Runner
+
+    runner = Runner.from_cfg(cfg)
+    for handler in logging.getLogger().handlers:  # mmengine's progress lines into the rule's log too
+        if isinstance(handler, logging.FileHandler):
+            runner.logger.addHandler(handler)
+    runner.train()  # every checkpoint it reads with torch's weights_only loader: no code runs
