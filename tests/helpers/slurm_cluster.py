@@ -4,7 +4,7 @@
 binary is missing (root only; raises :class:`SlurmUnavailable` where that cannot be done).
 
 :class:`LocalCluster` writes ``/etc/slurm/slurm.conf`` and ``gres.conf`` (one node, this host,
-advertising one stand-in GPU; state, logs and PID files go to its own state directory), starts
+advertising two stand-in GPUs; state, logs and PID files go to its own state directory), starts
 ``munged`` (unless one already answers), ``slurmctld`` and ``slurmd`` as child processes in the
 foreground, records their PIDs and waits until the node is idle. ``stop()`` cancels leftover
 jobs, ends the daemons in reverse order (SIGTERM, wait, SIGKILL), removes their PID files and
@@ -130,7 +130,7 @@ def processes_named(names: set[str]) -> list[tuple[int, str]]:
 
 
 class LocalCluster:
-    """One node (this host) with one stand-in GPU, all state under ``state_dir``."""
+    """One node (this host) with two stand-in GPUs, all state under ``state_dir``."""
 
     def __init__(self, state_dir: Path, partition: str = PARTITION, install_s: float = 0.0) -> None:
         self.dir = Path(state_dir)
@@ -190,13 +190,14 @@ SlurmctldLogFile={self.dir / "slurmctld.log"}
 SlurmdLogFile={self.dir / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} Gres=gpu:1 State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} Gres=gpu:2 State=UNKNOWN
 PartitionName={self.partition} Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
         )
-        # A gpu GRES needs a device file or slurmd drops it; /dev/null stands in for the GPU,
-        # and jobs that get it see CUDA_VISIBLE_DEVICES=0.
-        (CONF_DIR / "gres.conf").write_text(f"{MARKER}\nAutoDetect=off\nNodeName={self.host} Name=gpu File=/dev/null\n")
+        # A gpu GRES needs a device file or slurmd drops it; /dev/null and /dev/zero stand in for
+        # the GPUs, and a job that gets one sees CUDA_VISIBLE_DEVICES=0 (or 1), both: 0,1.
+        devices = "".join(f"NodeName={self.host} Name=gpu File={dev}\n" for dev in ("/dev/null", "/dev/zero"))
+        (CONF_DIR / "gres.conf").write_text(f"{MARKER}\nAutoDetect=off\n{devices}")
         self.pid_files = [self.dir / "slurmctld.pid", self.dir / "slurmd.pid"]
 
     # -- start ---------------------------------------------------------------------------

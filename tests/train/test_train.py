@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -88,6 +89,48 @@ def test_two_cpu_runs_give_identical_weights(repo, tiny_data):
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
     # and the files are byte-identical although trained in other folders at other times
     assert (tiny_data / "a" / "model.pth").read_bytes() == (tiny_data / "b" / "model.pth").read_bytes()
+
+
+AVX512 = {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_CBWR": "AVX512"}
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def test_deterministic_weights_are_the_same_under_two_instruction_sets(repo, tiny_data):
+    """Two processors stood in for by this one under two instruction-set caps (an AVX-512 machine,
+    an AVX2-only one): with deterministic: true the fold models are byte-identical; without it
+    they differ, so the caps do reach the math."""
+    from detfold.train.cpu_math import X86_64
+
+    if platform.machine().lower() not in X86_64 or "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("needs an x86-64 processor with AVX-512 to stand in for two processors")
+    models = {}
+    for deterministic in (True, False):
+        for isa, env in (("avx512", AVX512), ("avx2", AVX2)):
+            out = tiny_data / f"{isa}_{deterministic}"
+            cmd = train_cmd(repo, tiny_data, out, 1, f"{out.name}.log", deterministic=deterministic)
+            result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+            assert result.returncode == 0, result.stderr[-3000:]
+            models[isa, deterministic] = (out / "model.pth").read_bytes()
+    assert models["avx512", True] == models["avx2", True]
+    assert models["avx512", False] != models["avx2", False]
+    log = (tiny_data / "avx512_True.log").read_text()
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE replaced by AVX2" in log and "CPU threads: 1 (deterministic: True)" in log
+
+
+def test_deterministic_runs_use_exactly_the_configured_threads():
+    """Thread counts change the sums: deterministic keeps the count on a machine with fewer cores."""
+    from detfold.train.cpu_math import X86_64
+
+    if platform.machine().lower() not in X86_64:
+        pytest.skip("CPU math is pinned on x86-64 only")
+    code = (
+        "from detfold.train.mmdet_train import prepare_mmdet; import os; "
+        "prepare_mmdet(os.cpu_count() + 1, deterministic=True); import torch; "
+        "print(torch.get_num_threads() - os.cpu_count(), torch.backends.cpu.get_cpu_capability())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["1", "AVX2"]  # and PyTorch's kernels at AVX2
 
 
 def test_resolved_config_carries_the_model_options(repo, tiny_data):

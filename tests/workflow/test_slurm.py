@@ -1,10 +1,11 @@
 """The workflow on a real SLURM cluster through profiles/slurm (snakemake-executor-plugin-slurm).
 
-A one-node cluster with one stand-in GPU is installed (Debian packages, if missing) and started
+A one-node cluster with two stand-in GPUs is installed (Debian packages, if missing) and started
 on this machine for the module (tests/helpers/slurm_cluster.py), and stopped at the end, also when a
 test fails; the teardown fails if a daemon, a job step or a SLURM port is left.
 
-The tiny workflow (2 folds, 1 epoch, RTMDet-tiny, 20 + 6 images) runs twice with
+The tiny workflow (2 folds, 1 epoch, RTMDet-tiny trained on 2 GPUs, ``gpus: 2``: two distributed
+processes on the CPU, 20 + 6 images) runs twice with
 ``--workflow-profile profiles/slurm`` (the README's command; profiles/default is not read) and
 the test overrides (partition, 1 s before the first status check, ``squeue`` for job states:
 the test cluster has no accounting database, so no sacct):
@@ -110,6 +111,7 @@ def slurm_runs(cluster, tmp_path_factory, repo, bccd_dir):
     config = tiny_config(repo, bccd_dir, workdir, n_train=20, n_test=6)
     config["folds"] |= {"k": 2, "blend_share": 0.25}  # 5 blend images: one per nested part
     config["models"] = {"tiny": {k: v for k, v in config["models"]["tiny"].items() if k != "val_interval"}}
+    config["models"]["tiny"]["gpus"] = 2  # each training job: 2 GPUs, one task running torchrun
     foreign = workdir / "other_oof.csv"  # the mistake: another tool's file names, not ours
     foreign.write_text("image_id,PredictionString\nnot_an_image.jpg,0 0.5 1 1 2 2\n")
     external = {"name": "other", "oof": str(foreign), "test": str(foreign), "format": "csv"}
@@ -152,7 +154,7 @@ def output(result: subprocess.CompletedProcess) -> str:
 
 def test_cluster_has_an_idle_node_with_one_gpu(cluster):
     node = cluster.run("sinfo", "-h", "-N", "-o", "%N %P %G %T", check=True).stdout.split()
-    assert node == [cluster.host, "debug*", "gpu:1", "idle"]
+    assert node == [cluster.host, "debug*", "gpu:2", "idle"]
 
 
 def test_failed_job_fails_the_run(slurm_runs):
@@ -173,12 +175,12 @@ def test_failed_job_fails_the_run(slurm_runs):
     assert {j["JobState"] for j in slurm_runs["first_jobs"].values() if j["rule"] != "ensemble_select"} == {"COMPLETED"}
 
 
-def test_training_jobs_get_the_gpu_and_the_configured_sizes(slurm_runs):
+def test_training_jobs_get_the_gpus_and_the_configured_sizes(slurm_runs):
     jobs = slurm_runs["first_jobs"].values()
     for job in jobs:
         assert job["Partition"] == "debug"
-        if job["rule"] in GPU_RULES:  # resources: gpu=1 -> sbatch --gpus=1
-            assert job["TresPerJob"] == "gres:gpu:1", job
+        if job["rule"] in GPU_RULES:  # resources: gpu=2 (train, gpus: 2) or 1 (predict) -> sbatch --gpus
+            assert job["TresPerJob"] == f"gres:gpu:{2 if job['rule'] == 'train' else 1}", job
             assert job["MinMemoryNode"] == f"{RESOURCES['train_mem_mb']}M"
             runtime = RESOURCES["train_runtime" if job["rule"] == "train" else "predict_runtime"]
             assert job["TimeLimit"] == f"00:{runtime:02d}:00"
@@ -187,16 +189,19 @@ def test_training_jobs_get_the_gpu_and_the_configured_sizes(slurm_runs):
             assert job.get("TresPerJob", "(null)") == "(null)", job
             assert job["MinMemoryNode"] == f"{RESOURCES['mem_mb']}M"
             assert job["TimeLimit"] == f"00:{RESOURCES['runtime']:02d}:00"
-    # inside the job, SLURM set CUDA_VISIBLE_DEVICES to the allocated (stand-in) GPU and
-    # detfold's GPU slot pool left it alone; the training log records it with the job id
+    # inside the job, SLURM set CUDA_VISIBLE_DEVICES to the allocated (stand-in) GPUs and
+    # detfold's GPU slot pool left it alone; the training log records it with the job id, and
+    # the two distributed processes torchrun started (one task running the launcher)
     train_ids = {i for i, job in slurm_runs["first_jobs"].items() if job["rule"] == "train"}
     seen = set()
     for fold in (0, 1):
         log = slurm_runs["first_logs"][f"fold{fold}.log"]
         match = re.search(r"CUDA_VISIBLE_DEVICES=(\S+) as given \(SLURM job (\d+)\)", log)
         assert match, log[-2000:]
-        assert match.group(1) == "0"
+        assert match.group(1) == "0,1"
         seen.add(match.group(2))
+        assert "rank 0 of world size 2" in log and "rank 1 of world size 2" in log, log[-2000:]
+        assert "distributed training: 2 processes" in log
     assert seen == train_ids
 
 

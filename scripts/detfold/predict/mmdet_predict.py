@@ -153,11 +153,15 @@ def predict_images(
     """Run the model on every image of ``coco``; return COCO results (category ids of ``coco``).
     ``score_thr`` and ``max_per_img`` are the resolved ``predict`` settings. With ``tta``, every
     image is predicted in each of its views and the views are merged."""
-    from mmdet.apis import init_detector
+    from mmengine.config import Config
 
     from detfold.train.mmdet_train import load_resolved_config, prepare_mmdet
 
-    device = prepare_mmdet(threads)
+    # a model trained with deterministic CPU math predicts with it too (read before torch loads)
+    randomness = Config.fromfile(config_path, import_custom_modules=False).get("randomness") or {}
+    device = prepare_mmdet(threads, bool(randomness.get("deterministic", False)))
+    from mmdet.apis import init_detector
+
     cfg = load_resolved_config(config_path)
     key = set_test_thresholds(cfg.model.test_cfg, score_thr, max_per_img)
     check_checkpoint(checkpoint)

@@ -84,10 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     config_file, threads = argv or sys.argv[1:]
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     logging.basicConfig(level=logging.INFO, format=f"rank {rank}: %(message)s", stream=sys.stdout, force=True)
-    device = prepare_mmdet(int(threads))
+    cfg = load_resolved_config(config_file)  # CPU math pins, if any, came with the job's environment
+    device = prepare_mmdet(int(threads), bool(cfg.randomness.get("deterministic", False)))
     checkpoints.register_atomic_checkpoint_backend()
     checkpoints.register_plain_state_hook()
-    cfg = load_resolved_config(config_file)
     cfg.launcher = "pytorch"
     if device == "cuda":
         backend = "nccl"

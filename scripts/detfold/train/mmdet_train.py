@@ -30,9 +30,15 @@ VAL_METRIC = "coco/bbox_mAP"
 IMPORT_PATHS = "detfold_import_paths"  # resolved-config key: folders custom_imports are found in
 
 
-def prepare_mmdet(threads: int) -> str:
+def prepare_mmdet(threads: int, deterministic: bool = False) -> str:
     """Register mmdet's modules, work around known bugs of the pinned mmdet (3.3.0) where the
-    installed one has them, use ``threads`` CPU threads; return the device (``cuda`` or ``cpu``)."""
+    installed one has them, use ``threads`` CPU threads (at most this machine's cores, except
+    when ``deterministic``: then exactly ``threads``, with the CPU math pinned,
+    :mod:`detfold.train.cpu_math`); return the device (``cuda`` or ``cpu``)."""
+    if deterministic:
+        from detfold.train.cpu_math import pin_cpu_math
+
+        pin_cpu_math()
     import torch
     from mmdet.models.dense_heads import SSDHead
     from mmdet.utils import register_all_modules
@@ -44,7 +50,8 @@ def prepare_mmdet(threads: int) -> str:
     if not hasattr(SSDHead, "loss_cls"):
         SSDHead.loss_cls = None
         log.info("mmdet work-around: SSDHead.loss_cls = None (mmdetection#11305)")
-    torch.set_num_threads(max(1, min(threads, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, threads if deterministic else min(threads, os.cpu_count() or 1)))
+    log.info("CPU threads: %d (deterministic: %s)", torch.get_num_threads(), deterministic)
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -294,7 +301,7 @@ def train_fold(
 
     processes = model_gpus(settings)
     with gpu_slots(Pool(available_slots(), jobs_per_gpu), str(checkpoint_out), processes, record=RECORD):
-        device = prepare_mmdet(threads)
+        device = prepare_mmdet(threads, bool(settings.get("deterministic", False)))
         if device == "cuda" and processes > _cuda_devices():
             raise ValueError(f"gpus: {processes} but this job sees {_cuda_devices()} GPU(s) ({checkpoint_out})")
         checkpoints.register_atomic_checkpoint_backend()
