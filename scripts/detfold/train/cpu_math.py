@@ -7,7 +7,7 @@ another processor. How the work is split among threads changes the sums too. So 
 ``deterministic: true`` detfold caps PyTorch (``ATEN_CPU_CAPABILITY``), oneDNN
 (``ONEDNN_MAX_CPU_ISA``) and MKL (``MKL_CBWR``) at AVX2, which every x86-64 processor since
 2013 has, before torch is imported, and uses exactly the configured thread count, not fewer on
-a machine with fewer cores. What still may differ across machines: docs/reliability.md.
+a machine with fewer cores. What still may differ across machines: docs/training.md.
 """
 
 from __future__ import annotations
