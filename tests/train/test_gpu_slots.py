@@ -73,7 +73,8 @@ def all_asked(n):
 def test_concurrent_one_gpu_jobs_get_distinct_gpus(tmp_path):
     board = Board(2)
     specs = [(f"job{i}", 1) for i in range(5)]
-    records = run_jobs(specs, Pool(2, 1, tmp_path / "locks"), tmp_path / "slots.jsonl", board, all_asked(5))
+    record = tmp_path / "logs" / "slots.jsonl"  # its folder made by the first job that ends
+    records = run_jobs(specs, Pool(2, 1, tmp_path / "locks"), record, board, all_asked(5))
     assert sorted(r["job"] for r in records) == [f"job{i}" for i in range(5)]
     assert {gpu for r in records for gpu in r["gpus"]} == {0, 1}
     assert shares_held_twice(records) == []

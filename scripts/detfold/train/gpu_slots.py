@@ -142,6 +142,7 @@ def gpu_slots(
         if record:
             shares = [share for _, share, _ in taken]
             line = {"job": job, "gpus": indices, "shares": shares, "pid": os.getpid(), "start": start}
+            Path(record).parent.mkdir(parents=True, exist_ok=True)
             with open(record, "a", encoding="utf-8") as out:
                 fcntl.flock(out, fcntl.LOCK_EX)
                 out.write(json.dumps({**line, "end": time.time()}) + "\n")
