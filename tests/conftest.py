@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from detfold.core.coco import Coco, load_coco
+from detfold.core.coco import Coco, load_coco, write_coco
 from helpers.workflow_run import snakemake, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +32,14 @@ def bccd() -> Coco:
 @pytest.fixture()
 def bccd_test() -> Coco:
     return load_coco(BCCD / "test.json")
+
+
+@pytest.fixture()
+def tiny_data(tmp_path, bccd_dir) -> Path:
+    """The first 12 training images in ``tmp_path/train.json``: one fold's training jobs."""
+    coco = load_coco(bccd_dir / "train.json")
+    write_coco(coco.subset(coco.image_ids[:12]), tmp_path / "train.json")
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
