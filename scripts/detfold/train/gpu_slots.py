@@ -124,7 +124,7 @@ def gpu_slots(
     while taken is None:
         time.sleep(poll_s)
         taken = _take_shares(pool, gpus)
-    indices = [gpu for gpu, _, _ in taken]
+    indices, shares = [gpu for gpu, _, _ in taken], [share for _, share, _ in taken]
     previous = os.environ.get("CUDA_VISIBLE_DEVICES")
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indices))
     start = time.time()
@@ -132,7 +132,7 @@ def gpu_slots(
         "%s: GPU slot(s) %s, share(s) %s of %d per GPU (CUDA_VISIBLE_DEVICES=%s)",
         job,
         indices,
-        [share for _, share, _ in taken],
+        shares,
         pool.jobs_per_gpu,
         os.environ["CUDA_VISIBLE_DEVICES"],
     )
@@ -140,7 +140,6 @@ def gpu_slots(
         yield indices
     finally:
         if record:
-            shares = [share for _, share, _ in taken]
             line = {"job": job, "gpus": indices, "shares": shares, "pid": os.getpid(), "start": start}
             Path(record).parent.mkdir(parents=True, exist_ok=True)
             with open(record, "a", encoding="utf-8") as out:

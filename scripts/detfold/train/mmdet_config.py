@@ -409,10 +409,10 @@ def base_batch_size(cfg: dict[str, Any], config_file: str) -> int | None:
 
 def scale_lr(cfg: dict[str, Any], settings: dict[str, Any], batch_size: int, config_file: str, name: str) -> list[str]:
     """mmdet's linear rule: lr x (gpus x batch_size x accumulate) / base batch (``batch_size``
-    is per GPU, as in mmdet). Default on when the
-    model's settings give no ``lr`` and the config states its base batch; ``auto_scale_lr:
-    true`` without a base batch is an error. detfold applies it itself (mmengine's own
-    scaling stays off, it ignores gradient accumulation)."""
+    is per GPU, as in mmdet). Default on when the model's settings give no ``lr`` and the
+    config states its base batch; ``auto_scale_lr: true`` without a base batch is an error.
+    detfold applies it itself (mmengine's own scaling stays off, it ignores gradient
+    accumulation)."""
     from detfold.core.config import model_gpus
 
     enable = settings.get("auto_scale_lr")

@@ -302,8 +302,8 @@ def train_fold(
     processes = model_gpus(settings)
     with gpu_slots(Pool(available_slots(), jobs_per_gpu), str(checkpoint_out), processes, record=RECORD):
         device = prepare_mmdet(threads, bool(settings.get("deterministic", False)))
-        if device == "cuda" and processes > _cuda_devices():
-            raise ValueError(f"gpus: {processes} but this job sees {_cuda_devices()} GPU(s) ({checkpoint_out})")
+        if device == "cuda" and processes > (seen := _cuda_devices()):
+            raise ValueError(f"gpus: {processes} but this job sees {seen} GPU(s) ({checkpoint_out})")
         checkpoints.register_atomic_checkpoint_backend()
         checkpoints.register_plain_state_hook()
         work_dir = Path(checkpoint_out).parent / "work"
